@@ -1,0 +1,292 @@
+//! Wiring: listeners, the cache loaded in the background, periodic tasks, and
+//! the graceful drain.
+//!
+//! Owns the lifetime of everything. The listeners are up before the model has
+//! loaded: until then cacheable requests are forwarded uncached and `/readyz`
+//! says 503. It must never drop an in-flight request on shutdown before the
+//! drain timeout.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::{
+    admin::Admin,
+    cache::Cache,
+    config::Settings,
+    embed::{EmbedService, Embedder, EmbedderFactory, FastEmbedder},
+    metrics::Metrics,
+    proxy::{
+        handler::{Gateway, DEFAULT_TENANT},
+        upstream::Upstream,
+    },
+    store::{sqlite::SqliteStore, Store},
+};
+
+/// How often expired and surplus entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Parts a test (or an embedder of the library) may replace.
+#[derive(Default)]
+pub struct AppOptions {
+    /// Embedder factory; default: fastembed from `embedding.model_dir`.
+    pub embedder: Option<EmbedderFactory>,
+    /// Store; default: SQLite under `storage.data_dir`.
+    pub store: Option<Arc<dyn Store>>,
+}
+
+/// A running gateway.
+pub struct RunningApp {
+    /// Bound proxy address.
+    pub proxy_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    cache: Arc<OnceLock<Arc<Cache>>>,
+    load_error: Arc<OnceLock<String>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: JoinHandle<()>,
+}
+
+impl RunningApp {
+    /// Waits until the cache is loaded; errors if loading failed.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.cache.get().is_some() {
+                return Ok(());
+            }
+            if let Some(e) = self.load_error.get() {
+                anyhow::bail!("cache failed to load: {e}");
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("cache not ready after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The cache, once loaded.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.get()
+    }
+
+    /// Stops accepting, drains in-flight requests, flushes writes, saves indexes.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.join).await;
+    }
+
+    /// Waits until the app stops by itself (it does not, short of a shutdown).
+    pub async fn wait(self) {
+        let _ = self.join.await;
+    }
+
+    /// A handle that triggers shutdown from elsewhere (a signal handler).
+    pub fn take_shutdown(&mut self) -> Option<oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+fn default_embedder(settings: &Settings) -> EmbedderFactory {
+    let e = settings.embedding.clone();
+    Arc::new(move || {
+        FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length)
+            .map(|m| Box::new(m) as Box<dyn Embedder>)
+    })
+}
+
+fn load_cache(
+    settings: &Settings,
+    opts: AppOptions,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Cache> {
+    let data = &settings.storage.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let store: Arc<dyn Store> = match opts.store {
+        Some(s) => s,
+        None => Arc::new(
+            SqliteStore::open(&data.join("modelcache.db"), 4)
+                .with_context(|| format!("opening {}", data.join("modelcache.db").display()))?,
+        ),
+    };
+    let factory = opts.embedder.unwrap_or_else(|| default_embedder(settings));
+    let em = settings.embedding.clone();
+    let m = metrics.clone();
+    let observe: crate::embed::BatchObserver = Arc::new(move |n, secs| {
+        m.embed_seconds.observe(secs);
+        m.embed_batch_size.observe(n as f64);
+    });
+    let embedder = EmbedService::start(
+        factory,
+        em.threads,
+        em.max_batch,
+        em.queue,
+        em.chunk_words,
+        Some(observe),
+    )?;
+    Cache::open(
+        settings.cache.clone(),
+        store,
+        embedder,
+        metrics,
+        Some(data.join("index")),
+        settings.storage.index_quantization,
+        &[DEFAULT_TENANT.to_string()],
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Binds the listeners and starts serving; the cache loads in the background.
+pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<RunningApp> {
+    let settings = Arc::new(settings);
+    let proxy_listener = TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("binding the proxy listener {}", settings.server.listen))?;
+    let admin_listener = TcpListener::bind(settings.server.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", settings.server.admin_listen))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new()?);
+    let cache: Arc<OnceLock<Arc<Cache>>> = Arc::new(OnceLock::new());
+    let load_error: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let upstream = Upstream::new(&settings.upstream).map_err(anyhow::Error::msg)?;
+    let gateway = Arc::new(Gateway::new(
+        settings.clone(),
+        upstream,
+        cache.clone(),
+        metrics.clone(),
+    ));
+    let admin = Arc::new(Admin::new(cache.clone(), metrics.clone()));
+
+    if settings.cache.enabled {
+        let (s, m, c, le) = (settings.clone(), metrics.clone(), cache.clone(), load_error.clone());
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || load_cache(&s, opts, m)).await;
+            match loaded {
+                Ok(Ok(cache)) => {
+                    let _ = c.set(Arc::new(cache));
+                    tracing::info!("cache ready");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "cache failed to load; forwarding everything uncached");
+                    let _ = le.set(format!("{e:#}"));
+                }
+                Err(e) => {
+                    let _ = le.set(e.to_string());
+                }
+            }
+        });
+    }
+
+    let (tx, rx) = oneshot::channel();
+    let join = tokio::spawn(serve(
+        proxy_listener,
+        admin_listener,
+        gateway,
+        admin,
+        rx,
+        settings.clone(),
+        cache.clone(),
+    ));
+    Ok(RunningApp {
+        proxy_addr,
+        admin_addr,
+        metrics,
+        cache,
+        load_error,
+        shutdown: Some(tx),
+        join,
+    })
+}
+
+async fn serve(
+    proxy: TcpListener,
+    admin: TcpListener,
+    gateway: Arc<Gateway>,
+    admin_routes: Arc<Admin>,
+    mut stop: oneshot::Receiver<()>,
+    settings: Arc<Settings>,
+    cache: Arc<OnceLock<Arc<Cache>>>,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut save = tokio::time::interval(settings.storage.index_save_interval);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = proxy.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let gw = gateway.clone();
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "proxy connection ended with an error");
+                    }
+                });
+            }
+            accepted = admin.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let a = admin_routes.clone();
+                let svc = service_fn(move |req| {
+                    let a = a.clone();
+                    async move { Ok::<_, Infallible>(a.handle(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            _ = save.tick() => {
+                if let Some(c) = cache.get() {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || c.core().save_indexes());
+                }
+            }
+            _ = sweep.tick() => {
+                if let Some(c) = cache.get() {
+                    c.sweep();
+                }
+            }
+        }
+    }
+    drop(proxy);
+    drop(admin);
+    tracing::info!("draining in-flight requests");
+    if tokio::time::timeout(settings.server.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    if let Some(c) = cache.get() {
+        // NOTE: misses that completed during the drain are queued; store them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = c.clone();
+        let _ = tokio::task::spawn_blocking(move || c.close()).await;
+    }
+    tracing::info!("stopped");
+}

@@ -1,0 +1,196 @@
+//! Raw configuration: the serde shape of `config.toml`, exactly as written.
+//!
+//! Owns parsing only. Every struct denies unknown keys and every field has a
+//! named default, so a missing key is never an error and a misspelt one always
+//! is. It must never interpret values (durations, addresses, URLs): that is
+//! `load()`'s job in `config/mod.rs`.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners and request limits.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Where misses are forwarded.
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    /// Where the cache keeps its state.
+    #[serde(default)]
+    pub storage: RawStorage,
+    /// The embedding model.
+    #[serde(default)]
+    pub embedding: RawEmbedding,
+    /// Cache policy.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Proxy listener.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Admin listener (health, readiness, metrics).
+    #[serde(default = "d_admin_listen")]
+    pub admin_listen: String,
+    /// How long in-flight requests may run after SIGTERM.
+    #[serde(default = "d_drain_timeout")]
+    pub drain_timeout: String,
+    /// Largest request body read for a cache lookup; larger ones are forwarded uncached.
+    #[serde(default = "d_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest upstream answer that is kept for the cache; larger ones are passed on uncached.
+    #[serde(default = "d_max_answer_bytes")]
+    pub max_answer_bytes: u64,
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Origin that request paths are appended to.
+    #[serde(default = "d_upstream_url")]
+    pub url: String,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: String,
+    /// Time allowed until the upstream's response headers arrive.
+    #[serde(default = "d_header_timeout")]
+    pub header_timeout: String,
+    /// Longest silence allowed between two chunks of a response body.
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: String,
+}
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// Folder for SQLite and the vector indexes.
+    #[serde(default = "d_data_dir")]
+    pub data_dir: String,
+    /// How often dirty vector indexes are saved.
+    #[serde(default = "d_index_save_interval")]
+    pub index_save_interval: String,
+    /// `f16`, `i8` or `f32`.
+    #[serde(default = "d_index_quantization")]
+    pub index_quantization: String,
+}
+
+/// `[embedding]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedding {
+    /// Folder with `model.onnx`, `tokenizer.json`, `config.json`,
+    /// `special_tokens_map.json` and `tokenizer_config.json`.
+    #[serde(default = "d_model_dir")]
+    pub model_dir: String,
+    /// Path of `libonnxruntime.so`.
+    #[serde(default = "d_onnxruntime")]
+    pub onnxruntime: String,
+    /// Embedding worker threads (each with one ONNX intra-op thread).
+    #[serde(default = "d_threads")]
+    pub threads: usize,
+    /// Most texts embedded in one batch.
+    #[serde(default = "d_max_batch")]
+    pub max_batch: usize,
+    /// Tokens per chunk; longer texts are split into word chunks and averaged.
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+    /// Words per chunk when a text is split.
+    #[serde(default = "d_chunk_words")]
+    pub chunk_words: usize,
+    /// Pending embedding requests before lookups are skipped (counted, forwarded).
+    #[serde(default = "d_queue")]
+    pub queue: usize,
+}
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Master switch; `false` makes the gateway a plain proxy.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Cosine similarity needed for a semantic hit on a short text.
+    #[serde(default = "d_threshold")]
+    pub threshold: f32,
+    /// Cosine similarity needed for a semantic hit on a long text.
+    #[serde(default = "d_long_threshold")]
+    pub long_threshold: f32,
+    /// A text with more words than this is "long".
+    #[serde(default = "d_long_text_words")]
+    pub long_text_words: usize,
+    /// How long an entry may be served.
+    #[serde(default = "d_ttl")]
+    pub ttl: String,
+    /// Most entries kept; the least recently hit go first.
+    #[serde(default = "d_max_entries")]
+    pub max_entries: u64,
+    /// Entries kept in memory for exact hits.
+    #[serde(default = "d_exact_capacity")]
+    pub exact_capacity: u64,
+    /// Write-back queue length; a full queue drops the write and counts it.
+    #[serde(default = "d_writeback_queue")]
+    pub writeback_queue: usize,
+    /// Most writes committed in one transaction.
+    #[serde(default = "d_writeback_batch")]
+    pub writeback_batch: usize,
+    /// `finish_reason`s whose answers may be cached.
+    #[serde(default = "d_finish_reasons")]
+    pub cacheable_finish_reasons: Vec<String>,
+}
+
+macro_rules! defaults {
+    ($($name:ident : $ty:ty = $val:expr;)*) => { $(fn $name() -> $ty { $val })* };
+}
+
+defaults! {
+    d_listen: String = "127.0.0.1:8080".into();
+    d_admin_listen: String = "127.0.0.1:5000".into();
+    d_drain_timeout: String = "30s".into();
+    d_max_body_bytes: u64 = 4 * 1024 * 1024;
+    d_max_answer_bytes: u64 = 8 * 1024 * 1024;
+    d_upstream_url: String = "https://api.openai.com".into();
+    d_connect_timeout: String = "10s".into();
+    d_header_timeout: String = "10m".into();
+    d_idle_timeout: String = "5m".into();
+    d_data_dir: String = "./data".into();
+    d_index_save_interval: String = "60s".into();
+    d_index_quantization: String = "f16".into();
+    d_model_dir: String = "models/all-minilm-l6-v2-int8".into();
+    d_onnxruntime: String = "models/onnxruntime/libonnxruntime.so".into();
+    d_threads: usize = 1;
+    d_max_batch: usize = 32;
+    d_max_length: usize = 256;
+    d_chunk_words: usize = 150;
+    d_queue: usize = 1024;
+    d_true: bool = true;
+    d_threshold: f32 = 0.90;
+    d_long_threshold: f32 = 0.95;
+    d_long_text_words: usize = 150;
+    d_ttl: String = "7d".into();
+    d_max_entries: u64 = 1_000_000;
+    d_exact_capacity: u64 = 100_000;
+    d_writeback_queue: usize = 4096;
+    d_writeback_batch: usize = 128;
+    d_finish_reasons: Vec<String> = vec!["stop".into(), "tool_calls".into()];
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // NOTE: an empty table runs every `#[serde(default = ...)]`, so the
+                // defaults are written once, on the fields.
+                toml::from_str("").expect("every field has a default")
+            }
+        }
+    )*};
+}
+default_from_serde!(RawServer, RawUpstream, RawStorage, RawEmbedding, RawCache);

@@ -1,0 +1,89 @@
+//! Errors the gateway itself answers with, in OpenAI's error shape.
+//!
+//! Owns the mapping from a failure to an HTTP status, an OpenAI error `type`
+//! and a low-cardinality `kind()` for metrics. This is the only place that
+//! builds an error response. It must never be used for upstream errors: those
+//! are passed through untouched.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+
+use crate::proxy::body::{full, ProxyBody};
+
+/// A failure of the gateway's own making.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The upstream could not be reached (DNS, connect, TLS, reset).
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    /// The upstream took too long to send headers.
+    #[error("upstream timed out after {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// The request could not be read from the client.
+    #[error("could not read the request body: {0}")]
+    BadRequestBody(String),
+    /// The request URI could not be mapped onto the upstream.
+    #[error("bad request target: {0}")]
+    BadTarget(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl GatewayError {
+    /// HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::UpstreamUnreachable(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::ShuttingDown => "api_error",
+            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => {
+                "invalid_request_error"
+            }
+        }
+    }
+
+    /// Short stable name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::BadRequestBody(_) => "bad_request_body",
+            GatewayError::BadTarget(_) => "bad_target",
+            GatewayError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The response: `{"error":{"message","type","param","code"}}`.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": null,
+                "code": format!("modelcache_{}", self.kind()),
+            }
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert("x-modelcache", header::HeaderValue::from_static("error"));
+        resp
+    }
+}

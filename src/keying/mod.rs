@@ -1,0 +1,399 @@
+//! The cache key: which stored answers a request may be served from.
+//!
+//! Owns turning a parsed request body into a partition (matched exactly) and a
+//! text (matched by meaning), as DESIGN.md §2 lays out. It must never decide
+//! whether a lookup happens (that is policy) and never touch storage.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The cacheable endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    Chat,
+    /// `POST /v1/completions` with a string prompt.
+    Completions,
+}
+
+impl Endpoint {
+    /// Maps a request path onto a cacheable endpoint.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::Chat),
+            "/v1/completions" => Some(Endpoint::Completions),
+            _ => None,
+        }
+    }
+
+    /// Stable name, used in keys and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+        }
+    }
+}
+
+/// Why a request on a cacheable route is still not cached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Uncacheable {
+    /// The body is not a JSON object.
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    /// No string `model`.
+    #[error("no model")]
+    NoModel,
+    /// `messages` missing or malformed.
+    #[error("messages missing or malformed")]
+    BadMessages,
+    /// A completions prompt that is not one string.
+    #[error("prompt is not a single string")]
+    PromptNotString,
+}
+
+/// Everything the cache needs to know about one request.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The requested model, verbatim.
+    pub model: String,
+    /// Hex SHA-256 of endpoint, model, answer-shaping parameters and the turns
+    /// that are matched exactly. Requests may share answers only within one.
+    pub partition: String,
+    /// The key text, ModelCache's way: `role###content` joined with `|||`.
+    pub text: String,
+    /// The text that is embedded.
+    pub embed_text: String,
+    /// Whether semantic matching is allowed (false: exact only).
+    pub semantic: bool,
+    /// `stream: true`
+    pub stream: bool,
+    /// `stream_options.include_usage: true`
+    pub include_usage: bool,
+    /// The answer-shaping parameters, canonical JSON (kept with the entry).
+    pub params: String,
+}
+
+impl CacheKey {
+    /// First 8 bytes of the partition hash, as the vector index's filter tag.
+    pub fn partition_tag(&self) -> u64 {
+        partition_tag(&self.partition)
+    }
+
+    /// Hash of partition and text: the exact-match key.
+    pub fn exact_hash(&self) -> String {
+        exact_hash(&self.partition, &self.text)
+    }
+}
+
+/// First 8 bytes of a hex partition hash.
+pub fn partition_tag(partition: &str) -> u64 {
+    u64::from_str_radix(partition.get(..16).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+/// The exact-match key of a partition and a text.
+pub fn exact_hash(partition: &str, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(partition.as_bytes());
+    h.update([0u8]);
+    h.update(text.as_bytes());
+    hex::encode(h.finalize())
+}
+
+// NOTE: these request fields never change the answer, so requests that differ
+// only in them share entries. Every other field does: an unknown parameter
+// isolates rather than risks a wrong answer.
+const IGNORED: [&str; 10] = [
+    "messages",
+    "prompt",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+
+/// Builds the key of a request body.
+pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable> {
+    let obj = body.as_object().ok_or(Uncacheable::NotAnObject)?;
+    let model = obj
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or(Uncacheable::NoModel)?
+        .to_string();
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+
+    let mut params = Map::new();
+    for (k, v) in obj {
+        if !IGNORED.contains(&k.as_str()) && !v.is_null() {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    let params = canonical(&Value::Object(params));
+
+    let mut exact_turns = String::new();
+    let (text, embed_text, semantic) = match endpoint {
+        Endpoint::Chat => {
+            let msgs = obj
+                .get("messages")
+                .and_then(Value::as_array)
+                .ok_or(Uncacheable::BadMessages)?;
+            if msgs.is_empty() {
+                return Err(Uncacheable::BadMessages);
+            }
+            let mut parts = Vec::new();
+            let mut embed_parts = Vec::new();
+            let mut semantic = true;
+            for (i, m) in msgs.iter().enumerate() {
+                let m = m.as_object().ok_or(Uncacheable::BadMessages)?;
+                let role = m
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .ok_or(Uncacheable::BadMessages)?;
+                match role {
+                    "system" | "developer" | "user" => {
+                        let (content, text_only) =
+                            content_text(m.get("content")).ok_or(Uncacheable::BadMessages)?;
+                        semantic &= text_only;
+                        // Extra fields (`name`, ...) are matched exactly.
+                        let extras: Map<String, Value> = m
+                            .iter()
+                            .filter(|(k, _)| *k != "role" && *k != "content")
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        if !extras.is_empty() {
+                            exact_turns.push_str(&format!("{i}:{}\n", canonical(&Value::Object(extras))));
+                        }
+                        embed_parts.push(if role == "user" {
+                            content.clone()
+                        } else {
+                            format!("{role}: {content}")
+                        });
+                        parts.push(format!("{role}###{content}"));
+                    }
+                    _ => {
+                        // Assistant, tool and function turns: matched exactly, in place.
+                        if role != "assistant"
+                            || m.get("tool_calls").is_some_and(|t| !t.is_null())
+                            || m.get("function_call").is_some_and(|t| !t.is_null())
+                        {
+                            semantic = false;
+                        }
+                        exact_turns.push_str(&format!("{i}:{}\n", canonical(&Value::Object(m.clone()))));
+                    }
+                }
+            }
+            if parts.is_empty() {
+                return Err(Uncacheable::BadMessages);
+            }
+            (parts.join("|||"), embed_parts.join("\n"), semantic)
+        }
+        Endpoint::Completions => {
+            let p = obj
+                .get("prompt")
+                .and_then(Value::as_str)
+                .ok_or(Uncacheable::PromptNotString)?;
+            (format!("prompt###{p}"), p.to_string(), true)
+        }
+    };
+
+    let mut h = Sha256::new();
+    for piece in [endpoint.as_str(), &model, &params, &exact_turns] {
+        h.update((piece.len() as u64).to_le_bytes());
+        h.update(piece.as_bytes());
+    }
+    Ok(CacheKey {
+        endpoint,
+        model,
+        partition: hex::encode(h.finalize()),
+        semantic: semantic && !embed_text.trim().is_empty(),
+        text,
+        embed_text,
+        stream,
+        include_usage,
+        params,
+    })
+}
+
+/// The text of a message's content, and whether it was text only.
+fn content_text(content: Option<&Value>) -> Option<(String, bool)> {
+    match content? {
+        Value::String(s) => Some((s.clone(), true)),
+        Value::Array(parts) => {
+            let mut out = Vec::new();
+            let mut text_only = true;
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => out.push(t.clone()),
+                    _ => {
+                        // NOTE: images, audio and files are kept verbatim in the key
+                        // text so that only the identical request hits.
+                        text_only = false;
+                        out.push(canonical(p));
+                    }
+                }
+            }
+            Some((out.join("\n"), text_only))
+        }
+        Value::Null => Some((String::new(), true)),
+        _ => None,
+    }
+}
+
+/// Canonical JSON: sorted keys, and numbers spelled one way (`1.0` = `1`, `1e2` = `100`).
+pub fn canonical(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push(':');
+                write_canonical(&m[*k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                out.push_str(&i.to_string());
+            } else if let Some(u) = n.as_u64() {
+                out.push_str(&u.to_string());
+            } else if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    out.push_str(&(f as i64).to_string());
+                } else {
+                    out.push_str(&f.to_string());
+                }
+            }
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(v: Value) -> CacheKey {
+        key_for(Endpoint::Chat, &v).unwrap()
+    }
+
+    #[test]
+    fn joins_system_and_user_turns_modelcache_style() {
+        let k = key(json!({"model":"m","messages":[
+            {"role":"system","content":"You are a Python assistant."},
+            {"role":"user","content":"hello"}]}));
+        assert_eq!(k.text, "system###You are a Python assistant.|||user###hello");
+        assert!(k.semantic);
+    }
+
+    #[test]
+    fn key_order_and_float_spelling_do_not_matter() {
+        let a = key(json!({"model":"m","temperature":1,"top_p":0.5,"messages":[{"role":"user","content":"q"}]}));
+        let b: Value = serde_json::from_str(
+            r#"{"top_p":5e-1,"messages":[{"content":"q","role":"user"}],"temperature":1.0,"model":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.partition, key(b).partition);
+    }
+
+    #[test]
+    fn answer_shaping_parameters_split_partitions() {
+        let base = json!({"model":"m","messages":[{"role":"user","content":"q"}]});
+        let p0 = key(base.clone()).partition;
+        for (k, v) in [
+            ("temperature", json!(0.7)),
+            ("max_tokens", json!(10)),
+            ("seed", json!(1)),
+            ("tools", json!([{"type":"function","function":{"name":"f"}}])),
+            ("response_format", json!({"type":"json_object"})),
+            ("some_future_param", json!(true)),
+        ] {
+            let mut b = base.clone();
+            b[k] = v;
+            assert_ne!(key(b).partition, p0, "{k} must split the partition");
+        }
+        let mut m = base.clone();
+        m["model"] = json!("other");
+        assert_ne!(key(m).partition, p0);
+    }
+
+    #[test]
+    fn stream_and_user_fields_share_a_partition() {
+        let a = key(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
+        let b = key(json!({"model":"m","stream":true,"stream_options":{"include_usage":true},
+            "user":"u1","messages":[{"role":"user","content":"q"}]}));
+        assert_eq!(a.partition, b.partition);
+        assert_eq!(a.exact_hash(), b.exact_hash());
+        assert!(b.stream && b.include_usage);
+    }
+
+    #[test]
+    fn assistant_turns_are_matched_exactly() {
+        let a = key(json!({"model":"m","messages":[
+            {"role":"user","content":"q"},{"role":"assistant","content":"a1"},{"role":"user","content":"more"}]}));
+        let b = key(json!({"model":"m","messages":[
+            {"role":"user","content":"q"},{"role":"assistant","content":"a2"},{"role":"user","content":"more"}]}));
+        assert_eq!(a.text, b.text);
+        assert_ne!(a.partition, b.partition);
+        assert!(a.semantic);
+    }
+
+    #[test]
+    fn images_and_tool_turns_are_exact_only() {
+        let img = key(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"what is this"},
+            {"type":"image_url","image_url":{"url":"data:x"}}]}]}));
+        assert!(!img.semantic);
+        assert!(img.text.contains("data:x"));
+        let tool = key(json!({"model":"m","messages":[
+            {"role":"user","content":"q"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"1","content":"42"}]}));
+        assert!(!tool.semantic);
+    }
+
+    #[test]
+    fn malformed_requests_are_uncacheable() {
+        assert_eq!(key_for(Endpoint::Chat, &json!([1])).unwrap_err(), Uncacheable::NotAnObject);
+        assert_eq!(key_for(Endpoint::Chat, &json!({"messages":[]})).unwrap_err(), Uncacheable::NoModel);
+        assert_eq!(key_for(Endpoint::Chat, &json!({"model":"m"})).unwrap_err(), Uncacheable::BadMessages);
+        assert_eq!(
+            key_for(Endpoint::Completions, &json!({"model":"m","prompt":["a","b"]})).unwrap_err(),
+            Uncacheable::PromptNotString
+        );
+        let c = key_for(Endpoint::Completions, &json!({"model":"m","prompt":"hi"})).unwrap();
+        assert_eq!(c.embed_text, "hi");
+    }
+}

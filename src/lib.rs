@@ -1,0 +1,20 @@
+//! modelcache: a semantic-cache gateway for OpenAI-compatible LLM APIs.
+//!
+//! The folder tree is the architecture: `proxy` is the data plane, `cache` the
+//! lookup facade over `embed`, `index` and `store`, `writeback` the only
+//! writer, `keying` the cache key, `config` the settings, `admin` the admin
+//! listener, `app` the wiring, `cli` the command line.
+
+pub mod admin;
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod index;
+pub mod keying;
+pub mod metrics;
+pub mod proxy;
+pub mod store;
+pub mod writeback;

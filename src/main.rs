@@ -1,0 +1,99 @@
+//! The `modelcache` binary: parses flags, loads config, runs the app until
+//! SIGTERM or Ctrl-C, then drains.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use modelcache::{
+    app::{self, AppOptions},
+    cli::{Cli, Command},
+    config,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::CheckConfig { config: path } => {
+            match config::load(Some(&path), std::env::vars(), &config::Overrides::default()) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve(args) => {
+            let path = args.config.exists().then_some(args.config.as_path());
+            let settings = match config::load(path, std::env::vars(), &args.overrides()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(settings: config::Settings) -> ExitCode {
+    let upstream = settings.upstream.url.clone();
+    let mut running = match app::start(settings, AppOptions::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("modelcache: proxy listening on http://{} (upstream {upstream})", running.proxy_addr);
+    println!("modelcache: admin listening on http://{}", running.admin_addr);
+    let stop = running.take_shutdown();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+    });
+    running.wait().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,117 @@
+//! The upstream client: pooled, HTTP/1.1 and HTTP/2, TLS by rustls (ring).
+//!
+//! Owns building the upstream request (origin + unchanged path and query,
+//! hop-by-hop headers dropped) and the connect and header timeouts. It must
+//! never alter the body or the end-to-end headers.
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use super::body::ProxyBody;
+use crate::{config::UpstreamSettings, error::GatewayError};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled client for one upstream origin.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, ProxyBody>,
+    base: String,
+    header_timeout: Duration,
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        h.remove(n);
+    }
+}
+
+impl Upstream {
+    /// A client for `s.url`.
+    pub fn new(s: &UpstreamSettings) -> Result<Upstream, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(s.connect_timeout));
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| e.to_string())?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(tls);
+        Ok(Upstream {
+            client,
+            base: s.url.as_str().trim_end_matches('/').to_string(),
+            header_timeout: s.header_timeout,
+        })
+    }
+
+    /// Sends `parts` with `body` upstream and waits for the response headers.
+    pub async fn send(
+        &self,
+        parts: &http::request::Parts,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = format!("{}{}", self.base, pq)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| GatewayError::BadTarget(e.to_string()))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        // NOTE: the client sets Host from the upstream URI.
+        headers.remove(header::HOST);
+        *req.headers_mut() = headers;
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.header_timeout)),
+            Ok(Err(e)) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                Err(GatewayError::UpstreamUnreachable(msg))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}

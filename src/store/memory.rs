@@ -1,0 +1,157 @@
+//! In-memory store for tests: the same behaviour as SQLite, nothing durable.
+//!
+//! Owns nothing but a map. It must never be used in production.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use super::{Entry, HitRecord, NewEntry, Removed, Store, StoreError};
+
+#[derive(Default)]
+struct Inner {
+    next_id: i64,
+    rows: BTreeMap<i64, (Entry, Option<Vec<f32>>, Option<i64>)>,
+}
+
+/// A map-backed [`Store`].
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+impl Store for MemoryStore {
+    fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
+        let mut g = self.lock()?;
+        let mut ids = Vec::new();
+        for e in entries {
+            let existing = g
+                .rows
+                .values()
+                .find(|(r, _, _)| r.tenant == e.tenant && r.exact_hash == e.exact_hash)
+                .map(|(r, _, _)| (r.id, r.hits));
+            let (id, hits) = match existing {
+                Some(x) => x,
+                None => {
+                    g.next_id += 1;
+                    (g.next_id, 0)
+                }
+            };
+            let last_hit = g.rows.get(&id).and_then(|r| r.2);
+            let entry = Entry {
+                id,
+                tenant: e.tenant.clone(),
+                partition: e.partition.clone(),
+                exact_hash: e.exact_hash.clone(),
+                endpoint: e.endpoint.clone(),
+                model: e.model.clone(),
+                text: e.text.clone(),
+                params: e.params.clone(),
+                answer: e.answer.clone(),
+                created_at: e.created_at,
+                expires_at: e.expires_at,
+                hits,
+            };
+            g.rows.insert(id, (entry, e.embedding.clone(), last_hit));
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn get(&self, id: i64) -> Result<Option<Entry>, StoreError> {
+        Ok(self.lock()?.rows.get(&id).map(|r| r.0.clone()))
+    }
+
+    fn get_exact(&self, tenant: &str, exact_hash: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .lock()?
+            .rows
+            .values()
+            .find(|(r, _, _)| r.tenant == tenant && r.exact_hash == exact_hash)
+            .map(|r| r.0.clone()))
+    }
+
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        for h in hits {
+            if let Some(r) = g.rows.get_mut(&h.entry_id) {
+                if r.0.tenant == h.tenant {
+                    r.0.hits += 1;
+                    r.2 = Some(r.2.unwrap_or(0).max(h.at));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(self
+            .lock()?
+            .rows
+            .values()
+            .filter(|(r, e, _)| r.tenant == tenant && e.is_some())
+            .map(|(r, _, _)| (r.id as u64, crate::keying::partition_tag(&r.partition)))
+            .collect())
+    }
+
+    fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError> {
+        Ok(self.lock()?.rows.get(&id).and_then(|r| r.1.clone()))
+    }
+
+    fn sweep(&self, now_ms: i64, max_entries: u64) -> Result<Vec<Removed>, StoreError> {
+        let mut g = self.lock()?;
+        let mut removed = Vec::new();
+        let expired: Vec<i64> = g
+            .rows
+            .values()
+            .filter(|(r, _, _)| r.expires_at <= now_ms)
+            .map(|(r, _, _)| r.id)
+            .collect();
+        let mut take = |g: &mut Inner, id: i64| {
+            if let Some((r, _, _)) = g.rows.remove(&id) {
+                removed.push(Removed {
+                    tenant: r.tenant,
+                    id,
+                    exact_hash: r.exact_hash,
+                });
+            }
+        };
+        for id in expired {
+            take(&mut g, id);
+        }
+        let over = g.rows.len().saturating_sub(max_entries as usize);
+        if over > 0 {
+            let mut lru: Vec<(i64, i64)> = g
+                .rows
+                .values()
+                .map(|(r, _, l)| (l.unwrap_or(r.created_at), r.id))
+                .collect();
+            lru.sort();
+            for (_, id) in lru.into_iter().take(over) {
+                take(&mut g, id);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let g = self.lock()?;
+        let mut m = BTreeMap::new();
+        for (r, _, _) in g.rows.values() {
+            *m.entry(r.tenant.clone()).or_insert(0u64) += 1;
+        }
+        Ok(m.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passes_the_store_suite() {
+        crate::store::suite::run(&super::MemoryStore::default());
+    }
+}

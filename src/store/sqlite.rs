@@ -1,0 +1,297 @@
+//! SQLite store: WAL mode, one writer connection, a few reader connections.
+//!
+//! Owns the schema and every SQL statement. It must never be called from a
+//! runtime thread; writes come from the write-back thread only.
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{blob_to_vec, vec_to_blob, Entry, HitRecord, NewEntry, Removed, Store, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant      TEXT NOT NULL,
+    partition   TEXT NOT NULL,
+    tag         INTEGER NOT NULL,
+    exact_hash  TEXT NOT NULL,
+    endpoint    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    answer      TEXT NOT NULL,
+    embedding   BLOB,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    hits        INTEGER NOT NULL DEFAULT 0,
+    last_hit_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_exact ON entries(tenant, exact_hash);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries(expires_at);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(coalesce(last_hit_at, created_at));
+CREATE TABLE IF NOT EXISTS hit_log (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant     TEXT NOT NULL,
+    entry_id   INTEGER NOT NULL,
+    probe      TEXT NOT NULL,
+    similarity REAL NOT NULL,
+    at         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hit_log_tenant ON hit_log(tenant, id);
+";
+
+/// Rows of the hit log kept; older ones are trimmed by the sweep.
+const HIT_LOG_KEEP: i64 = 100_000;
+
+const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits";
+
+/// The embedded store, in `DATA_DIR/modelcache.db`.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        partition: r.get(2)?,
+        exact_hash: r.get(3)?,
+        endpoint: r.get(4)?,
+        model: r.get(5)?,
+        text: r.get(6)?,
+        params: r.get(7)?,
+        answer: r.get(8)?,
+        created_at: r.get(9)?,
+        expires_at: r.get(10)?,
+        hits: r.get(11)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with `readers` reader connections.
+    pub fn open(path: &Path, readers: usize) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        writer.execute_batch(SCHEMA)?;
+        let mut rs = Vec::new();
+        for _ in 0..readers.max(1) {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            rs.push(Mutex::new(c));
+        }
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers: rs,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let c = self.readers[i].lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&c)?)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut c = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut c)?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let mut ids = Vec::with_capacity(entries.len());
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, embedding, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT(tenant, exact_hash) DO UPDATE SET
+                        answer = excluded.answer, params = excluded.params, embedding = excluded.embedding,
+                        created_at = excluded.created_at, expires_at = excluded.expires_at
+                     RETURNING id",
+                )?;
+                for e in entries {
+                    let tag = crate::keying::partition_tag(&e.partition) as i64;
+                    let id: i64 = st.query_row(
+                        params![
+                            e.tenant,
+                            e.partition,
+                            tag,
+                            e.exact_hash,
+                            e.endpoint,
+                            e.model,
+                            e.text,
+                            e.params,
+                            e.answer,
+                            e.embedding.as_deref().map(vec_to_blob),
+                            e.created_at,
+                            e.expires_at
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    ids.push(id);
+                }
+            }
+            tx.commit()?;
+            Ok(ids)
+        })
+    }
+
+    fn get(&self, id: i64) -> Result<Option<Entry>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM entries WHERE id = ?1"))?
+                .query_row([id], row_to_entry)
+                .optional()
+        })
+    }
+
+    fn get_exact(&self, tenant: &str, exact_hash: &str) -> Result<Option<Entry>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM entries WHERE tenant = ?1 AND exact_hash = ?2"
+            ))?
+            .query_row([tenant, exact_hash], row_to_entry)
+            .optional()
+        })
+    }
+
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut bump = tx.prepare_cached(
+                    "UPDATE entries SET hits = hits + 1, last_hit_at = max(coalesce(last_hit_at, 0), ?2)
+                     WHERE id = ?1 AND tenant = ?3",
+                )?;
+                let mut log = tx.prepare_cached(
+                    "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for h in hits {
+                    bump.execute(params![h.entry_id, h.at, h.tenant])?;
+                    log.execute(params![h.tenant, h.entry_id, h.probe, h.similarity as f64, h.at])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tag FROM entries WHERE tenant = ?1 AND embedding IS NOT NULL",
+            )?;
+            let rows = st.query_map([tenant], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT embedding FROM entries WHERE id = ?1")?
+                .query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
+                .optional()
+                .map(|o| o.flatten().map(|b| blob_to_vec(&b)))
+        })
+    }
+
+    fn sweep(&self, now_ms: i64, max_entries: u64) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let mut removed = Vec::new();
+            {
+                let mut st = tx.prepare_cached(
+                    "DELETE FROM entries WHERE expires_at <= ?1 RETURNING tenant, id, exact_hash",
+                )?;
+                let rows = st.query_map([now_ms], |r| {
+                    Ok(Removed {
+                        tenant: r.get(0)?,
+                        id: r.get(1)?,
+                        exact_hash: r.get(2)?,
+                    })
+                })?;
+                for r in rows {
+                    removed.push(r?);
+                }
+                let count: i64 = tx.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
+                let over = count - max_entries.min(i64::MAX as u64) as i64;
+                if over > 0 {
+                    let mut st = tx.prepare_cached(
+                        "DELETE FROM entries WHERE id IN (
+                            SELECT id FROM entries ORDER BY coalesce(last_hit_at, created_at), id LIMIT ?1)
+                         RETURNING tenant, id, exact_hash",
+                    )?;
+                    let rows = st.query_map([over], |r| {
+                        Ok(Removed {
+                            tenant: r.get(0)?,
+                            id: r.get(1)?,
+                            exact_hash: r.get(2)?,
+                        })
+                    })?;
+                    for r in rows {
+                        removed.push(r?);
+                    }
+                }
+                tx.execute(
+                    "DELETE FROM hit_log WHERE id <= (SELECT max(id) FROM hit_log) - ?1",
+                    [HIT_LOG_KEEP],
+                )?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            let mut st =
+                c.prepare("SELECT tenant, count(*) FROM entries GROUP BY tenant ORDER BY tenant")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db"), 2).unwrap();
+        crate::store::suite::run(&s);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        let id = {
+            let s = SqliteStore::open(&p, 1).unwrap();
+            s.insert_batch(&[crate::store::suite::entry("a", "h", 1, 1000)]).unwrap()[0]
+        };
+        let s = SqliteStore::open(&p, 1).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().exact_hash, "h");
+    }
+}

@@ -1,0 +1,186 @@
+//! The write-back queue and its single worker thread.
+//!
+//! Owns every write to the store: new entries (batched into one transaction),
+//! hit counts, and sweeps. The queue is bounded; a full queue drops the write
+//! and counts it. It must never make a response wait: `send` never blocks.
+
+use std::{
+    sync::{mpsc, Arc, Mutex},
+    thread::JoinHandle,
+};
+
+use tokio::sync::oneshot;
+
+use crate::{
+    cache::Core,
+    store::{HitRecord, NewEntry},
+};
+
+/// One unit of work for the writer.
+pub enum WriteOp {
+    /// Store a new entry.
+    Insert(NewEntry),
+    /// Count a hit.
+    Hit(HitRecord),
+    /// Delete expired and surplus entries.
+    Sweep {
+        /// Now, in Unix milliseconds.
+        now_ms: i64,
+        /// Entry cap.
+        max_entries: u64,
+    },
+    /// Reply once everything queued before it is done.
+    Flush(oneshot::Sender<()>),
+    /// Finish the queue and stop.
+    Stop,
+}
+
+/// Handle to the writer thread.
+pub struct Writeback {
+    tx: mpsc::SyncSender<WriteOp>,
+    core: Arc<Core>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writeback {
+    /// Starts the writer with a queue of `queue` operations.
+    pub fn start(core: Arc<Core>, queue: usize, batch: usize) -> Writeback {
+        let (tx, rx) = mpsc::sync_channel(queue);
+        let worker_core = core.clone();
+        let join = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || run(worker_core, rx, batch.max(1)))
+            .ok();
+        if join.is_none() {
+            tracing::error!("cannot start the write-back thread; nothing will be cached");
+        }
+        Writeback {
+            tx,
+            core,
+            join: Mutex::new(join),
+        }
+    }
+
+    /// Queues `op` without waiting. Returns false if it was dropped.
+    pub fn send(&self, op: WriteOp) -> bool {
+        let is_insert = matches!(op, WriteOp::Insert(_));
+        match self.tx.try_send(op) {
+            Ok(()) => {
+                self.core.metrics.writeback_queue_depth.inc();
+                true
+            }
+            Err(_) => {
+                if is_insert {
+                    self.core.metrics.writeback_dropped.inc();
+                    self.core.metrics.writeback.with_label_values(&["dropped"]).inc();
+                    tracing::warn!("write-back queue full; answer not cached");
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits until every operation queued before this call is done.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        let metrics = self.core.metrics.clone();
+        // NOTE: a blocking send, off the runtime: a flush must not be dropped.
+        let sent = tokio::task::spawn_blocking(move || {
+            let ok = tx.send(WriteOp::Flush(reply)).is_ok();
+            if ok {
+                metrics.writeback_queue_depth.inc();
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if sent {
+            let _ = rx.await;
+        }
+    }
+
+    /// Drains the queue and joins the thread. Blocking.
+    pub fn close(&self) {
+        if self.tx.send(WriteOp::Stop).is_ok() {
+            self.core.metrics.writeback_queue_depth.inc();
+        }
+        if let Ok(mut j) = self.join.lock() {
+            if let Some(j) = j.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}
+
+fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut ops = vec![first];
+        while ops.len() < batch {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        core.metrics.writeback_queue_depth.sub(ops.len() as i64);
+        let mut inserts = Vec::new();
+        let mut hits = Vec::new();
+        let mut after = Vec::new();
+        for op in ops {
+            match op {
+                WriteOp::Insert(e) => inserts.push(e),
+                WriteOp::Hit(h) => hits.push(h),
+                other => after.push(other),
+            }
+        }
+        if !inserts.is_empty() {
+            match core.store.insert_batch(&inserts) {
+                Ok(ids) => {
+                    core.publish(&inserts, &ids);
+                    core.metrics
+                        .writeback
+                        .with_label_values(&["written"])
+                        .inc_by(ids.len() as u64);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, count = inserts.len(), "write-back failed");
+                    core.metrics
+                        .writeback
+                        .with_label_values(&["failed"])
+                        .inc_by(inserts.len() as u64);
+                }
+            }
+        }
+        if !hits.is_empty() {
+            if let Err(e) = core.store.record_hits(&hits) {
+                tracing::warn!(error = %e, "recording hits failed");
+                core.metrics.cache_errors.with_label_values(&["record_hits"]).inc();
+            }
+        }
+        for op in after {
+            match op {
+                WriteOp::Sweep { now_ms, max_entries } => match core.store.sweep(now_ms, max_entries) {
+                    Ok(removed) => {
+                        if !removed.is_empty() {
+                            tracing::info!(count = removed.len(), "swept expired or surplus entries");
+                            core.forget(&removed);
+                        }
+                        // NOTE: a full count, so only here, on the sweep's period.
+                        core.refresh_counts();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweep failed");
+                        core.metrics.cache_errors.with_label_values(&["sweep"]).inc();
+                    }
+                },
+                WriteOp::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                WriteOp::Stop => stop = true,
+                WriteOp::Insert(_) | WriteOp::Hit(_) => {}
+            }
+        }
+    }
+}
