@@ -159,7 +159,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         .with_context(|| format!("binding the proxy listener {}", settings.server.listen))?;
     let admin_listener = TcpListener::bind(settings.server.admin_listen)
         .await
-        .with_context(|| format!("binding the admin listener {}", settings.server.admin_listen))?;
+        .with_context(|| {
+            format!(
+                "binding the admin listener {}",
+                settings.server.admin_listen
+            )
+        })?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Arc::new(Metrics::new()?);
@@ -175,7 +180,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let admin = Arc::new(Admin::new(cache.clone(), metrics.clone()));
 
     if settings.cache.enabled {
-        let (s, m, c, le) = (settings.clone(), metrics.clone(), cache.clone(), load_error.clone());
+        let (s, m, c, le) = (
+            settings.clone(),
+            metrics.clone(),
+            cache.clone(),
+            load_error.clone(),
+        );
         tokio::spawn(async move {
             let loaded = tokio::task::spawn_blocking(move || load_cache(&s, opts, m)).await;
             match loaded {
@@ -283,8 +293,9 @@ async fn serve(
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
     if let Some(c) = cache.get() {
-        // NOTE: misses that completed during the drain are queued; store them.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // NOTE: misses that completed during the drain are still being
+        // prepared; queue them, then let the writer drain.
+        c.flush(Duration::from_secs(5)).await;
         let c = c.clone();
         let _ = tokio::task::spawn_blocking(move || c.close()).await;
     }

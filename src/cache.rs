@@ -99,7 +99,10 @@ impl Core {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(tenant, error = %e, "cannot open the vector index");
-                self.metrics.cache_errors.with_label_values(&["index_open"]).inc();
+                self.metrics
+                    .cache_errors
+                    .with_label_values(&["index_open"])
+                    .inc();
                 return None;
             }
         };
@@ -149,7 +152,10 @@ impl Core {
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(tenant, error = %e, "vector index save failed");
-                        self.metrics.cache_errors.with_label_values(&["index_save"]).inc();
+                        self.metrics
+                            .cache_errors
+                            .with_label_values(&["index_save"])
+                            .inc();
                     }
                 }
             }
@@ -161,9 +167,14 @@ impl Core {
         for (e, id) in entries.iter().zip(ids) {
             if let Some(v) = &e.embedding {
                 if let Some(idx) = self.index(&e.tenant) {
-                    if let Err(err) = idx.add(*id as u64, crate::keying::partition_tag(&e.partition), v) {
+                    if let Err(err) =
+                        idx.add(*id as u64, crate::keying::partition_tag(&e.partition), v)
+                    {
                         tracing::warn!(error = %err, "index add failed");
-                        self.metrics.cache_errors.with_label_values(&["index_add"]).inc();
+                        self.metrics
+                            .cache_errors
+                            .with_label_values(&["index_add"])
+                            .inc();
                     }
                 }
             }
@@ -181,7 +192,8 @@ impl Core {
                 expires_at: e.expires_at,
                 hits: 0,
             });
-            self.exact.insert(exact_key(&e.tenant, &e.exact_hash), entry.clone());
+            self.exact
+                .insert(exact_key(&e.tenant, &e.exact_hash), entry.clone());
             self.by_id.insert(*id, entry);
         }
     }
@@ -213,6 +225,7 @@ pub struct Cache {
     settings: CacheSettings,
     embedder: EmbedService,
     writeback: Writeback,
+    finishing: std::sync::atomic::AtomicUsize,
 }
 
 impl Cache {
@@ -248,13 +261,21 @@ impl Cache {
                 return Err(format!("cannot open the vector index of tenant {t}"));
             }
         }
+        for t in &all {
+            core.metrics.entries.with_label_values(&[t]).set(0);
+        }
         core.refresh_counts();
-        let writeback = Writeback::start(core.clone(), settings.writeback_queue, settings.writeback_batch);
+        let writeback = Writeback::start(
+            core.clone(),
+            settings.writeback_queue,
+            settings.writeback_batch,
+        );
         Ok(Cache {
             core,
             settings,
             embedder,
             writeback,
+            finishing: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -274,7 +295,11 @@ impl Cache {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(error = %e, "embedding failed");
-                self.core.metrics.cache_errors.with_label_values(&["embed"]).inc();
+                self.core
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["embed"])
+                    .inc();
                 None
             }
         }
@@ -302,7 +327,11 @@ impl Cache {
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "store read failed");
-                self.core.metrics.cache_errors.with_label_values(&["store_read"]).inc();
+                self.core
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["store_read"])
+                    .inc();
                 None
             }
             Err(_) => None,
@@ -325,7 +354,11 @@ impl Cache {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "store read failed");
-                self.core.metrics.cache_errors.with_label_values(&["store_read"]).inc();
+                self.core
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["store_read"])
+                    .inc();
                 None
             }
             _ => None,
@@ -350,7 +383,10 @@ impl Cache {
         let mut out = Lookup::default();
         if let Some(e) = self.exact(tenant, key).await {
             if e.tenant == tenant && e.partition == key.partition && Self::usable(&e, now, opts) {
-                self.core.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
+                self.core
+                    .metrics
+                    .lookup_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 out.hit = Some(Hit {
                     entry: e,
                     similarity: 1.0,
@@ -364,7 +400,10 @@ impl Cache {
             if let (Some(v), Some(idx)) = (&out.embedding, self.core.index(tenant)) {
                 let t0 = Instant::now();
                 let found = idx.search(v, key.partition_tag(), 8);
-                self.core.metrics.ann_seconds.observe(t0.elapsed().as_secs_f64());
+                self.core
+                    .metrics
+                    .ann_seconds
+                    .observe(t0.elapsed().as_secs_f64());
                 match found {
                     Ok(cands) => {
                         if let Some((_, best)) = cands.first() {
@@ -394,12 +433,19 @@ impl Cache {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "vector search failed");
-                        self.core.metrics.cache_errors.with_label_values(&["ann"]).inc();
+                        self.core
+                            .metrics
+                            .cache_errors
+                            .with_label_values(&["ann"])
+                            .inc();
                     }
                 }
             }
         }
-        self.core.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
+        self.core
+            .metrics
+            .lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
         out
     }
 
@@ -427,12 +473,32 @@ impl Cache {
         });
     }
 
-    /// Waits until everything queued so far is stored.
-    pub async fn flush(&self) {
+    /// Marks an answer as being prepared for a write (parsed, maybe embedded).
+    pub fn begin_write(&self) {
+        self.finishing
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Marks a prepared answer as queued or abandoned.
+    pub fn end_write(&self) {
+        self.finishing
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits (up to `within`) for answers still being prepared, then until
+    /// everything queued so far is stored.
+    pub async fn flush(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.finishing.load(std::sync::atomic::Ordering::Acquire) > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         self.writeback.flush().await;
     }
 
     /// Stops the write-back thread after it drains, then saves the indexes.
+    /// Blocking; call [`Cache::flush`] first so that prepared answers are queued.
     pub fn close(&self) {
         self.writeback.close();
         self.core.save_indexes();

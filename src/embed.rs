@@ -95,7 +95,9 @@ impl FastEmbedder {
             .map_err(|e| EmbedError::Load(e.to_string()))?;
         let dims = probe.first().map(Vec::len).unwrap_or(0);
         if dims == 0 {
-            return Err(EmbedError::Load("the model returned an empty vector".into()));
+            return Err(EmbedError::Load(
+                "the model returned an empty vector".into(),
+            ));
         }
         Ok(FastEmbedder { model, dims })
     }

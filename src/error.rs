@@ -36,9 +36,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -49,9 +47,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::ShuttingDown => "api_error",
-            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => {
-                "invalid_request_error"
-            }
+            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => "invalid_request_error",
         }
     }
 

@@ -126,7 +126,10 @@ impl UsearchIndex {
         };
         let (idx, rebuilt) = match loaded {
             Some(idx) => {
-                let present = rows.iter().filter(|(id, _)| idx.index.contains(*id)).count();
+                let present = rows
+                    .iter()
+                    .filter(|(id, _)| idx.index.contains(*id))
+                    .count();
                 if present == idx.index.size() {
                     (idx, false)
                 } else {
@@ -280,7 +283,10 @@ impl VectorIndex for BruteIndex {
     }
 
     fn contains(&self, id: u64) -> bool {
-        self.rows.read().map(|r| r.contains_key(&id)).unwrap_or(false)
+        self.rows
+            .read()
+            .map(|r| r.contains_key(&id))
+            .unwrap_or(false)
     }
 
     fn memory_bytes(&self) -> usize {
@@ -299,7 +305,9 @@ mod tests {
 
     fn vecs(n: usize) -> Vec<Vec<f32>> {
         let mut e = HashEmbedder::new(32);
-        let texts: Vec<String> = (0..n).map(|i| format!("w{} w{} w{}", i, i * 7, i % 5)).collect();
+        let texts: Vec<String> = (0..n)
+            .map(|i| format!("w{} w{} w{}", i, i * 7, i % 5))
+            .collect();
         e.embed_batch(&texts).unwrap()
     }
 

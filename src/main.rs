@@ -41,7 +41,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -62,8 +65,14 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("modelcache: proxy listening on http://{} (upstream {upstream})", running.proxy_addr);
-    println!("modelcache: admin listening on http://{}", running.admin_addr);
+    println!(
+        "modelcache: proxy listening on http://{} (upstream {upstream})",
+        running.proxy_addr
+    );
+    println!(
+        "modelcache: admin listening on http://{}",
+        running.admin_addr
+    );
     let stop = running.take_shutdown();
     tokio::spawn(async move {
         wait_for_signal().await;

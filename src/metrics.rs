@@ -51,7 +51,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("modelcache_requests_total", "Requests by tenant, route and result."),
+            Opts::new(
+                "modelcache_requests_total",
+                "Requests by tenant, route and result.",
+            ),
             &["tenant", "route", "result"],
         )?;
         let request_seconds = HistogramVec::new(
@@ -140,7 +143,9 @@ impl Metrics {
         registry.register(Box::new(cache_errors.clone()))?;
         registry.register(Box::new(upstream_responses.clone()))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             registry,
             requests,

@@ -72,7 +72,11 @@ impl Writeback {
             Err(_) => {
                 if is_insert {
                     self.core.metrics.writeback_dropped.inc();
-                    self.core.metrics.writeback.with_label_values(&["dropped"]).inc();
+                    self.core
+                        .metrics
+                        .writeback
+                        .with_label_values(&["dropped"])
+                        .inc();
                     tracing::warn!("write-back queue full; answer not cached");
                 }
                 false
@@ -156,15 +160,24 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
         if !hits.is_empty() {
             if let Err(e) = core.store.record_hits(&hits) {
                 tracing::warn!(error = %e, "recording hits failed");
-                core.metrics.cache_errors.with_label_values(&["record_hits"]).inc();
+                core.metrics
+                    .cache_errors
+                    .with_label_values(&["record_hits"])
+                    .inc();
             }
         }
         for op in after {
             match op {
-                WriteOp::Sweep { now_ms, max_entries } => match core.store.sweep(now_ms, max_entries) {
+                WriteOp::Sweep {
+                    now_ms,
+                    max_entries,
+                } => match core.store.sweep(now_ms, max_entries) {
                     Ok(removed) => {
                         if !removed.is_empty() {
-                            tracing::info!(count = removed.len(), "swept expired or surplus entries");
+                            tracing::info!(
+                                count = removed.len(),
+                                "swept expired or surplus entries"
+                            );
                             core.forget(&removed);
                         }
                         // NOTE: a full count, so only here, on the sweep's period.
@@ -172,7 +185,10 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "sweep failed");
-                        core.metrics.cache_errors.with_label_values(&["sweep"]).inc();
+                        core.metrics
+                            .cache_errors
+                            .with_label_values(&["sweep"])
+                            .inc();
                     }
                 },
                 WriteOp::Flush(reply) => {

@@ -194,25 +194,31 @@ pub fn load(
         ),
         None => ("defaults".to_string(), String::new()),
     };
-    let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-        origin: origin.clone(),
-        key: String::new(),
-        message: e.message().to_string() + &line_of(&text, e.span()),
-    })?;
-    apply_env(&mut doc, env)?;
-    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-        ConfigError::Parse {
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
             origin: origin.clone(),
-            key: e.path().to_string(),
-            message: e.inner().message().to_string(),
-        }
-    })?;
+            key: String::new(),
+            message: e.message().to_string() + &line_of(&text, e.span()),
+        })?;
+    apply_env(&mut doc, env)?;
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+            ConfigError::Parse {
+                origin: origin.clone(),
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            }
+        })?;
     settings_from_raw(raw, overrides)
 }
 
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
-        Some(s) => format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)),
+        Some(s) => format!(
+            " (line {})",
+            text[..s.start.min(text.len())].lines().count().max(1)
+        ),
         None => String::new(),
     }
 }
@@ -226,10 +232,7 @@ fn apply_env(
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS
-            .iter()
-            .find(|s| rest.starts_with(&format!("{s}_")))
-        else {
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
             continue;
         };
         let key = rest[section.len() + 1..].to_string();
@@ -276,8 +279,12 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|e| invalid(key, format!("`{s}` is not an address like 127.0.0.1:8080: {e}")))
+    s.parse().map_err(|e| {
+        invalid(
+            key,
+            format!("`{s}` is not an address like 127.0.0.1:8080: {e}"),
+        )
+    })
 }
 
 /// Parses and checks an upstream origin (`http(s)://host[:port]`).
@@ -298,10 +305,7 @@ pub fn upstream_url(key: &str, s: &str) -> Result<url::Url, ConfigError> {
 fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
     let s = &raw.server;
     let server = ServerSettings {
-        listen: addr(
-            "server.listen",
-            o.listen.as_deref().unwrap_or(&s.listen),
-        )?,
+        listen: addr("server.listen", o.listen.as_deref().unwrap_or(&s.listen))?,
         admin_listen: addr(
             "server.admin_listen",
             o.admin_listen.as_deref().unwrap_or(&s.admin_listen),
@@ -320,7 +324,10 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
     let st = &raw.storage;
     let storage = StorageSettings {
         data_dir: PathBuf::from(o.data_dir.as_deref().unwrap_or(&st.data_dir)),
-        index_save_interval: parse_duration("storage.index_save_interval", &st.index_save_interval)?,
+        index_save_interval: parse_duration(
+            "storage.index_save_interval",
+            &st.index_save_interval,
+        )?,
         index_quantization: match st.index_quantization.as_str() {
             "f32" => Quantization::F32,
             "f16" => Quantization::F16,
@@ -355,7 +362,10 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
         queue: e.queue,
     };
     let c = &raw.cache;
-    for (k, v) in [("cache.threshold", c.threshold), ("cache.long_threshold", c.long_threshold)] {
+    for (k, v) in [
+        ("cache.threshold", c.threshold),
+        ("cache.long_threshold", c.long_threshold),
+    ] {
         if !(0.0..=1.0).contains(&v) {
             return Err(invalid(k, "must be between 0 and 1"));
         }
@@ -411,7 +421,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_its_path() {
-        let err = from_str("[cache]\nthresold = 0.5\n").unwrap_err().to_string();
+        let err = from_str("[cache]\nthresold = 0.5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cache"), "{err}");
         assert!(err.contains("thresold"), "{err}");
     }
@@ -422,14 +434,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("upstream.connect_timeout"), "{err}");
-        let err = from_str("[cache]\nthreshold = \"high\"\n").unwrap_err().to_string();
+        let err = from_str("[cache]\nthreshold = \"high\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cache.threshold"), "{err}");
     }
 
     #[test]
     fn env_then_flags_override() {
         let env = vec![
-            ("MODELCACHE_SERVER_LISTEN".to_string(), "0.0.0.0:9999".to_string()),
+            (
+                "MODELCACHE_SERVER_LISTEN".to_string(),
+                "0.0.0.0:9999".to_string(),
+            ),
             ("MODELCACHE_CACHE_THRESHOLD".to_string(), "0.8".to_string()),
             ("OTHER".to_string(), "x".to_string()),
         ];
@@ -449,14 +466,22 @@ mod tests {
     #[test]
     fn unknown_env_key_is_an_error() {
         let env = vec![("MODELCACHE_CACHE_NOPE".to_string(), "1".to_string())];
-        let err = load(None, env, &Overrides::default()).unwrap_err().to_string();
+        let err = load(None, env, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("k", "250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("k", "2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("k", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("k", "2h").unwrap(),
+            Duration::from_secs(7200)
+        );
         assert!(parse_duration("k", "5y").is_err());
     }
 

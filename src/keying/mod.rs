@@ -64,7 +64,7 @@ pub struct CacheKey {
     pub partition: String,
     /// The key text, ModelCache's way: `role###content` joined with `|||`.
     pub text: String,
-    /// The text that is embedded.
+    /// The text that is embedded: the user turns (system turns are in the partition).
     pub embed_text: String,
     /// Whether semantic matching is allowed (false: exact only).
     pub semantic: bool,
@@ -172,13 +172,22 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
                             .map(|(k, v)| (k.clone(), v.clone()))
                             .collect();
                         if !extras.is_empty() {
-                            exact_turns.push_str(&format!("{i}:{}\n", canonical(&Value::Object(extras))));
+                            push_exact(
+                                &mut exact_turns,
+                                i,
+                                "extra",
+                                &canonical(&Value::Object(extras)),
+                            );
                         }
-                        embed_parts.push(if role == "user" {
-                            content.clone()
+                        if role == "user" {
+                            embed_parts.push(content.clone());
                         } else {
-                            format!("{role}: {content}")
-                        });
+                            // NOTE: a system prompt changes what a right answer is,
+                            // so it is matched exactly, never by meaning. It stays
+                            // out of the embedding: a long shared system prompt would
+                            // otherwise make unrelated questions look alike.
+                            push_exact(&mut exact_turns, i, role, &content);
+                        }
                         parts.push(format!("{role}###{content}"));
                     }
                     _ => {
@@ -189,7 +198,12 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
                         {
                             semantic = false;
                         }
-                        exact_turns.push_str(&format!("{i}:{}\n", canonical(&Value::Object(m.clone()))));
+                        push_exact(
+                            &mut exact_turns,
+                            i,
+                            "turn",
+                            &canonical(&Value::Object(m.clone())),
+                        );
                     }
                 }
             }
@@ -223,6 +237,11 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
         include_usage,
         params,
     })
+}
+
+/// Appends one exactly-matched piece, length-prefixed so pieces cannot run together.
+fn push_exact(out: &mut String, index: usize, tag: &str, piece: &str) {
+    out.push_str(&format!("{index}:{tag}:{}:{piece}", piece.len()));
 }
 
 /// The text of a message's content, and whether it was text only.
@@ -314,13 +333,28 @@ mod tests {
         let k = key(json!({"model":"m","messages":[
             {"role":"system","content":"You are a Python assistant."},
             {"role":"user","content":"hello"}]}));
-        assert_eq!(k.text, "system###You are a Python assistant.|||user###hello");
+        assert_eq!(
+            k.text,
+            "system###You are a Python assistant.|||user###hello"
+        );
         assert!(k.semantic);
     }
 
     #[test]
+    fn system_prompts_are_matched_exactly_and_not_embedded() {
+        let a = key(json!({"model":"m","messages":[
+            {"role":"system","content":"You are terse."},{"role":"user","content":"q"}]}));
+        let b = key(json!({"model":"m","messages":[
+            {"role":"system","content":"You are verbose."},{"role":"user","content":"q"}]}));
+        assert_ne!(a.partition, b.partition);
+        assert_eq!(a.embed_text, "q");
+    }
+
+    #[test]
     fn key_order_and_float_spelling_do_not_matter() {
-        let a = key(json!({"model":"m","temperature":1,"top_p":0.5,"messages":[{"role":"user","content":"q"}]}));
+        let a = key(
+            json!({"model":"m","temperature":1,"top_p":0.5,"messages":[{"role":"user","content":"q"}]}),
+        );
         let b: Value = serde_json::from_str(
             r#"{"top_p":5e-1,"messages":[{"content":"q","role":"user"}],"temperature":1.0,"model":"m"}"#,
         )
@@ -336,7 +370,10 @@ mod tests {
             ("temperature", json!(0.7)),
             ("max_tokens", json!(10)),
             ("seed", json!(1)),
-            ("tools", json!([{"type":"function","function":{"name":"f"}}])),
+            (
+                "tools",
+                json!([{"type":"function","function":{"name":"f"}}]),
+            ),
             ("response_format", json!({"type":"json_object"})),
             ("some_future_param", json!(true)),
         ] {
@@ -352,8 +389,10 @@ mod tests {
     #[test]
     fn stream_and_user_fields_share_a_partition() {
         let a = key(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
-        let b = key(json!({"model":"m","stream":true,"stream_options":{"include_usage":true},
-            "user":"u1","messages":[{"role":"user","content":"q"}]}));
+        let b = key(
+            json!({"model":"m","stream":true,"stream_options":{"include_usage":true},
+            "user":"u1","messages":[{"role":"user","content":"q"}]}),
+        );
         assert_eq!(a.partition, b.partition);
         assert_eq!(a.exact_hash(), b.exact_hash());
         assert!(b.stream && b.include_usage);
@@ -386,11 +425,24 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_uncacheable() {
-        assert_eq!(key_for(Endpoint::Chat, &json!([1])).unwrap_err(), Uncacheable::NotAnObject);
-        assert_eq!(key_for(Endpoint::Chat, &json!({"messages":[]})).unwrap_err(), Uncacheable::NoModel);
-        assert_eq!(key_for(Endpoint::Chat, &json!({"model":"m"})).unwrap_err(), Uncacheable::BadMessages);
         assert_eq!(
-            key_for(Endpoint::Completions, &json!({"model":"m","prompt":["a","b"]})).unwrap_err(),
+            key_for(Endpoint::Chat, &json!([1])).unwrap_err(),
+            Uncacheable::NotAnObject
+        );
+        assert_eq!(
+            key_for(Endpoint::Chat, &json!({"messages":[]})).unwrap_err(),
+            Uncacheable::NoModel
+        );
+        assert_eq!(
+            key_for(Endpoint::Chat, &json!({"model":"m"})).unwrap_err(),
+            Uncacheable::BadMessages
+        );
+        assert_eq!(
+            key_for(
+                Endpoint::Completions,
+                &json!({"model":"m","prompt":["a","b"]})
+            )
+            .unwrap_err(),
             Uncacheable::PromptNotString
         );
         let c = key_for(Endpoint::Completions, &json!({"model":"m","prompt":"hi"})).unwrap();

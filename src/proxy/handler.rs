@@ -171,7 +171,10 @@ impl Gateway {
         };
         let h = resp.headers_mut();
         h.insert("x-modelcache", HeaderValue::from_static(outcome.header()));
-        h.insert("cache-status", HeaderValue::from_static(outcome.cache_status()));
+        h.insert(
+            "cache-status",
+            HeaderValue::from_static(outcome.cache_status()),
+        );
         self.metrics
             .requests
             .with_label_values(&[DEFAULT_TENANT, route, outcome.label()])
@@ -223,7 +226,10 @@ impl Gateway {
             .and_then(|v| key_for(endpoint, &v).ok());
         let Some(key) = key else {
             // Malformed JSON or an uncacheable shape: the upstream decides.
-            return Ok((self.forward(&parts, full(bytes), None).await?, Outcome::Bypass));
+            return Ok((
+                self.forward(&parts, full(bytes), None).await?,
+                Outcome::Bypass,
+            ));
         };
         let opts = LookupOptions {
             max_age: cc.max_age,
@@ -258,7 +264,14 @@ impl Gateway {
             ttl,
         };
         let resp = self.forward(&parts, full(bytes), Some(write)).await?;
-        Ok((resp, if cc.no_cache { Outcome::Refresh } else { Outcome::Miss }))
+        Ok((
+            resp,
+            if cc.no_cache {
+                Outcome::Refresh
+            } else {
+                Outcome::Miss
+            },
+        ))
     }
 
     async fn pass_through(
@@ -266,7 +279,10 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Result<(Response<ProxyBody>, Outcome), GatewayError> {
         let (parts, body) = req.into_parts();
-        Ok((self.forward(&parts, boxed(body), None).await?, Outcome::Bypass))
+        Ok((
+            self.forward(&parts, boxed(body), None).await?,
+            Outcome::Bypass,
+        ))
     }
 
     /// Sends the request upstream and streams the answer back, teeing it into
@@ -279,7 +295,9 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let t0 = Instant::now();
         let resp = self.upstream.send(parts, body).await?;
-        self.metrics.upstream_seconds.observe(t0.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_seconds
+            .observe(t0.elapsed().as_secs_f64());
         let status = resp.status();
         let class = match status.as_u16() {
             100..=199 => "1xx",
@@ -288,7 +306,10 @@ impl Gateway {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.metrics.upstream_responses.with_label_values(&[class]).inc();
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[class])
+            .inc();
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let body = IdleTimeout::new(rbody, self.settings.upstream.idle_timeout);
@@ -307,7 +328,12 @@ impl Gateway {
                 let cap = self.settings.server.max_answer_bytes;
                 let on_complete = Box::new(move |copy: Bytes| {
                     // NOTE: off the response path; the client already has every byte.
-                    tokio::spawn(w.finish(ct, ce, copy, cap));
+                    w.cache.begin_write();
+                    tokio::spawn(async move {
+                        let cache = w.cache.clone();
+                        w.finish(ct, ce, copy, cap).await;
+                        cache.end_write();
+                    });
                 });
                 boxed(Tee::new(boxed(body), cap, on_complete))
             }
@@ -319,18 +345,26 @@ impl Gateway {
     fn hit_response(&self, key: &CacheKey, hit: &Hit) -> Option<Response<ProxyBody>> {
         let mut resp = if key.stream {
             let events = replay::sse_events(key.endpoint, &hit.entry.answer, key.include_usage)?;
-            let frames = stream::iter(events.into_iter().map(|b| Ok::<_, BoxError>(Frame::data(b))));
+            let frames = stream::iter(
+                events
+                    .into_iter()
+                    .map(|b| Ok::<_, BoxError>(Frame::data(b))),
+            );
             let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
         } else {
             let body = replay::json_body(key.endpoint, &hit.entry.answer)?;
             let mut r = Response::new(full(body));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         };
         let h = resp.headers_mut();
@@ -417,7 +451,10 @@ mod tests {
     #[test]
     fn cache_control_directives() {
         let mut h = HeaderMap::new();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("No-Cache, max-age=60"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("No-Cache, max-age=60"),
+        );
         let cc = CacheControl::parse(&h);
         assert!(cc.no_cache && !cc.no_store);
         assert_eq!(cc.max_age, Some(Duration::from_secs(60)));

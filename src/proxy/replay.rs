@@ -98,16 +98,21 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
             Endpoint::Completions => {
                 let text = c.get("text").and_then(Value::as_str).unwrap_or("");
                 for p in pieces(text, PIECE) {
-                    out.push(chunk(json!({"text": p, "index": index, "logprobs": null, "finish_reason": null})));
+                    out.push(chunk(
+                        json!({"text": p, "index": index, "logprobs": null, "finish_reason": null}),
+                    ));
                 }
-                out.push(chunk(json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish})));
+                out.push(chunk(
+                    json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish}),
+                ));
             }
             Endpoint::Chat => {
                 let msg = c.get("message").cloned().unwrap_or(json!({}));
                 let content = msg.get("content").and_then(Value::as_str);
                 let role = msg.get("role").cloned().unwrap_or(json!("assistant"));
                 let delta = |d: Value| json!({"index": index, "delta": d, "logprobs": null, "finish_reason": null});
-                let mut first = json!({"role": role, "content": content.map_or(Value::Null, |_| json!(""))});
+                let mut first =
+                    json!({"role": role, "content": content.map_or(Value::Null, |_| json!(""))});
                 if msg.get("refusal").is_some_and(Value::is_string) {
                     first["refusal"] = Value::Null;
                 }
@@ -131,11 +136,15 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
                         }]}))));
                         let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
                         for p in pieces(args, PIECE) {
-                            out.push(chunk(delta(json!({"tool_calls": [{"index": k, "function": {"arguments": p}}]}))));
+                            out.push(chunk(delta(
+                                json!({"tool_calls": [{"index": k, "function": {"arguments": p}}]}),
+                            )));
                         }
                     }
                 }
-                out.push(chunk(json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish})));
+                out.push(chunk(
+                    json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}),
+                ));
             }
         }
     }
@@ -149,7 +158,10 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
             m.insert("system_fingerprint".into(), f.clone());
         }
         m.insert("choices".into(), json!([]));
-        m.insert("usage".into(), v.get("usage").cloned().unwrap_or(Value::Null));
+        m.insert(
+            "usage".into(),
+            v.get("usage").cloned().unwrap_or(Value::Null),
+        );
         out.push(event(&Value::Object(m)));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -179,12 +191,21 @@ mod tests {
         })
         .to_string();
         let events = sse_events(Endpoint::Chat, &answer, true).unwrap();
-        let body: String = events.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let body: String = events
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         assert!(body.ends_with("data: [DONE]\n\n"));
         let back = assemble(Endpoint::Chat, &body).unwrap();
         let orig: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(back["choices"][0]["message"]["content"], orig["choices"][0]["message"]["content"]);
-        assert_eq!(back["choices"][0]["message"]["tool_calls"], orig["choices"][0]["message"]["tool_calls"]);
+        assert_eq!(
+            back["choices"][0]["message"]["content"],
+            orig["choices"][0]["message"]["content"]
+        );
+        assert_eq!(
+            back["choices"][0]["message"]["tool_calls"],
+            orig["choices"][0]["message"]["tool_calls"]
+        );
         assert_eq!(back["usage"], orig["usage"]);
         assert_ne!(back["id"], "x");
     }
@@ -193,10 +214,14 @@ mod tests {
     fn completions_replay() {
         let answer = json!({"object":"text_completion","model":"m","choices":[{"text":"hello there world","index":0,"finish_reason":"stop"}]}).to_string();
         let events = sse_events(Endpoint::Completions, &answer, false).unwrap();
-        let body: String = events.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let body: String = events
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         let back = assemble(Endpoint::Completions, &body).unwrap();
         assert_eq!(back["choices"][0]["text"], "hello there world");
-        let j: Value = serde_json::from_slice(&json_body(Endpoint::Completions, &answer).unwrap()).unwrap();
+        let j: Value =
+            serde_json::from_slice(&json_body(Endpoint::Completions, &answer).unwrap()).unwrap();
         assert!(j["id"].as_str().unwrap().starts_with("cmpl-"));
     }
 }

@@ -125,7 +125,13 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         if v.get("error").is_some_and(|e| !e.is_null()) {
             return Err(Reject::ErrorEvent);
         }
-        for k in ["id", "created", "model", "system_fingerprint", "service_tier"] {
+        for k in [
+            "id",
+            "created",
+            "model",
+            "system_fingerprint",
+            "service_tier",
+        ] {
             if let Some(x) = v.get(k) {
                 if !x.is_null() {
                     top.insert(k.to_string(), x.clone());
@@ -148,8 +154,14 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                     acc.finish_reason = fr.clone();
                 }
             }
-            if let Some(lp) = c.get("logprobs").and_then(|l| l.get("content")).and_then(Value::as_array) {
-                acc.logprobs.get_or_insert_with(Vec::new).extend(lp.iter().cloned());
+            if let Some(lp) = c
+                .get("logprobs")
+                .and_then(|l| l.get("content"))
+                .and_then(Value::as_array)
+            {
+                acc.logprobs
+                    .get_or_insert_with(Vec::new)
+                    .extend(lp.iter().cloned());
             }
             match endpoint {
                 Endpoint::Completions => append(&mut acc.content, c.get("text")),
@@ -203,9 +215,18 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                 }),
                 Endpoint::Chat => {
                     let mut msg = Map::new();
-                    msg.insert("role".into(), json!(c.role.unwrap_or_else(|| "assistant".into())));
-                    msg.insert("content".into(), c.content.map_or(Value::Null, Value::String));
-                    msg.insert("refusal".into(), c.refusal.map_or(Value::Null, Value::String));
+                    msg.insert(
+                        "role".into(),
+                        json!(c.role.unwrap_or_else(|| "assistant".into())),
+                    );
+                    msg.insert(
+                        "content".into(),
+                        c.content.map_or(Value::Null, Value::String),
+                    );
+                    msg.insert(
+                        "refusal".into(),
+                        c.refusal.map_or(Value::Null, Value::String),
+                    );
                     if !c.tools.is_empty() {
                         let tcs: Vec<Value> = c
                             .tools
@@ -253,7 +274,10 @@ pub fn validate(answer: &Value, allowed_finish: &[String]) -> Result<(), Reject>
         .filter(|c| !c.is_empty())
         .ok_or(Reject::Shape("no choices"))?;
     for c in choices {
-        let fr = c.get("finish_reason").and_then(Value::as_str).unwrap_or("none");
+        let fr = c
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
         if !allowed_finish.iter().any(|a| a == fr) {
             return Err(Reject::FinishReason(fr.to_string()));
         }
@@ -271,7 +295,8 @@ pub fn storable_answer(
     allowed_finish: &[String],
 ) -> Result<Value, Reject> {
     let raw = decode(content_encoding, body, cap)?;
-    let is_sse = content_type.is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+    let is_sse =
+        content_type.is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
     let answer = if is_sse {
         let text = std::str::from_utf8(&raw).map_err(|_| Reject::Shape("non-UTF-8 stream"))?;
         assemble(endpoint, text)?
@@ -299,7 +324,15 @@ data: [DONE]\n\n";
 
     #[test]
     fn assembles_a_chat_stream() {
-        let v = storable_answer(Endpoint::Chat, Some("text/event-stream"), None, STREAM.as_bytes(), 1 << 20, &allowed()).unwrap();
+        let v = storable_answer(
+            Endpoint::Chat,
+            Some("text/event-stream"),
+            None,
+            STREAM.as_bytes(),
+            1 << 20,
+            &allowed(),
+        )
+        .unwrap();
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["choices"][0]["message"]["content"], "Hello");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -312,10 +345,21 @@ data: [DONE]\n\n";
         let cut = &STREAM[..STREAM.len() - "data: [DONE]\n\n".len()];
         assert_eq!(assemble(Endpoint::Chat, cut).unwrap_err(), Reject::NoDone);
         let err = "data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n";
-        assert_eq!(assemble(Endpoint::Chat, err).unwrap_err(), Reject::ErrorEvent);
+        assert_eq!(
+            assemble(Endpoint::Chat, err).unwrap_err(),
+            Reject::ErrorEvent
+        );
         let len = STREAM.replace("\"stop\"", "\"length\"");
         assert_eq!(
-            storable_answer(Endpoint::Chat, Some("text/event-stream"), None, len.as_bytes(), 1 << 20, &allowed()).unwrap_err(),
+            storable_answer(
+                Endpoint::Chat,
+                Some("text/event-stream"),
+                None,
+                len.as_bytes(),
+                1 << 20,
+                &allowed()
+            )
+            .unwrap_err(),
             Reject::FinishReason("length".into())
         );
     }
@@ -338,11 +382,26 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]
     fn decodes_gzip_and_refuses_unknown_encodings() {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(b"{\"choices\":[{\"finish_reason\":\"stop\"}]}").unwrap();
+        enc.write_all(b"{\"choices\":[{\"finish_reason\":\"stop\"}]}")
+            .unwrap();
         let gz = enc.finish().unwrap();
-        assert!(storable_answer(Endpoint::Chat, Some("application/json"), Some("gzip"), &gz, 1 << 20, &allowed()).is_ok());
-        assert_eq!(decode(Some("gzip"), &gz[..gz.len() / 2], 1 << 20).unwrap_err(), Reject::Corrupt);
-        assert!(matches!(decode(Some("br"), b"x", 10), Err(Reject::Encoding(_))));
+        assert!(storable_answer(
+            Endpoint::Chat,
+            Some("application/json"),
+            Some("gzip"),
+            &gz,
+            1 << 20,
+            &allowed()
+        )
+        .is_ok());
+        assert_eq!(
+            decode(Some("gzip"), &gz[..gz.len() / 2], 1 << 20).unwrap_err(),
+            Reject::Corrupt
+        );
+        assert!(matches!(
+            decode(Some("br"), b"x", 10),
+            Err(Reject::Encoding(_))
+        ));
     }
 
     #[test]

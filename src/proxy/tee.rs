@@ -2,9 +2,9 @@
 //!
 //! Owns the copy and the decision of when a copy is complete. Each frame is
 //! passed on the moment it arrives; the copy is a side effect. The completion
-//! callback runs only when the body ended cleanly and was read to the end by
-//! the client. It must never run after an error, an overflow, or a client that
-//! went away (the body is then dropped unfinished).
+//! callback runs only when the upstream body has ended cleanly while being
+//! relayed. It must never run after an error, an overflow, or a client that
+//! went away mid-body (the body is then dropped unfinished).
 
 use std::{
     pin::Pin,
@@ -39,6 +39,14 @@ impl<B> Tee<B> {
     }
 }
 
+impl<B> Tee<B> {
+    fn complete(&mut self) {
+        if let Some(f) = self.on_complete.take() {
+            f(std::mem::take(&mut self.buf).freeze());
+        }
+    }
+}
+
 impl<B> Body for Tee<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
@@ -64,6 +72,11 @@ where
                         }
                     }
                 }
+                // NOTE: a body of known length may never be polled to `None`:
+                // the server stops once it has written that many bytes.
+                if this.inner.is_end_stream() {
+                    this.complete();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -71,9 +84,7 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                if let Some(f) = this.on_complete.take() {
-                    f(std::mem::take(&mut this.buf).freeze());
-                }
+                this.complete();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -81,9 +92,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        // NOTE: claim the end only after the callback ran, so that the server
-        // polls once more and the end of the body is seen here.
-        self.on_complete.is_none() && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -102,7 +111,11 @@ mod tests {
     async fn completes_with_a_copy_only_at_the_end() {
         let got = Arc::new(Mutex::new(None));
         let g = got.clone();
-        let tee = Tee::new(full("hello"), 100, Box::new(move |b| *g.lock().unwrap() = Some(b)));
+        let tee = Tee::new(
+            full("hello"),
+            100,
+            Box::new(move |b| *g.lock().unwrap() = Some(b)),
+        );
         let out = boxed(tee).collect().await.unwrap().to_bytes();
         assert_eq!(out, "hello");
         assert_eq!(got.lock().unwrap().as_deref(), Some(&b"hello"[..]));
@@ -112,7 +125,11 @@ mod tests {
     async fn overflow_and_drop_never_complete() {
         let got = Arc::new(Mutex::new(0));
         let g = got.clone();
-        let tee = Tee::new(full("hello world"), 4, Box::new(move |_| *g.lock().unwrap() += 1));
+        let tee = Tee::new(
+            full("hello world"),
+            4,
+            Box::new(move |_| *g.lock().unwrap() += 1),
+        );
         let out = boxed(tee).collect().await.unwrap().to_bytes();
         assert_eq!(out, "hello world", "the client still gets everything");
         let g = got.clone();

@@ -196,7 +196,10 @@ pub(crate) mod suite {
         assert!(s.get(ids[1]).unwrap().is_none());
         // LRU: the entry hit most recently survives a cap of one.
         let more = s
-            .insert_batch(&[entry("a", "h2", 2000, 10_000), entry("a", "h3", 2001, 10_000)])
+            .insert_batch(&[
+                entry("a", "h2", 2000, 10_000),
+                entry("a", "h3", 2001, 10_000),
+            ])
             .unwrap();
         s.record_hits(&[HitRecord {
             entry_id: more[0],

@@ -109,7 +109,10 @@ impl SqliteStore {
         Ok(f(&c)?)
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let mut c = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(f(&mut c)?)
     }
@@ -289,7 +292,8 @@ mod tests {
         let p = dir.path().join("t.db");
         let id = {
             let s = SqliteStore::open(&p, 1).unwrap();
-            s.insert_batch(&[crate::store::suite::entry("a", "h", 1, 1000)]).unwrap()[0]
+            s.insert_batch(&[crate::store::suite::entry("a", "h", 1, 1000)])
+                .unwrap()[0]
         };
         let s = SqliteStore::open(&p, 1).unwrap();
         assert_eq!(s.get(id).unwrap().unwrap().exact_hash, "h");

@@ -1,0 +1,429 @@
+//! Test harness: a hyper mock upstream that counts calls and records what it
+//! received, a gateway started in-process on 127.0.0.1:0, and a small client.
+#![allow(dead_code)]
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use modelcache::{
+    app::{self, AppOptions, RunningApp},
+    config::{self, Overrides, Settings},
+    embed::{Embedder, EmbedderFactory, HashEmbedder},
+    proxy::body::{BoxError, ProxyBody},
+};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// A request as the mock upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the mock answers.
+pub enum Reply {
+    /// Status, headers, body in one piece.
+    Full(u16, Vec<(&'static str, String)>, Bytes),
+    /// Status 200, SSE, body in chunks with a pause between them.
+    Chunks(Vec<(&'static str, String)>, Vec<Bytes>, Duration),
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+}
+
+pub type Handler = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no request seen")
+    }
+}
+
+fn boxed_full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|n| match n {}).boxed_unsync()
+}
+
+async fn render(reply: Reply) -> Response<ProxyBody> {
+    let mut reply = reply;
+    while let Reply::Delay(d, inner) = reply {
+        tokio::time::sleep(d).await;
+        reply = *inner;
+    }
+    match reply {
+        Reply::Full(status, headers, body) => {
+            let mut r = Response::new(boxed_full(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Chunks(headers, chunks, pause) => {
+            let s = stream::unfold(
+                (chunks.into_iter(), pause, true),
+                |(mut it, pause, first)| async move {
+                    let next = it.next()?;
+                    if !first {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Some((Ok::<_, BoxError>(Frame::data(next)), (it, pause, false)))
+                },
+            );
+            let mut r = Response::new(StreamBody::new(s).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Delay(..) => unreachable!(),
+    }
+}
+
+/// Starts a mock upstream with `handler`.
+pub async fn mock(handler: Handler) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (c, s) = (calls.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (c, s, h) = (c.clone(), s.clone(), handler.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (c, s, h) = (c.clone(), s.clone(), h.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let seen = Seen {
+                            method: parts.method.to_string(),
+                            path_and_query: parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            headers: parts.headers,
+                            body,
+                        };
+                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                        s.lock().unwrap().push(seen.clone());
+                        Ok::<_, Infallible>(render(h(&seen, n)).await)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Mock { addr, calls, seen }
+}
+
+/// The last user message of a chat request (or the prompt).
+pub fn question(seen: &Seen) -> String {
+    let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+    if let Some(p) = v.get("prompt").and_then(Value::as_str) {
+        return p.to_string();
+    }
+    v.get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn chat_json(content: &str, finish: &str) -> Value {
+    json!({
+        "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1700000000, "model": "gpt-test",
+        "system_fingerprint": "fp_test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null},
+                     "logprobs": null, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+pub fn sse_chunks(content: &str, finish: &str, include_usage: bool) -> Vec<Bytes> {
+    let head = |delta: Value, fr: Value| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-upstream","object":"chat.completion.chunk","created":1700000000,"model":"gpt-test",
+                   "system_fingerprint":"fp_test",
+                   "choices":[{"index":0,"delta":delta,"logprobs":null,"finish_reason":fr}]})
+        ))
+    };
+    let mut out = vec![head(json!({"role":"assistant","content":""}), Value::Null)];
+    for w in content.split_inclusive(' ') {
+        out.push(head(json!({"content": w}), Value::Null));
+    }
+    out.push(head(json!({}), json!(finish)));
+    if include_usage {
+        out.push(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-upstream","object":"chat.completion.chunk","created":1700000000,"model":"gpt-test",
+                   "choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}})
+        )));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// The answer the default mock gives to the `n`th call for `q`.
+pub fn answer_for(q: &str, n: usize) -> String {
+    format!("Answer #{n} to: {q}")
+}
+
+/// A mock that answers chat requests (JSON or SSE, as asked) with
+/// `answer_for(question, call number)`, and anything else with `{"ok":true}`.
+pub fn llm() -> Handler {
+    Arc::new(|seen: &Seen, n: usize| {
+        let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if !seen.path_and_query.starts_with("/v1/chat/completions")
+            && !seen.path_and_query.starts_with("/v1/completions")
+        {
+            return Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from("{\"ok\":true}"),
+            );
+        }
+        let content = answer_for(&question(seen), n);
+        if seen.path_and_query.starts_with("/v1/completions") {
+            let body = json!({"id":"cmpl-up","object":"text_completion","created":1,"model":"gpt-test",
+                "choices":[{"text": content, "index": 0, "logprobs": null, "finish_reason": "stop"}]});
+            return Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(body.to_string()),
+            );
+        }
+        if v["stream"] == json!(true) {
+            let usage = v["stream_options"]["include_usage"] == json!(true);
+            Reply::Chunks(
+                vec![],
+                sse_chunks(&content, "stop", usage),
+                Duration::from_millis(1),
+            )
+        } else {
+            Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(chat_json(&content, "stop").to_string()),
+            )
+        }
+    })
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Settings for a test gateway on ephemeral ports.
+pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
+    let mut s = config::load(
+        None,
+        Vec::new(),
+        &Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: Some(upstream.into()),
+            data_dir: Some(data_dir.display().to_string()),
+        },
+    )
+    .unwrap();
+    let root = repo_root();
+    s.embedding.model_dir = root.join("models/all-minilm-l6-v2-int8");
+    s.embedding.onnxruntime = root.join("models/onnxruntime/libonnxruntime.so");
+    s.server.drain_timeout = Duration::from_secs(5);
+    s
+}
+
+pub fn hash_embedder() -> EmbedderFactory {
+    Arc::new(|| Ok(Box::new(HashEmbedder::new(1024)) as Box<dyn Embedder>))
+}
+
+/// Starts a gateway with the hashing embedder (logic tests).
+pub async fn gateway(s: Settings) -> RunningApp {
+    gateway_with(
+        s,
+        AppOptions {
+            embedder: Some(hash_embedder()),
+            store: None,
+        },
+    )
+    .await
+}
+
+/// Starts a gateway with the real model.
+pub async fn real_gateway(s: Settings) -> RunningApp {
+    gateway_with(s, AppOptions::default()).await
+}
+
+pub async fn gateway_with(s: Settings, opts: AppOptions) -> RunningApp {
+    let app = app::start(s, opts).await.unwrap();
+    app.wait_ready(Duration::from_secs(60)).await.unwrap();
+    app
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+    pub fn cache(&self) -> String {
+        self.header("x-modelcache")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Got {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn chat(addr: SocketAddr, body: Value) -> Got {
+    chat_h(addr, body, &[]).await
+}
+
+pub async fn chat_h(addr: SocketAddr, body: Value, headers: &[(&str, &str)]) -> Got {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(addr, "POST", "/v1/chat/completions", &h, body.to_string()).await
+}
+
+pub fn ask(q: &str) -> Value {
+    json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]})
+}
+
+/// The content of a JSON or SSE chat answer.
+pub fn content_of(got: &Got) -> String {
+    if got.header("content-type").starts_with("text/event-stream") {
+        let v = modelcache::proxy::sse::assemble(modelcache::keying::Endpoint::Chat, &got.text())
+            .unwrap_or_else(|e| panic!("bad stream ({e}): {}", got.text()));
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    } else {
+        got.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Waits until the write-back queue has stored everything queued so far.
+pub async fn settle(app: &RunningApp) {
+    // The client may see the last byte just before the tee sees the end.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Some(c) = app.cache() {
+        c.flush(Duration::from_secs(10)).await;
+    }
+}
+
+pub async fn metrics(app: &RunningApp) -> String {
+    send(app.admin_addr, "GET", "/metrics", &[], Bytes::new())
+        .await
+        .text()
+}
+
+/// Sum of a metric's samples whose line contains every `parts`.
+pub fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,839 @@
+//! Black-box tests of the proxy and the cache over real HTTP on loopback,
+//! against a mock upstream that counts calls. A hit is proven by the upstream
+//! call count, never by internal state.
+
+mod common;
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+
+    let first = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache(), "miss");
+    assert_eq!(first.header("cache-status"), "modelcache; fwd=uri-miss");
+    settle(&app).await;
+
+    let second = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.cache(), "hit");
+    assert_eq!(second.header("x-modelcache-similarity"), "1.0000");
+    assert!(second.header("cache-status").starts_with("modelcache; hit"));
+    assert!(!second.header("x-modelcache-entry").is_empty());
+    assert_eq!(up.calls(), 1, "the hit must not reach the upstream");
+    assert_eq!(content_of(&second), content_of(&first));
+    let (a, b) = (first.json(), second.json());
+    assert_ne!(a["id"], b["id"], "a hit gets a fresh id");
+    assert_eq!(b["object"], "chat.completion");
+    assert_eq!(b["usage"], a["usage"]);
+
+    let m = metrics(&app).await;
+    assert_eq!(
+        metric_sum(&m, "modelcache_requests_total", &["result=\"hit_exact\""]),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "modelcache_requests_total", &["result=\"miss\""]),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn different_model_temperature_or_system_prompt_misses() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let base = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the capital of France?"}]});
+    assert_eq!(chat(app.proxy_addr, base.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(chat(app.proxy_addr, base.clone()).await.cache(), "hit");
+    assert_eq!(up.calls(), 1);
+
+    let mut other_model = base.clone();
+    other_model["model"] = json!("gpt-other");
+    let mut hot = base.clone();
+    hot["temperature"] = json!(1.3);
+    let mut sys = base.clone();
+    sys["messages"][0]["content"] = json!("You are verbose.");
+    for (i, v) in [other_model, hot, sys].into_iter().enumerate() {
+        let got = chat(app.proxy_addr, v).await;
+        assert_eq!(got.cache(), "miss", "variant {i} must miss");
+        assert_eq!(up.calls(), 2 + i);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_and_non_streamed_answers_serve_each_other() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let mut s = ask("Explain HTTP caching");
+    s["stream"] = json!(true);
+    s["stream_options"] = json!({"include_usage": true});
+
+    // Streamed miss, then streamed hit.
+    let miss = chat(app.proxy_addr, s.clone()).await;
+    assert_eq!(miss.cache(), "miss");
+    assert!(miss.header("content-type").starts_with("text/event-stream"));
+    settle(&app).await;
+    let hit = chat(app.proxy_addr, s.clone()).await;
+    assert_eq!(hit.cache(), "hit");
+    assert!(hit.header("content-type").starts_with("text/event-stream"));
+    assert_eq!(content_of(&hit), content_of(&miss));
+    let body = hit.text();
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(events.len() >= 5, "content must come in several chunks");
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["total_tokens"], 18);
+    assert_eq!(
+        events[events.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["object"] == "chat.completion.chunk"));
+
+    // The streamed entry served as JSON.
+    let json_hit = chat(app.proxy_addr, ask("Explain HTTP caching")).await;
+    assert_eq!(json_hit.cache(), "hit");
+    assert_eq!(
+        json_hit.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap(),
+        content_of(&miss)
+    );
+    assert_eq!(up.calls(), 1);
+
+    // Non-streamed miss, then streamed hit without usage.
+    let j = chat(app.proxy_addr, ask("What is a monad?")).await;
+    assert_eq!(j.cache(), "miss");
+    settle(&app).await;
+    let mut sq = ask("What is a monad?");
+    sq["stream"] = json!(true);
+    let sh = chat(app.proxy_addr, sq).await;
+    assert_eq!(sh.cache(), "hit");
+    assert_eq!(content_of(&sh), content_of(&j));
+    assert!(
+        !sh.text().contains("\"usage\""),
+        "no usage chunk unless asked"
+    );
+    assert_eq!(up.calls(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_survive_a_restart() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let first = chat(app.proxy_addr, ask("Name three prime numbers")).await;
+    let mut img = json!({"model": "gpt-test", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    chat(app.proxy_addr, img.clone()).await;
+    settle(&app).await;
+    app.shutdown().await;
+    assert_eq!(up.calls(), 2);
+    assert!(dir.path().join("modelcache.db").exists());
+    assert!(
+        std::fs::read_dir(dir.path().join("index")).unwrap().count() >= 1,
+        "the index is saved at shutdown"
+    );
+
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let again = chat(app.proxy_addr, ask("Name three prime numbers")).await;
+    assert_eq!(again.cache(), "hit");
+    assert_eq!(content_of(&again), content_of(&first));
+    // The same words in another order: a semantic hit, from the reloaded index.
+    let semantic = chat(app.proxy_addr, ask("three prime numbers name")).await;
+    assert_eq!(semantic.cache(), "hit");
+    assert!(semantic.header("cache-status").contains("semantic"));
+    // Exact-only entries (images) survive too.
+    assert_eq!(chat(app.proxy_addr, img.clone()).await.cache(), "hit");
+    img["messages"][0]["content"][1]["image_url"]["url"] = json!("data:image/png;base64,BBBB");
+    assert_eq!(chat(app.proxy_addr, img).await.cache(), "miss");
+    assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+
+    // A deleted index file is rebuilt from SQLite.
+    for f in std::fs::read_dir(dir.path().join("index")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("three prime numbers name"))
+            .await
+            .cache(),
+        "hit"
+    );
+    assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_200_kib_body_is_forwarded_byte_for_byte() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let history = "lorem ipsum dolor sit amet ".repeat(200 * 1024 / 27 + 1);
+    let body = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": history},
+        {"role": "user", "content": "Summarise the above."}]})
+    .to_string();
+    assert!(body.len() > 200 * 1024);
+    let got = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.cache(), "miss");
+    assert_eq!(
+        up.last().body,
+        Bytes::from(body.clone()),
+        "same bytes upstream"
+    );
+    settle(&app).await;
+    let again = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(again.cache(), "hit");
+    assert_eq!(up.calls(), 1);
+    app.shutdown().await;
+
+    // Past the body cap: forwarded untouched, not cached, never rejected.
+    let mut s = settings(&up.url(), dir.path());
+    s.server.max_body_bytes = 64 * 1024;
+    let app = gateway(s).await;
+    for expected_calls in [2, 3] {
+        let got = send(
+            app.proxy_addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.cache(), "bypass");
+        assert_eq!(up.last().body, Bytes::from(body.clone()));
+        assert_eq!(up.calls(), expected_calls);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_and_are_not_cached() {
+    let up = mock(Arc::new(|_seen: &Seen, n: usize| {
+        if n % 2 == 1 {
+            Reply::Full(
+                429,
+                vec![
+                    ("content-type", "application/json".into()),
+                    ("retry-after", "7".into()),
+                    ("x-ratelimit-remaining-requests", "0".into()),
+                ],
+                Bytes::from(r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#),
+            )
+        } else {
+            Reply::Full(500, vec![("content-type", "application/json".into())], Bytes::from(r#"{"error":{"message":"boom","type":"server_error"}}"#))
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let q = ask("Will this be rate limited?");
+    let a = chat(app.proxy_addr, q.clone()).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("retry-after"), "7");
+    assert_eq!(a.header("x-ratelimit-remaining-requests"), "0");
+    assert_eq!(a.json()["error"]["code"], "rate_limit_exceeded");
+    settle(&app).await;
+    let b = chat(app.proxy_addr, q.clone()).await;
+    assert_eq!(b.status, 500);
+    assert_eq!(b.json()["error"]["message"], "boom");
+    settle(&app).await;
+    let c = chat(app.proxy_addr, q).await;
+    assert_eq!(c.status, 429, "errors are never served from the cache");
+    assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
+    // Bind and drop to get a port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&format!("http://{dead}"), dir.path())).await;
+    let got = chat(app.proxy_addr, ask("anyone there?")).await;
+    assert_eq!(got.status, 502);
+    let e = got.json();
+    assert_eq!(e["error"]["type"], "api_error");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream unreachable"));
+    assert!(e["error"].get("param").is_some() && e["error"].get("code").is_some());
+    let other = send(app.proxy_addr, "GET", "/v1/models", &[], Bytes::new()).await;
+    assert_eq!(other.status, 502);
+    app.shutdown().await;
+
+    let up = mock(Arc::new(|_s: &Seen, _n| {
+        Reply::Delay(
+            Duration::from_secs(3),
+            Box::new(Reply::Full(200, vec![], Bytes::from("{}"))),
+        )
+    }))
+    .await;
+    let mut s = settings(&up.url(), dir.path());
+    s.upstream.header_timeout = Duration::from_millis(300);
+    let app = gateway(s).await;
+    let got = chat(app.proxy_addr, ask("slow?")).await;
+    assert_eq!(got.status, 504);
+    assert_eq!(got.json()["error"]["code"], "modelcache_upstream_timeout");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_caches_nothing() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        Reply::Chunks(
+            vec![],
+            sse_chunks(&answer_for(&question(seen), n), "stop", false),
+            Duration::from_millis(150),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let body = json!({"model": "gpt-test", "stream": true,
+        "messages": [{"role": "user", "content": "Tell me a long story about a dragon"}]})
+    .to_string();
+    {
+        let mut sock = tokio::net::TcpStream::connect(app.proxy_addr)
+            .await
+            .unwrap();
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            body.len(),
+            body
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = sock.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // Hang up after the first bytes.
+    }
+    // Let the upstream finish its stream (it would have, without the client).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(&app).await;
+    let mut again: Value = serde_json::from_str(&body).unwrap();
+    again["stream"] = json!(false);
+    let got = chat(app.proxy_addr, again).await;
+    assert_eq!(
+        got.cache(),
+        "miss",
+        "nothing from the cut stream may be served"
+    );
+    assert_eq!(up.calls(), 2);
+    app.shutdown().await;
+}
+
+/// A store whose writes wait for a gate, to fill the write-back queue.
+struct GatedStore {
+    inner: modelcache::store::memory::MemoryStore,
+    gate: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl GatedStore {
+    fn open(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl modelcache::store::Store for GatedStore {
+    fn insert_batch(
+        &self,
+        e: &[modelcache::store::NewEntry],
+    ) -> Result<Vec<i64>, modelcache::store::StoreError> {
+        let mut g = self.gate.lock().unwrap();
+        while !*g {
+            g = self.cv.wait(g).unwrap();
+        }
+        drop(g);
+        self.inner.insert_batch(e)
+    }
+    fn get(
+        &self,
+        id: i64,
+    ) -> Result<Option<modelcache::store::Entry>, modelcache::store::StoreError> {
+        self.inner.get(id)
+    }
+    fn get_exact(
+        &self,
+        t: &str,
+        h: &str,
+    ) -> Result<Option<modelcache::store::Entry>, modelcache::store::StoreError> {
+        self.inner.get_exact(t, h)
+    }
+    fn record_hits(
+        &self,
+        h: &[modelcache::store::HitRecord],
+    ) -> Result<(), modelcache::store::StoreError> {
+        self.inner.record_hits(h)
+    }
+    fn index_rows(&self, t: &str) -> Result<Vec<(u64, u64)>, modelcache::store::StoreError> {
+        self.inner.index_rows(t)
+    }
+    fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, modelcache::store::StoreError> {
+        self.inner.embedding(id)
+    }
+    fn sweep(
+        &self,
+        now: i64,
+        max: u64,
+    ) -> Result<Vec<modelcache::store::Removed>, modelcache::store::StoreError> {
+        self.inner.sweep(now, max)
+    }
+    fn counts(&self) -> Result<Vec<(String, u64)>, modelcache::store::StoreError> {
+        self.inner.counts()
+    }
+}
+
+#[tokio::test]
+async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    s.cache.writeback_queue = 1;
+    s.cache.writeback_batch = 1;
+    let store = Arc::new(GatedStore {
+        inner: Default::default(),
+        gate: std::sync::Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+    });
+    let app = gateway_with(
+        s,
+        modelcache::app::AppOptions {
+            embedder: Some(hash_embedder()),
+            store: Some(store.clone()),
+        },
+    )
+    .await;
+    for i in 0..4 {
+        let got = chat(app.proxy_addr, ask(&format!("question number {i}"))).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(
+            content_of(&got),
+            answer_for(&format!("question number {i}"), i + 1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = metrics(&app).await;
+    let dropped = metric_sum(&m, "modelcache_writeback_dropped_total", &[]);
+    assert!(
+        dropped >= 2.0,
+        "one write in the store, one queued, the rest dropped: {dropped}"
+    );
+    store.open();
+    settle(&app).await;
+    // The first write landed; a dropped one did not.
+    assert_eq!(
+        chat(app.proxy_addr, ask("question number 0")).await.cache(),
+        "hit"
+    );
+    assert_eq!(
+        chat(app.proxy_addr, ask("question number 3")).await.cache(),
+        "miss"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_json_and_non_utf8_are_forwarded_untouched_and_not_cached() {
+    let up = mock(Arc::new(|_s: &Seen, _n| {
+        Reply::Full(
+            400,
+            vec![("content-type", "application/json".into())],
+            Bytes::from(r#"{"error":{"message":"bad json"}}"#),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let broken = Bytes::from_static(b"{\"model\": \"gpt-test\", \"messages\": [");
+    for n in 1..=2 {
+        let got = send(
+            app.proxy_addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            broken.clone(),
+        )
+        .await;
+        assert_eq!(got.status, 400);
+        assert_eq!(got.cache(), "bypass");
+        assert_eq!(up.last().body, broken);
+        assert_eq!(up.calls(), n);
+    }
+    let mut latin1 =
+        b"{\"model\":\"gpt-test\",\"messages\":[{\"role\":\"user\",\"content\":\"caf".to_vec();
+    latin1.extend_from_slice(&[0xe9, 0xff]);
+    latin1.extend_from_slice(b"\"}]}");
+    let got = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        latin1.clone(),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(up.last().body, Bytes::from(latin1));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gzipped_upstream_answer_is_passed_on_and_cached() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        let body = chat_json(&answer_for(&question(seen), n), "stop").to_string();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(body.as_bytes()).unwrap();
+        Reply::Full(
+            200,
+            vec![
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            Bytes::from(enc.finish().unwrap()),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let first = chat_h(
+        app.proxy_addr,
+        ask("compressed?"),
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(
+        first.header("content-encoding"),
+        "gzip",
+        "passed on untouched"
+    );
+    let mut plain = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&first.body[..]),
+        &mut plain,
+    )
+    .unwrap();
+    assert!(plain.contains("Answer #1 to: compressed?"));
+    settle(&app).await;
+    let hit = chat_h(
+        app.proxy_addr,
+        ask("compressed?"),
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(hit.header("content-encoding"), "");
+    assert_eq!(content_of(&hit), "Answer #1 to: compressed?");
+    assert_eq!(up.calls(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_routes_pass_through_with_path_query_and_headers() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let got = send(
+        app.proxy_addr,
+        "GET",
+        "/v1/models?limit=5&after=x",
+        &[
+            ("authorization", "Bearer sk-test"),
+            ("openai-organization", "org-1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.cache(), "bypass");
+    let seen = up.last();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path_and_query, "/v1/models?limit=5&after=x");
+    assert_eq!(seen.headers["authorization"], "Bearer sk-test");
+    assert_eq!(seen.headers["openai-organization"], "org-1");
+    assert!(
+        seen.headers.get("x-hop").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
+    assert_eq!(seen.headers["host"], up.addr.to_string());
+    let post = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/embeddings",
+        &[("content-type", "application/json")],
+        r#"{"input":"x"}"#,
+    )
+    .await;
+    assert_eq!(post.cache(), "bypass");
+    assert_eq!(up.last().body, Bytes::from(r#"{"input":"x"}"#));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cache_control_and_request_headers() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let q = ask("What is Rust?");
+    // no-store: neither reads nor writes.
+    assert_eq!(
+        chat_h(app.proxy_addr, q.clone(), &[("cache-control", "no-store")])
+            .await
+            .cache(),
+        "bypass"
+    );
+    settle(&app).await;
+    assert_eq!(chat(app.proxy_addr, q.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(up.calls(), 2);
+    // no-cache: skips the lookup, still writes (the newer answer replaces the old).
+    let fresh = chat_h(app.proxy_addr, q.clone(), &[("cache-control", "no-cache")]).await;
+    assert_eq!(fresh.cache(), "miss");
+    assert_eq!(fresh.header("cache-status"), "modelcache; fwd=request");
+    settle(&app).await;
+    let hit = chat(app.proxy_addr, q.clone()).await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(content_of(&hit), answer_for("What is Rust?", 3));
+    // max-age: an entry older than that is not served.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        chat_h(app.proxy_addr, q.clone(), &[("cache-control", "max-age=0")])
+            .await
+            .cache(),
+        "miss"
+    );
+    settle(&app).await;
+    assert_eq!(
+        chat_h(
+            app.proxy_addr,
+            q.clone(),
+            &[("cache-control", "max-age=60")]
+        )
+        .await
+        .cache(),
+        "hit"
+    );
+    // A stricter threshold turns a semantic hit into a miss; a looser one is ignored.
+    let ten = "one two three four five six seven eight nine ten";
+    chat(app.proxy_addr, ask(ten)).await;
+    settle(&app).await;
+    let near = format!("{ten} eleven");
+    let sem = chat(app.proxy_addr, ask(&near)).await;
+    assert_eq!(sem.cache(), "hit");
+    assert!(sem.header("cache-status").contains("semantic"));
+    let sim: f32 = sem.header("x-modelcache-similarity").parse().unwrap();
+    assert!(sim > 0.9 && sim < 0.999, "{sim}");
+    let far = format!("{ten} alpha beta gamma");
+    assert_eq!(
+        chat_h(
+            app.proxy_addr,
+            ask(&far),
+            &[("x-modelcache-threshold", "0.0")]
+        )
+        .await
+        .cache(),
+        "miss"
+    );
+    assert_eq!(
+        chat_h(
+            app.proxy_addr,
+            ask(&near),
+            &[("x-modelcache-threshold", "0.999")]
+        )
+        .await
+        .cache(),
+        "miss"
+    );
+    settle(&app).await;
+    // x-modelcache-ttl: a zero TTL entry is never served.
+    let calls = up.calls();
+    chat_h(
+        app.proxy_addr,
+        ask("short lived"),
+        &[("x-modelcache-ttl", "0")],
+    )
+    .await;
+    settle(&app).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("short lived")).await.cache(),
+        "miss"
+    );
+    assert_eq!(up.calls(), calls + 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn truncated_and_errored_answers_are_not_cached() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        let q = question(seen);
+        if q.starts_with("length") {
+            Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(chat_json("cut", "length").to_string()),
+            )
+        } else if q.starts_with("error-event") {
+            let mut c = sse_chunks("partial", "stop", false);
+            c.insert(
+                2,
+                Bytes::from("data: {\"error\":{\"message\":\"overloaded\"}}\n\n"),
+            );
+            Reply::Chunks(vec![], c, Duration::from_millis(1))
+        } else {
+            let mut c = sse_chunks(&answer_for(&q, n), "stop", false);
+            c.pop(); // no [DONE]
+            Reply::Chunks(vec![], c, Duration::from_millis(1))
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    for (i, q) in ["length limited", "error-event here", "no done marker"]
+        .iter()
+        .enumerate()
+    {
+        let mut r = ask(q);
+        if i > 0 {
+            r["stream"] = json!(true);
+        }
+        assert_eq!(chat(app.proxy_addr, r.clone()).await.status, 200);
+        settle(&app).await;
+        assert_eq!(chat(app.proxy_addr, r).await.cache(), "miss", "{q}");
+    }
+    assert_eq!(up.calls(), 6);
+    let m = metrics(&app).await;
+    assert_eq!(
+        metric_sum(&m, "modelcache_writeback_total", &["outcome=\"rejected\""]),
+        6.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_completions_with_a_string_prompt_are_cached() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let body = json!({"model": "gpt-test-instruct", "prompt": "Say this is a test"}).to_string();
+    let a = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.cache(), "miss");
+    settle(&app).await;
+    let b = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(b.cache(), "hit");
+    assert_eq!(
+        b.json()["choices"][0]["text"],
+        a.json()["choices"][0]["text"]
+    );
+    assert_eq!(b.json()["object"], "text_completion");
+    let list = json!({"model": "gpt-test-instruct", "prompt": ["a", "b"]}).to_string();
+    let c = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        list,
+    )
+    .await;
+    assert_eq!(c.cache(), "bypass");
+    assert_eq!(up.calls(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_health_and_metrics_on_the_admin_listener() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    assert_eq!(
+        send(app.admin_addr, "GET", "/healthz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(app.admin_addr, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    let m = metrics(&app).await;
+    for name in [
+        "modelcache_writeback_queue_depth",
+        "modelcache_writeback_dropped_total",
+        "modelcache_entries",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(m.contains(name), "{name} missing");
+    }
+    // The admin routes are not reachable through the proxy port.
+    let via_proxy = send(app.proxy_addr, "GET", "/healthz", &[], Bytes::new()).await;
+    assert_eq!(via_proxy.cache(), "bypass");
+    assert_eq!(up.last().path_and_query, "/healthz");
+    app.shutdown().await;
+}
