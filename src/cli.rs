@@ -34,9 +34,9 @@ pub enum Command {
 /// Flags of `serve`; each overrides the config file and the environment.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Config file (missing file: built-in defaults).
-    #[arg(long, default_value = "config.toml")]
-    pub config: PathBuf,
+    /// Config file [default: ./config.toml if present, else built-in defaults].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Proxy listen address, e.g. 127.0.0.1:8080.
     #[arg(long)]
     pub listen: Option<String>,

@@ -150,10 +150,22 @@ impl UsearchIndex {
             .filter(|(id, _)| !idx.index.contains(*id))
             .copied()
             .collect();
+        let mut wrong_dims = 0usize;
         for (id, tag) in missing {
-            if let Some(v) = vector_of(id) {
-                idx.add(id, tag, &v)?;
+            match vector_of(id) {
+                // NOTE: vectors from another model (another size) cannot be
+                // searched; their entries still serve exact hits.
+                Some(v) if v.len() != dims => wrong_dims += 1,
+                Some(v) => idx.add(id, tag, &v)?,
+                None => {}
             }
+        }
+        if wrong_dims > 0 {
+            tracing::warn!(
+                count = wrong_dims,
+                dims,
+                "stored embeddings of another size were not indexed"
+            );
         }
         Ok((idx, rebuilt))
     }
@@ -372,6 +384,11 @@ mod tests {
         .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
+        // Vectors of another size (another model) are skipped, not fatal.
+        let (l, _) =
+            UsearchIndex::open(&path, 32, Quantization::F16, &fewer, |_| Some(vec![1.0; 8]))
+                .unwrap();
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

@@ -33,7 +33,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => {
-            let path = args.config.exists().then_some(args.config.as_path());
+            // NOTE: an explicit --config must exist; the implicit ./config.toml may not.
+            let default = std::path::PathBuf::from("config.toml");
+            let path = match &args.config {
+                Some(p) => Some(p.as_path()),
+                None => default.exists().then_some(default.as_path()),
+            };
             let settings = match config::load(path, std::env::vars(), &args.overrides()) {
                 Ok(s) => s,
                 Err(e) => {

@@ -239,6 +239,9 @@ impl Gateway {
         if !cc.no_cache {
             let found = cache.lookup(DEFAULT_TENANT, &key, &opts).await;
             if let Some(hit) = found.hit {
+                // NOTE: None when the entry cannot be replayed faithfully (no
+                // usage stored, usage asked for): forwarded, and the fresh
+                // answer replaces the entry.
                 if let Some(resp) = self.hit_response(&key, &hit) {
                     cache.record_hit(DEFAULT_TENANT, &hit, &key.text);
                     let outcome = match hit.kind {

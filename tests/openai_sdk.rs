@@ -1,0 +1,81 @@
+//! The official `openai` Python SDK as a real client: a miss and then a hit,
+//! with and without `stream=True`. Needs `.venv` (made by `make test`) or
+//! MODELCACHE_PYTHON pointing at a Python with `openai` installed.
+
+mod common;
+
+use std::{collections::HashMap, process::Command};
+
+use common::*;
+use serde_json::Value;
+
+fn python() -> String {
+    std::env::var("MODELCACHE_PYTHON")
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
+}
+
+#[tokio::test]
+async fn the_openai_sdk_gets_a_miss_then_a_hit_streamed_or_not() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let base = format!("http://{}/v1", app.proxy_addr);
+    let script = repo_root().join("tests/python/sdk_client.py");
+    let py = python();
+    let out = tokio::task::spawn_blocking(move || Command::new(&py).arg(script).arg(base).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); run `make test`, which creates .venv",
+                python()
+            )
+        });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK client failed:\n{stderr}");
+    let calls: HashMap<String, Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["call"].as_str().unwrap().to_string(), v))
+        .collect();
+    assert_eq!(calls.len(), 7, "{calls:?}");
+
+    assert_eq!(calls["json-miss"]["cache"], "miss");
+    assert_eq!(calls["json-hit"]["cache"], "hit");
+    assert_eq!(calls["json-hit"]["content"], calls["json-miss"]["content"]);
+    assert_eq!(
+        calls["json-hit"]["content"],
+        answer_for("What is the speed of light?", 1)
+    );
+    assert_ne!(calls["json-hit"]["id"], calls["json-miss"]["id"]);
+
+    assert_eq!(calls["stream-miss"]["cache"], "miss");
+    assert_eq!(calls["stream-hit"]["cache"], "hit");
+    assert_eq!(
+        calls["stream-hit"]["content"],
+        calls["stream-miss"]["content"]
+    );
+    assert_eq!(calls["stream-hit"]["finish_reason"], "stop");
+    assert!(calls["stream-hit"]["chunks"].as_u64().unwrap() >= 4);
+    assert!(calls["stream-hit"]["usage"].is_null());
+    // Usage asked for, none stored: forwarded rather than invented.
+    assert_eq!(calls["stream-usage-miss"]["cache"], "miss");
+    assert_eq!(calls["stream-usage-miss"]["usage"], 18);
+    let refreshed = calls["stream-usage-miss"]["content"].clone();
+    assert_eq!(calls["stream-hit-usage"]["cache"], "hit");
+    assert_eq!(calls["stream-hit-usage"]["content"], refreshed);
+    assert_eq!(calls["stream-hit-usage"]["usage"], 18);
+    assert_eq!(calls["stream-hit-of-json"]["cache"], "hit");
+    assert_eq!(
+        calls["stream-hit-of-json"]["content"],
+        calls["json-miss"]["content"]
+    );
+    assert_eq!(calls["stream-hit-of-json"]["usage"], 18);
+    assert_eq!(up.calls(), 3, "only the three misses reach the upstream");
+    // The SDK's own key reached the upstream untouched.
+    assert_eq!(
+        up.last().headers["authorization"],
+        "Bearer sk-test-not-real"
+    );
+    app.shutdown().await;
+}

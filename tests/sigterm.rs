@@ -1,0 +1,139 @@
+//! The real binary: flags override the config, SIGTERM drains in-flight
+//! requests and then exits, and `check-config` names bad keys.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::json;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelcache")
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_streams_finish_then_exits() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        Reply::Chunks(
+            vec![],
+            sse_chunks(&answer_for(&question(seen), n), "stop", false),
+            Duration::from_millis(100),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .current_dir(repo_root())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", &up.url(), "--data-dir"])
+        .arg(dir.path())
+        .env("MODELCACHE_CACHE_THRESHOLD", "0.95")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |prefix: &str| -> std::net::SocketAddr {
+        let line = lines.next().unwrap().unwrap();
+        let rest = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let proxy = addr("modelcache: proxy listening on http://");
+    let admin = addr("modelcache: admin listening on http://");
+    for _ in 0..600 {
+        if send(admin, "GET", "/readyz", &[], bytes::Bytes::new())
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stream that takes over a second is in flight when SIGTERM arrives.
+    let mut req = ask("Tell me about graceful shutdown");
+    req["stream"] = json!(true);
+    let in_flight = tokio::spawn(async move { chat(proxy, req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused while the stream drains.
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "the listener must be closed"
+    );
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert!(
+        got.text().ends_with("data: [DONE]\n\n"),
+        "the in-flight stream completes"
+    );
+    assert_eq!(
+        content_of(&got),
+        answer_for("Tell me about graceful shutdown", 1)
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    // The drained answer was stored before exit: a restart serves it.
+    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("Tell me about graceful shutdown"))
+            .await
+            .cache(),
+        "hit"
+    );
+    assert_eq!(up.calls(), 1);
+    app.shutdown().await;
+}
+
+#[test]
+fn check_config_names_bad_keys_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cache]\nthreshhold = 0.9\n").unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cache") && err.contains("threshhold"), "{err}");
+
+    let ok = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(repo_root().join("config.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad_env = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(repo_root().join("config.toml"))
+        .env("MODELCACHE_UPSTREAM_URL", "ftp://nope")
+        .output()
+        .unwrap();
+    assert_eq!(bad_env.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_env.stderr).contains("upstream.url"));
+}
