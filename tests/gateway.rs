@@ -837,3 +837,81 @@ async fn readiness_health_and_metrics_on_the_admin_listener() {
     assert_eq!(up.last().path_and_query, "/healthz");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_upstream_stream_is_cut_and_not_cached() {
+    // Every chunk comes 700 ms after the last: longer than the idle timeout.
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        Reply::Chunks(
+            vec![],
+            sse_chunks(&answer_for(&question(seen), n), "stop", false),
+            Duration::from_millis(700),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    s.upstream.idle_timeout = Duration::from_millis(250);
+    let app = gateway(s).await;
+    let mut req = ask("stall please");
+    req["stream"] = json!(true);
+    for n in 1..=2 {
+        let r = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/chat/completions", app.proxy_addr))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(req.to_string())))
+            .unwrap();
+        let resp = client().request(r).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["x-modelcache"],
+            "miss",
+            "a cut stream is never served"
+        );
+        let collected = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(
+            collected.is_err(),
+            "the client sees the stream break, not a clean end"
+        );
+        settle(&app).await;
+        assert_eq!(up.calls(), n);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for expected in ["miss", "hit"] {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/chat/completions", app.proxy_addr))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(
+                ask("over h2?").to_string(),
+            )))
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-modelcache"], expected);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            answer_for("over h2?", 1)
+        );
+        settle(&app).await;
+    }
+    assert_eq!(up.calls(), 1);
+    app.shutdown().await;
+}
