@@ -131,14 +131,7 @@ fn load_cache(
         m.embed_seconds.observe(secs);
         m.embed_batch_size.observe(n as f64);
     });
-    let embedder = EmbedService::start(
-        factory,
-        em.threads,
-        em.max_batch,
-        em.queue,
-        em.chunk_words,
-        Some(observe),
-    )?;
+    let embedder = EmbedService::start(factory, em.threads, em.max_batch, em.queue, Some(observe))?;
     Cache::open(
         settings.cache.clone(),
         store,

@@ -37,6 +37,11 @@ pub trait Embedder: Send {
     fn dims(&self) -> usize;
     /// Embeds a batch; one vector per text, same order.
     fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Splits a text into pieces that each fit the model's window. The
+    /// default keeps the text whole.
+    fn split(&self, text: &str) -> Vec<String> {
+        vec![text.to_string()]
+    }
 }
 
 /// Makes one embedder per worker thread.
@@ -47,6 +52,8 @@ pub type EmbedderFactory = Arc<dyn Fn() -> Result<Box<dyn Embedder>, EmbedError>
 pub struct FastEmbedder {
     model: fastembed::TextEmbedding,
     dims: usize,
+    splitter: tokenizers::Tokenizer,
+    chunk_tokens: usize,
 }
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -76,8 +83,17 @@ impl FastEmbedder {
                 ))
             })
         };
+        let tokenizer_json = read("tokenizer.json")?;
+        // NOTE: our own copy of the tokenizer, without truncation, finds the
+        // token boundaries to split long texts at.
+        let mut splitter = tokenizers::Tokenizer::from_bytes(&tokenizer_json)
+            .map_err(|e| EmbedError::Load(format!("tokenizer.json: {e}")))?;
+        splitter.with_padding(None);
+        splitter
+            .with_truncation(None)
+            .map_err(|e| EmbedError::Load(format!("tokenizer.json: {e}")))?;
         let files = fastembed::TokenizerFiles {
-            tokenizer_file: read("tokenizer.json")?,
+            tokenizer_file: tokenizer_json,
             config_file: read("config.json")?,
             special_tokens_map_file: read("special_tokens_map.json")?,
             tokenizer_config_file: read("tokenizer_config.json")?,
@@ -99,7 +115,14 @@ impl FastEmbedder {
                 "the model returned an empty vector".into(),
             ));
         }
-        Ok(FastEmbedder { model, dims })
+        Ok(FastEmbedder {
+            model,
+            dims,
+            splitter,
+            // Room for [CLS], [SEP] and boundary effects when a piece is
+            // tokenized again on its own.
+            chunk_tokens: max_length.saturating_sub(8).max(8),
+        })
     }
 }
 
@@ -115,18 +138,63 @@ impl Embedder for FastEmbedder {
             .map_err(|e| EmbedError::Model(e.to_string()))?;
         Ok(out.into_iter().map(normalized).collect())
     }
+
+    fn split(&self, text: &str) -> Vec<String> {
+        let Ok(enc) = self.splitter.encode(text, false) else {
+            return vec![text.to_string()];
+        };
+        let offsets = enc.get_offsets();
+        if offsets.len() <= self.chunk_tokens {
+            return vec![text.to_string()];
+        }
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for group in offsets.chunks(self.chunk_tokens) {
+            let end = group.last().map_or(start, |o| o.1);
+            // Each piece runs to the end of its last token; whitespace between
+            // pieces is dropped by the tokenizer anyway.
+            match text.get(start..end) {
+                Some(piece) if !piece.trim().is_empty() => out.push(piece.to_string()),
+                Some(_) => {}
+                None => return vec![text.to_string()],
+            }
+            start = end;
+        }
+        if start < text.len() {
+            if let Some(rest) = text.get(start..) {
+                if !rest.trim().is_empty() {
+                    out.push(rest.to_string());
+                }
+            }
+        }
+        if out.is_empty() {
+            vec![text.to_string()]
+        } else {
+            out
+        }
+    }
 }
 
 /// A deterministic bag-of-words embedder for logic tests: texts with the same
 /// words (in any case and order) get the same vector.
 pub struct HashEmbedder {
     dims: usize,
+    chunk_words: Option<usize>,
 }
 
 impl HashEmbedder {
     /// A hashing embedder with `dims` dimensions.
     pub fn new(dims: usize) -> Self {
-        HashEmbedder { dims }
+        HashEmbedder {
+            dims,
+            chunk_words: None,
+        }
+    }
+
+    /// Splits texts into pieces of `words` words, like a model with a window.
+    pub fn with_chunk_words(mut self, words: usize) -> Self {
+        self.chunk_words = Some(words.max(1));
+        self
     }
 }
 
@@ -153,6 +221,20 @@ impl Embedder for HashEmbedder {
             })
             .collect())
     }
+
+    fn split(&self, text: &str) -> Vec<String> {
+        match self.chunk_words {
+            Some(n) => {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if words.len() <= n {
+                    vec![text.to_string()]
+                } else {
+                    words.chunks(n).map(|c| c.join(" ")).collect()
+                }
+            }
+            None => vec![text.to_string()],
+        }
+    }
 }
 
 /// Scales `v` to unit length (a zero vector stays zero).
@@ -164,18 +246,9 @@ pub fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// Splits `text` into chunks of at most `words` whitespace-separated words.
-pub fn chunks(text: &str, words: usize) -> Vec<String> {
-    let all: Vec<&str> = text.split_whitespace().collect();
-    if all.len() <= words {
-        return vec![text.to_string()];
-    }
-    all.chunks(words.max(1)).map(|c| c.join(" ")).collect()
-}
-
 struct Job {
-    texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    text: String,
+    reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
 }
 
 /// Timing observer, called with (texts in batch, seconds) after each batch.
@@ -185,7 +258,6 @@ pub type BatchObserver = Arc<dyn Fn(usize, f64) + Send + Sync>;
 pub struct EmbedService {
     tx: mpsc::SyncSender<Job>,
     dims: usize,
-    chunk_words: usize,
 }
 
 impl EmbedService {
@@ -196,7 +268,6 @@ impl EmbedService {
         threads: usize,
         max_batch: usize,
         queue: usize,
-        chunk_words: usize,
         observe: Option<BatchObserver>,
     ) -> Result<EmbedService, EmbedError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(queue);
@@ -233,11 +304,7 @@ impl EmbedService {
         if dims == 0 {
             return Err(EmbedError::Load("no embedding worker started".into()));
         }
-        Ok(EmbedService {
-            tx,
-            dims,
-            chunk_words,
-        })
+        Ok(EmbedService { tx, dims })
     }
 
     /// Vector size.
@@ -245,34 +312,33 @@ impl EmbedService {
         self.dims
     }
 
-    /// Embeds one text. A text longer than one chunk is embedded chunk by chunk
-    /// and the unit mean of the chunk vectors is returned, so nothing past the
-    /// model's token window is dropped.
+    /// Embeds one text. A text longer than the model's window is embedded
+    /// piece by piece and the unit mean of the pieces is returned, so nothing
+    /// past the window is dropped.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let parts = chunks(text, self.chunk_words);
-        let n = parts.len();
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job {
-                texts: parts,
+                text: text.to_string(),
                 reply,
             })
             .map_err(|e| match e {
                 mpsc::TrySendError::Full(_) => EmbedError::Busy,
                 mpsc::TrySendError::Disconnected(_) => EmbedError::Stopped,
             })?;
-        let vecs = rx.await.map_err(|_| EmbedError::Stopped)??;
-        if n == 1 {
-            return vecs.into_iter().next().ok_or(EmbedError::Stopped);
-        }
-        let mut mean = vec![0f32; self.dims];
-        for v in &vecs {
-            for (m, x) in mean.iter_mut().zip(v) {
-                *m += x;
-            }
-        }
-        Ok(normalized(mean))
+        rx.await.map_err(|_| EmbedError::Stopped)?
     }
+}
+
+/// The unit mean of `vecs`.
+fn mean(vecs: &[Vec<f32>], dims: usize) -> Vec<f32> {
+    let mut m = vec![0f32; dims];
+    for v in vecs {
+        for (a, x) in m.iter_mut().zip(v) {
+            *a += x;
+        }
+    }
+    normalized(m)
 }
 
 fn worker(
@@ -282,46 +348,56 @@ fn worker(
     observe: Option<BatchObserver>,
 ) {
     loop {
-        let mut jobs = Vec::new();
+        // Each job with its pieces.
+        let mut jobs: Vec<(Job, Vec<String>)> = Vec::new();
         {
             let Ok(guard) = rx.lock() else { return };
             let Ok(first) = guard.recv() else { return };
-            let mut count = first.texts.len();
-            jobs.push(first);
+            let pieces = model.split(&first.text);
+            let mut count = pieces.len();
+            jobs.push((first, pieces));
             // NOTE: whatever queued up while the last batch ran goes into this one.
             while count < max_batch {
                 match guard.try_recv() {
                     Ok(j) => {
-                        count += j.texts.len();
-                        jobs.push(j);
+                        let pieces = model.split(&j.text);
+                        count += pieces.len();
+                        jobs.push((j, pieces));
                     }
                     Err(_) => break,
                 }
             }
         }
-        let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+        let texts: Vec<String> = jobs.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
         let start = Instant::now();
         let result = model.embed_batch(&texts);
         if let Some(o) = &observe {
             o(texts.len(), start.elapsed().as_secs_f64());
         }
         match result {
-            Ok(mut vecs) if vecs.len() == texts.len() => {
-                for j in jobs.into_iter().rev() {
-                    let tail = vecs.split_off(vecs.len() - j.texts.len());
-                    let _ = j.reply.send(Ok(tail));
+            Ok(vecs) if vecs.len() == texts.len() => {
+                let mut at = 0;
+                for (job, pieces) in jobs {
+                    let mine = &vecs[at..at + pieces.len()];
+                    at += pieces.len();
+                    let v = if mine.len() == 1 {
+                        mine[0].clone()
+                    } else {
+                        mean(mine, model.dims())
+                    };
+                    let _ = job.reply.send(Ok(v));
                 }
             }
             Ok(_) => {
-                for j in jobs {
-                    let _ = j
+                for (job, _) in jobs {
+                    let _ = job
                         .reply
                         .send(Err(EmbedError::Model("wrong number of vectors".into())));
                 }
             }
             Err(e) => {
-                for j in jobs {
-                    let _ = j.reply.send(Err(e.clone()));
+                for (job, _) in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -334,11 +410,12 @@ mod tests {
 
     fn service(queue: usize) -> EmbedService {
         EmbedService::start(
-            Arc::new(|| Ok(Box::new(HashEmbedder::new(64)) as Box<dyn Embedder>)),
+            Arc::new(|| {
+                Ok(Box::new(HashEmbedder::new(64).with_chunk_words(4)) as Box<dyn Embedder>)
+            }),
             2,
             8,
             queue,
-            4,
             None,
         )
         .unwrap()
@@ -376,7 +453,6 @@ mod tests {
         for (a, b) in v.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6);
         }
-        assert_eq!(chunks("one two", 4), vec!["one two".to_string()]);
     }
 
     #[test]
@@ -386,7 +462,6 @@ mod tests {
             1,
             1,
             1,
-            10,
             None,
         );
         assert!(matches!(r, Err(EmbedError::Load(_))));

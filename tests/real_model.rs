@@ -48,3 +48,60 @@ async fn a_paraphrase_hits_and_an_unrelated_question_misses() {
     assert!(metric_sum(&m, "modelcache_embedding_duration_seconds_count", &[]) >= 4.0);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
+    use modelcache::embed::{Embedder, FastEmbedder};
+    let root = repo_root();
+    let m = FastEmbedder::load(
+        &root.join("models/all-minilm-l6-v2-int8"),
+        &root.join("models/onnxruntime/libonnxruntime.so"),
+        256,
+    )
+    .unwrap();
+    let body =
+        "The quarterly report covers revenue, costs and hiring across every region. ".repeat(40);
+    let a = format!("{body}Question: was revenue in the northern region higher than planned?");
+    let b = format!("{body}Question: which team hired the most engineers in the last quarter?");
+    let pieces = m.split(&a);
+    assert!(pieces.len() > 2, "a ~500-token text needs several windows");
+    // The pieces cover the whole text, in order.
+    let joined: String = pieces.concat();
+    assert!(joined.replace(' ', "").len() + 40 >= a.replace(' ', "").len());
+    assert!(pieces.last().unwrap().contains("northern region"));
+
+    let svc = modelcache::embed::EmbedService::start(
+        std::sync::Arc::new(move || {
+            FastEmbedder::load(
+                &repo_root().join("models/all-minilm-l6-v2-int8"),
+                &repo_root().join("models/onnxruntime/libonnxruntime.so"),
+                256,
+            )
+            .map(|e| Box::new(e) as Box<dyn Embedder>)
+        }),
+        1,
+        32,
+        16,
+        None,
+    )
+    .unwrap();
+    let va = svc.embed(&a).await.unwrap();
+    let vb = svc.embed(&b).await.unwrap();
+    let cos: f32 = va.iter().zip(&vb).map(|(x, y)| x * y).sum();
+    eprintln!("cosine of two long texts that differ only past token 256: {cos}");
+    assert!(
+        cos < 0.9999,
+        "text past the window must change the embedding (cos {cos})"
+    );
+    let default_long = modelcache::config::load(None, Vec::new(), &Default::default())
+        .unwrap()
+        .cache
+        .long_threshold;
+    assert!(
+        cos < default_long,
+        "the default long-text threshold must tell them apart"
+    );
+    // A text inside the window is one piece, embedded as is.
+    let one = m.split("How do I reverse a list in Python?");
+    assert_eq!(one, vec!["How do I reverse a list in Python?".to_string()]);
+}

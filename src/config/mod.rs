@@ -116,8 +116,6 @@ pub struct EmbeddingSettings {
     pub max_batch: usize,
     /// Token limit per chunk.
     pub max_length: usize,
-    /// Words per chunk.
-    pub chunk_words: usize,
     /// Pending request cap.
     pub queue: usize,
 }
@@ -344,13 +342,17 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
     for (k, v) in [
         ("embedding.threads", e.threads),
         ("embedding.max_batch", e.max_batch),
-        ("embedding.max_length", e.max_length),
-        ("embedding.chunk_words", e.chunk_words),
         ("embedding.queue", e.queue),
     ] {
         if v == 0 {
             return Err(invalid(k, "must be at least 1"));
         }
+    }
+    if e.max_length < 16 {
+        return Err(invalid(
+            "embedding.max_length",
+            "must be at least 16 tokens",
+        ));
     }
     let embedding = EmbeddingSettings {
         model_dir: PathBuf::from(&e.model_dir),
@@ -358,7 +360,6 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
         threads: e.threads,
         max_batch: e.max_batch,
         max_length: e.max_length,
-        chunk_words: e.chunk_words,
         queue: e.queue,
     };
     let c = &raw.cache;

@@ -99,12 +99,10 @@ pub struct RawEmbedding {
     /// Most texts embedded in one batch.
     #[serde(default = "d_max_batch")]
     pub max_batch: usize,
-    /// Tokens per chunk; longer texts are split into word chunks and averaged.
+    /// Tokens per chunk; longer texts are split at token boundaries and the
+    /// chunk embeddings averaged.
     #[serde(default = "d_max_length")]
     pub max_length: usize,
-    /// Words per chunk when a text is split.
-    #[serde(default = "d_chunk_words")]
-    pub chunk_words: usize,
     /// Pending embedding requests before lookups are skipped (counted, forwarded).
     #[serde(default = "d_queue")]
     pub queue: usize,
@@ -168,11 +166,10 @@ defaults! {
     d_threads: usize = 1;
     d_max_batch: usize = 32;
     d_max_length: usize = 256;
-    d_chunk_words: usize = 150;
     d_queue: usize = 1024;
     d_true: bool = true;
     d_threshold: f32 = 0.90;
-    d_long_threshold: f32 = 0.95;
+    d_long_threshold: f32 = 0.98;
     d_long_text_words: usize = 150;
     d_ttl: String = "7d".into();
     d_max_entries: u64 = 1_000_000;
