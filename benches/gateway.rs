@@ -271,10 +271,21 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
-        // Only the defaults are measured: drop any MODELCACHE_* overrides.
+        // Only the defaults are measured: drop any MODELCACHE_* overrides,
+        // except those named in BENCH_GATEWAY_ENV ("KEY=VALUE,KEY=VALUE"), which
+        // is how a non-default setting is measured on purpose.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("MODELCACHE_") {
                 cmd.env_remove(k);
+            }
+        }
+        if let Ok(extra) = std::env::var("BENCH_GATEWAY_ENV") {
+            for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
+                let (k, v) = kv
+                    .split_once('=')
+                    .context("BENCH_GATEWAY_ENV wants KEY=VALUE pairs")?;
+                println!("gateway setting: {}={}", k.trim(), v.trim());
+                cmd.env(k.trim(), v.trim());
             }
         }
         let mut child = cmd

@@ -105,7 +105,7 @@ impl RunningApp {
 fn default_embedder(settings: &Settings) -> EmbedderFactory {
     let e = settings.embedding.clone();
     Arc::new(move || {
-        FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length)
+        FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)
             .map(|m| Box::new(m) as Box<dyn Embedder>)
     })
 }

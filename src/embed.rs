@@ -59,8 +59,14 @@ pub struct FastEmbedder {
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 impl FastEmbedder {
-    /// Loads `model_dir` with the ONNX Runtime library at `ort_lib`.
-    pub fn load(model_dir: &Path, ort_lib: &Path, max_length: usize) -> Result<Self, EmbedError> {
+    /// Loads `model_dir` with the ONNX Runtime library at `ort_lib`, using
+    /// `intra_threads` threads inside each embedding.
+    pub fn load(
+        model_dir: &Path,
+        ort_lib: &Path,
+        max_length: usize,
+        intra_threads: usize,
+    ) -> Result<Self, EmbedError> {
         // NOTE: ort's dynamic loader is process-global; the first path wins, so
         // every embedder in one process shares one runtime library.
         let env = ORT_ENV
@@ -103,7 +109,7 @@ impl FastEmbedder {
         let opts = fastembed::InitOptionsUserDefined::new()
             .with_environment(env)
             .with_max_length(max_length)
-            .with_intra_threads(1);
+            .with_intra_threads(intra_threads.max(1));
         let mut model = fastembed::TextEmbedding::try_new_from_user_defined(user_model, opts)
             .map_err(|e| EmbedError::Load(e.to_string()))?;
         let probe = model

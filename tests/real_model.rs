@@ -57,6 +57,7 @@ async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
         &root.join("models/all-minilm-l6-v2-int8"),
         &root.join("models/onnxruntime/libonnxruntime.so"),
         256,
+        1,
     )
     .unwrap();
     let body =
@@ -76,6 +77,7 @@ async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
                 &repo_root().join("models/all-minilm-l6-v2-int8"),
                 &repo_root().join("models/onnxruntime/libonnxruntime.so"),
                 256,
+                1,
             )
             .map(|e| Box::new(e) as Box<dyn Embedder>)
         }),

@@ -112,6 +112,8 @@ pub struct EmbeddingSettings {
     pub onnxruntime: PathBuf,
     /// Worker threads.
     pub threads: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_threads: usize,
     /// Batch size cap.
     pub max_batch: usize,
     /// Token limit per chunk.
@@ -341,6 +343,7 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
     let e = &raw.embedding;
     for (k, v) in [
         ("embedding.threads", e.threads),
+        ("embedding.intra_threads", e.intra_threads),
         ("embedding.max_batch", e.max_batch),
         ("embedding.queue", e.queue),
     ] {
@@ -358,6 +361,7 @@ fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigEr
         model_dir: PathBuf::from(&e.model_dir),
         onnxruntime: PathBuf::from(&e.onnxruntime),
         threads: e.threads,
+        intra_threads: e.intra_threads,
         max_batch: e.max_batch,
         max_length: e.max_length,
         queue: e.queue,

@@ -93,9 +93,13 @@ pub struct RawEmbedding {
     /// Path of `libonnxruntime.so`.
     #[serde(default = "d_onnxruntime")]
     pub onnxruntime: String,
-    /// Embedding worker threads (each with one ONNX intra-op thread).
+    /// Embedding worker threads; each runs its own model instance.
     #[serde(default = "d_threads")]
     pub threads: usize,
+    /// ONNX Runtime threads inside one embedding (lower latency, more CPU).
+    /// Default: 2, or 1 on a one-core machine.
+    #[serde(default = "d_intra_threads")]
+    pub intra_threads: usize,
     /// Most texts embedded in one batch.
     #[serde(default = "d_max_batch")]
     pub max_batch: usize,
@@ -164,9 +168,10 @@ defaults! {
     d_model_dir: String = "models/all-minilm-l6-v2-int8".into();
     d_onnxruntime: String = "models/onnxruntime/libonnxruntime.so".into();
     d_threads: usize = 1;
+    d_intra_threads: usize = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     d_max_batch: usize = 32;
     d_max_length: usize = 256;
-    d_queue: usize = 1024;
+    d_queue: usize = 256;
     d_true: bool = true;
     d_threshold: f32 = 0.90;
     d_long_threshold: f32 = 0.98;
