@@ -178,20 +178,7 @@ impl Core {
                     }
                 }
             }
-            let entry = Arc::new(Entry {
-                id: *id,
-                tenant: e.tenant.clone(),
-                partition: e.partition.clone(),
-                exact_hash: e.exact_hash.clone(),
-                endpoint: e.endpoint.clone(),
-                model: e.model.clone(),
-                text: e.text.clone(),
-                params: e.params.clone(),
-                answer: e.answer.clone(),
-                created_at: e.created_at,
-                expires_at: e.expires_at,
-                hits: 0,
-            });
+            let entry = Arc::new(e.to_entry(*id, 0));
             self.exact
                 .insert(exact_key(&e.tenant, &e.exact_hash), entry.clone());
             self.by_id.insert(*id, entry);
@@ -312,19 +299,15 @@ impl Cache {
                 .is_none_or(|m| now - e.created_at <= m.as_millis() as i64)
     }
 
-    async fn entry_by_id(&self, id: i64) -> Option<Arc<Entry>> {
-        if let Some(e) = self.core.by_id.get(&id) {
-            return Some(e);
-        }
+    /// Runs a store read off the runtime; a failure is logged, counted, and
+    /// reads as "not found".
+    async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<Option<T>, crate::store::StoreError> + Send + 'static,
+    ) -> Option<T> {
         let store = self.core.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.get(id)).await;
-        match found {
-            Ok(Ok(Some(e))) => {
-                let e = Arc::new(e);
-                self.core.by_id.insert(id, e.clone());
-                Some(e)
-            }
-            Ok(Ok(None)) => None,
+        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+            Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "store read failed");
                 self.core
@@ -338,31 +321,25 @@ impl Cache {
         }
     }
 
+    async fn entry_by_id(&self, id: i64) -> Option<Arc<Entry>> {
+        if let Some(e) = self.core.by_id.get(&id) {
+            return Some(e);
+        }
+        let e = Arc::new(self.read_store(move |s| s.get(id)).await?);
+        self.core.by_id.insert(id, e.clone());
+        Some(e)
+    }
+
     async fn exact(&self, tenant: &str, key: &CacheKey) -> Option<Arc<Entry>> {
         let hash = key.exact_hash();
         let k = exact_key(tenant, &hash);
         if let Some(e) = self.core.exact.get(&k) {
             return Some(e);
         }
-        let store = self.core.store.clone();
         let t = tenant.to_string();
-        match tokio::task::spawn_blocking(move || store.get_exact(&t, &hash)).await {
-            Ok(Ok(Some(e))) => {
-                let e = Arc::new(e);
-                self.core.exact.insert(k, e.clone());
-                Some(e)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "store read failed");
-                self.core
-                    .metrics
-                    .cache_errors
-                    .with_label_values(&["store_read"])
-                    .inc();
-                None
-            }
-            _ => None,
-        }
+        let e = Arc::new(self.read_store(move |s| s.get_exact(&t, &hash)).await?);
+        self.core.exact.insert(k, e.clone());
+        Some(e)
     }
 
     /// The similarity a semantic hit needs for this key.

@@ -45,20 +45,7 @@ impl Store for MemoryStore {
                 }
             };
             let last_hit = g.rows.get(&id).and_then(|r| r.2);
-            let entry = Entry {
-                id,
-                tenant: e.tenant.clone(),
-                partition: e.partition.clone(),
-                exact_hash: e.exact_hash.clone(),
-                endpoint: e.endpoint.clone(),
-                model: e.model.clone(),
-                text: e.text.clone(),
-                params: e.params.clone(),
-                answer: e.answer.clone(),
-                created_at: e.created_at,
-                expires_at: e.expires_at,
-                hits,
-            };
+            let entry = e.to_entry(id, hits);
             g.rows.insert(id, (entry, e.embedding.clone(), last_hit));
             ids.push(id);
         }

@@ -80,6 +80,26 @@ pub struct NewEntry {
     pub expires_at: i64,
 }
 
+impl NewEntry {
+    /// The stored form of this entry under `id`.
+    pub fn to_entry(&self, id: i64, hits: i64) -> Entry {
+        Entry {
+            id,
+            tenant: self.tenant.clone(),
+            partition: self.partition.clone(),
+            exact_hash: self.exact_hash.clone(),
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            text: self.text.clone(),
+            params: self.params.clone(),
+            answer: self.answer.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            hits,
+        }
+    }
+}
+
 /// One served hit, for counts and the hit log.
 #[derive(Debug, Clone)]
 pub struct HitRecord {

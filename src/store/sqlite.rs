@@ -76,6 +76,14 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+fn row_to_removed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Removed> {
+    Ok(Removed {
+        tenant: r.get(0)?,
+        id: r.get(1)?,
+        exact_hash: r.get(2)?,
+    })
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with `readers` reader connections.
     pub fn open(path: &Path, readers: usize) -> Result<Self, StoreError> {
@@ -226,13 +234,7 @@ impl Store for SqliteStore {
                 let mut st = tx.prepare_cached(
                     "DELETE FROM entries WHERE expires_at <= ?1 RETURNING tenant, id, exact_hash",
                 )?;
-                let rows = st.query_map([now_ms], |r| {
-                    Ok(Removed {
-                        tenant: r.get(0)?,
-                        id: r.get(1)?,
-                        exact_hash: r.get(2)?,
-                    })
-                })?;
+                let rows = st.query_map([now_ms], row_to_removed)?;
                 for r in rows {
                     removed.push(r?);
                 }
@@ -244,13 +246,7 @@ impl Store for SqliteStore {
                             SELECT id FROM entries ORDER BY coalesce(last_hit_at, created_at), id LIMIT ?1)
                          RETURNING tenant, id, exact_hash",
                     )?;
-                    let rows = st.query_map([over], |r| {
-                        Ok(Removed {
-                            tenant: r.get(0)?,
-                            id: r.get(1)?,
-                            exact_hash: r.get(2)?,
-                        })
-                    })?;
+                    let rows = st.query_map([over], row_to_removed)?;
                     for r in rows {
                         removed.push(r?);
                     }
