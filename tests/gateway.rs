@@ -915,3 +915,17 @@ async fn http2_clients_are_served_too() {
     assert_eq!(up.calls(), 1);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upstream_with_a_path_prefix_gets_the_request_path_appended() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&format!("{}/openai/", up.url()), dir.path())).await;
+    let got = send(app.proxy_addr, "GET", "/v1/models?x=1", &[], Bytes::new()).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.last().path_and_query, "/openai/v1/models?x=1");
+    let q = chat(app.proxy_addr, ask("prefixed?")).await;
+    assert_eq!(q.cache(), "miss");
+    assert_eq!(up.last().path_and_query, "/openai/v1/chat/completions");
+    app.shutdown().await;
+}
