@@ -331,7 +331,7 @@ impl Cache {
     }
 
     async fn exact(&self, tenant: &str, key: &CacheKey) -> Option<Arc<Entry>> {
-        let hash = key.exact_hash();
+        let hash = key.exact_hash.clone();
         let k = exact_key(tenant, &hash);
         if let Some(e) = self.core.exact.get(&k) {
             return Some(e);

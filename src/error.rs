@@ -25,9 +25,6 @@ pub enum GatewayError {
     /// The request URI could not be mapped onto the upstream.
     #[error("bad request target: {0}")]
     BadTarget(String),
-    /// The gateway is shutting down.
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
 }
 
 impl GatewayError {
@@ -37,16 +34,13 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
-            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// OpenAI error `type`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            GatewayError::UpstreamUnreachable(_)
-            | GatewayError::UpstreamTimeout(_)
-            | GatewayError::ShuttingDown => "api_error",
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout(_) => "api_error",
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => "invalid_request_error",
         }
     }
@@ -58,7 +52,6 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadRequestBody(_) => "bad_request_body",
             GatewayError::BadTarget(_) => "bad_target",
-            GatewayError::ShuttingDown => "shutting_down",
         }
     }
 

@@ -328,14 +328,7 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_caches_nothing() {
-    let up = mock(Arc::new(|seen: &Seen, n| {
-        Reply::Chunks(
-            vec![],
-            sse_chunks(&answer_for(&question(seen), n), "stop", false),
-            Duration::from_millis(150),
-        )
-    }))
-    .await;
+    let up = mock(slow_stream(Duration::from_millis(150))).await;
     let dir = tempfile::tempdir().unwrap();
     let app = gateway(settings(&up.url(), dir.path())).await;
     let body = json!({"model": "gpt-test", "stream": true,
@@ -841,14 +834,7 @@ async fn readiness_health_and_metrics_on_the_admin_listener() {
 #[tokio::test]
 async fn an_idle_upstream_stream_is_cut_and_not_cached() {
     // Every chunk comes 700 ms after the last: longer than the idle timeout.
-    let up = mock(Arc::new(|seen: &Seen, n| {
-        Reply::Chunks(
-            vec![],
-            sse_chunks(&answer_for(&question(seen), n), "stop", false),
-            Duration::from_millis(700),
-        )
-    }))
-    .await;
+    let up = mock(slow_stream(Duration::from_millis(700))).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&up.url(), dir.path());
     s.upstream.idle_timeout = Duration::from_millis(250);

@@ -19,14 +19,7 @@ fn bin() -> &'static str {
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish_then_exits() {
-    let up = mock(Arc::new(|seen: &Seen, n| {
-        Reply::Chunks(
-            vec![],
-            sse_chunks(&answer_for(&question(seen), n), "stop", false),
-            Duration::from_millis(100),
-        )
-    }))
-    .await;
+    let up = mock(slow_stream(Duration::from_millis(100))).await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin())
         .current_dir(repo_root())

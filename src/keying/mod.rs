@@ -74,17 +74,14 @@ pub struct CacheKey {
     pub include_usage: bool,
     /// The answer-shaping parameters, canonical JSON (kept with the entry).
     pub params: String,
+    /// Hash of partition and text: the exact-match key.
+    pub exact_hash: String,
 }
 
 impl CacheKey {
     /// First 8 bytes of the partition hash, as the vector index's filter tag.
     pub fn partition_tag(&self) -> u64 {
         partition_tag(&self.partition)
-    }
-
-    /// Hash of partition and text: the exact-match key.
-    pub fn exact_hash(&self) -> String {
-        exact_hash(&self.partition, &self.text)
     }
 }
 
@@ -226,10 +223,12 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
         h.update((piece.len() as u64).to_le_bytes());
         h.update(piece.as_bytes());
     }
+    let partition = hex::encode(h.finalize());
     Ok(CacheKey {
         endpoint,
         model,
-        partition: hex::encode(h.finalize()),
+        exact_hash: exact_hash(&partition, &text),
+        partition,
         semantic: semantic && !embed_text.trim().is_empty(),
         text,
         embed_text,
@@ -394,7 +393,7 @@ mod tests {
             "user":"u1","messages":[{"role":"user","content":"q"}]}),
         );
         assert_eq!(a.partition, b.partition);
-        assert_eq!(a.exact_hash(), b.exact_hash());
+        assert_eq!(a.exact_hash, b.exact_hash);
         assert!(b.stream && b.include_usage);
     }
 

@@ -419,7 +419,7 @@ impl PendingWrite {
         let now = now_ms();
         self.cache.write(NewEntry {
             tenant: DEFAULT_TENANT.to_string(),
-            exact_hash: self.key.exact_hash(),
+            exact_hash: self.key.exact_hash,
             partition: self.key.partition,
             endpoint: self.key.endpoint.as_str().to_string(),
             model: self.key.model,

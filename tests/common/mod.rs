@@ -261,6 +261,17 @@ pub fn llm() -> Handler {
     })
 }
 
+/// A mock that streams `answer_for(question, n)` as SSE with `pause` between chunks.
+pub fn slow_stream(pause: Duration) -> Handler {
+    Arc::new(move |seen: &Seen, n: usize| {
+        Reply::Chunks(
+            vec![],
+            sse_chunks(&answer_for(&question(seen), n), "stop", false),
+            pause,
+        )
+    })
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
