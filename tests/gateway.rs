@@ -915,3 +915,27 @@ async fn an_upstream_with_a_path_prefix_gets_the_request_path_appended() {
     assert_eq!(up.last().path_and_query, "/openai/v1/chat/completions");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn long_texts_use_their_own_threshold() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    s.cache.long_text_words = 5;
+    s.cache.threshold = 0.80;
+    s.cache.long_threshold = 0.99;
+    let app = gateway(s).await;
+    // Short: 4 words cached, 5 asked (similarity about 0.89): hits under 0.80.
+    chat(app.proxy_addr, ask("alpha beta gamma delta")).await;
+    settle(&app).await;
+    let short = chat(app.proxy_addr, ask("alpha beta gamma delta epsilon")).await;
+    assert_eq!(short.cache(), "hit");
+    // Long: 10 words cached, 11 asked (about 0.95): misses under 0.99.
+    let ten = "one two three four five six seven eight nine ten";
+    chat(app.proxy_addr, ask(ten)).await;
+    settle(&app).await;
+    let long = chat(app.proxy_addr, ask(&format!("{ten} eleven"))).await;
+    assert_eq!(long.cache(), "miss", "a long text needs the long threshold");
+    assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+}

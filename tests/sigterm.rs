@@ -6,7 +6,6 @@ mod common;
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::Arc,
     time::Duration,
 };
 
