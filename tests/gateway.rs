@@ -13,9 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
 
     let first = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
     assert_eq!(first.status, 200);
@@ -50,9 +48,7 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
 
 #[tokio::test]
 async fn different_model_temperature_or_system_prompt_misses() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let base = json!({"model": "gpt-test", "messages": [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is the capital of France?"}]});
@@ -77,9 +73,7 @@ async fn different_model_temperature_or_system_prompt_misses() {
 
 #[tokio::test]
 async fn streamed_and_non_streamed_answers_serve_each_other() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let mut s = ask("Explain HTTP caching");
     s["stream"] = json!(true);
     s["stream_options"] = json!({"include_usage": true});
@@ -144,9 +138,7 @@ async fn streamed_and_non_streamed_answers_serve_each_other() {
 
 #[tokio::test]
 async fn entries_survive_a_restart() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, dir, app) = start().await;
     let first = chat(app.proxy_addr, ask("Name three prime numbers")).await;
     let mut img = json!({"model": "gpt-test", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is in this picture?"},
@@ -193,9 +185,7 @@ async fn entries_survive_a_restart() {
 
 #[tokio::test]
 async fn a_200_kib_body_is_forwarded_byte_for_byte() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, dir, app) = start().await;
     let history = "lorem ipsum dolor sit amet ".repeat(200 * 1024 / 27 + 1);
     let body = json!({"model": "gpt-test", "messages": [
         {"role": "system", "content": history},
@@ -573,9 +563,7 @@ async fn a_gzipped_upstream_answer_is_passed_on_and_cached() {
 
 #[tokio::test]
 async fn other_routes_pass_through_with_path_query_and_headers() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let got = send(
         app.proxy_addr,
         "GET",
@@ -616,9 +604,7 @@ async fn other_routes_pass_through_with_path_query_and_headers() {
 
 #[tokio::test]
 async fn cache_control_and_request_headers() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let q = ask("What is Rust?");
     // no-store: neither reads nor writes.
     assert_eq!(
@@ -756,9 +742,7 @@ async fn truncated_and_errored_answers_are_not_cached() {
 
 #[tokio::test]
 async fn legacy_completions_with_a_string_prompt_are_cached() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let body = json!({"model": "gpt-test-instruct", "prompt": "Say this is a test"}).to_string();
     let a = send(
         app.proxy_addr,
@@ -800,9 +784,7 @@ async fn legacy_completions_with_a_string_prompt_are_cached() {
 
 #[tokio::test]
 async fn readiness_health_and_metrics_on_the_admin_listener() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     assert_eq!(
         send(app.admin_addr, "GET", "/healthz", &[], Bytes::new())
             .await
@@ -868,9 +850,7 @@ async fn an_idle_upstream_stream_is_cut_and_not_cached() {
 
 #[tokio::test]
 async fn http2_clients_are_served_too() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let (up, _dir, app) = start().await;
     let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)

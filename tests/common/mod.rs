@@ -312,6 +312,15 @@ pub async fn gateway(s: Settings) -> RunningApp {
     .await
 }
 
+/// The usual setup: the `llm()` mock, a fresh data folder, a gateway with
+/// the hashing embedder. Keep the folder alive as long as the gateway.
+pub async fn start() -> (Mock, tempfile::TempDir, RunningApp) {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    (up, dir, app)
+}
+
 /// Starts a gateway with the real model.
 pub async fn real_gateway(s: Settings) -> RunningApp {
     gateway_with(s, AppOptions::default()).await
