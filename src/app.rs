@@ -9,7 +9,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -27,11 +27,9 @@ use crate::{
     config::Settings,
     embed::{EmbedService, Embedder, EmbedderFactory, FastEmbedder},
     metrics::Metrics,
-    proxy::{
-        handler::{Gateway, DEFAULT_TENANT},
-        upstream::Upstream,
-    },
+    proxy::handler::Gateway,
     store::{sqlite::SqliteStore, Store},
+    tenants::TenantSet,
 };
 
 /// How often expired and surplus entries are swept.
@@ -58,6 +56,60 @@ pub struct RunningApp {
     load_error: Arc<OnceLock<String>>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<()>,
+    reloader: Reloader,
+}
+
+/// Swaps in the tenants of a new configuration (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    tenants: Arc<RwLock<Arc<TenantSet>>>,
+    started_with: Arc<Settings>,
+}
+
+impl Reloader {
+    fn limits(&self) -> crate::store::Limits {
+        match self.tenants.read() {
+            Ok(t) => t.limits(),
+            Err(p) => p.into_inner().limits(),
+        }
+    }
+
+    /// Applies the tenants, their policies and upstreams, and `[auth]` of
+    /// `settings`. Requests in flight finish under the old set. Settings that
+    /// need a restart (listeners, storage, embedding, queue sizes) are kept
+    /// and named in the log.
+    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+        let set = TenantSet::build(settings)?;
+        let old = &self.started_with;
+        let mut restart = Vec::new();
+        if settings.server.listen != old.server.listen
+            || settings.server.admin_listen != old.server.admin_listen
+        {
+            restart.push("server listeners");
+        }
+        if settings.storage.data_dir != old.storage.data_dir {
+            restart.push("storage.data_dir");
+        }
+        if settings.embedding.model_dir != old.embedding.model_dir {
+            restart.push("embedding.model_dir");
+        }
+        if uses_cache(settings) && !uses_cache(old) {
+            restart.push("a tenant's cache was off in every tenant at start (no model loaded)");
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                changed = restart.join(", "),
+                "these settings take effect only after a restart"
+            );
+        }
+        let names = set.names().join(", ");
+        match self.tenants.write() {
+            Ok(mut g) => *g = Arc::new(set),
+            Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        tracing::info!(tenants = names, "configuration reloaded");
+        Ok(())
+    }
 }
 
 impl RunningApp {
@@ -83,6 +135,19 @@ impl RunningApp {
         self.cache.get()
     }
 
+    /// A handle that reloads tenants from new settings.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Queues a sweep now, with the current tenants' caps (one also runs
+    /// every 30 s).
+    pub fn sweep_now(&self) {
+        if let Some(c) = self.cache.get() {
+            c.sweep(self.reloader.limits());
+        }
+    }
+
     /// Stops accepting, drains in-flight requests, flushes writes, saves indexes.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -100,6 +165,14 @@ impl RunningApp {
     pub fn take_shutdown(&mut self) -> Option<oneshot::Sender<()>> {
         self.shutdown.take()
     }
+}
+
+/// Whether any tenant caches; if none does, no model is loaded.
+fn uses_cache(settings: &Settings) -> bool {
+    settings
+        .tenants
+        .iter()
+        .any(|t| t.policy.mode != crate::config::CacheMode::Off)
 }
 
 fn default_embedder(settings: &Settings) -> EmbedderFactory {
@@ -139,7 +212,11 @@ fn load_cache(
         metrics,
         Some(data.join("index")),
         settings.storage.index_quantization,
-        &[DEFAULT_TENANT.to_string()],
+        &settings
+            .tenants
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>(),
     )
     .map_err(anyhow::Error::msg)
 }
@@ -163,16 +240,18 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let metrics = Arc::new(Metrics::new()?);
     let cache: Arc<OnceLock<Arc<Cache>>> = Arc::new(OnceLock::new());
     let load_error: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
-    let upstream = Upstream::new(&settings.upstream).map_err(anyhow::Error::msg)?;
+    let tenants = Arc::new(RwLock::new(Arc::new(
+        TenantSet::build(&settings).map_err(anyhow::Error::msg)?,
+    )));
     let gateway = Arc::new(Gateway::new(
-        settings.clone(),
-        upstream,
+        settings.server.clone(),
+        tenants.clone(),
         cache.clone(),
         metrics.clone(),
     ));
     let admin = Arc::new(Admin::new(cache.clone(), metrics.clone()));
 
-    if settings.cache.enabled {
+    if uses_cache(&settings) {
         let (s, m, c, le) = (
             settings.clone(),
             metrics.clone(),
@@ -198,14 +277,18 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     }
 
     let (tx, rx) = oneshot::channel();
+    let reloader = Reloader {
+        tenants,
+        started_with: settings,
+    };
     let join = tokio::spawn(serve(
         proxy_listener,
         admin_listener,
         gateway,
         admin,
         rx,
-        settings.clone(),
         cache.clone(),
+        reloader.clone(),
     ));
     Ok(RunningApp {
         proxy_addr,
@@ -215,6 +298,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         load_error,
         shutdown: Some(tx),
         join,
+        reloader,
     })
 }
 
@@ -224,9 +308,10 @@ async fn serve(
     gateway: Arc<Gateway>,
     admin_routes: Arc<Admin>,
     mut stop: oneshot::Receiver<()>,
-    settings: Arc<Settings>,
     cache: Arc<OnceLock<Arc<Cache>>>,
+    reloader: Reloader,
 ) {
+    let settings = reloader.started_with.clone();
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut save = tokio::time::interval(settings.storage.index_save_interval);
@@ -271,7 +356,7 @@ async fn serve(
             }
             _ = sweep.tick() => {
                 if let Some(c) = cache.get() {
-                    c.sweep();
+                    c.sweep(reloader.limits());
                 }
             }
         }

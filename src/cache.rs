@@ -14,12 +14,12 @@ use std::{
 };
 
 use crate::{
-    config::{CacheSettings, Quantization},
+    config::{CacheSettings, Policy, Quantization},
     embed::EmbedService,
     index::{UsearchIndex, VectorIndex},
     keying::CacheKey,
     metrics::Metrics,
-    store::{Entry, HitRecord, NewEntry, Removed, Store},
+    store::{Entry, HitRecord, Limits, NewEntry, Removed, Store},
     writeback::{WriteOp, Writeback},
 };
 
@@ -60,9 +60,32 @@ pub struct Lookup {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// The similarity a semantic hit needs, from the tenant's policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// For texts of up to `long_text_words` words.
+    pub short: f32,
+    /// For longer texts.
+    pub long: f32,
+    /// Words above which a text is long.
+    pub long_text_words: usize,
+}
+
+impl From<&Policy> for Thresholds {
+    fn from(p: &Policy) -> Thresholds {
+        Thresholds {
+            short: p.threshold,
+            long: p.long_threshold,
+            long_text_words: p.long_text_words,
+        }
+    }
+}
+
 /// Per-request lookup options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LookupOptions {
+    /// The tenant's thresholds.
+    pub thresholds: Thresholds,
     /// Reject entries older than this (`Cache-Control: max-age`).
     pub max_age: Option<Duration>,
     /// A stricter threshold than the configured one.
@@ -343,12 +366,13 @@ impl Cache {
     }
 
     /// The similarity a semantic hit needs for this key.
-    pub fn threshold_for(&self, key: &CacheKey, opts: &LookupOptions) -> f32 {
+    pub fn threshold_for(key: &CacheKey, opts: &LookupOptions) -> f32 {
+        let t = &opts.thresholds;
         let words = key.embed_text.split_whitespace().count();
-        let base = if words > self.settings.long_text_words {
-            self.settings.long_threshold
+        let base = if words > t.long_text_words {
+            t.long
         } else {
-            self.settings.threshold
+            t.short
         };
         opts.min_similarity.map_or(base, |m| m.max(base))
     }
@@ -386,7 +410,7 @@ impl Cache {
                         if let Some((_, best)) = cands.first() {
                             self.core.metrics.similarity.observe(*best as f64);
                         }
-                        let threshold = self.threshold_for(key, opts);
+                        let threshold = Self::threshold_for(key, opts);
                         for (id, sim) in cands {
                             if sim < threshold {
                                 break;
@@ -442,11 +466,12 @@ impl Cache {
         self.writeback.send(WriteOp::Insert(entry))
     }
 
-    /// Deletes expired and surplus entries from every layer.
-    pub fn sweep(&self) {
+    /// Deletes expired entries, and each tenant's least recently hit past its
+    /// cap, from every layer.
+    pub fn sweep(&self, limits: Limits) {
         self.writeback.send(WriteOp::Sweep {
             now_ms: now_ms(),
-            max_entries: self.settings.max_entries,
+            limits,
         });
     }
 

@@ -25,6 +25,9 @@ pub enum GatewayError {
     /// The request URI could not be mapped onto the upstream.
     #[error("bad request target: {0}")]
     BadTarget(String),
+    /// The caller matches no tenant and `auth.unknown_keys = "reject"`.
+    #[error("this API key is not known to the gateway (modelcache): ask its operator for a key")]
+    UnknownKey,
 }
 
 impl GatewayError {
@@ -34,6 +37,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -41,7 +45,9 @@ impl GatewayError {
     pub fn error_type(&self) -> &'static str {
         match self {
             GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout(_) => "api_error",
-            GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => "invalid_request_error",
+            GatewayError::BadRequestBody(_)
+            | GatewayError::BadTarget(_)
+            | GatewayError::UnknownKey => "invalid_request_error",
         }
     }
 
@@ -52,6 +58,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadRequestBody(_) => "bad_request_body",
             GatewayError::BadTarget(_) => "bad_target",
+            GatewayError::UnknownKey => "unknown_key",
         }
     }
 
@@ -62,7 +69,11 @@ impl GatewayError {
                 "message": self.to_string(),
                 "type": self.error_type(),
                 "param": null,
-                "code": format!("modelcache_{}", self.kind()),
+                "code": match self {
+                    // NOTE: the code OpenAI uses, so that SDKs raise AuthenticationError.
+                    GatewayError::UnknownKey => "invalid_api_key".to_string(),
+                    _ => format!("modelcache_{}", self.kind()),
+                },
             }
         });
         let mut resp = Response::new(full(Bytes::from(body.to_string())));

@@ -2,7 +2,7 @@
 //!
 //! The folder tree is the architecture: `proxy` is the data plane, `cache` the
 //! lookup facade over `embed`, `index` and `store`, `writeback` the only
-//! writer, `keying` the cache key, `config` the settings, `admin` the admin
+//! writer, `keying` the cache key, `tenants` who a caller is, `config` the settings, `admin` the admin
 //! listener, `app` the wiring, `cli` the command line.
 
 pub mod admin;
@@ -17,4 +17,5 @@ pub mod keying;
 pub mod metrics;
 pub mod proxy;
 pub mod store;
+pub mod tenants;
 pub mod writeback;

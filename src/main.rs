@@ -56,12 +56,22 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(serve(settings))
+            let reload_from = ReloadFrom {
+                path: path.map(std::path::Path::to_path_buf),
+                overrides: args.overrides(),
+            };
+            rt.block_on(serve(settings, reload_from))
         }
     }
 }
 
-async fn serve(settings: config::Settings) -> ExitCode {
+/// Where SIGHUP re-reads the configuration from.
+struct ReloadFrom {
+    path: Option<std::path::PathBuf>,
+    overrides: config::Overrides,
+}
+
+async fn serve(settings: config::Settings, from: ReloadFrom) -> ExitCode {
     let upstream = settings.upstream.url.clone();
     let mut running = match app::start(settings, AppOptions::default()).await {
         Ok(r) => r,
@@ -78,6 +88,28 @@ async fn serve(settings: config::Settings) -> ExitCode {
         "modelcache: admin listening on http://{}",
         running.admin_addr
     );
+    let reloader = running.reloader();
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // NOTE: an invalid file is rejected whole; the running config stays.
+            match config::load(from.path.as_deref(), std::env::vars(), &from.overrides) {
+                Ok(s) => {
+                    if let Err(e) = reloader.reload(&s) {
+                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload rejected: invalid configuration; keeping the running one");
+                }
+            }
+        }
+    });
     let stop = running.take_shutdown();
     tokio::spawn(async move {
         wait_for_signal().await;

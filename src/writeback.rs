@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     cache::Core,
-    store::{HitRecord, NewEntry},
+    store::{HitRecord, Limits, NewEntry},
 };
 
 /// One unit of work for the writer.
@@ -26,8 +26,8 @@ pub enum WriteOp {
     Sweep {
         /// Now, in Unix milliseconds.
         now_ms: i64,
-        /// Entry cap.
-        max_entries: u64,
+        /// Entry caps.
+        limits: Limits,
     },
     /// Reply once everything queued before it is done.
     Flush(oneshot::Sender<()>),
@@ -168,10 +168,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
         }
         for op in after {
             match op {
-                WriteOp::Sweep {
-                    now_ms,
-                    max_entries,
-                } => match core.store.sweep(now_ms, max_entries) {
+                WriteOp::Sweep { now_ms, limits } => match core.store.sweep(now_ms, &limits) {
                     Ok(removed) => {
                         if !removed.is_empty() {
                             tracing::info!(

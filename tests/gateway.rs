@@ -18,7 +18,12 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
     let first = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache(), "miss");
-    assert_eq!(first.header("cache-status"), "modelcache; fwd=uri-miss");
+    // A caller's first request is forwarded whatever the cache holds: the
+    // upstream has not yet accepted its key.
+    assert_eq!(
+        first.header("cache-status"),
+        "modelcache; fwd=request; detail=unverified-key"
+    );
     settle(&app).await;
 
     let second = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
@@ -40,7 +45,7 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
         1.0
     );
     assert_eq!(
-        metric_sum(&m, "modelcache_requests_total", &["result=\"miss\""]),
+        metric_sum(&m, "modelcache_requests_total", &["result=\"unverified\""]),
         1.0
     );
     app.shutdown().await;
@@ -154,6 +159,7 @@ async fn entries_survive_a_restart() {
     );
 
     let app = gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
     let again = chat(app.proxy_addr, ask("Name three prime numbers")).await;
     assert_eq!(again.cache(), "hit");
     assert_eq!(content_of(&again), content_of(&first));
@@ -164,8 +170,10 @@ async fn entries_survive_a_restart() {
     // Exact-only entries (images) survive too.
     assert_eq!(chat(app.proxy_addr, img.clone()).await.cache(), "hit");
     img["messages"][0]["content"][1]["image_url"]["url"] = json!("data:image/png;base64,BBBB");
-    assert_eq!(chat(app.proxy_addr, img).await.cache(), "miss");
-    assert_eq!(up.calls(), 3);
+    let other = chat(app.proxy_addr, img).await;
+    assert_eq!(other.cache(), "miss");
+    assert_eq!(other.header("cache-status"), "modelcache; fwd=uri-miss");
+    assert_eq!(up.calls(), 4, "two, a warm-up, and the other image");
     app.shutdown().await;
 
     // A deleted index file is rebuilt from SQLite.
@@ -173,13 +181,14 @@ async fn entries_survive_a_restart() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
     let app = gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
     assert_eq!(
         chat(app.proxy_addr, ask("three prime numbers name"))
             .await
             .cache(),
         "hit"
     );
-    assert_eq!(up.calls(), 3);
+    assert_eq!(up.calls(), 5);
     app.shutdown().await;
 }
 
@@ -308,7 +317,7 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
     }))
     .await;
     let mut s = settings(&up.url(), dir.path());
-    s.upstream.header_timeout = Duration::from_millis(300);
+    upstreams(&mut s, |u| u.header_timeout = Duration::from_millis(300));
     let app = gateway(s).await;
     let got = chat(app.proxy_addr, ask("slow?")).await;
     assert_eq!(got.status, 504);
@@ -409,9 +418,9 @@ impl modelcache::store::Store for GatedStore {
     fn sweep(
         &self,
         now: i64,
-        max: u64,
+        limits: &modelcache::store::Limits,
     ) -> Result<Vec<modelcache::store::Removed>, modelcache::store::StoreError> {
-        self.inner.sweep(now, max)
+        self.inner.sweep(now, limits)
     }
     fn counts(&self) -> Result<Vec<(String, u64)>, modelcache::store::StoreError> {
         self.inner.counts()
@@ -819,7 +828,7 @@ async fn an_idle_upstream_stream_is_cut_and_not_cached() {
     let up = mock(slow_stream(Duration::from_millis(700))).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&up.url(), dir.path());
-    s.upstream.idle_timeout = Duration::from_millis(250);
+    upstreams(&mut s, |u| u.idle_timeout = Duration::from_millis(250));
     let app = gateway(s).await;
     let mut req = ask("stall please");
     req["stream"] = json!(true);
@@ -901,9 +910,11 @@ async fn long_texts_use_their_own_threshold() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&up.url(), dir.path());
-    s.cache.long_text_words = 5;
-    s.cache.threshold = 0.80;
-    s.cache.long_threshold = 0.99;
+    policy(&mut s, |p| {
+        p.long_text_words = 5;
+        p.threshold = 0.80;
+        p.long_threshold = 0.99;
+    });
     let app = gateway(s).await;
     // Short: 4 words cached, 5 asked (similarity about 0.89): hits under 0.80.
     chat(app.proxy_addr, ask("alpha beta gamma delta")).await;

@@ -98,6 +98,7 @@ async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
     let default_long = modelcache::config::load(None, Vec::new(), &Default::default())
         .unwrap()
         .cache
+        .policy
         .long_threshold;
     assert!(
         cos < default_long,

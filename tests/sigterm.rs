@@ -86,13 +86,14 @@ async fn sigterm_lets_in_flight_streams_finish_then_exits() {
 
     // The drained answer was stored before exit: a restart serves it.
     let app = real_gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
     assert_eq!(
         chat(app.proxy_addr, ask("Tell me about graceful shutdown"))
             .await
             .cache(),
         "hit"
     );
-    assert_eq!(up.calls(), 1);
+    assert_eq!(up.calls(), 2, "the stream and the warm-up");
     app.shutdown().await;
 }
 

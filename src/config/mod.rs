@@ -8,12 +8,20 @@
 pub mod raw;
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use http::{HeaderName, HeaderValue};
 use raw::RawConfig;
+use sha2::{Digest, Sha256};
+
+pub use crate::keying::TextMode;
+
+/// The tenant every caller belongs to when the file declares none.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// A configuration error, with the path of the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,9 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// Several invalid values, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -79,6 +90,23 @@ pub struct ServerSettings {
     pub max_answer_bytes: usize,
 }
 
+/// A secret read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Upstream origin and timeouts.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -90,6 +118,10 @@ pub struct UpstreamSettings {
     pub header_timeout: Duration,
     /// Idle time between body chunks.
     pub idle_timeout: Duration,
+    /// Extra headers sent with every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The key sent instead of the caller's (`auth = "replace"`).
+    pub api_key: Option<Secret>,
 }
 
 /// Storage locations.
@@ -122,29 +154,121 @@ pub struct EmbeddingSettings {
     pub queue: usize,
 }
 
-/// Cache policy.
+/// What a tenant does with its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Look up and store.
+    ReadWrite,
+    /// Look up; never store.
+    ReadOnly,
+    /// Store; never serve (warming a cache).
+    WriteOnly,
+    /// Plain proxy.
+    Off,
+}
+
+impl CacheMode {
+    /// Whether lookups happen.
+    pub fn reads(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::ReadOnly)
+    }
+    /// Whether answers are stored.
+    pub fn writes(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::WriteOnly)
+    }
+}
+
+/// A tenant's cache policy (`[cache]` is every tenant's default).
 #[derive(Debug, Clone)]
-pub struct CacheSettings {
-    /// Master switch.
-    pub enabled: bool,
+pub struct Policy {
+    /// Read, write, both or neither.
+    pub mode: CacheMode,
     /// Short-text similarity threshold.
     pub threshold: f32,
     /// Long-text similarity threshold.
     pub long_threshold: f32,
     /// Word count above which a text is long.
     pub long_text_words: usize,
-    /// Entry lifetime.
+    /// Entry lifetime (and the cap of `x-modelcache-ttl`).
     pub ttl: Duration,
-    /// Entry cap.
+    /// Entry cap; least recently hit evicted first.
     pub max_entries: u64,
+    /// Which turns are compared by meaning.
+    pub text: TextMode,
+    /// Chats with more messages are matched exactly only.
+    pub max_messages: usize,
+    /// Cacheable finish reasons.
+    pub cacheable_finish_reasons: Vec<String>,
+    /// Requests with a higher temperature skip the cache.
+    pub skip_when_temperature_above: Option<f64>,
+}
+
+/// Process-wide cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Master switch: `false` loads no model and caches nothing.
+    pub enabled: bool,
     /// In-memory exact layer size.
     pub exact_capacity: u64,
     /// Write-back queue length.
     pub writeback_queue: usize,
     /// Write-back batch size.
     pub writeback_batch: usize,
-    /// Cacheable finish reasons.
-    pub cacheable_finish_reasons: Vec<String>,
+    /// The default policy of every tenant.
+    pub policy: Policy,
+}
+
+/// How a tenant's callers authenticate upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The caller's own `Authorization` goes upstream.
+    Passthrough,
+    /// The caller's key is a gateway key; the tenant's key goes upstream.
+    Replace,
+}
+
+/// What happens to a caller that matches no tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKeys {
+    /// 401 in OpenAI's error shape.
+    Reject,
+    /// Forwarded to `[upstream]` with no cache read or write.
+    Passthrough,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Callers that match no tenant.
+    pub unknown_keys: UnknownKeys,
+    /// How long an upstream 2xx lets a key be served from cache.
+    pub verified_key_ttl: Duration,
+}
+
+/// One tenant.
+#[derive(Debug, Clone)]
+pub struct TenantSettings {
+    /// Unique name.
+    pub name: String,
+    /// SHA-256 of the bearer keys that identify the tenant.
+    pub key_hashes: Vec<[u8; 32]>,
+    /// A header (name, exact value) that identifies the tenant.
+    pub match_header: Option<(HeaderName, String)>,
+    /// Model-name patterns.
+    pub match_models: Vec<String>,
+    /// Passthrough or replace.
+    pub auth: AuthMode,
+    /// Where its requests go.
+    pub upstream: UpstreamSettings,
+    /// Its cache policy.
+    pub policy: Policy,
+}
+
+impl TenantSettings {
+    /// A tenant with nothing to match on matches every caller.
+    pub fn is_catch_all(&self) -> bool {
+        self.key_hashes.is_empty() && self.match_header.is_none() && self.match_models.is_empty()
+    }
 }
 
 /// The typed runtime configuration.
@@ -160,6 +284,10 @@ pub struct Settings {
     pub embedding: EmbeddingSettings,
     /// `[cache]`
     pub cache: CacheSettings,
+    /// `[auth]`
+    pub auth: AuthSettings,
+    /// `[[tenants]]`, or the implicit `default` tenant. Never empty.
+    pub tenants: Vec<TenantSettings>,
 }
 
 /// Command-line overrides, applied after the file and the environment.
@@ -175,7 +303,14 @@ pub struct Overrides {
     pub data_dir: Option<String>,
 }
 
-const SECTIONS: [&str; 5] = ["server", "upstream", "storage", "embedding", "cache"];
+const SECTIONS: [&str; 6] = [
+    "server",
+    "upstream",
+    "storage",
+    "embedding",
+    "cache",
+    "auth",
+];
 
 /// Reads `path` (a missing file means "all defaults" only when `path` is `None`),
 /// applies `MODELCACHE_<SECTION>_<KEY>` variables from `env`, then `overrides`.
@@ -201,7 +336,8 @@ pub fn load(
             key: String::new(),
             message: e.message().to_string() + &line_of(&text, e.span()),
         })?;
-    apply_env(&mut doc, env)?;
+    let env: HashMap<String, String> = env.into_iter().collect();
+    apply_env(&mut doc, env.iter().map(|(k, v)| (k.clone(), v.clone())))?;
     let raw: RawConfig =
         serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
             ConfigError::Parse {
@@ -210,7 +346,7 @@ pub fn load(
                 message: e.inner().message().to_string(),
             }
         })?;
-    settings_from_raw(raw, overrides)
+    settings_from_raw(raw, overrides, &env)
 }
 
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -302,106 +438,480 @@ pub fn upstream_url(key: &str, s: &str) -> Result<url::Url, ConfigError> {
     Ok(u)
 }
 
-fn settings_from_raw(raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
+/// Collects every invalid value, so that one run names them all.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(invalid(key, message));
+    }
+
+    /// The value, or `fallback` after noting the error.
+    fn take<T>(&mut self, r: Result<T, ConfigError>, fallback: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(e);
+            fallback
+        })
+    }
+}
+
+fn duration(errs: &mut Errors, key: &str, s: &str) -> Duration {
+    errs.take(parse_duration(key, s), Duration::ZERO)
+}
+
+fn fraction(errs: &mut Errors, key: &str, v: f32) -> f32 {
+    if !(0.0..=1.0).contains(&v) {
+        errs.push(key, "must be between 0 and 1");
+    }
+    v
+}
+
+fn at_least_one(errs: &mut Errors, key: &str, v: usize) -> usize {
+    if v == 0 {
+        errs.push(key, "must be at least 1");
+    }
+    v
+}
+
+fn env_var<'a>(
+    errs: &mut Errors,
+    env: &'a HashMap<String, String>,
+    key: &str,
+    name: &str,
+) -> Option<&'a str> {
+    match env.get(name).map(String::as_str) {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            errs.push(key, format!("environment variable {name} is not set"));
+            None
+        }
+    }
+}
+
+fn headers(
+    errs: &mut Errors,
+    key: &str,
+    raw: &BTreeMap<String, String>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (n, v) in raw {
+        let k = format!("{key}.{n}");
+        match (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            (Err(_), _) => errs.push(&k, "not a valid header name"),
+            (_, Err(_)) => errs.push(&k, "not a valid header value"),
+        }
+    }
+    out
+}
+
+fn cache_mode(errs: &mut Errors, key: &str, s: &str) -> CacheMode {
+    match s {
+        "read_write" => CacheMode::ReadWrite,
+        "read_only" => CacheMode::ReadOnly,
+        "write_only" => CacheMode::WriteOnly,
+        "off" => CacheMode::Off,
+        other => {
+            errs.push(
+                key,
+                format!("`{other}`: expected read_write, read_only, write_only or off"),
+            );
+            CacheMode::Off
+        }
+    }
+}
+
+fn text_mode(errs: &mut Errors, key: &str, s: &str) -> TextMode {
+    TextMode::parse(s).unwrap_or_else(|| {
+        errs.push(
+            key,
+            format!("`{s}`: expected system_and_user, last_user or all"),
+        );
+        TextMode::default()
+    })
+}
+
+fn temperature(errs: &mut Errors, key: &str, t: Option<f64>) -> Option<f64> {
+    if t.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        errs.push(key, "must be between 0 and 2");
+    }
+    t
+}
+
+fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
+    let mode = cache_mode(errs, "cache.mode", &c.mode);
+    Policy {
+        mode: if c.enabled { mode } else { CacheMode::Off },
+        threshold: fraction(errs, "cache.threshold", c.threshold),
+        long_threshold: fraction(errs, "cache.long_threshold", c.long_threshold),
+        long_text_words: c.long_text_words,
+        ttl: duration(errs, "cache.ttl", &c.ttl),
+        max_entries: c.max_entries,
+        text: text_mode(errs, "cache.text", &c.text),
+        max_messages: at_least_one(errs, "cache.max_messages", c.max_messages),
+        cacheable_finish_reasons: c.cacheable_finish_reasons.clone(),
+        skip_when_temperature_above: temperature(
+            errs,
+            "cache.skip_when_temperature_above",
+            c.skip_when_temperature_above,
+        ),
+    }
+}
+
+fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &raw::RawTenantCache) -> Policy {
+    let k = |name: &str| format!("{p}.cache.{name}");
+    let mut mode = match &c.mode {
+        Some(m) => cache_mode(errs, &k("mode"), m),
+        None => base.mode,
+    };
+    if c.enabled == Some(false) {
+        mode = CacheMode::Off;
+    } else if c.enabled == Some(true) && c.mode.is_none() && mode == CacheMode::Off {
+        mode = CacheMode::ReadWrite;
+    }
+    Policy {
+        mode,
+        threshold: c
+            .threshold
+            .map_or(base.threshold, |v| fraction(errs, &k("threshold"), v)),
+        long_threshold: c.long_threshold.map_or(base.long_threshold, |v| {
+            fraction(errs, &k("long_threshold"), v)
+        }),
+        long_text_words: c.long_text_words.unwrap_or(base.long_text_words),
+        ttl: c
+            .ttl
+            .as_deref()
+            .map_or(base.ttl, |v| duration(errs, &k("ttl"), v)),
+        max_entries: c.max_entries.unwrap_or(base.max_entries),
+        text: c
+            .text
+            .as_deref()
+            .map_or(base.text, |v| text_mode(errs, &k("text"), v)),
+        max_messages: c.max_messages.map_or(base.max_messages, |v| {
+            at_least_one(errs, &k("max_messages"), v)
+        }),
+        cacheable_finish_reasons: c
+            .cacheable_finish_reasons
+            .clone()
+            .unwrap_or_else(|| base.cacheable_finish_reasons.clone()),
+        skip_when_temperature_above: match c.skip_when_temperature_above {
+            Some(t) => temperature(errs, &k("skip_when_temperature_above"), Some(t)),
+            None => base.skip_when_temperature_above,
+        },
+    }
+}
+
+fn tenant_upstream(
+    errs: &mut Errors,
+    p: &str,
+    base: &UpstreamSettings,
+    u: &raw::RawTenantUpstream,
+    env: &HashMap<String, String>,
+) -> UpstreamSettings {
+    let k = |name: &str| format!("{p}.upstream.{name}");
+    UpstreamSettings {
+        url: match &u.url {
+            Some(v) => errs.take(upstream_url(&k("url"), v), base.url.clone()),
+            None => base.url.clone(),
+        },
+        connect_timeout: u
+            .connect_timeout
+            .as_deref()
+            .map_or(base.connect_timeout, |v| {
+                duration(errs, &k("connect_timeout"), v)
+            }),
+        header_timeout: u
+            .header_timeout
+            .as_deref()
+            .map_or(base.header_timeout, |v| {
+                duration(errs, &k("header_timeout"), v)
+            }),
+        idle_timeout: u
+            .idle_timeout
+            .as_deref()
+            .map_or(base.idle_timeout, |v| duration(errs, &k("idle_timeout"), v)),
+        headers: match &u.headers {
+            Some(h) => headers(errs, &k("headers"), h),
+            None => base.headers.clone(),
+        },
+        api_key: u.api_key_env.as_deref().and_then(|name| {
+            env_var(errs, env, &k("api_key_env"), name).map(|v| Secret(v.trim().to_string()))
+        }),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn tenant(
+    errs: &mut Errors,
+    i: usize,
+    t: &raw::RawTenant,
+    upstream: &UpstreamSettings,
+    policy: &Policy,
+    env: &HashMap<String, String>,
+) -> TenantSettings {
+    let p = format!("tenants[{i}]");
+    let k = |name: &str| format!("{p}.{name}");
+    if !valid_name(&t.name) {
+        errs.push(
+            &k("name"),
+            format!(
+                "`{}`: use 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `_`",
+                t.name
+            ),
+        );
+    }
+    let mut key_hashes = Vec::new();
+    for (j, h) in t.keys_sha256.iter().enumerate() {
+        let mut out = [0u8; 32];
+        match hex::decode_to_slice(h.trim(), &mut out) {
+            Ok(()) => key_hashes.push(out),
+            Err(_) => errs.push(
+                &format!("{p}.keys_sha256[{j}]"),
+                "must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
+            ),
+        }
+    }
+    for (j, name) in t.keys_env.iter().enumerate() {
+        if let Some(v) = env_var(errs, env, &format!("{p}.keys_env[{j}]"), name) {
+            key_hashes.push(key_hash(v.trim()));
+        }
+    }
+    let match_header =
+        t.match_header
+            .as_ref()
+            .and_then(|h| match HeaderName::from_bytes(h.name.as_bytes()) {
+                Ok(n) => Some((n, h.value.clone())),
+                Err(_) => {
+                    errs.push(&k("match_header.name"), "not a valid header name");
+                    None
+                }
+            });
+    let auth = match t.auth.as_str() {
+        "passthrough" => AuthMode::Passthrough,
+        "replace" => AuthMode::Replace,
+        other => {
+            errs.push(
+                &k("auth"),
+                format!("`{other}`: expected passthrough or replace"),
+            );
+            AuthMode::Passthrough
+        }
+    };
+    let upstream = tenant_upstream(errs, &p, upstream, &t.upstream, env);
+    if auth == AuthMode::Replace {
+        if t.upstream.api_key_env.is_none() {
+            errs.push(
+                &k("upstream.api_key_env"),
+                "auth = \"replace\" needs the name of the environment variable that holds the upstream key",
+            );
+        }
+        if t.keys_sha256.is_empty() && t.keys_env.is_empty() {
+            errs.push(
+                &k("auth"),
+                "auth = \"replace\" needs keys_sha256 or keys_env: matching by header or model alone would hand the tenant's upstream key to any caller",
+            );
+        }
+        if t.match_header.is_some() || !t.match_models.is_empty() {
+            errs.push(
+                &k("auth"),
+                "auth = \"replace\" tenants are matched by key only; remove match_header and match_models",
+            );
+        }
+    } else if t.upstream.api_key_env.is_some() {
+        errs.push(
+            &k("upstream.api_key_env"),
+            "only used with auth = \"replace\"",
+        );
+    }
+    for (j, m) in t.match_models.iter().enumerate() {
+        if m.is_empty() {
+            errs.push(&format!("{p}.match_models[{j}]"), "must not be empty");
+        }
+    }
+    TenantSettings {
+        name: t.name.clone(),
+        key_hashes,
+        match_header,
+        match_models: t.match_models.clone(),
+        auth,
+        upstream,
+        policy: tenant_policy(errs, &p, policy, &t.cache),
+    }
+}
+
+/// SHA-256 of a bearer key, as tenants are matched and verified keys tracked.
+pub fn key_hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn settings_from_raw(
+    raw: RawConfig,
+    o: &Overrides,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let mut errs = Errors::default();
+    let fallback_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let s = &raw.server;
     let server = ServerSettings {
-        listen: addr("server.listen", o.listen.as_deref().unwrap_or(&s.listen))?,
-        admin_listen: addr(
-            "server.admin_listen",
-            o.admin_listen.as_deref().unwrap_or(&s.admin_listen),
-        )?,
-        drain_timeout: parse_duration("server.drain_timeout", &s.drain_timeout)?,
+        listen: errs.take(
+            addr("server.listen", o.listen.as_deref().unwrap_or(&s.listen)),
+            fallback_addr,
+        ),
+        admin_listen: errs.take(
+            addr(
+                "server.admin_listen",
+                o.admin_listen.as_deref().unwrap_or(&s.admin_listen),
+            ),
+            fallback_addr,
+        ),
+        drain_timeout: duration(&mut errs, "server.drain_timeout", &s.drain_timeout),
         max_body_bytes: s.max_body_bytes as usize,
         max_answer_bytes: s.max_answer_bytes as usize,
     };
     let u = &raw.upstream;
+    let fallback_url = url::Url::parse("http://127.0.0.1/").expect("a valid URL");
     let upstream = UpstreamSettings {
-        url: upstream_url("upstream.url", o.upstream.as_deref().unwrap_or(&u.url))?,
-        connect_timeout: parse_duration("upstream.connect_timeout", &u.connect_timeout)?,
-        header_timeout: parse_duration("upstream.header_timeout", &u.header_timeout)?,
-        idle_timeout: parse_duration("upstream.idle_timeout", &u.idle_timeout)?,
+        url: errs.take(
+            upstream_url("upstream.url", o.upstream.as_deref().unwrap_or(&u.url)),
+            fallback_url,
+        ),
+        connect_timeout: duration(&mut errs, "upstream.connect_timeout", &u.connect_timeout),
+        header_timeout: duration(&mut errs, "upstream.header_timeout", &u.header_timeout),
+        idle_timeout: duration(&mut errs, "upstream.idle_timeout", &u.idle_timeout),
+        headers: headers(&mut errs, "upstream.headers", &u.headers),
+        api_key: None,
     };
     let st = &raw.storage;
     let storage = StorageSettings {
         data_dir: PathBuf::from(o.data_dir.as_deref().unwrap_or(&st.data_dir)),
-        index_save_interval: parse_duration(
+        index_save_interval: duration(
+            &mut errs,
             "storage.index_save_interval",
             &st.index_save_interval,
-        )?,
+        ),
         index_quantization: match st.index_quantization.as_str() {
             "f32" => Quantization::F32,
             "f16" => Quantization::F16,
             "i8" => Quantization::I8,
             other => {
-                return Err(invalid(
+                errs.push(
                     "storage.index_quantization",
                     format!("`{other}`: expected f32, f16 or i8"),
-                ))
+                );
+                Quantization::F16
             }
         },
     };
+    if storage.index_save_interval.is_zero() {
+        errs.push("storage.index_save_interval", "must be longer than 0");
+    }
     let e = &raw.embedding;
-    for (k, v) in [
-        ("embedding.threads", e.threads),
-        ("embedding.intra_threads", e.intra_threads),
-        ("embedding.max_batch", e.max_batch),
-        ("embedding.queue", e.queue),
-    ] {
-        if v == 0 {
-            return Err(invalid(k, "must be at least 1"));
-        }
-    }
-    if e.max_length < 16 {
-        return Err(invalid(
-            "embedding.max_length",
-            "must be at least 16 tokens",
-        ));
-    }
     let embedding = EmbeddingSettings {
         model_dir: PathBuf::from(&e.model_dir),
         onnxruntime: PathBuf::from(&e.onnxruntime),
-        threads: e.threads,
-        intra_threads: e.intra_threads,
-        max_batch: e.max_batch,
+        threads: at_least_one(&mut errs, "embedding.threads", e.threads),
+        intra_threads: at_least_one(&mut errs, "embedding.intra_threads", e.intra_threads),
+        max_batch: at_least_one(&mut errs, "embedding.max_batch", e.max_batch),
         max_length: e.max_length,
-        queue: e.queue,
+        queue: at_least_one(&mut errs, "embedding.queue", e.queue),
     };
+    if e.max_length < 16 {
+        errs.push("embedding.max_length", "must be at least 16 tokens");
+    }
     let c = &raw.cache;
-    for (k, v) in [
-        ("cache.threshold", c.threshold),
-        ("cache.long_threshold", c.long_threshold),
-    ] {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(invalid(k, "must be between 0 and 1"));
-        }
-    }
-    for (k, v) in [
-        ("cache.writeback_queue", c.writeback_queue),
-        ("cache.writeback_batch", c.writeback_batch),
-    ] {
-        if v == 0 {
-            return Err(invalid(k, "must be at least 1"));
-        }
-    }
     let cache = CacheSettings {
         enabled: c.enabled,
-        threshold: c.threshold,
-        long_threshold: c.long_threshold,
-        long_text_words: c.long_text_words,
-        ttl: parse_duration("cache.ttl", &c.ttl)?,
-        max_entries: c.max_entries,
         exact_capacity: c.exact_capacity,
-        writeback_queue: c.writeback_queue,
-        writeback_batch: c.writeback_batch,
-        cacheable_finish_reasons: c.cacheable_finish_reasons.clone(),
+        writeback_queue: at_least_one(&mut errs, "cache.writeback_queue", c.writeback_queue),
+        writeback_batch: at_least_one(&mut errs, "cache.writeback_batch", c.writeback_batch),
+        policy: global_policy(&mut errs, c),
     };
-    Ok(Settings {
-        server,
-        upstream,
-        storage,
-        embedding,
-        cache,
-    })
+    let a = &raw.auth;
+    let auth = AuthSettings {
+        unknown_keys: match a.unknown_keys.as_str() {
+            "reject" => UnknownKeys::Reject,
+            "passthrough" => UnknownKeys::Passthrough,
+            other => {
+                errs.push(
+                    "auth.unknown_keys",
+                    format!("`{other}`: expected reject or passthrough"),
+                );
+                UnknownKeys::Reject
+            }
+        },
+        verified_key_ttl: duration(&mut errs, "auth.verified_key_ttl", &a.verified_key_ttl),
+    };
+    let mut tenants: Vec<TenantSettings> = raw
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tenant(&mut errs, i, t, &upstream, &cache.policy, env))
+        .collect();
+    let mut names = HashMap::new();
+    let mut keys = HashMap::new();
+    let mut catch_all = None;
+    for (i, t) in tenants.iter().enumerate() {
+        if let Some(j) = names.insert(t.name.as_str(), i) {
+            errs.push(
+                &format!("tenants[{i}].name"),
+                format!("`{}` is already the name of tenants[{j}]", t.name),
+            );
+        }
+        for h in &t.key_hashes {
+            if let Some(j) = keys.insert(*h, i) {
+                if j != i {
+                    errs.push(
+                        &format!("tenants[{i}]"),
+                        format!("a key of this tenant also belongs to tenants[{j}]"),
+                    );
+                }
+            }
+        }
+        if t.is_catch_all() {
+            if let Some(j) = catch_all.replace(i) {
+                errs.push(
+                    &format!("tenants[{i}]"),
+                    format!("no keys, header or models: like tenants[{j}], it would match every caller; only one tenant may"),
+                );
+            }
+        }
+    }
+    if tenants.is_empty() {
+        tenants.push(TenantSettings {
+            name: DEFAULT_TENANT.to_string(),
+            key_hashes: Vec::new(),
+            match_header: None,
+            match_models: Vec::new(),
+            auth: AuthMode::Passthrough,
+            upstream: upstream.clone(),
+            policy: cache.policy.clone(),
+        });
+    }
+    match errs.0.len() {
+        0 => Ok(Settings {
+            server,
+            upstream,
+            storage,
+            embedding,
+            cache,
+            auth,
+            tenants,
+        }),
+        1 => Err(errs.0.remove(0)),
+        _ => Err(ConfigError::Many(errs.0)),
+    }
 }
 
 #[cfg(test)]
@@ -421,7 +931,10 @@ mod tests {
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.server.admin_listen.to_string(), "127.0.0.1:5000");
         assert_eq!(s.upstream.url.as_str(), "https://api.openai.com/");
-        assert_eq!(s.cache.ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(s.cache.policy.ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(s.tenants.len(), 1);
+        assert_eq!(s.tenants[0].name, DEFAULT_TENANT);
+        assert!(s.tenants[0].is_catch_all());
     }
 
     #[test]
@@ -457,7 +970,7 @@ mod tests {
         ];
         let s = load(None, env.clone(), &Overrides::default()).unwrap();
         assert_eq!(s.server.listen.to_string(), "0.0.0.0:9999");
-        assert!((s.cache.threshold - 0.8).abs() < 1e-6);
+        assert!((s.tenants[0].policy.threshold - 0.8).abs() < 1e-6);
         let o = Overrides {
             listen: Some("127.0.0.1:1".into()),
             upstream: Some("http://127.0.0.1:9000".into()),

@@ -5,6 +5,8 @@
 //! is. It must never interpret values (durations, addresses, URLs): that is
 //! `load()`'s job in `config/mod.rs`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// The whole file.
@@ -23,9 +25,112 @@ pub struct RawConfig {
     /// The embedding model.
     #[serde(default)]
     pub embedding: RawEmbedding,
-    /// Cache policy.
+    /// Cache policy: the defaults of every tenant.
     #[serde(default)]
     pub cache: RawCache,
+    /// Callers that match no tenant, and upstream verification of keys.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// `[[tenants]]`; none means one implicit `default` tenant for every caller.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `reject` (401) or `passthrough` (forwarded with no cache at all).
+    #[serde(default = "d_unknown_keys")]
+    pub unknown_keys: String,
+    /// How long an upstream 2xx lets a caller's key be served from cache.
+    #[serde(default = "d_verified_key_ttl")]
+    pub verified_key_ttl: String,
+}
+
+/// `[[tenants]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Unique name; also the storage scope of the tenant's entries.
+    pub name: String,
+    /// SHA-256 (hex) of the bearer keys that identify this tenant.
+    #[serde(default)]
+    pub keys_sha256: Vec<String>,
+    /// Names of environment variables holding bearer keys of this tenant.
+    #[serde(default)]
+    pub keys_env: Vec<String>,
+    /// A request header that identifies this tenant.
+    #[serde(default)]
+    pub match_header: Option<RawHeaderMatch>,
+    /// Model-name patterns (`*` matches any run of characters).
+    #[serde(default)]
+    pub match_models: Vec<String>,
+    /// `passthrough` or `replace`.
+    #[serde(default = "d_auth")]
+    pub auth: String,
+    /// Overrides of `[upstream]`.
+    #[serde(default)]
+    pub upstream: RawTenantUpstream,
+    /// Overrides of `[cache]`.
+    #[serde(default)]
+    pub cache: RawTenantCache,
+}
+
+/// `match_header = { name = "...", value = "..." }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    /// Header name.
+    pub name: String,
+    /// Exact header value.
+    pub value: String,
+}
+
+/// `[tenants.upstream]`: every key defaults to `[upstream]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantUpstream {
+    /// Origin.
+    pub url: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Time to response headers.
+    pub header_timeout: Option<String>,
+    /// Idle time between body chunks.
+    pub idle_timeout: Option<String>,
+    /// Extra headers sent with every upstream request (replace `[upstream].headers`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Environment variable holding the tenant's upstream key (`auth = "replace"`).
+    pub api_key_env: Option<String>,
+}
+
+/// `[tenants.cache]`: every key defaults to `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantCache {
+    /// `false` is `mode = "off"`.
+    pub enabled: Option<bool>,
+    /// `read_write`, `read_only`, `write_only` or `off`.
+    pub mode: Option<String>,
+    /// Short-text threshold.
+    pub threshold: Option<f32>,
+    /// Long-text threshold.
+    pub long_threshold: Option<f32>,
+    /// Words above which a text is long.
+    pub long_text_words: Option<usize>,
+    /// Entry lifetime.
+    pub ttl: Option<String>,
+    /// Entry cap, least recently hit evicted first.
+    pub max_entries: Option<u64>,
+    /// `system_and_user`, `last_user` or `all`.
+    pub text: Option<String>,
+    /// Chats with more messages are matched exactly only.
+    pub max_messages: Option<usize>,
+    /// Cacheable finish reasons.
+    pub cacheable_finish_reasons: Option<Vec<String>>,
+    /// Requests with a higher temperature skip the cache.
+    pub skip_when_temperature_above: Option<f64>,
 }
 
 /// `[server]`
@@ -65,6 +170,9 @@ pub struct RawUpstream {
     /// Longest silence allowed between two chunks of a response body.
     #[serde(default = "d_idle_timeout")]
     pub idle_timeout: String,
+    /// Extra headers sent with every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[storage]`
@@ -146,6 +254,18 @@ pub struct RawCache {
     /// `finish_reason`s whose answers may be cached.
     #[serde(default = "d_finish_reasons")]
     pub cacheable_finish_reasons: Vec<String>,
+    /// `read_write`, `read_only`, `write_only` or `off`.
+    #[serde(default = "d_mode")]
+    pub mode: String,
+    /// Which turns are compared by meaning.
+    #[serde(default = "d_text")]
+    pub text: String,
+    /// Chats with more messages than this are matched exactly only.
+    #[serde(default = "d_max_messages")]
+    pub max_messages: usize,
+    /// Requests with a higher temperature neither read nor write the cache.
+    #[serde(default)]
+    pub skip_when_temperature_above: Option<f64>,
 }
 
 macro_rules! defaults {
@@ -182,6 +302,12 @@ defaults! {
     d_writeback_queue: usize = 4096;
     d_writeback_batch: usize = 128;
     d_finish_reasons: Vec<String> = vec!["stop".into(), "tool_calls".into()];
+    d_mode: String = "read_write".into();
+    d_text: String = "system_and_user".into();
+    d_max_messages: usize = 20;
+    d_unknown_keys: String = "reject".into();
+    d_verified_key_ttl: String = "10m".into();
+    d_auth: String = "passthrough".into();
 }
 
 macro_rules! default_from_serde {
@@ -195,4 +321,11 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(RawServer, RawUpstream, RawStorage, RawEmbedding, RawCache);
+default_from_serde!(
+    RawServer,
+    RawUpstream,
+    RawStorage,
+    RawEmbedding,
+    RawCache,
+    RawAuth
+);

@@ -115,8 +115,54 @@ const IGNORED: [&str; 10] = [
     "safety_identifier",
 ];
 
-/// Builds the key of a request body.
+/// Which turns of a chat are compared by meaning. Every other turn is matched
+/// exactly, and system prompts always are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextMode {
+    /// The system and user turns make up the key, as in ModelCache: user turns
+    /// are compared by meaning, system turns exactly.
+    #[default]
+    SystemAndUser,
+    /// Only the last user turn is compared by meaning; earlier turns exactly.
+    LastUser,
+    /// User and plain assistant turns are compared by meaning.
+    All,
+}
+
+impl TextMode {
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<TextMode> {
+        match s {
+            "system_and_user" => Some(TextMode::SystemAndUser),
+            "last_user" => Some(TextMode::LastUser),
+            "all" => Some(TextMode::All),
+            _ => None,
+        }
+    }
+}
+
+/// Tenant policy and request headers that shape a key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyOptions<'a> {
+    /// Which turns are compared by meaning.
+    pub text: TextMode,
+    /// Chats with more messages than this are matched exactly only.
+    pub max_messages: Option<usize>,
+    /// A sub-partition inside the tenant (`x-modelcache-namespace`).
+    pub namespace: Option<&'a str>,
+}
+
+/// Builds the key of a request body with the default options.
 pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable> {
+    key_with(endpoint, body, &KeyOptions::default())
+}
+
+/// Builds the key of a request body.
+pub fn key_with(
+    endpoint: Endpoint,
+    body: &Value,
+    opts: &KeyOptions<'_>,
+) -> Result<CacheKey, Uncacheable> {
     let obj = body.as_object().ok_or(Uncacheable::NotAnObject)?;
     let model = obj
         .get("model")
@@ -150,7 +196,10 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
             }
             let mut parts = Vec::new();
             let mut embed_parts = Vec::new();
-            let mut semantic = true;
+            let mut semantic = opts.max_messages.is_none_or(|n| msgs.len() <= n);
+            let last_user = msgs
+                .iter()
+                .rposition(|m| m.get("role") == Some(&Value::from("user")));
             for (i, m) in msgs.iter().enumerate() {
                 let m = m.as_object().ok_or(Uncacheable::BadMessages)?;
                 let role = m
@@ -176,7 +225,9 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
                                 &canonical(&Value::Object(extras)),
                             );
                         }
-                        if role == "user" {
+                        let by_meaning = role == "user"
+                            && (opts.text != TextMode::LastUser || Some(i) == last_user);
+                        if by_meaning {
                             embed_parts.push(content.clone());
                         } else {
                             // NOTE: a system prompt changes what a right answer is,
@@ -186,6 +237,15 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
                             push_exact(&mut exact_turns, i, role, &content);
                         }
                         parts.push(format!("{role}###{content}"));
+                    }
+                    "assistant"
+                        if opts.text == TextMode::All
+                            && m.keys().all(|k| k == "role" || k == "content")
+                            && matches!(m.get("content"), Some(Value::String(_))) =>
+                    {
+                        let content = m.get("content").and_then(Value::as_str).unwrap_or("");
+                        embed_parts.push(content.to_string());
+                        parts.push(format!("assistant###{content}"));
                     }
                     _ => {
                         // Assistant, tool and function turns: matched exactly, in place.
@@ -222,6 +282,12 @@ pub fn key_for(endpoint: Endpoint, body: &Value) -> Result<CacheKey, Uncacheable
     for piece in [endpoint.as_str(), &model, &params, &exact_turns] {
         h.update((piece.len() as u64).to_le_bytes());
         h.update(piece.as_bytes());
+    }
+    if let Some(ns) = opts.namespace {
+        // NOTE: only when set, so that keys without a namespace keep their hash.
+        h.update(b"namespace");
+        h.update((ns.len() as u64).to_le_bytes());
+        h.update(ns.as_bytes());
     }
     let partition = hex::encode(h.finalize());
     Ok(CacheKey {
@@ -420,6 +486,94 @@ mod tests {
             {"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{}"}}]},
             {"role":"tool","tool_call_id":"1","content":"42"}]}));
         assert!(!tool.semantic);
+    }
+
+    fn key_o(v: Value, opts: KeyOptions<'_>) -> CacheKey {
+        key_with(Endpoint::Chat, &v, &opts).unwrap()
+    }
+
+    #[test]
+    fn text_modes_choose_the_turns_compared_by_meaning() {
+        let chat = json!({"model":"m","messages":[
+            {"role":"system","content":"sys"},
+            {"role":"user","content":"first"},
+            {"role":"assistant","content":"reply"},
+            {"role":"user","content":"second"}]});
+        let d = key(chat.clone());
+        assert_eq!(d.embed_text, "first\nsecond");
+        let last = key_o(
+            chat.clone(),
+            KeyOptions {
+                text: TextMode::LastUser,
+                ..Default::default()
+            },
+        );
+        assert_eq!(last.embed_text, "second");
+        assert_ne!(
+            last.partition, d.partition,
+            "earlier user turns become exact"
+        );
+        let all = key_o(
+            chat.clone(),
+            KeyOptions {
+                text: TextMode::All,
+                ..Default::default()
+            },
+        );
+        assert_eq!(all.embed_text, "first\nreply\nsecond");
+        assert!(all.text.contains("assistant###reply"));
+        // In `all`, a changed assistant turn moves the text, not the partition.
+        let mut other = chat.clone();
+        other["messages"][2]["content"] = json!("another reply");
+        let all2 = key_o(
+            other,
+            KeyOptions {
+                text: TextMode::All,
+                ..Default::default()
+            },
+        );
+        assert_eq!(all.partition, all2.partition);
+        assert_ne!(all.exact_hash, all2.exact_hash);
+    }
+
+    #[test]
+    fn max_messages_and_namespace() {
+        let chat = json!({"model":"m","messages":[
+            {"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":"c"}]});
+        let capped = key_o(
+            chat.clone(),
+            KeyOptions {
+                max_messages: Some(2),
+                ..Default::default()
+            },
+        );
+        assert!(!capped.semantic);
+        let roomy = key_o(
+            chat.clone(),
+            KeyOptions {
+                max_messages: Some(3),
+                ..Default::default()
+            },
+        );
+        assert!(roomy.semantic);
+        assert_eq!(roomy.partition, key(chat.clone()).partition);
+        let ns = key_o(
+            chat.clone(),
+            KeyOptions {
+                namespace: Some("user-1"),
+                ..Default::default()
+            },
+        );
+        let ns2 = key_o(
+            chat,
+            KeyOptions {
+                namespace: Some("user-2"),
+                ..Default::default()
+            },
+        );
+        assert_ne!(ns.partition, roomy.partition);
+        assert_ne!(ns.partition, ns2.partition);
+        assert_ne!(ns.exact_hash, ns2.exact_hash);
     }
 
     #[test]

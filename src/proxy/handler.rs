@@ -6,7 +6,7 @@
 //! with its own error unless the gateway itself failed.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, RwLock},
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use serde_json::Value;
 
 use super::{
     body::{boxed, full, BoxError, IdleTimeout, ProxyBody},
@@ -26,15 +27,20 @@ use super::{
 };
 use crate::{
     cache::{now_ms, Cache, Hit, HitKind, LookupOptions},
-    config::Settings,
+    config::{CacheMode, Policy, ServerSettings, UnknownKeys},
     error::GatewayError,
-    keying::{key_for, CacheKey, Endpoint},
+    keying::{key_with, CacheKey, Endpoint, KeyOptions},
     metrics::Metrics,
     store::NewEntry,
+    tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
 
-/// The only tenant until tenants come from the config.
-pub const DEFAULT_TENANT: &str = "default";
+/// The metrics label of callers that match no tenant (tenant names cannot
+/// start with `_`).
+pub const UNKNOWN_TENANT: &str = "_unknown";
+
+/// Longest `x-modelcache-namespace` accepted; a longer one bypasses the cache.
+const MAX_NAMESPACE_BYTES: usize = 256;
 
 /// What happened to a request, for headers and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,10 @@ pub enum Outcome {
     Refresh,
     /// Not cacheable, or the cache was skipped: forwarded untouched.
     Bypass,
+    /// The caller's key has no recent upstream success: forwarded, still written.
+    Unverified,
+    /// The caller matches no tenant and unknown keys are rejected.
+    Rejected,
     /// The gateway failed.
     Error,
 }
@@ -60,6 +70,8 @@ impl Outcome {
             Outcome::HitSemantic => "hit_semantic",
             Outcome::Miss | Outcome::Refresh => "miss",
             Outcome::Bypass => "bypass",
+            Outcome::Unverified => "unverified",
+            Outcome::Rejected => "rejected",
             Outcome::Error => "error",
         }
     }
@@ -67,8 +79,9 @@ impl Outcome {
     fn header(self) -> &'static str {
         match self {
             Outcome::HitExact | Outcome::HitSemantic => "hit",
-            Outcome::Miss | Outcome::Refresh => "miss",
+            Outcome::Miss | Outcome::Refresh | Outcome::Unverified => "miss",
             Outcome::Bypass => "bypass",
+            Outcome::Rejected => "rejected",
             Outcome::Error => "error",
         }
     }
@@ -81,6 +94,8 @@ impl Outcome {
             Outcome::Miss => "modelcache; fwd=uri-miss",
             Outcome::Refresh => "modelcache; fwd=request",
             Outcome::Bypass => "modelcache; fwd=bypass",
+            Outcome::Unverified => "modelcache; fwd=request; detail=unverified-key",
+            Outcome::Rejected => "modelcache; detail=unknown-key",
             Outcome::Error => "modelcache; fwd=bypass; detail=error",
         }
     }
@@ -122,8 +137,9 @@ impl CacheControl {
 
 /// The proxy service.
 pub struct Gateway {
-    settings: Arc<Settings>,
-    upstream: Upstream,
+    server: ServerSettings,
+    tenants: Arc<RwLock<Arc<TenantSet>>>,
+    verified: VerifiedKeys,
     cache: Arc<OnceLock<Arc<Cache>>>,
     metrics: Arc<Metrics>,
 }
@@ -137,19 +153,56 @@ fn header_f32(h: &HeaderMap, name: &str) -> Option<f32> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// Whether the request's temperature (1, OpenAI's default, when absent) is
+/// above the tenant's limit.
+fn too_hot(body: &Value, policy: &Policy) -> bool {
+    policy.skip_when_temperature_above.is_some_and(|max| {
+        let t = body
+            .get("temperature")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0);
+        t > max
+    })
+}
+
+/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable.
+fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
+    match h.get("x-modelcache-namespace") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.trim().is_empty() && s.len() <= MAX_NAMESPACE_BYTES => Ok(Some(s.trim())),
+            _ => Err(()),
+        },
+    }
+}
+
+/// Whom an upstream answer verifies or refuses.
+struct Verify {
+    tenant: Arc<Tenant>,
+    caller: [u8; 32],
+}
+
 impl Gateway {
-    /// A gateway forwarding to `upstream`; the cache arrives once it is loaded.
+    /// A gateway routing by `tenants`; the cache arrives once it is loaded.
     pub fn new(
-        settings: Arc<Settings>,
-        upstream: Upstream,
+        server: ServerSettings,
+        tenants: Arc<RwLock<Arc<TenantSet>>>,
         cache: Arc<OnceLock<Arc<Cache>>>,
         metrics: Arc<Metrics>,
     ) -> Gateway {
         Gateway {
-            settings,
-            upstream,
+            server,
+            tenants,
+            verified: VerifiedKeys::default(),
             cache,
             metrics,
+        }
+    }
+
+    fn snapshot(&self) -> Arc<TenantSet> {
+        match self.tenants.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -162,7 +215,8 @@ impl Gateway {
             None
         };
         let route = endpoint.map_or("other", Endpoint::as_str);
-        let (mut resp, outcome) = match self.serve(endpoint, req).await {
+        let mut who = None;
+        let (mut resp, outcome) = match self.serve(endpoint, req, &mut who).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), "request failed");
@@ -175,9 +229,10 @@ impl Gateway {
             "cache-status",
             HeaderValue::from_static(outcome.cache_status()),
         );
+        let tenant = who.as_ref().map_or(UNKNOWN_TENANT, |t| t.name());
         self.metrics
             .requests
-            .with_label_values(&[DEFAULT_TENANT, route, outcome.label()])
+            .with_label_values(&[tenant, route, outcome.label()])
             .inc();
         self.metrics
             .request_seconds
@@ -190,60 +245,116 @@ impl Gateway {
         &self,
         endpoint: Option<Endpoint>,
         req: Request<Incoming>,
+        who: &mut Option<Arc<Tenant>>,
     ) -> Result<(Response<ProxyBody>, Outcome), GatewayError> {
-        let cc = CacheControl::parse(req.headers());
+        let set = self.snapshot();
+        let caller = caller_hash(req.headers());
+        let known = set.by_key_or_header(req.headers(), &caller);
+        let (parts, body) = req.into_parts();
+
+        // The body of a cacheable request is read (bounded) to key it and to
+        // match model patterns; anything else streams through.
+        let max = self.server.max_body_bytes;
+        let declared_over = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > max as u64);
+        let (bytes, streamed): (Option<Bytes>, Option<ProxyBody>) = match endpoint {
+            Some(_) if !declared_over => match read_bounded(body, max).await? {
+                BodyRead::All(b) => (Some(b), None),
+                BodyRead::Over(prefix, rest) => {
+                    // NOTE: too large to key; forward what was read, then the rest.
+                    let chained = stream::iter([Ok::<_, BoxError>(Frame::data(prefix))]).chain(
+                        rest.into_data_stream()
+                            .map(|r| r.map(Frame::data).map_err(BoxError::from)),
+                    );
+                    (None, Some(StreamBody::new(chained).boxed_unsync()))
+                }
+            },
+            _ => (None, Some(boxed(body))),
+        };
+        let parsed: Option<Value> = bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok());
+        let tenant = known
+            .or_else(|| {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v.get("model"))
+                    .and_then(Value::as_str)
+                    .and_then(|m| set.by_model(m))
+            })
+            .or_else(|| set.catch_all());
+        let body = match (&bytes, streamed) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => full(Bytes::new()),
+        };
+        let Some(tenant) = tenant else {
+            // NOTE: never a cache read or write for a caller that is no tenant's.
+            return match set.unknown_keys {
+                UnknownKeys::Reject => {
+                    Ok((GatewayError::UnknownKey.to_response(), Outcome::Rejected))
+                }
+                UnknownKeys::Passthrough => Ok((
+                    self.forward(&set.fallback, &parts, body, None, None)
+                        .await?,
+                    Outcome::Bypass,
+                )),
+            };
+        };
+        *who = Some(tenant.clone());
+        // Only answers on the cacheable routes prove a key: an upstream may
+        // well serve other paths without authentication.
+        let verify = endpoint.map(|_| Verify {
+            tenant: tenant.clone(),
+            caller,
+        });
+        let policy = tenant.policy();
+        let cc = CacheControl::parse(&parts.headers);
         let cache = self
             .cache
             .get()
-            .filter(|_| self.settings.cache.enabled && !cc.no_store);
-        let (Some(endpoint), Some(cache)) = (endpoint, cache) else {
-            return self.pass_through(req).await;
+            .filter(|_| policy.mode != CacheMode::Off && !cc.no_store);
+        let key = match (endpoint, cache, parsed.as_ref(), namespace(&parts.headers)) {
+            (Some(ep), Some(_), Some(v), Ok(ns)) if !too_hot(v, policy) => key_with(
+                ep,
+                v,
+                &KeyOptions {
+                    text: policy.text,
+                    max_messages: Some(policy.max_messages),
+                    namespace: ns,
+                },
+            )
+            .ok(),
+            _ => None,
         };
-        let max = self.settings.server.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return self.pass_through(req).await;
-        }
-        let (parts, body) = req.into_parts();
-        let bytes = match read_bounded(body, max).await? {
-            BodyRead::All(b) => b,
-            BodyRead::Over(prefix, rest) => {
-                // NOTE: too large to key; forward what was read, then the rest.
-                let chained = stream::iter([Ok::<_, BoxError>(Frame::data(prefix))]).chain(
-                    rest.into_data_stream()
-                        .map(|r| r.map(Frame::data).map_err(BoxError::from)),
-                );
-                let body = StreamBody::new(chained).boxed_unsync();
-                return Ok((self.forward(&parts, body, None).await?, Outcome::Bypass));
-            }
-        };
-        let key = serde_json::from_slice(&bytes)
-            .ok()
-            .and_then(|v| key_for(endpoint, &v).ok());
-        let Some(key) = key else {
-            // Malformed JSON or an uncacheable shape: the upstream decides.
+        let (Some(key), Some(cache)) = (key, cache) else {
+            // Not cacheable, malformed, or the cache is skipped: the upstream decides.
             return Ok((
-                self.forward(&parts, full(bytes), None).await?,
+                self.forward(&tenant.upstream, &parts, body, None, verify)
+                    .await?,
                 Outcome::Bypass,
             ));
         };
-        let opts = LookupOptions {
-            max_age: cc.max_age,
-            min_similarity: header_f32(&parts.headers, "x-modelcache-threshold"),
-        };
+        let reads = policy.mode.reads() && !cc.no_cache;
+        let verified = self
+            .verified
+            .is_verified(tenant.name(), &caller, set.verified_key_ttl);
         let mut embedding = None;
-        if !cc.no_cache {
-            let found = cache.lookup(DEFAULT_TENANT, &key, &opts).await;
+        if reads && verified {
+            let opts = LookupOptions {
+                thresholds: policy.into(),
+                max_age: cc.max_age,
+                min_similarity: header_f32(&parts.headers, "x-modelcache-threshold"),
+            };
+            let found = cache.lookup(tenant.name(), &key, &opts).await;
             if let Some(hit) = found.hit {
                 // NOTE: None when the entry cannot be replayed faithfully (no
                 // usage stored, usage asked for): forwarded, and the fresh
                 // answer replaces the entry.
                 if let Some(resp) = self.hit_response(&key, &hit) {
-                    cache.record_hit(DEFAULT_TENANT, &hit, &key.text);
+                    cache.record_hit(tenant.name(), &hit, &key.text);
                     let outcome = match hit.kind {
                         HitKind::Exact => Outcome::HitExact,
                         HitKind::Semantic => Outcome::HitSemantic,
@@ -253,51 +364,47 @@ impl Gateway {
             }
             embedding = found.embedding;
         }
-        let ttl = parts
-            .headers
-            .get("x-modelcache-ttl")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .map_or(cache.settings().ttl, |t| t.min(cache.settings().ttl));
-        let write = PendingWrite {
-            cache: cache.clone(),
-            key,
-            embedding,
-            ttl,
+        let write = policy.mode.writes().then(|| {
+            let ttl = parts
+                .headers
+                .get("x-modelcache-ttl")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .map_or(policy.ttl, |t| t.min(policy.ttl));
+            PendingWrite {
+                cache: cache.clone(),
+                tenant: tenant.clone(),
+                key,
+                embedding,
+                ttl,
+            }
+        });
+        let resp = self
+            .forward(&tenant.upstream, &parts, body, write, verify)
+            .await?;
+        let outcome = if !reads {
+            Outcome::Refresh
+        } else if !verified {
+            Outcome::Unverified
+        } else {
+            Outcome::Miss
         };
-        let resp = self.forward(&parts, full(bytes), Some(write)).await?;
-        Ok((
-            resp,
-            if cc.no_cache {
-                Outcome::Refresh
-            } else {
-                Outcome::Miss
-            },
-        ))
-    }
-
-    async fn pass_through(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<(Response<ProxyBody>, Outcome), GatewayError> {
-        let (parts, body) = req.into_parts();
-        Ok((
-            self.forward(&parts, boxed(body), None).await?,
-            Outcome::Bypass,
-        ))
+        Ok((resp, outcome))
     }
 
     /// Sends the request upstream and streams the answer back, teeing it into
     /// `write` when the answer is a 200.
     async fn forward(
         &self,
+        upstream: &Upstream,
         parts: &http::request::Parts,
         body: ProxyBody,
         write: Option<PendingWrite>,
+        verify: Option<Verify>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let t0 = Instant::now();
-        let resp = self.upstream.send(parts, body).await?;
+        let resp = upstream.send(parts, body).await?;
         self.metrics
             .upstream_seconds
             .observe(t0.elapsed().as_secs_f64());
@@ -313,9 +420,16 @@ impl Gateway {
             .upstream_responses
             .with_label_values(&[class])
             .inc();
+        if let Some(v) = verify {
+            if status.is_success() {
+                self.verified.verify(v.tenant.name(), &v.caller);
+            } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                self.verified.revoke(v.tenant.name(), &v.caller);
+            }
+        }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        let body = IdleTimeout::new(rbody, self.settings.upstream.idle_timeout);
+        let body = IdleTimeout::new(rbody, upstream.idle_timeout());
         let body = match write {
             Some(w) if status == StatusCode::OK => {
                 let ct = rparts
@@ -328,7 +442,7 @@ impl Gateway {
                     .get(header::CONTENT_ENCODING)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let cap = self.settings.server.max_answer_bytes;
+                let cap = self.server.max_answer_bytes;
                 let on_complete = Box::new(move |copy: Bytes| {
                     // NOTE: off the response path; the client already has every byte.
                     w.cache.begin_write();
@@ -388,6 +502,7 @@ impl Gateway {
 /// A miss waiting for its answer.
 struct PendingWrite {
     cache: Arc<Cache>,
+    tenant: Arc<Tenant>,
     key: CacheKey,
     embedding: Option<Vec<f32>>,
     ttl: Duration,
@@ -402,7 +517,7 @@ impl PendingWrite {
             ce.as_deref(),
             &copy,
             cap,
-            &self.cache.settings().cacheable_finish_reasons,
+            &self.tenant.policy().cacheable_finish_reasons,
         ) {
             Ok(a) => a,
             Err(reason) => {
@@ -418,7 +533,7 @@ impl PendingWrite {
         };
         let now = now_ms();
         self.cache.write(NewEntry {
-            tenant: DEFAULT_TENANT.to_string(),
+            tenant: self.tenant.name().to_string(),
             exact_hash: self.key.exact_hash,
             partition: self.key.partition,
             endpoint: self.key.endpoint.as_str().to_string(),

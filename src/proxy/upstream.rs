@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderName, Request, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -18,12 +18,16 @@ use crate::{config::UpstreamSettings, error::GatewayError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// A pooled client for one upstream origin.
+/// A pooled client for one upstream origin, with its tenant's auth and
+/// extra headers.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, ProxyBody>,
     base: String,
     header_timeout: Duration,
+    idle_timeout: Duration,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    authorization: Option<HeaderValue>,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
@@ -70,11 +74,28 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(tls);
+        let authorization = match &s.api_key {
+            Some(k) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                    .map_err(|_| "the upstream key is not a valid header value".to_string())?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         Ok(Upstream {
             client,
             base: s.url.as_str().trim_end_matches('/').to_string(),
             header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            extra: s.headers.clone(),
+            authorization,
         })
+    }
+
+    /// Longest silence allowed between two chunks of an answer.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Sends `parts` with `body` upstream and waits for the response headers.
@@ -98,6 +119,25 @@ impl Upstream {
         strip_hop_by_hop(&mut headers);
         // NOTE: the client sets Host from the upstream URI.
         headers.remove(header::HOST);
+        // The gateway's own request headers stop here.
+        let ours: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-modelcache-"))
+            .cloned()
+            .collect();
+        for n in ours {
+            headers.remove(n);
+        }
+        if let Some(auth) = &self.authorization {
+            // Virtual keys: the caller's gateway key never leaves the gateway.
+            for n in ["api-key", "x-api-key"] {
+                headers.remove(n);
+            }
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        for (n, v) in &self.extra {
+            headers.insert(n.clone(), v.clone());
+        }
         *req.headers_mut() = headers;
         match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.header_timeout)),

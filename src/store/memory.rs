@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use super::{Entry, HitRecord, NewEntry, Removed, Store, StoreError};
+use super::{Entry, HitRecord, Limits, NewEntry, Removed, Store, StoreError};
 
 /// An entry, its embedding and its last hit time.
 type Row = (Entry, Option<Vec<f32>>, Option<i64>);
@@ -92,7 +92,7 @@ impl Store for MemoryStore {
         Ok(self.lock()?.rows.get(&id).and_then(|r| r.1.clone()))
     }
 
-    fn sweep(&self, now_ms: i64, max_entries: u64) -> Result<Vec<Removed>, StoreError> {
+    fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
         let mut g = self.lock()?;
         let mut removed = Vec::new();
         let expired: Vec<i64> = g
@@ -113,13 +113,15 @@ impl Store for MemoryStore {
         for id in expired {
             take(&mut g, id);
         }
-        let over = g.rows.len().saturating_sub(max_entries as usize);
-        if over > 0 {
-            let mut lru: Vec<(i64, i64)> = g
-                .rows
-                .values()
-                .map(|(r, _, l)| (l.unwrap_or(r.created_at), r.id))
-                .collect();
+        let mut by_tenant: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        for (r, _, l) in g.rows.values() {
+            by_tenant
+                .entry(r.tenant.clone())
+                .or_default()
+                .push((l.unwrap_or(r.created_at), r.id));
+        }
+        for (tenant, mut lru) in by_tenant {
+            let over = lru.len().saturating_sub(limits.of(&tenant) as usize);
             lru.sort();
             for (_, id) in lru.into_iter().take(over) {
                 take(&mut g, id);

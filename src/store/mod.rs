@@ -126,6 +126,23 @@ pub struct Removed {
     pub exact_hash: String,
 }
 
+/// Entry caps for a sweep: per tenant, and for tenants not listed (no longer
+/// in the config).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Cap per tenant.
+    pub per_tenant: std::collections::HashMap<String, u64>,
+    /// Cap of any other tenant.
+    pub default: u64,
+}
+
+impl Limits {
+    /// The cap of `tenant`.
+    pub fn of(&self, tenant: &str) -> u64 {
+        self.per_tenant.get(tenant).copied().unwrap_or(self.default)
+    }
+}
+
 /// Durable entry storage.
 pub trait Store: Send + Sync {
     /// Inserts or replaces entries in one transaction; returns their ids.
@@ -140,8 +157,9 @@ pub trait Store: Send + Sync {
     fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError>;
     /// The stored embedding of an entry.
     fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError>;
-    /// Deletes expired entries, then the least recently used past `max_entries`.
-    fn sweep(&self, now_ms: i64, max_entries: u64) -> Result<Vec<Removed>, StoreError>;
+    /// Deletes expired entries, then in each tenant the least recently used
+    /// past its cap.
+    fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError>;
     /// Entries per tenant.
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Tenants that have entries.
@@ -209,8 +227,12 @@ pub(crate) mod suite {
         }])
         .unwrap();
         assert_eq!(s.get(ids[0]).unwrap().unwrap().hits, 1);
+        let cap = |n: u64| Limits {
+            per_tenant: Default::default(),
+            default: n,
+        };
         // b expires at 1100; a (re-created at 2000) at 2100.
-        let removed = s.sweep(1500, 100).unwrap();
+        let removed = s.sweep(1500, &cap(100)).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].tenant, "b");
         assert!(s.get(ids[1]).unwrap().is_none());
@@ -229,10 +251,33 @@ pub(crate) mod suite {
             at: 3000,
         }])
         .unwrap();
-        let removed = s.sweep(2050, 1).unwrap();
+        let removed = s.sweep(2050, &cap(1)).unwrap();
         assert_eq!(removed.len(), 2);
         assert!(s.get(more[0]).unwrap().is_some());
         assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 1)]);
+        // Caps are per tenant: a full tenant never evicts another's entries.
+        s.insert_batch(&[
+            entry("b", "b1", 2100, 10_000),
+            entry("b", "b2", 2101, 10_000),
+            entry("c", "c1", 2102, 10_000),
+        ])
+        .unwrap();
+        let limits = Limits {
+            per_tenant: [("b".to_string(), 1), ("c".to_string(), 1)].into(),
+            default: 5,
+        };
+        let removed = s.sweep(2200, &limits).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].tenant, "b");
+        assert_eq!(removed[0].exact_hash, "b1");
+        assert_eq!(
+            s.counts().unwrap(),
+            vec![
+                ("a".to_string(), 1),
+                ("b".to_string(), 1),
+                ("c".to_string(), 1)
+            ]
+        );
         // Ids are never reused.
         let later = s.insert_batch(&[entry("a", "h9", 4000, 100)]).unwrap();
         assert!(later[0] > more[1]);

@@ -13,7 +13,9 @@ use std::{
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{blob_to_vec, vec_to_blob, Entry, HitRecord, NewEntry, Removed, Store, StoreError};
+use super::{
+    blob_to_vec, vec_to_blob, Entry, HitRecord, Limits, NewEntry, Removed, Store, StoreError,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
@@ -35,7 +37,8 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_exact ON entries(tenant, exact_hash);
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries(expires_at);
-CREATE INDEX IF NOT EXISTS entries_lru ON entries(coalesce(last_hit_at, created_at));
+DROP INDEX IF EXISTS entries_lru;
+CREATE INDEX IF NOT EXISTS entries_tenant_lru ON entries(tenant, coalesce(last_hit_at, created_at));
 CREATE TABLE IF NOT EXISTS hit_log (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant     TEXT NOT NULL,
@@ -226,7 +229,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn sweep(&self, now_ms: i64, max_entries: u64) -> Result<Vec<Removed>, StoreError> {
+    fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
         self.write(|c| {
             let tx = c.transaction()?;
             let mut removed = Vec::new();
@@ -238,15 +241,24 @@ impl Store for SqliteStore {
                 for r in rows {
                     removed.push(r?);
                 }
-                let count: i64 = tx.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
-                let over = count - max_entries.min(i64::MAX as u64) as i64;
-                if over > 0 {
+                let counts: Vec<(String, i64)> = {
+                    let mut st =
+                        tx.prepare_cached("SELECT tenant, count(*) FROM entries GROUP BY tenant")?;
+                    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                for (tenant, count) in counts {
+                    let over = count - limits.of(&tenant).min(i64::MAX as u64) as i64;
+                    if over <= 0 {
+                        continue;
+                    }
                     let mut st = tx.prepare_cached(
                         "DELETE FROM entries WHERE id IN (
-                            SELECT id FROM entries ORDER BY coalesce(last_hit_at, created_at), id LIMIT ?1)
+                            SELECT id FROM entries WHERE tenant = ?1
+                            ORDER BY coalesce(last_hit_at, created_at), id LIMIT ?2)
                          RETURNING tenant, id, exact_hash",
                     )?;
-                    let rows = st.query_map([over], row_to_removed)?;
+                    let rows = st.query_map(params![tenant, over], row_to_removed)?;
                     for r in rows {
                         removed.push(r?);
                     }

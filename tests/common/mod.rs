@@ -223,7 +223,13 @@ pub fn answer_for(q: &str, n: usize) -> String {
 /// A mock that answers chat requests (JSON or SSE, as asked) with
 /// `answer_for(question, call number)`, and anything else with `{"ok":true}`.
 pub fn llm() -> Handler {
-    Arc::new(|seen: &Seen, n: usize| {
+    llm_tagged("")
+}
+
+/// Like [`llm`], with `tag` in front of every answer, so that answers from
+/// two upstreams can be told apart.
+pub fn llm_tagged(tag: &'static str) -> Handler {
+    Arc::new(move |seen: &Seen, n: usize| {
         let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
         if !seen.path_and_query.starts_with("/v1/chat/completions")
             && !seen.path_and_query.starts_with("/v1/completions")
@@ -234,7 +240,7 @@ pub fn llm() -> Handler {
                 Bytes::from("{\"ok\":true}"),
             );
         }
-        let content = answer_for(&question(seen), n);
+        let content = format!("{tag}{}", answer_for(&question(seen), n));
         if seen.path_and_query.starts_with("/v1/completions") {
             let body = json!({"id":"cmpl-up","object":"text_completion","created":1,"model":"gpt-test",
                 "choices":[{"text": content, "index": 0, "logprobs": null, "finish_reason": "stop"}]});
@@ -276,6 +282,35 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Settings from a config file's text (written into `dir`), with `env` as
+/// the environment, on ephemeral ports, with data under `dir/data`.
+pub fn settings_from(text: &str, dir: &Path, env: &[(&str, &str)]) -> Settings {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut s = config::load(
+        Some(&path),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        &Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: None,
+            data_dir: Some(dir.join("data").display().to_string()),
+        },
+    )
+    .unwrap_or_else(|e| panic!("config: {e}"));
+    let root = repo_root();
+    s.embedding.model_dir = root.join("models/all-minilm-l6-v2-int8");
+    s.embedding.onnxruntime = root.join("models/onnxruntime/libonnxruntime.so");
+    s.server.drain_timeout = Duration::from_secs(5);
+    s
+}
+
+/// A chat request with `Authorization: Bearer key`.
+pub async fn chat_k(addr: SocketAddr, body: Value, key: &str) -> Got {
+    let auth = format!("Bearer {key}");
+    chat_h(addr, body, &[("authorization", auth.as_str())]).await
+}
+
 /// Settings for a test gateway on ephemeral ports.
 pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
     let mut s = config::load(
@@ -294,6 +329,29 @@ pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
     s.embedding.onnxruntime = root.join("models/onnxruntime/libonnxruntime.so");
     s.server.drain_timeout = Duration::from_secs(5);
     s
+}
+
+/// Changes the cache policy of every tenant (and the `[cache]` default).
+pub fn policy(s: &mut Settings, f: impl Fn(&mut modelcache::config::Policy)) {
+    f(&mut s.cache.policy);
+    for t in &mut s.tenants {
+        f(&mut t.policy);
+    }
+}
+
+/// Changes the upstream settings of every tenant (and `[upstream]`).
+pub fn upstreams(s: &mut Settings, f: impl Fn(&mut modelcache::config::UpstreamSettings)) {
+    f(&mut s.upstream);
+    for t in &mut s.tenants {
+        f(&mut t.upstream);
+    }
+}
+
+/// A key gets hits only after an upstream success (verified keys live in
+/// memory): one request with a question nothing else asks proves it.
+pub async fn verify_key(addr: SocketAddr, headers: &[(&str, &str)]) {
+    let got = chat_h(addr, ask("Warm-up: prove this key upstream"), headers).await;
+    assert_eq!(got.status, 200, "the warm-up must succeed upstream");
 }
 
 pub fn hash_embedder() -> EmbedderFactory {

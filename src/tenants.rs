@@ -1,0 +1,275 @@
+//! Tenants at run time: who a caller is, where their requests go, which
+//! policy applies, and whether their key may be served from cache.
+//!
+//! Owns caller matching (key, then header, then model, then the catch-all
+//! tenant) and the verified-key table. A [`TenantSet`] is immutable; a reload
+//! builds a new one and swaps it in, so requests in flight finish under the
+//! set they started with. It must never keep a caller's key: keys are known
+//! here only by their SHA-256.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{header, HeaderMap, HeaderName};
+
+use crate::{
+    config::{key_hash, AuthSettings, Policy, Settings, TenantSettings, UnknownKeys},
+    proxy::upstream::Upstream,
+    store::Limits,
+};
+
+/// One tenant, ready to serve.
+pub struct Tenant {
+    /// Its settings, policy included.
+    pub settings: TenantSettings,
+    /// Its upstream client (auth and extra headers applied there).
+    pub upstream: Upstream,
+}
+
+impl Tenant {
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The tenant's cache policy.
+    pub fn policy(&self) -> &Policy {
+        &self.settings.policy
+    }
+}
+
+/// Every tenant of one configuration.
+pub struct TenantSet {
+    tenants: Vec<Arc<Tenant>>,
+    by_key: HashMap<[u8; 32], usize>,
+    by_header: Vec<(HeaderName, String, usize)>,
+    by_model: Vec<(String, usize)>,
+    catch_all: Option<usize>,
+    /// What happens to callers that match no tenant.
+    pub unknown_keys: UnknownKeys,
+    /// How long an upstream 2xx lets a key be served from cache.
+    pub verified_key_ttl: Duration,
+    /// `[upstream]`, for unknown callers in `passthrough`.
+    pub fallback: Upstream,
+    default_max_entries: u64,
+}
+
+/// The credential a caller presented: the bearer token of `Authorization`,
+/// else `api-key` (Azure style), else `x-api-key`.
+pub fn credential(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let token = match v.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => v,
+        };
+        return Some(token);
+    }
+    ["api-key", "x-api-key"]
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// The hash a caller is known by: of its credential, or of "" without one.
+pub fn caller_hash(h: &HeaderMap) -> [u8; 32] {
+    key_hash(credential(h).unwrap_or(""))
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    text.ends_with(last)
+}
+
+impl TenantSet {
+    /// Builds the tenants of `settings` (one upstream client each).
+    pub fn build(settings: &Settings) -> Result<TenantSet, String> {
+        let mut set = TenantSet {
+            tenants: Vec::new(),
+            by_key: HashMap::new(),
+            by_header: Vec::new(),
+            by_model: Vec::new(),
+            catch_all: None,
+            unknown_keys: settings.auth.unknown_keys,
+            verified_key_ttl: settings.auth.verified_key_ttl,
+            fallback: Upstream::new(&settings.upstream)?,
+            default_max_entries: settings.cache.policy.max_entries,
+        };
+        for (i, t) in settings.tenants.iter().enumerate() {
+            for h in &t.key_hashes {
+                set.by_key.insert(*h, i);
+            }
+            if let Some((n, v)) = &t.match_header {
+                set.by_header.push((n.clone(), v.clone(), i));
+            }
+            for m in &t.match_models {
+                set.by_model.push((m.clone(), i));
+            }
+            if t.is_catch_all() {
+                set.catch_all = Some(i);
+            }
+            set.tenants.push(Arc::new(Tenant {
+                upstream: Upstream::new(&t.upstream)
+                    .map_err(|e| format!("tenant {}: {e}", t.name))?,
+                settings: t.clone(),
+            }));
+        }
+        Ok(set)
+    }
+
+    /// The tenant a caller belongs to by key or header, if any.
+    pub fn by_key_or_header(&self, h: &HeaderMap, caller: &[u8; 32]) -> Option<Arc<Tenant>> {
+        if let Some(i) = self.by_key.get(caller) {
+            return Some(self.tenants[*i].clone());
+        }
+        self.by_header
+            .iter()
+            .find(|(n, v, _)| h.get(n).is_some_and(|x| x.as_bytes() == v.as_bytes()))
+            .map(|(_, _, i)| self.tenants[*i].clone())
+    }
+
+    /// The first tenant whose model pattern matches `model`, if any.
+    pub fn by_model(&self, model: &str) -> Option<Arc<Tenant>> {
+        self.by_model
+            .iter()
+            .find(|(p, _)| glob_match(p, model))
+            .map(|(_, i)| self.tenants[*i].clone())
+    }
+
+    /// The tenant with nothing to match on, if there is one.
+    pub fn catch_all(&self) -> Option<Arc<Tenant>> {
+        self.catch_all.map(|i| self.tenants[i].clone())
+    }
+
+    /// Tenant names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.tenants.iter().map(|t| t.name().to_string()).collect()
+    }
+
+    /// Entry caps for a sweep.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            per_tenant: self
+                .tenants
+                .iter()
+                .map(|t| (t.name().to_string(), t.policy().max_entries))
+                .collect(),
+            default: self.default_max_entries,
+        }
+    }
+
+    /// The `[auth]` settings this set was built with.
+    pub fn auth(&self) -> AuthSettings {
+        AuthSettings {
+            unknown_keys: self.unknown_keys,
+            verified_key_ttl: self.verified_key_ttl,
+        }
+    }
+}
+
+/// Keys the upstream has accepted recently, by (tenant, key hash).
+///
+/// Lives across reloads. A key gets cache hits only while an upstream 2xx for
+/// it is younger than `verified_key_ttl`; a 401 or 403 forgets it at once.
+pub struct VerifiedKeys {
+    seen: moka::sync::Cache<(String, [u8; 32]), Instant>,
+}
+
+impl Default for VerifiedKeys {
+    fn default() -> Self {
+        VerifiedKeys {
+            seen: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
+        }
+    }
+}
+
+impl VerifiedKeys {
+    /// Whether `caller` may be served from `tenant`'s cache now.
+    pub fn is_verified(&self, tenant: &str, caller: &[u8; 32], ttl: Duration) -> bool {
+        self.seen
+            .get(&(tenant.to_string(), *caller))
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Records an upstream 2xx for `caller`.
+    pub fn verify(&self, tenant: &str, caller: &[u8; 32]) {
+        self.seen
+            .insert((tenant.to_string(), *caller), Instant::now());
+    }
+
+    /// Forgets `caller` after the upstream refused it.
+    pub fn revoke(&self, tenant: &str, caller: &[u8; 32]) {
+        self.seen.invalidate(&(tenant.to_string(), *caller));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("gpt-4o*", "gpt-4o-mini"));
+        assert!(glob_match("gpt-4o*", "gpt-4o"));
+        assert!(!glob_match("gpt-4o*", "gpt-4"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("ft:*:acme:*", "ft:gpt-4o:acme:abc"));
+        assert!(!glob_match("ft:*:acme:*", "ft:gpt-4o:other:abc"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(!glob_match("a*a", "a"));
+    }
+
+    #[test]
+    fn credentials() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("api-key", HeaderValue::from_static("azure-key"));
+        assert_eq!(credential(&h), Some("azure-key"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-abc"),
+        );
+        assert_eq!(credential(&h), Some("sk-abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  sk-abc "),
+        );
+        assert_eq!(caller_hash(&h), key_hash("sk-abc"));
+    }
+
+    #[test]
+    fn verified_keys_expire_and_are_revoked() {
+        let v = VerifiedKeys::default();
+        let k = key_hash("k");
+        assert!(!v.is_verified("t", &k, Duration::from_secs(60)));
+        v.verify("t", &k);
+        assert!(v.is_verified("t", &k, Duration::from_secs(60)));
+        assert!(!v.is_verified("other", &k, Duration::from_secs(60)));
+        assert!(!v.is_verified("t", &k, Duration::ZERO));
+        v.revoke("t", &k);
+        assert!(!v.is_verified("t", &k, Duration::from_secs(60)));
+    }
+}
