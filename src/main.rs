@@ -22,8 +22,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config: path } => {
             match config::load(Some(&path), std::env::vars(), &config::Overrides::default()) {
-                Ok(_) => {
+                Ok(s) => {
                     println!("{}: ok", path.display());
+                    for t in &s.tenants {
+                        println!("  {}", describe(t));
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -63,6 +66,34 @@ fn main() -> ExitCode {
             rt.block_on(serve(settings, reload_from))
         }
     }
+}
+
+/// One line about a tenant for `check-config`; never a secret.
+fn describe(t: &config::TenantSettings) -> String {
+    let mut by = Vec::new();
+    if !t.key_hashes.is_empty() {
+        by.push(format!("{} key(s)", t.key_hashes.len()));
+    }
+    if let Some((n, v)) = &t.match_header {
+        by.push(format!("header {n}: {v}"));
+    }
+    if !t.match_models.is_empty() {
+        by.push(format!("models {}", t.match_models.join(", ")));
+    }
+    if by.is_empty() {
+        by.push("every caller".to_string());
+    }
+    format!(
+        "tenant {}: matched by {}; auth {:?}; upstream {}; cache {:?}, ttl {:?}, threshold {}/{}",
+        t.name,
+        by.join(" or "),
+        t.auth,
+        t.upstream.url,
+        t.policy.mode,
+        t.policy.ttl,
+        t.policy.threshold,
+        t.policy.long_threshold
+    )
 }
 
 /// Where SIGHUP re-reads the configuration from.

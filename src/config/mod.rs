@@ -879,7 +879,14 @@ fn settings_from_raw(
                 }
             }
         }
-        if t.is_catch_all() {
+        // NOTE: judged on what was written, not on what resolved, so that a
+        // missing key variable is not also reported as a second catch-all.
+        let r = &raw.tenants[i];
+        let written_catch_all = r.keys_sha256.is_empty()
+            && r.keys_env.is_empty()
+            && r.match_header.is_none()
+            && r.match_models.is_empty();
+        if written_catch_all {
             if let Some(j) = catch_all.replace(i) {
                 errs.push(
                     &format!("tenants[{i}]"),
@@ -1007,5 +1014,153 @@ mod tests {
     fn shipped_config_is_valid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
         load(Some(&p), Vec::new(), &Overrides::default()).unwrap();
+    }
+
+    fn with_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        load(
+            Some(&p),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn tenants_inherit_upstream_and_cache_defaults() {
+        let s = with_env(
+            r#"
+[upstream]
+url = "http://127.0.0.1:9000"
+headers = { "x-org" = "acme" }
+[cache]
+ttl = "1h"
+threshold = 0.85
+[auth]
+unknown_keys = "passthrough"
+verified_key_ttl = "5m"
+[[tenants]]
+name = "a"
+keys_sha256 = ["9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"]
+keys_env = ["A_KEY"]
+[[tenants]]
+name = "b"
+auth = "replace"
+keys_env = ["B_KEY"]
+[tenants.upstream]
+url = "https://example.com"
+api_key_env = "B_UPSTREAM"
+[tenants.cache]
+mode = "read_only"
+ttl = "10s"
+text = "last_user"
+max_messages = 4
+skip_when_temperature_above = 0.7
+"#,
+            &[
+                ("A_KEY", "alpha"),
+                ("B_KEY", "beta"),
+                ("B_UPSTREAM", "sk-b"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.auth.unknown_keys, UnknownKeys::Passthrough);
+        assert_eq!(s.auth.verified_key_ttl, Duration::from_secs(300));
+        let (a, b) = (&s.tenants[0], &s.tenants[1]);
+        assert_eq!(a.key_hashes, vec![key_hash("test"), key_hash("alpha")]);
+        assert_eq!(a.upstream.url.as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(a.upstream.headers.len(), 1);
+        assert_eq!(a.policy.ttl, Duration::from_secs(3600));
+        assert!((a.policy.threshold - 0.85).abs() < 1e-6);
+        assert_eq!(a.policy.mode, CacheMode::ReadWrite);
+        assert_eq!(b.auth, AuthMode::Replace);
+        assert_eq!(b.upstream.api_key.as_ref().unwrap().expose(), "sk-b");
+        assert_eq!(format!("{:?}", b.upstream.api_key), "Some(Secret(***))");
+        assert_eq!(b.upstream.url.as_str(), "https://example.com/");
+        assert_eq!(b.upstream.headers.len(), 1, "inherited");
+        assert_eq!(b.policy.mode, CacheMode::ReadOnly);
+        assert_eq!(b.policy.ttl, Duration::from_secs(10));
+        assert_eq!(b.policy.text, TextMode::LastUser);
+        assert_eq!(b.policy.max_messages, 4);
+        assert_eq!(b.policy.skip_when_temperature_above, Some(0.7));
+        assert!((b.policy.threshold - 0.85).abs() < 1e-6, "inherited");
+    }
+
+    #[test]
+    fn every_tenant_error_is_named_at_once() {
+        let err = with_env(
+            r#"
+[[tenants]]
+name = "bad name!"
+keys_sha256 = ["nothex"]
+keys_env = ["MISSING_KEY"]
+[[tenants]]
+name = "open"
+auth = "replace"
+match_header = { name = "x-team", value = "t" }
+[[tenants]]
+name = "c1"
+[[tenants]]
+name = "c1"
+[tenants.cache]
+mode = "sometimes"
+threshold = 1.5
+text = "everything"
+"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "tenants[0].name",
+            "tenants[0].keys_sha256[0]",
+            "tenants[0].keys_env[0]: environment variable MISSING_KEY is not set",
+            "tenants[1].upstream.api_key_env",
+            "tenants[1].auth: auth = \"replace\" needs keys_sha256 or keys_env",
+            "tenants[3].name: `c1` is already the name of tenants[2]",
+            "tenants[3]: no keys, header or models",
+            "tenants[3].cache.mode",
+            "tenants[3].cache.threshold",
+            "tenants[3].cache.text",
+        ] {
+            assert!(err.contains(want), "missing `{want}` in:\n{err}");
+        }
+        assert!(err.lines().count() >= 10, "{err}");
+    }
+
+    #[test]
+    fn a_key_may_belong_to_one_tenant_only() {
+        let h = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let err = with_env(
+            &format!(
+                "[[tenants]]\nname = \"a\"\nkeys_sha256 = [\"{h}\"]\n[[tenants]]\nname = \"b\"\nkeys_env = [\"K\"]\n"
+            ),
+            &[("K", "test")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tenants[1]") && err.contains("also belongs to tenants[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replace_mode_needs_its_upstream_key_in_the_environment() {
+        let text = "[[tenants]]\nname = \"v\"\nauth = \"replace\"\nkeys_env = [\"GW\"]\nupstream = { api_key_env = \"UP\" }\n";
+        let err = with_env(text, &[("GW", "g")]).unwrap_err().to_string();
+        assert!(
+            err.contains("tenants[0].upstream.api_key_env: environment variable UP is not set"),
+            "{err}"
+        );
+        assert!(with_env(text, &[("GW", "g"), ("UP", "sk")]).is_ok());
+        let err = with_env(
+            "[[tenants]]\nname = \"p\"\nupstream = { api_key_env = \"UP\" }\n",
+            &[("UP", "sk")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("only used with auth = \"replace\""), "{err}");
     }
 }

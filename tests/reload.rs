@@ -1,0 +1,323 @@
+//! The real binary with tenants: SIGHUP reloads policies while requests in
+//! flight complete, an invalid file is rejected, replace-mode secrets never
+//! reach the upstream, the logs or the store, and `check-config` names every
+//! tenant error.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::*;
+use serde_json::json;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelcache")
+}
+
+struct Running {
+    child: Child,
+    proxy: SocketAddr,
+    log: PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    async fn stop(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// Starts `modelcache serve --config config` with debug logs into `dir/log`.
+async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
+    let log = dir.join("log");
+    let mut child = Command::new(bin())
+        .current_dir(repo_root())
+        .args(["serve", "--config"])
+        .arg(config)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |prefix: &str| -> SocketAddr {
+        let line = lines.next().unwrap().unwrap();
+        let rest = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let proxy = addr("modelcache: proxy listening on http://");
+    let admin = addr("modelcache: admin listening on http://");
+    for _ in 0..600 {
+        if send(admin, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Running { child, proxy, log }
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Streams slowly for questions that mention "slow", answers at once otherwise.
+fn mixed() -> Handler {
+    let (fast, slow) = (llm(), slow_stream(Duration::from_millis(150)));
+    Arc::new(move |seen: &Seen, n: usize| {
+        if question(seen).contains("slow") {
+            slow(seen, n)
+        } else {
+            fast(seen, n)
+        }
+    })
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_policy_while_requests_in_flight_complete() {
+    let up = mock(mixed()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let with_mode = |mode: &str| {
+        format!(
+            "[upstream]\nurl = \"{}\"\n[[tenants]]\nname = \"team\"\n[tenants.cache]\nmode = \"{mode}\"\n",
+            up.url()
+        )
+    };
+    std::fs::write(&config, with_mode("read_write")).unwrap();
+    let gw = serve(&config, dir.path(), &[]).await;
+    let q = ask("What changes on reload?");
+    chat(gw.proxy, q.clone()).await;
+    until("the answer to be cached", async || {
+        chat(gw.proxy, q.clone()).await.cache() == "hit"
+    })
+    .await;
+    let calls = up.calls();
+
+    // A stream of about two seconds is in flight across both reloads.
+    let mut slow = ask("Tell me a slow story");
+    slow["stream"] = json!(true);
+    let proxy = gw.proxy;
+    let in_flight = tokio::spawn(async move { chat(proxy, slow).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // An invalid file is rejected; the running policy stays.
+    std::fs::write(
+        &config,
+        "[[tenants]]\nname = \"team\"\ncache = { mode = \"sometimes\" }\n",
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    until("the rejection in the log", async || {
+        gw.log().contains("reload rejected")
+    })
+    .await;
+    assert!(
+        gw.log().contains("tenants[0].cache.mode"),
+        "the log names the bad key"
+    );
+    assert_eq!(chat(gw.proxy, q.clone()).await.cache(), "hit");
+    assert_eq!(up.calls(), calls + 1, "only the stream went upstream");
+
+    // A valid file applies: mode off makes the tenant a plain proxy.
+    std::fs::write(&config, with_mode("off")).unwrap();
+    gw.signal(libc::SIGHUP);
+    until("the new policy", async || {
+        chat(gw.proxy, q.clone()).await.cache() == "bypass"
+    })
+    .await;
+    assert!(gw.log().contains("configuration reloaded"));
+    assert!(!in_flight.is_finished(), "the stream spans the reloads");
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert!(got.text().ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        content_of(&got),
+        answer_for("Tell me a slow story", calls + 1)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn replace_mode_secrets_stay_out_of_the_upstream_the_logs_and_the_store() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[tenants]]
+name = "virtual"
+auth = "replace"
+keys_env = ["TEAM_GATEWAY_KEY"]
+[tenants.upstream]
+url = "{}"
+api_key_env = "TEAM_PROVIDER_KEY"
+"#,
+            up.url()
+        ),
+    )
+    .unwrap();
+    let (caller, provider, stranger) = (
+        "mc-caller-7f3a9c51e2",
+        "sk-provider-0b8d44aa91",
+        "sk-stranger-5c2e7719fd",
+    );
+    let gw = serve(
+        &config,
+        dir.path(),
+        &[
+            ("TEAM_GATEWAY_KEY", caller),
+            ("TEAM_PROVIDER_KEY", provider),
+        ],
+    )
+    .await;
+    let q = ask("Is my key safe with you?");
+    let first = chat_k(gw.proxy, q.clone(), caller).await;
+    assert_eq!(first.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["authorization"], format!("Bearer {provider}"));
+    assert!(!format!("{:?}{:?}", seen.headers, seen.body).contains(caller));
+    until("the hit", async || {
+        chat_k(gw.proxy, q.clone(), caller).await.cache() == "hit"
+    })
+    .await;
+    let rejected = chat_k(gw.proxy, q.clone(), stranger).await;
+    assert_eq!(rejected.status, 401);
+    assert_eq!(up.calls(), 1);
+    let log = gw.stop().await;
+    assert!(log.contains("DEBUG"), "debug logging was on");
+    for secret in [caller, provider, stranger] {
+        assert!(!log.contains(secret), "a key reached the log");
+        for f in files(&dir.path().join("data")) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a key reached {}",
+                f.display()
+            );
+        }
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[test]
+fn check_config_names_every_tenant_error_and_summarises_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[auth]
+unknown_keys = "maybe"
+[[tenants]]
+name = "a"
+keys_env = ["NOT_SET_ANYWHERE"]
+[[tenants]]
+name = "b"
+auth = "replace"
+match_models = ["gpt-*"]
+cache = { ttl = "forever" }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "auth.unknown_keys",
+        "tenants[0].keys_env[0]: environment variable NOT_SET_ANYWHERE is not set",
+        "tenants[1].upstream.api_key_env",
+        "tenants[1].auth",
+        "tenants[1].cache.ttl",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[tenants]]\nname = \"search\"\nkeys_env = [\"SEARCH_KEY\"]\n[[tenants]]\nname = \"rest\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("SEARCH_KEY", "sk-search-secret-123")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tenant search: matched by 1 key(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenant rest: matched by every caller"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-search-secret-123"));
+}
