@@ -94,7 +94,7 @@ impl Reloader {
             restart.push("embedding.model_dir");
         }
         if uses_cache(settings) && !uses_cache(old) {
-            restart.push("a tenant's cache was off in every tenant at start (no model loaded)");
+            restart.push("caching (off in every tenant at start, so no model was loaded)");
         }
         if !restart.is_empty() {
             tracing::warn!(

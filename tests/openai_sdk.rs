@@ -9,6 +9,30 @@ use std::{collections::HashMap, process::Command};
 use common::*;
 use serde_json::Value;
 
+/// Runs a script from tests/python with `args`; one JSON object per line,
+/// keyed by its "call".
+async fn run_script(name: &str, args: Vec<String>) -> HashMap<String, Value> {
+    let script = repo_root().join("tests/python").join(name);
+    let py = python();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(&py).arg(script).args(args).output())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); run `make test`, which creates .venv",
+                    python()
+                )
+            });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK client failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["call"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
 fn python() -> String {
     std::env::var("MODELCACHE_PYTHON")
         .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
@@ -20,24 +44,7 @@ async fn the_openai_sdk_gets_a_miss_then_a_hit_streamed_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let app = gateway(settings(&up.url(), dir.path())).await;
     let base = format!("http://{}/v1", app.proxy_addr);
-    let script = repo_root().join("tests/python/sdk_client.py");
-    let py = python();
-    let out = tokio::task::spawn_blocking(move || Command::new(&py).arg(script).arg(base).output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}); run `make test`, which creates .venv",
-                python()
-            )
-        });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the SDK client failed:\n{stderr}");
-    let calls: HashMap<String, Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|v| (v["call"].as_str().unwrap().to_string(), v))
-        .collect();
+    let calls = run_script("sdk_client.py", vec![base]).await;
     assert_eq!(calls.len(), 7, "{calls:?}");
 
     assert_eq!(calls["json-miss"]["cache"], "miss");
@@ -77,5 +84,39 @@ async fn the_openai_sdk_gets_a_miss_then_a_hit_streamed_or_not() {
         up.last().headers["authorization"],
         "Bearer sk-test-not-real"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_openai_sdk_with_a_virtual_key_and_an_unknown_one() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[tenants]]\nname = \"sdk\"\nauth = \"replace\"\nkeys_env = [\"SDK_GW_KEY\"]\n\
+         upstream = {{ url = \"{}\", api_key_env = \"SDK_UP_KEY\" }}\n",
+        up.url()
+    );
+    let env = [
+        ("SDK_GW_KEY", "mc-sdk-virtual"),
+        ("SDK_UP_KEY", "sk-sdk-provider"),
+    ];
+    let app = gateway(settings_from(&text, dir.path(), &env)).await;
+    let base = format!("http://{}/v1", app.proxy_addr);
+    let calls = run_script(
+        "sdk_tenants.py",
+        vec![base, "mc-sdk-virtual".into(), "sk-not-a-tenant".into()],
+    )
+    .await;
+    assert_eq!(calls["virtual-miss"]["cache"], "miss");
+    assert_eq!(calls["virtual-hit"]["cache"], "hit");
+    assert_eq!(
+        calls["virtual-hit"]["content"],
+        calls["virtual-miss"]["content"]
+    );
+    assert_eq!(calls["unknown"]["error"], "AuthenticationError");
+    assert_eq!(calls["unknown"]["status"], 401);
+    assert_eq!(calls["unknown"]["code"], "invalid_api_key");
+    assert_eq!(up.calls(), 1);
+    assert_eq!(up.last().headers["authorization"], "Bearer sk-sdk-provider");
     app.shutdown().await;
 }
