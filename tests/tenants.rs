@@ -117,7 +117,7 @@ async fn namespaces_are_isolated_inside_a_tenant() {
         dir.path(),
         &[],
     );
-    let app = gateway(s).await;
+    let app = gateway(s.clone()).await;
     let q = "Summarise my last three orders please";
     let ns = |n: &'static str| [("x-modelcache-namespace", n)];
     let u1 = chat_h(app.proxy_addr, ask(q), &ns("user-1")).await;
@@ -145,6 +145,19 @@ async fn namespaces_are_isolated_inside_a_tenant() {
     let s3 = chat_h(app.proxy_addr, ask(reordered), &ns("user-3")).await;
     assert_eq!(s3.cache(), "miss");
     assert_eq!(up.calls(), 4);
+    settle(&app).await;
+    app.shutdown().await;
+
+    // And after a restart.
+    let app = gateway(s).await;
+    verify_key(app.proxy_addr, &[]).await;
+    let calls = up.calls();
+    for (n, want) in [("user-1", &u1), ("user-2", &u2)] {
+        let got = chat_h(app.proxy_addr, ask(reordered), &ns(n)).await;
+        assert_eq!(got.cache(), "hit", "{n}");
+        assert_eq!(content_of(&got), content_of(want), "{n}");
+    }
+    assert_eq!(up.calls(), calls);
     app.shutdown().await;
 }
 
