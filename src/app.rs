@@ -82,16 +82,28 @@ impl Reloader {
         let set = TenantSet::build(settings)?;
         let old = &self.started_with;
         let mut restart = Vec::new();
-        if settings.server.listen != old.server.listen
-            || settings.server.admin_listen != old.server.admin_listen
-        {
-            restart.push("server listeners");
+        // NOTE: compared with what the process runs on, which only a restart
+        // changes; the warning repeats until then, as it should.
+        let same =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        if !same(&settings.server, &old.server) {
+            restart.push("[server]");
         }
-        if settings.storage.data_dir != old.storage.data_dir {
-            restart.push("storage.data_dir");
+        if !same(&settings.storage, &old.storage) {
+            restart.push("[storage]");
         }
-        if settings.embedding.model_dir != old.embedding.model_dir {
-            restart.push("embedding.model_dir");
+        if !same(&settings.embedding, &old.embedding) {
+            restart.push("[embedding]");
+        }
+        let process_wide = |s: &Settings| {
+            (
+                s.cache.exact_capacity,
+                s.cache.writeback_queue,
+                s.cache.writeback_batch,
+            )
+        };
+        if process_wide(settings) != process_wide(old) {
+            restart.push("cache.exact_capacity / writeback_queue / writeback_batch");
         }
         if uses_cache(settings) && !uses_cache(old) {
             restart.push("caching (off in every tenant at start, so no model was loaded)");

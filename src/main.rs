@@ -30,7 +30,9 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}: {e}", path.display());
+                    for line in e.to_string().lines() {
+                        eprintln!("{}: {line}", path.display());
+                    }
                     ExitCode::from(2)
                 }
             }
@@ -45,7 +47,10 @@ fn main() -> ExitCode {
             let settings = match config::load(path, std::env::vars(), &args.overrides()) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("config error: {e}");
+                    let from = path.map_or("defaults".into(), |p| p.display().to_string());
+                    for line in e.to_string().lines() {
+                        eprintln!("config error: {from}: {line}");
+                    }
                     return ExitCode::from(2);
                 }
             };

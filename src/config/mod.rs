@@ -34,8 +34,9 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
-    /// TOML syntax, a wrong type or an unknown key.
-    #[error("{origin}: {key}: {message}")]
+    /// TOML syntax, a wrong type or an unknown key. Serde stops at the first
+    /// one; invalid values are all collected.
+    #[error("{}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
     Parse {
         /// File path or `environment`.
         origin: String,
@@ -206,8 +207,6 @@ pub struct Policy {
 /// Process-wide cache settings.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// Master switch: `false` loads no model and caches nothing.
-    pub enabled: bool,
     /// In-memory exact layer size.
     pub exact_capacity: u64,
     /// Write-back queue length.
@@ -545,6 +544,8 @@ fn temperature(errs: &mut Errors, key: &str, t: Option<f64>) -> Option<f64> {
 fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
     let mode = cache_mode(errs, "cache.mode", &c.mode);
     Policy {
+        // NOTE: `enabled = false` is every tenant's default mode "off"; a
+        // tenant may still turn its own cache on.
         mode: if c.enabled { mode } else { CacheMode::Off },
         threshold: fraction(errs, "cache.threshold", c.threshold),
         long_threshold: fraction(errs, "cache.long_threshold", c.long_threshold),
@@ -832,7 +833,6 @@ fn settings_from_raw(
     }
     let c = &raw.cache;
     let cache = CacheSettings {
-        enabled: c.enabled,
         exact_capacity: c.exact_capacity,
         writeback_queue: at_least_one(&mut errs, "cache.writeback_queue", c.writeback_queue),
         writeback_batch: at_least_one(&mut errs, "cache.writeback_batch", c.writeback_batch),

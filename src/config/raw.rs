@@ -224,7 +224,8 @@ pub struct RawEmbedding {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
-    /// Master switch; `false` makes the gateway a plain proxy.
+    /// `false` makes "off" every tenant's default mode (a tenant may still turn
+    /// its own cache on); with no tenant caching, no model is loaded.
     #[serde(default = "d_true")]
     pub enabled: bool,
     /// Cosine similarity needed for a semantic hit on a short text.

@@ -128,15 +128,16 @@ impl Upstream {
         for n in ours {
             headers.remove(n);
         }
+        for (n, v) in &self.extra {
+            headers.insert(n.clone(), v.clone());
+        }
         if let Some(auth) = &self.authorization {
-            // Virtual keys: the caller's gateway key never leaves the gateway.
+            // Virtual keys: the caller's gateway key never leaves the gateway,
+            // and no extra header can replace the tenant's key.
             for n in ["api-key", "x-api-key"] {
                 headers.remove(n);
             }
             headers.insert(header::AUTHORIZATION, auth.clone());
-        }
-        for (n, v) in &self.extra {
-            headers.insert(n.clone(), v.clone());
         }
         *req.headers_mut() = headers;
         match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
