@@ -27,7 +27,7 @@ use crate::{
     config::Settings,
     embed::{EmbedService, Embedder, EmbedderFactory, FastEmbedder},
     metrics::Metrics,
-    proxy::handler::Gateway,
+    proxy::handler::{Gateway, UNKNOWN_TENANT},
     store::{sqlite::SqliteStore, Store},
     tenants::TenantSet,
 };
@@ -64,6 +64,17 @@ pub struct RunningApp {
 pub struct Reloader {
     tenants: Arc<RwLock<Arc<TenantSet>>>,
     started_with: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+/// Creates the metric series of every tenant of `settings` (and of callers
+/// that match none) at zero.
+fn init_metrics(metrics: &Metrics, settings: &Settings) {
+    let models = settings.prices.patterns();
+    for t in &settings.tenants {
+        metrics.init_tenant(&t.name, &models);
+    }
+    metrics.init_tenant(UNKNOWN_TENANT, &models);
 }
 
 impl Reloader {
@@ -115,6 +126,7 @@ impl Reloader {
             );
         }
         let names = set.names().join(", ");
+        init_metrics(&self.metrics, settings);
         match self.tenants.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),
@@ -289,9 +301,11 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     }
 
     let (tx, rx) = oneshot::channel();
+    init_metrics(&metrics, &settings);
     let reloader = Reloader {
         tenants,
         started_with: settings,
+        metrics: metrics.clone(),
     };
     let join = tokio::spawn(serve(
         proxy_listener,

@@ -219,11 +219,27 @@ impl Core {
         }
     }
 
-    /// Refreshes the entries gauge.
+    /// Refreshes the entries and index-size gauges.
     pub(crate) fn refresh_counts(&self) {
         if let Ok(counts) = self.store.counts() {
+            let mut seen = std::collections::HashSet::new();
             for (t, n) in counts {
                 self.metrics.entries.with_label_values(&[&t]).set(n as i64);
+                seen.insert(t);
+            }
+            // A tenant whose last entry went is at zero, not at its old count.
+            if let Ok(map) = self.indexes.read() {
+                for t in map.keys().filter(|t| !seen.contains(*t)) {
+                    self.metrics.entries.with_label_values(&[t]).set(0);
+                }
+            }
+        }
+        if let Ok(map) = self.indexes.read() {
+            for (t, idx) in map.iter() {
+                self.metrics
+                    .index_bytes
+                    .with_label_values(&[t])
+                    .set(idx.memory_bytes() as i64);
             }
         }
     }
@@ -407,9 +423,7 @@ impl Cache {
                     .observe(t0.elapsed().as_secs_f64());
                 match found {
                     Ok(cands) => {
-                        if let Some((_, best)) = cands.first() {
-                            self.core.metrics.similarity.observe(*best as f64);
-                        }
+                        let best = cands.first().map(|(_, sim)| *sim);
                         let threshold = Self::threshold_for(key, opts);
                         for (id, sim) in cands {
                             if sim < threshold {
@@ -430,6 +444,14 @@ impl Cache {
                                 });
                                 break;
                             }
+                        }
+                        if let Some(best) = best {
+                            let result = if out.hit.is_some() { "hit" } else { "miss" };
+                            self.core
+                                .metrics
+                                .similarity
+                                .with_label_values(&[tenant, result])
+                                .observe(best.clamp(0.0, 1.0) as f64);
                         }
                     }
                     Err(e) => {

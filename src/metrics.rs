@@ -5,15 +5,26 @@
 //! never take a label value from a request.
 
 use prometheus::{
-    exponential_buckets, linear_buckets, Encoder, Histogram, HistogramOpts, HistogramVec,
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, linear_buckets, CounterVec, Encoder, Histogram, HistogramOpts,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Routes, as labelled.
+pub const ROUTES: [&str; 3] = ["chat", "completions", "other"];
+/// Request results, as labelled.
+pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
+/// The model label of a model the price table does not name.
+pub const OTHER_MODEL: &str = "other";
 
 /// All of the gateway's metrics.
 pub struct Metrics {
     registry: Registry,
     /// Requests by tenant, route and result.
     pub requests: IntCounterVec,
+    /// Key checks by tenant and outcome: `unverified` or `rejected`.
+    pub auth: IntCounterVec,
+    /// Time to the first body byte of SSE responses, by result.
+    pub stream_first_byte_seconds: HistogramVec,
     /// Whole-request latency (to response headers) by route and result.
     pub request_seconds: HistogramVec,
     /// Cache lookup latency (exact plus semantic).
@@ -26,8 +37,8 @@ pub struct Metrics {
     pub ann_seconds: Histogram,
     /// Upstream latency to response headers.
     pub upstream_seconds: Histogram,
-    /// Best similarity found on each semantic lookup.
-    pub similarity: Histogram,
+    /// Best similarity found on each semantic lookup, by tenant and hit/miss.
+    pub similarity: HistogramVec,
     /// Write-back outcomes: written, dropped, failed, rejected.
     pub writeback: IntCounterVec,
     /// Writes dropped because the queue was full.
@@ -36,6 +47,12 @@ pub struct Metrics {
     pub writeback_queue_depth: IntGauge,
     /// Entries per tenant.
     pub entries: IntGaugeVec,
+    /// Vector index memory per tenant.
+    pub index_bytes: IntGaugeVec,
+    /// Tokens served from cache, by tenant and kind (prompt, completion).
+    pub saved_tokens: IntCounterVec,
+    /// Estimated USD saved, by tenant and priced model.
+    pub saved_usd: CounterVec,
     /// Cache-side failures (never request failures) by stage.
     pub cache_errors: IntCounterVec,
     /// Upstream responses by status class.
@@ -56,6 +73,21 @@ impl Metrics {
                 "Requests by tenant, route and result.",
             ),
             &["tenant", "route", "result"],
+        )?;
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "modelcache_auth_total",
+                "Requests whose key was not served from cache: unverified (forwarded until the upstream accepts it) or rejected (matches no tenant).",
+            ),
+            &["tenant", "outcome"],
+        )?;
+        let stream_first_byte_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "modelcache_stream_first_byte_seconds",
+                "Time from request to the first body byte of a streamed (SSE) response, by result.",
+            )
+            .buckets(latency_buckets()),
+            &["result"],
         )?;
         let request_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -93,10 +125,13 @@ impl Metrics {
             "Upstream latency to response headers.",
             latency_buckets(),
         )?;
-        let similarity = h(
-            "modelcache_similarity",
-            "Best cosine similarity found on each semantic lookup, hit or miss.",
-            linear_buckets(0.0, 0.02, 51)?,
+        let similarity = HistogramVec::new(
+            HistogramOpts::new(
+                "modelcache_similarity",
+                "Best cosine similarity found on each lookup that reached the semantic layer, by tenant and result (hit or miss).",
+            )
+            .buckets(linear_buckets(0.0, 0.02, 51)?),
+            &["tenant", "result"],
         )?;
         let writeback = IntCounterVec::new(
             Opts::new("modelcache_writeback_total", "Write-back outcomes."),
@@ -114,6 +149,27 @@ impl Metrics {
             Opts::new("modelcache_entries", "Cache entries per tenant."),
             &["tenant"],
         )?;
+        let index_bytes = IntGaugeVec::new(
+            Opts::new(
+                "modelcache_index_bytes",
+                "Memory used by the vector index, per tenant.",
+            ),
+            &["tenant"],
+        )?;
+        let saved_tokens = IntCounterVec::new(
+            Opts::new(
+                "modelcache_saved_tokens_total",
+                "Tokens served from cache instead of the upstream, by tenant and kind.",
+            ),
+            &["tenant", "kind"],
+        )?;
+        let saved_usd = CounterVec::new(
+            Opts::new(
+                "modelcache_saved_usd_total",
+                "Estimated USD saved by hits, from the price table; model is a price-table key or `other`.",
+            ),
+            &["tenant", "model"],
+        )?;
         let cache_errors = IntCounterVec::new(
             Opts::new(
                 "modelcache_cache_errors_total",
@@ -129,6 +185,11 @@ impl Metrics {
             &["class"],
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(auth.clone()))?;
+        registry.register(Box::new(stream_first_byte_seconds.clone()))?;
+        registry.register(Box::new(index_bytes.clone()))?;
+        registry.register(Box::new(saved_tokens.clone()))?;
+        registry.register(Box::new(saved_usd.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(lookup_seconds.clone()))?;
         registry.register(Box::new(embed_seconds.clone()))?;
@@ -146,9 +207,26 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        for outcome in ["written", "dropped", "failed", "rejected"] {
+            writeback.with_label_values(&[outcome]);
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            upstream_responses.with_label_values(&[class]);
+        }
+        for result in RESULTS {
+            stream_first_byte_seconds.with_label_values(&[result]);
+            for route in ROUTES {
+                request_seconds.with_label_values(&[route, result]);
+            }
+        }
         Ok(Metrics {
             registry,
             requests,
+            auth,
+            stream_first_byte_seconds,
+            index_bytes,
+            saved_tokens,
+            saved_usd,
             request_seconds,
             lookup_seconds,
             embed_seconds,
@@ -163,6 +241,31 @@ impl Metrics {
             cache_errors,
             upstream_responses,
         })
+    }
+
+    /// Creates every series of `tenant` at zero, so that rates and ratios
+    /// over them are defined from the start and dashboards show 0, not "no
+    /// data". `models` are the price table's keys.
+    pub fn init_tenant(&self, tenant: &str, models: &[String]) {
+        for route in ROUTES {
+            for result in RESULTS {
+                self.requests.with_label_values(&[tenant, route, result]);
+            }
+        }
+        for outcome in ["unverified", "rejected"] {
+            self.auth.with_label_values(&[tenant, outcome]);
+        }
+        for kind in ["prompt", "completion"] {
+            self.saved_tokens.with_label_values(&[tenant, kind]);
+        }
+        for model in models.iter().map(String::as_str).chain([OTHER_MODEL]) {
+            self.saved_usd.with_label_values(&[tenant, model]);
+        }
+        for result in ["hit", "miss"] {
+            self.similarity.with_label_values(&[tenant, result]);
+        }
+        self.entries.with_label_values(&[tenant]);
+        self.index_bytes.with_label_values(&[tenant]);
     }
 
     /// The text exposition of every metric.

@@ -16,7 +16,7 @@ use std::{
 use http::{header, HeaderMap, HeaderName};
 
 use crate::{
-    config::{key_hash, AuthSettings, Policy, Settings, TenantSettings, UnknownKeys},
+    config::{key_hash, AuthSettings, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
     proxy::upstream::Upstream,
     store::Limits,
 };
@@ -54,6 +54,8 @@ pub struct TenantSet {
     pub verified_key_ttl: Duration,
     /// `[upstream]`, for unknown callers in `passthrough`.
     pub fallback: Upstream,
+    /// `[prices]`, for the money saved.
+    pub prices: PriceTable,
     default_max_entries: u64,
 }
 
@@ -111,6 +113,7 @@ impl TenantSet {
             unknown_keys: settings.auth.unknown_keys,
             verified_key_ttl: settings.auth.verified_key_ttl,
             fallback: Upstream::new(&settings.upstream)?,
+            prices: settings.prices.clone(),
             default_max_entries: settings.cache.policy.max_entries,
         };
         for (i, t) in settings.tenants.iter().enumerate() {

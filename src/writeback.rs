@@ -117,10 +117,32 @@ impl Writeback {
     }
 }
 
+/// Shortest time between two refreshes of the entry gauges after writes (a
+/// full count per tenant).
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
     let mut stop = false;
+    let mut counted = std::time::Instant::now();
+    let mut stale = false;
     while !stop {
-        let Ok(first) = rx.recv() else { break };
+        let first = if stale {
+            // Writes are waiting to be counted: count them once the queue
+            // has been quiet for the rest of the second.
+            match rx.recv_timeout(COUNTS_EVERY.saturating_sub(counted.elapsed())) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    core.refresh_counts();
+                    counted = std::time::Instant::now();
+                    stale = false;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            let Ok(op) = rx.recv() else { break };
+            op
+        };
         let mut ops = vec![first];
         while ops.len() < batch {
             match rx.try_recv() {
@@ -143,6 +165,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
             match core.store.insert_batch(&inserts) {
                 Ok(ids) => {
                     core.publish(&inserts, &ids);
+                    stale = true;
                     core.metrics
                         .writeback
                         .with_label_values(&["written"])
@@ -177,8 +200,9 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                             );
                             core.forget(&removed);
                         }
-                        // NOTE: a full count, so only here, on the sweep's period.
                         core.refresh_counts();
+                        counted = std::time::Instant::now();
+                        stale = false;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "sweep failed");
@@ -194,6 +218,12 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                 WriteOp::Stop => stop = true,
                 WriteOp::Insert(_) | WriteOp::Hit(_) => {}
             }
+        }
+        // NOTE: a full count per tenant, so at most once a second.
+        if stale && counted.elapsed() >= COUNTS_EVERY {
+            core.refresh_counts();
+            counted = std::time::Instant::now();
+            stale = false;
         }
     }
 }

@@ -45,8 +45,13 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
         1.0
     );
     assert_eq!(
-        metric_sum(&m, "modelcache_requests_total", &["result=\"unverified\""]),
+        metric_sum(&m, "modelcache_requests_total", &["result=\"miss\""]),
         1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "modelcache_auth_total", &["outcome=\"unverified\""]),
+        1.0,
+        "the first request's key was not verified yet"
     );
     app.shutdown().await;
 }

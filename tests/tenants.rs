@@ -240,6 +240,20 @@ async fn unknown_keys_are_rejected_with_401_by_default() {
     let models = send(app.proxy_addr, "GET", "/v1/models", &[], Bytes::new()).await;
     assert_eq!(models.status, 401, "every route, not only the cached ones");
     assert_eq!(up.calls(), 1);
+    let m = metrics(&app).await;
+    let unknown = ["tenant=\"_unknown\""];
+    assert_eq!(
+        metric_sum(&m, "modelcache_auth_total", &[unknown[0], "rejected"]),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "modelcache_requests_total",
+            &[unknown[0], "result=\"error\""]
+        ),
+        3.0
+    );
     app.shutdown().await;
 }
 
@@ -323,7 +337,7 @@ async fn a_key_the_upstream_refused_never_gets_a_hit() {
     let m = metrics(&app).await;
     // sk-good-1 twice (first, lapsed), sk-invalid twice, sk-good-2 once.
     assert_eq!(
-        metric_sum(&m, "modelcache_requests_total", &["result=\"unverified\""]),
+        metric_sum(&m, "modelcache_auth_total", &["outcome=\"unverified\""]),
         5.0
     );
     app.shutdown().await;

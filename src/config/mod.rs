@@ -270,6 +270,43 @@ impl TenantSettings {
     }
 }
 
+/// One row of the price table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPrice {
+    /// Model name, or pattern with `*`; also the metrics label.
+    pub pattern: String,
+    /// USD per million prompt tokens.
+    pub prompt: f64,
+    /// USD per million completion tokens.
+    pub completion: f64,
+}
+
+/// Prices by model, most specific pattern first.
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable(Vec<ModelPrice>);
+
+impl PriceTable {
+    /// A table from rows in any order.
+    pub fn new(mut rows: Vec<ModelPrice>) -> PriceTable {
+        // NOTE: exact names first, then longer patterns before shorter ones,
+        // so that `gpt-4o-mini*` wins over `gpt-4o*`.
+        rows.sort_by_key(|r| (r.pattern.contains('*'), std::cmp::Reverse(r.pattern.len())));
+        PriceTable(rows)
+    }
+
+    /// The row that prices `model`, if any.
+    pub fn price_for(&self, model: &str) -> Option<&ModelPrice> {
+        self.0
+            .iter()
+            .find(|r| crate::tenants::glob_match(&r.pattern, model))
+    }
+
+    /// Every pattern (the possible metrics labels besides `other`).
+    pub fn patterns(&self) -> Vec<String> {
+        self.0.iter().map(|r| r.pattern.clone()).collect()
+    }
+}
+
 /// The typed runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -287,6 +324,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[[tenants]]`, or the implicit `default` tenant. Never empty.
     pub tenants: Vec<TenantSettings>,
+    /// `[prices]`
+    pub prices: PriceTable,
 }
 
 /// Command-line overrides, applied after the file and the environment.
@@ -906,6 +945,23 @@ fn settings_from_raw(
             policy: cache.policy.clone(),
         });
     }
+    let mut prices = Vec::new();
+    for (pattern, p) in &raw.prices {
+        let key = format!("prices.\"{pattern}\"");
+        if pattern.trim().is_empty() {
+            errs.push(&key, "a model name or pattern must not be empty");
+        }
+        for (what, v) in [("prompt", p.prompt), ("completion", p.completion)] {
+            if !(v.is_finite() && v >= 0.0) {
+                errs.push(&format!("{key}.{what}"), "must be a price of 0 or more");
+            }
+        }
+        prices.push(ModelPrice {
+            pattern: pattern.clone(),
+            prompt: p.prompt,
+            completion: p.completion,
+        });
+    }
     match errs.0.len() {
         0 => Ok(Settings {
             server,
@@ -915,6 +971,7 @@ fn settings_from_raw(
             cache,
             auth,
             tenants,
+            prices: PriceTable::new(prices),
         }),
         1 => Err(errs.0.remove(0)),
         _ => Err(ConfigError::Many(errs.0)),
@@ -1162,5 +1219,29 @@ text = "everything"
         .unwrap_err()
         .to_string();
         assert!(err.contains("only used with auth = \"replace\""), "{err}");
+    }
+
+    #[test]
+    fn prices_default_to_examples_and_prefer_the_most_specific_pattern() {
+        let s = from_str("").unwrap();
+        let p = s.prices.price_for("gpt-4o-mini-2024-07-18").unwrap();
+        assert_eq!(p.pattern, "gpt-4o-mini*");
+        assert_eq!(s.prices.price_for("gpt-4o").unwrap().pattern, "gpt-4o*");
+        assert!(s.prices.price_for("llama-3").is_none());
+        let s = from_str(
+            "[prices]\n\"my-model\" = { prompt = 1.0, completion = 2.0 }\n\"my-*\" = { prompt = 3.0, completion = 4.0 }\n",
+        )
+        .unwrap();
+        assert_eq!(s.prices.patterns(), vec!["my-model", "my-*"]);
+        assert_eq!(s.prices.price_for("my-model").unwrap().prompt, 1.0);
+        assert_eq!(s.prices.price_for("my-other").unwrap().prompt, 3.0);
+        assert!(
+            s.prices.price_for("gpt-4o").is_none(),
+            "a table replaces the examples"
+        );
+        let err = from_str("[prices]\nm = { prompt = -1.0, completion = 1.0 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prices.\"m\".prompt"), "{err}");
     }
 }

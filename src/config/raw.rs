@@ -34,6 +34,37 @@ pub struct RawConfig {
     /// `[[tenants]]`; none means one implicit `default` tenant for every caller.
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    /// `[prices]`: USD per million tokens by model name or pattern. When the
+    /// table is absent, built-in example prices apply.
+    #[serde(default = "d_prices")]
+    pub prices: BTreeMap<String, RawPrice>,
+}
+
+/// One model's price, USD per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Prompt (input) tokens.
+    pub prompt: f64,
+    /// Completion (output) tokens.
+    pub completion: f64,
+}
+
+/// Example list prices (USD per million tokens, standard tier) of common
+/// OpenAI models. They go stale: set `[prices]` to your provider's.
+fn d_prices() -> BTreeMap<String, RawPrice> {
+    [
+        ("gpt-4o", 2.50, 10.00),
+        ("gpt-4o-mini", 0.15, 0.60),
+        ("gpt-4.1", 2.00, 8.00),
+        ("gpt-4.1-mini", 0.40, 1.60),
+        ("gpt-4.1-nano", 0.10, 0.40),
+        ("gpt-3.5-turbo", 0.50, 1.50),
+        ("o3-mini", 1.10, 4.40),
+    ]
+    .into_iter()
+    .map(|(m, prompt, completion)| (format!("{m}*"), RawPrice { prompt, completion }))
+    .collect()
 }
 
 /// `[auth]`

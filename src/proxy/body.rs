@@ -100,3 +100,51 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Calls `on_first` once, when the first non-empty data frame passes.
+pub struct FirstByte<B> {
+    inner: B,
+    on_first: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<B> FirstByte<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, on_first: Box<dyn FnOnce() + Send>) -> Self {
+        FirstByte {
+            inner,
+            on_first: Some(on_first),
+        }
+    }
+}
+
+impl<B> Body for FirstByte<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if f.data_ref().is_some_and(|d| !d.is_empty()) {
+                if let Some(call) = this.on_first.take() {
+                    call();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

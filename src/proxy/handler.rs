@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{
-    body::{boxed, full, BoxError, IdleTimeout, ProxyBody},
+    body::{boxed, full, BoxError, FirstByte, IdleTimeout, ProxyBody},
     replay,
     sse::storable_answer,
     tee::Tee,
@@ -30,7 +30,7 @@ use crate::{
     config::{CacheMode, Policy, ServerSettings, UnknownKeys},
     error::GatewayError,
     keying::{key_with, CacheKey, Endpoint, KeyOptions},
-    metrics::Metrics,
+    metrics::{Metrics, OTHER_MODEL},
     store::NewEntry,
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
@@ -68,11 +68,19 @@ impl Outcome {
         match self {
             Outcome::HitExact => "hit_exact",
             Outcome::HitSemantic => "hit_semantic",
-            Outcome::Miss | Outcome::Refresh => "miss",
+            // NOTE: the five results of the metrics; why a key was not served
+            // from cache is counted apart, in modelcache_auth_total.
+            Outcome::Miss | Outcome::Refresh | Outcome::Unverified => "miss",
             Outcome::Bypass => "bypass",
-            Outcome::Unverified => "unverified",
-            Outcome::Rejected => "rejected",
-            Outcome::Error => "error",
+            Outcome::Rejected | Outcome::Error => "error",
+        }
+    }
+
+    fn auth_label(self) -> Option<&'static str> {
+        match self {
+            Outcome::Unverified => Some("unverified"),
+            Outcome::Rejected => Some("rejected"),
+            _ => None,
         }
     }
 
@@ -234,11 +242,68 @@ impl Gateway {
             .requests
             .with_label_values(&[tenant, route, outcome.label()])
             .inc();
+        if let Some(a) = outcome.auth_label() {
+            self.metrics.auth.with_label_values(&[tenant, a]).inc();
+        }
         self.metrics
             .request_seconds
             .with_label_values(&[route, outcome.label()])
             .observe(started.elapsed().as_secs_f64());
+        let streamed = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if streamed {
+            let h = self
+                .metrics
+                .stream_first_byte_seconds
+                .with_label_values(&[outcome.label()]);
+            let (parts, body) = resp.into_parts();
+            let body = FirstByte::new(
+                body,
+                Box::new(move || h.observe(started.elapsed().as_secs_f64())),
+            );
+            resp = Response::from_parts(parts, boxed(body));
+        }
         resp
+    }
+
+    /// Counts the tokens (and money, by the price table) a hit saved.
+    fn count_savings(&self, set: &TenantSet, tenant: &str, key: &CacheKey, hit: &Hit) {
+        #[derive(serde::Deserialize)]
+        struct Usage {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            completion_tokens: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            usage: Option<Usage>,
+        }
+        let Some(u) = serde_json::from_str::<Answer>(&hit.entry.answer)
+            .ok()
+            .and_then(|a| a.usage)
+        else {
+            return;
+        };
+        let m = &self.metrics;
+        m.saved_tokens
+            .with_label_values(&[tenant, "prompt"])
+            .inc_by(u.prompt_tokens);
+        m.saved_tokens
+            .with_label_values(&[tenant, "completion"])
+            .inc_by(u.completion_tokens);
+        let (label, usd) = match set.prices.price_for(&key.model) {
+            Some(p) => (
+                p.pattern.as_str(),
+                (u.prompt_tokens as f64 * p.prompt + u.completion_tokens as f64 * p.completion)
+                    / 1e6,
+            ),
+            None => (OTHER_MODEL, 0.0),
+        };
+        m.saved_usd.with_label_values(&[tenant, label]).inc_by(usd);
     }
 
     async fn serve(
@@ -355,6 +420,7 @@ impl Gateway {
                 // answer replaces the entry.
                 if let Some(resp) = self.hit_response(&key, &hit) {
                     cache.record_hit(tenant.name(), &hit, &key.text);
+                    self.count_savings(&set, tenant.name(), &key, &hit);
                     let outcome = match hit.kind {
                         HitKind::Exact => Outcome::HitExact,
                         HitKind::Semantic => Outcome::HitSemantic,
