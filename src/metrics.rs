@@ -13,6 +13,17 @@ use prometheus::{
 pub const ROUTES: [&str; 3] = ["chat", "completions", "other"];
 /// Request results, as labelled.
 pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
+/// Stages of `modelcache_cache_errors_total`.
+pub const CACHE_ERROR_STAGES: [&str; 8] = [
+    "embed",
+    "store_read",
+    "ann",
+    "index_open",
+    "index_add",
+    "index_save",
+    "record_hits",
+    "sweep",
+];
 /// The model label of a model the price table does not name.
 pub const OTHER_MODEL: &str = "other";
 
@@ -209,6 +220,9 @@ impl Metrics {
         ))?;
         for outcome in ["written", "dropped", "failed", "rejected"] {
             writeback.with_label_values(&[outcome]);
+        }
+        for stage in CACHE_ERROR_STAGES {
+            cache_errors.with_label_values(&[stage]);
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             upstream_responses.with_label_values(&[class]);

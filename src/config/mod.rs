@@ -1068,9 +1068,12 @@ mod tests {
     }
 
     #[test]
-    fn shipped_config_is_valid() {
+    fn shipped_config_is_valid_and_says_the_defaults() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        load(Some(&p), Vec::new(), &Overrides::default()).unwrap();
+        let shipped = load(Some(&p), Vec::new(), &Overrides::default()).unwrap();
+        let defaults = load(None, Vec::new(), &Overrides::default()).unwrap();
+        // Debug output is a faithful, secret-free rendering of every setting.
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
     }
 
     fn with_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
