@@ -5,8 +5,8 @@
 //! never take a label value from a request.
 
 use prometheus::{
-    exponential_buckets, linear_buckets, CounterVec, Encoder, Histogram, HistogramOpts,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Routes, as labelled.
@@ -71,7 +71,8 @@ pub struct Metrics {
 }
 
 fn latency_buckets() -> Vec<f64> {
-    exponential_buckets(0.0001, 2.0, 20).unwrap_or_default()
+    // 100 µs to about 14 minutes: covers an exact hit and a slow stream alike.
+    exponential_buckets(0.0001, 2.0, 24).unwrap_or_default()
 }
 
 impl Metrics {
@@ -141,7 +142,9 @@ impl Metrics {
                 "modelcache_similarity",
                 "Best cosine similarity found on each lookup that reached the semantic layer, by tenant and result (hit or miss).",
             )
-            .buckets(linear_buckets(0.0, 0.02, 51)?),
+            // NOTE: i / 50 rather than 0.02 * i, so that every `le` label is a
+            // clean decimal (0.7, not 0.7000000000000001).
+            .buckets((0..=50).map(|i| f64::from(i) / 50.0).collect()),
             &["tenant", "result"],
         )?;
         let writeback = IntCounterVec::new(
