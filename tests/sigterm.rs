@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -36,26 +35,7 @@ async fn sigterm_lets_in_flight_streams_finish_then_exits() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = |prefix: &str| -> std::net::SocketAddr {
-        let line = lines.next().unwrap().unwrap();
-        let rest = line
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("unexpected line {line}"));
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    };
-    let proxy = addr("modelcache: proxy listening on http://");
-    let admin = addr("modelcache: admin listening on http://");
-    for _ in 0..600 {
-        if send(admin, "GET", "/readyz", &[], bytes::Bytes::new())
-            .await
-            .status
-            == 200
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (proxy, _admin) = listening(&mut child).await;
     // A stream that takes over a second is in flight when SIGTERM arrives.
     let mut req = ask("Tell me about graceful shutdown");
     req["stream"] = json!(true);

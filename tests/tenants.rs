@@ -458,37 +458,20 @@ upstream = {{ url = "{}", api_key_env = "UPSTREAM_KEY", headers = {{ "OpenAI-Org
     }
 }
 
-/// Fails if any file under `dir` contains `needle`.
-fn assert_no_file_contains(dir: &std::path::Path, needle: &str) {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-            "{} contains a secret",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// One tenant on `up` with `[tenants.cache]` set to `cache`.
 fn one_tenant(up: &Mock, cache: &str) -> String {
     format!(
         "[upstream]\nurl = \"{}\"\n[cache]\nthreshold = 0.8\n[[tenants]]\nname = \"t\"\n[tenants.cache]\n{cache}\n",
         up.url()
     )
+}
+
+/// The `llm()` mock and a gateway with one tenant whose `[tenants.cache]` is `cache`.
+async fn one_tenant_app(cache: &str) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings_from(&one_tenant(&up, cache), dir.path(), &[])).await;
+    (up, dir, app)
 }
 
 #[tokio::test]
@@ -542,14 +525,7 @@ async fn mode_read_only_write_only_and_off() {
 
 #[tokio::test]
 async fn ttl_expires_entries_and_caps_the_request_header() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings_from(
-        &one_tenant(&up, "ttl = \"700ms\""),
-        dir.path(),
-        &[],
-    ))
-    .await;
+    let (up, dir, app) = one_tenant_app("ttl = \"700ms\"").await;
     let q = ask("How long do you live");
     // A longer x-modelcache-ttl is capped by the tenant's ttl.
     chat_h(app.proxy_addr, q.clone(), &[("x-modelcache-ttl", "3600")]).await;
@@ -700,14 +676,7 @@ cache = {{ max_messages = 3 }}
 
 #[tokio::test]
 async fn hot_requests_skip_the_cache() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings_from(
-        &one_tenant(&up, "skip_when_temperature_above = 0.5"),
-        dir.path(),
-        &[],
-    ))
-    .await;
+    let (up, _dir, app) = one_tenant_app("skip_when_temperature_above = 0.5").await;
     let with_t = |t: Option<f64>| {
         let mut b = ask("Write me a poem about the sea");
         if let Some(t) = t {

@@ -505,3 +505,58 @@ pub fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The addresses a `modelcache serve` child prints on stdout (proxy, admin),
+/// once its admin listener says ready.
+pub async fn listening(child: &mut std::process::Child) -> (SocketAddr, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut addr = |prefix: &str| -> SocketAddr {
+        let line = lines.next().unwrap().unwrap();
+        let rest = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let proxy = addr("modelcache: proxy listening on http://");
+    let admin = addr("modelcache: admin listening on http://");
+    for _ in 0..600 {
+        if send(admin, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .status
+            == 200
+        {
+            return (proxy, admin);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the gateway was not ready within 60 s");
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Fails if any file below `dir` contains `needle`.
+pub fn assert_no_file_contains(dir: &Path, needle: &str) {
+    let files = files_under(dir);
+    assert!(!files.is_empty(), "nothing under {}", dir.display());
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{} contains a secret",
+            f.display()
+        );
+    }
+}
