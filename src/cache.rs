@@ -221,21 +221,19 @@ impl Core {
 
     /// Refreshes the entries and index-size gauges.
     pub(crate) fn refresh_counts(&self) {
-        if let Ok(counts) = self.store.counts() {
-            let mut seen = std::collections::HashSet::new();
-            for (t, n) in counts {
-                self.metrics.entries.with_label_values(&[&t]).set(n as i64);
-                seen.insert(t);
-            }
-            // A tenant whose last entry went is at zero, not at its old count.
-            if let Ok(map) = self.indexes.read() {
-                for t in map.keys().filter(|t| !seen.contains(*t)) {
-                    self.metrics.entries.with_label_values(&[t]).set(0);
-                }
-            }
+        let Ok(counts) = self.store.counts() else {
+            return;
+        };
+        let counts: HashMap<String, u64> = counts.into_iter().collect();
+        for (t, n) in &counts {
+            self.metrics.entries.with_label_values(&[t]).set(*n as i64);
         }
         if let Ok(map) = self.indexes.read() {
             for (t, idx) in map.iter() {
+                // A tenant whose last entry went is at zero, not at its old count.
+                if !counts.contains_key(t) {
+                    self.metrics.entries.with_label_values(&[t]).set(0);
+                }
                 self.metrics
                     .index_bytes
                     .with_label_values(&[t])
@@ -248,7 +246,6 @@ impl Core {
 /// The cache: lookups on the request path, writes through the write-back queue.
 pub struct Cache {
     core: Arc<Core>,
-    settings: CacheSettings,
     embedder: EmbedService,
     writeback: Writeback,
     finishing: std::sync::atomic::AtomicUsize,
@@ -298,16 +295,10 @@ impl Cache {
         );
         Ok(Cache {
             core,
-            settings,
             embedder,
             writeback,
             finishing: std::sync::atomic::AtomicUsize::new(0),
         })
-    }
-
-    /// The configured policy.
-    pub fn settings(&self) -> &CacheSettings {
-        &self.settings
     }
 
     /// Shared state, for the periodic tasks.

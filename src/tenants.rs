@@ -16,7 +16,7 @@ use std::{
 use http::{header, HeaderMap, HeaderName};
 
 use crate::{
-    config::{key_hash, AuthSettings, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
+    config::{key_hash, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
     proxy::upstream::Upstream,
     store::Limits,
 };
@@ -176,14 +176,6 @@ impl TenantSet {
                 .map(|t| (t.name().to_string(), t.policy().max_entries))
                 .collect(),
             default: self.default_max_entries,
-        }
-    }
-
-    /// The `[auth]` settings this set was built with.
-    pub fn auth(&self) -> AuthSettings {
-        AuthSettings {
-            unknown_keys: self.unknown_keys,
-            verified_key_ttl: self.verified_key_ttl,
         }
     }
 }
