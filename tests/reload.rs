@@ -236,11 +236,7 @@ cache = { ttl = "forever" }
 "#,
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -259,12 +255,7 @@ cache = { ttl = "forever" }
         "[[tenants]]\nname = \"search\"\nkeys_env = [\"SEARCH_KEY\"]\n[[tenants]]\nname = \"rest\"\n",
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .env("SEARCH_KEY", "sk-search-secret-123")
-        .output()
-        .unwrap();
+    let out = check_config(&good, &[("SEARCH_KEY", "sk-search-secret-123")]);
     assert!(
         out.status.success(),
         "{}",

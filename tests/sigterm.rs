@@ -82,31 +82,19 @@ fn check_config_names_bad_keys_with_their_path() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[cache]\nthreshhold = 0.9\n").unwrap();
-    let out = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cache") && err.contains("threshhold"), "{err}");
 
-    let ok = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(repo_root().join("config.toml"))
-        .output()
-        .unwrap();
+    let shipped = repo_root().join("config.toml");
+    let ok = check_config(&shipped, &[]);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let bad_env = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(repo_root().join("config.toml"))
-        .env("MODELCACHE_UPSTREAM_URL", "ftp://nope")
-        .output()
-        .unwrap();
+    let bad_env = check_config(&shipped, &[("MODELCACHE_UPSTREAM_URL", "ftp://nope")]);
     assert_eq!(bad_env.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_env.stderr).contains("upstream.url"));
 }

@@ -560,3 +560,13 @@ pub fn assert_no_file_contains(dir: &Path, needle: &str) {
         );
     }
 }
+
+/// Runs `modelcache check-config --config path` with extra environment.
+pub fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_modelcache"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
