@@ -273,7 +273,14 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         cache.clone(),
         metrics.clone(),
     ));
-    let admin = Arc::new(Admin::new(cache.clone(), metrics.clone()));
+    let admin = Arc::new(Admin::new(
+        cache.clone(),
+        metrics.clone(),
+        tenants.clone(),
+        settings.admin.clone(),
+        settings.server.max_body_bytes,
+        settings.embedding.max_batch,
+    ));
 
     if uses_cache(&settings) {
         let (s, m, c, le) = (
@@ -362,11 +369,11 @@ async fn serve(
                 });
             }
             accepted = admin.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let a = admin_routes.clone();
                 let svc = service_fn(move |req| {
                     let a = a.clone();
-                    async move { Ok::<_, Infallible>(a.handle(req).await) }
+                    async move { Ok::<_, Infallible>(a.handle(req, peer).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let fut = graceful.watch(conn);

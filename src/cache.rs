@@ -19,9 +19,10 @@ use crate::{
     index::{UsearchIndex, VectorIndex},
     keying::CacheKey,
     metrics::Metrics,
-    store::{Entry, HitRecord, Limits, NewEntry, Removed, Store},
-    writeback::{WriteOp, Writeback},
+    store::{Entry, HitRecord, Limits, NewEntry, Origin, Removed, Store},
+    writeback::{RemoveTarget, WriteOp, Writeback},
 };
+use tokio::sync::oneshot;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -92,6 +93,56 @@ pub struct LookupOptions {
     pub min_similarity: Option<f32>,
 }
 
+/// What a lookup may use and serve beyond the request's own key.
+#[derive(Debug, Default, Clone)]
+pub struct Probe {
+    /// The text's embedding, if already computed.
+    pub embedding: Option<Vec<f32>>,
+    /// Serve only entries written this way.
+    pub origin: Option<Origin>,
+}
+
+/// One check of a candidate in a dry run.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// `partition`, `fresh`, `max_age`, `origin` or `similarity`.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why, for people.
+    pub detail: String,
+}
+
+/// A candidate entry of a dry run.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Cosine similarity (1 for the exact layer).
+    pub similarity: f32,
+    /// Found by exact hash or by the vector index.
+    pub kind: HitKind,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Whether the real lookup would serve this one.
+    pub served: bool,
+}
+
+/// The result of a dry run ([`Cache::explain`]).
+#[derive(Debug, Default)]
+pub struct Explanation {
+    /// The similarity a semantic hit needs for this request.
+    pub threshold: f32,
+    /// Whether the request takes part in semantic matching at all.
+    pub semantic: bool,
+    /// What the real lookup would serve.
+    pub hit: Option<Hit>,
+    /// Every candidate seen, exact first, then by similarity.
+    pub candidates: Vec<Candidate>,
+    /// The request's embedding.
+    pub embedding: Option<Vec<f32>>,
+}
+
 /// State shared by lookups and the write-back thread.
 pub struct Core {
     pub(crate) store: Arc<dyn Store>,
@@ -102,6 +153,9 @@ pub struct Core {
     index_dir: Option<PathBuf>,
     dims: usize,
     quantization: Quantization,
+    /// Bumped before removed entries are forgotten, so that a store read that
+    /// raced a removal does not put the entry back into memory.
+    removals: std::sync::atomic::AtomicU64,
 }
 
 fn exact_key(tenant: &str, exact_hash: &str) -> String {
@@ -210,6 +264,8 @@ impl Core {
 
     /// Forgets removed entries in every layer.
     pub(crate) fn forget(&self, removed: &[Removed]) {
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         for r in removed {
             self.exact.invalidate(&exact_key(&r.tenant, &r.exact_hash));
             self.by_id.invalidate(&r.id);
@@ -217,6 +273,10 @@ impl Core {
                 let _ = idx.remove(r.id as u64);
             }
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.removals.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refreshes the entries and index-size gauges.
@@ -274,6 +334,7 @@ impl Cache {
             index_dir,
             dims: embedder.dims(),
             quantization,
+            removals: std::sync::atomic::AtomicU64::new(0),
         });
         let mut all: Vec<String> = tenants.to_vec();
         all.extend(core.store.tenants().map_err(|e| e.to_string())?);
@@ -322,13 +383,6 @@ impl Cache {
         }
     }
 
-    fn usable(e: &Entry, now: i64, opts: &LookupOptions) -> bool {
-        e.expires_at > now
-            && opts
-                .max_age
-                .is_none_or(|m| now - e.created_at <= m.as_millis() as i64)
-    }
-
     /// Runs a store read off the runtime; a failure is logged, counted, and
     /// reads as "not found".
     async fn read_store<T: Send + 'static>(
@@ -355,8 +409,11 @@ impl Cache {
         if let Some(e) = self.core.by_id.get(&id) {
             return Some(e);
         }
+        let generation = self.core.generation();
         let e = Arc::new(self.read_store(move |s| s.get(id)).await?);
-        self.core.by_id.insert(id, e.clone());
+        if self.core.generation() == generation {
+            self.core.by_id.insert(id, e.clone());
+        }
         Some(e)
     }
 
@@ -367,8 +424,12 @@ impl Cache {
             return Some(e);
         }
         let t = tenant.to_string();
+        let generation = self.core.generation();
         let e = Arc::new(self.read_store(move |s| s.get_exact(&t, &hash)).await?);
-        self.core.exact.insert(k, e.clone());
+        // NOTE: a removal between the read and here must win.
+        if self.core.generation() == generation {
+            self.core.exact.insert(k, e.clone());
+        }
         Some(e)
     }
 
@@ -386,81 +447,341 @@ impl Cache {
 
     /// Looks `key` up for `tenant`.
     pub async fn lookup(&self, tenant: &str, key: &CacheKey, opts: &LookupOptions) -> Lookup {
+        self.lookup_with(tenant, key, opts, Probe::default()).await
+    }
+
+    /// Looks `key` up for `tenant`, reusing an embedding and limiting what
+    /// may be served as `probe` says.
+    pub async fn lookup_with(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+    ) -> Lookup {
         let started = Instant::now();
-        let now = now_ms();
-        let mut out = Lookup::default();
-        if let Some(e) = self.exact(tenant, key).await {
-            if e.tenant == tenant && e.partition == key.partition && Self::usable(&e, now, opts) {
-                self.core
-                    .metrics
-                    .lookup_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                out.hit = Some(Hit {
-                    entry: e,
-                    similarity: 1.0,
-                    kind: HitKind::Exact,
-                });
-                return out;
-            }
-        }
-        if key.semantic {
-            out.embedding = self.embed(&key.embed_text).await;
-            if let (Some(v), Some(idx)) = (&out.embedding, self.core.index(tenant)) {
-                let t0 = Instant::now();
-                let found = idx.search(v, key.partition_tag(), 8);
-                self.core
-                    .metrics
-                    .ann_seconds
-                    .observe(t0.elapsed().as_secs_f64());
-                match found {
-                    Ok(cands) => {
-                        let best = cands.first().map(|(_, sim)| *sim);
-                        let threshold = Self::threshold_for(key, opts);
-                        for (id, sim) in cands {
-                            if sim < threshold {
-                                break;
-                            }
-                            let Some(e) = self.entry_by_id(id as i64).await else {
-                                continue;
-                            };
-                            // NOTE: the index only proposes; equality decides.
-                            if e.tenant == tenant
-                                && e.partition == key.partition
-                                && Self::usable(&e, now, opts)
-                            {
-                                out.hit = Some(Hit {
-                                    entry: e,
-                                    similarity: sim.min(1.0),
-                                    kind: HitKind::Semantic,
-                                });
-                                break;
-                            }
-                        }
-                        if let Some(best) = best {
-                            let result = if out.hit.is_some() { "hit" } else { "miss" };
-                            self.core
-                                .metrics
-                                .similarity
-                                .with_label_values(&[tenant, result])
-                                .observe(best.clamp(0.0, 1.0) as f64);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "vector search failed");
-                        self.core
-                            .metrics
-                            .cache_errors
-                            .with_label_values(&["ann"])
-                            .inc();
-                    }
-                }
-            }
-        }
+        let found = self.find(tenant, key, opts, probe, false).await;
         self.core
             .metrics
             .lookup_seconds
             .observe(started.elapsed().as_secs_f64());
+        Lookup {
+            hit: found.hit,
+            embedding: found.embedding,
+        }
+    }
+
+    /// A dry run of [`Cache::lookup`]: the same steps and checks, every
+    /// candidate with the outcome of each check, and nothing recorded (no hit
+    /// counted, no similarity observed). Candidates from other partitions of
+    /// the tenant are shown too, failing the partition check.
+    pub async fn explain(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+    ) -> Explanation {
+        self.find(tenant, key, opts, probe, true).await
+    }
+
+    /// Judges one candidate: whether it may be served, and (when `detail`)
+    /// each check with its reason.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        e: &Entry,
+        tenant: &str,
+        key: &CacheKey,
+        similarity: f32,
+        threshold: f32,
+        now: i64,
+        opts: &LookupOptions,
+        origin: Option<Origin>,
+        detail: bool,
+    ) -> (bool, Vec<Check>) {
+        let same_partition = e.tenant == tenant && e.partition == key.partition;
+        let fresh = e.expires_at > now;
+        let young = opts
+            .max_age
+            .is_none_or(|m| now - e.created_at <= m.as_millis() as i64);
+        let origin_ok = origin.is_none_or(|o| e.origin == o);
+        let close = similarity >= threshold;
+        let ok = same_partition && fresh && young && origin_ok && close;
+        if !detail {
+            return (ok, Vec::new());
+        }
+        let check = |name, passed, detail: String| Check {
+            name,
+            passed,
+            detail,
+        };
+        let mut checks = vec![check(
+            "partition",
+            same_partition,
+            if same_partition {
+                "same model, parameters and exactly matched turns".into()
+            } else if e.model != key.model {
+                format!("stored for model {}", e.model)
+            } else if e.params != key.params {
+                format!("stored with other parameters: {}", e.params)
+            } else {
+                "the exactly matched turns differ (system prompt, assistant or tool turns, namespace)".into()
+            },
+        )];
+        checks.push(check(
+            "fresh",
+            fresh,
+            if fresh {
+                format!("expires in {} s", (e.expires_at - now) / 1000)
+            } else {
+                format!("expired {} s ago", (now - e.expires_at) / 1000)
+            },
+        ));
+        if let Some(m) = opts.max_age {
+            checks.push(check(
+                "max_age",
+                young,
+                format!(
+                    "{} s old, max-age {} s",
+                    (now - e.created_at) / 1000,
+                    m.as_secs()
+                ),
+            ));
+        }
+        if let Some(o) = origin {
+            checks.push(check(
+                "origin",
+                origin_ok,
+                format!("written by {}, needs {}", e.origin.as_str(), o.as_str()),
+            ));
+        }
+        checks.push(check(
+            "similarity",
+            close,
+            format!(
+                "{similarity:.4} {} threshold {threshold:.4}",
+                if close { ">=" } else { "<" }
+            ),
+        ));
+        (ok, checks)
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+        explain: bool,
+    ) -> Explanation {
+        let now = now_ms();
+        let threshold = Self::threshold_for(key, opts);
+        let mut out = Explanation {
+            threshold,
+            semantic: key.semantic,
+            ..Default::default()
+        };
+        if let Some(e) = self.exact(tenant, key).await {
+            let (ok, checks) = Self::judge(
+                &e,
+                tenant,
+                key,
+                1.0,
+                threshold,
+                now,
+                opts,
+                probe.origin,
+                explain,
+            );
+            if ok {
+                out.hit = Some(Hit {
+                    entry: e.clone(),
+                    similarity: 1.0,
+                    kind: HitKind::Exact,
+                });
+            }
+            if explain {
+                out.candidates.push(Candidate {
+                    entry: e,
+                    similarity: 1.0,
+                    kind: HitKind::Exact,
+                    checks,
+                    served: ok,
+                });
+            }
+            if ok && !explain {
+                return out;
+            }
+        }
+        if !key.semantic {
+            return out;
+        }
+        out.embedding = match probe.embedding {
+            Some(v) => Some(v),
+            None => self.embed(&key.embed_text).await,
+        };
+        let (Some(v), Some(idx)) = (&out.embedding, self.core.index(tenant)) else {
+            return out;
+        };
+        let t0 = Instant::now();
+        let found = if explain {
+            // NOTE: the nearest entries of every partition of the tenant, so
+            // that a near question stored under another model or other
+            // parameters shows up, failing the partition check.
+            let mut any = idx.search(v, None, 10);
+            if let (Ok(a), Ok(own)) = (&mut any, idx.search(v, Some(key.partition_tag()), 8)) {
+                for c in own {
+                    if !a.iter().any(|(id, _)| *id == c.0) {
+                        a.push(c);
+                    }
+                }
+                a.sort_by(|x, y| y.1.total_cmp(&x.1));
+            }
+            any
+        } else {
+            idx.search(v, Some(key.partition_tag()), 8)
+        };
+        if !explain {
+            self.core
+                .metrics
+                .ann_seconds
+                .observe(t0.elapsed().as_secs_f64());
+        }
+        let cands = match found {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "vector search failed");
+                self.core
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["ann"])
+                    .inc();
+                return out;
+            }
+        };
+        let best = cands.first().map(|(_, sim)| *sim);
+        for (id, sim) in cands {
+            if !explain && (sim < threshold || out.hit.is_some()) {
+                break;
+            }
+            if out.candidates.iter().any(|c| c.entry.id == id as i64) {
+                continue;
+            }
+            let Some(e) = self.entry_by_id(id as i64).await else {
+                continue;
+            };
+            let sim = sim.min(1.0);
+            // NOTE: the index only proposes; equality decides.
+            let (ok, checks) = Self::judge(
+                &e,
+                tenant,
+                key,
+                sim,
+                threshold,
+                now,
+                opts,
+                probe.origin,
+                explain,
+            );
+            let served = ok && out.hit.is_none();
+            if served {
+                out.hit = Some(Hit {
+                    entry: e.clone(),
+                    similarity: sim,
+                    kind: HitKind::Semantic,
+                });
+            }
+            if explain {
+                out.candidates.push(Candidate {
+                    entry: e,
+                    similarity: sim,
+                    kind: HitKind::Semantic,
+                    checks,
+                    served,
+                });
+            }
+        }
+        if let (Some(best), false) = (best, explain) {
+            let result = if out.hit.is_some() { "hit" } else { "miss" };
+            self.core
+                .metrics
+                .similarity
+                .with_label_values(&[tenant, result])
+                .observe(best.clamp(0.0, 1.0) as f64);
+        }
         out
+    }
+
+    /// Removes entries of `tenant` from the store, the exact layer and the
+    /// vector index, through the writer (so that no write in flight brings
+    /// them back). Waits for it; never dropped, even when the queue is full.
+    pub async fn remove(&self, tenant: &str, target: RemoveTarget) -> Result<Vec<Removed>, String> {
+        let (reply, rx) = oneshot::channel();
+        let op = WriteOp::Remove {
+            tenant: tenant.to_string(),
+            target,
+            reply,
+        };
+        if !self.writeback.send_waiting(op).await {
+            return Err("the write-back thread has stopped".into());
+        }
+        rx.await
+            .map_err(|_| "the write-back thread has stopped".to_string())?
+    }
+
+    /// Stores entries now, through the writer, and waits until they can hit.
+    /// Never dropped, even when the queue is full.
+    pub async fn insert_now(&self, entries: Vec<NewEntry>) -> Result<Vec<i64>, String> {
+        let (reply, rx) = oneshot::channel();
+        if !self
+            .writeback
+            .send_waiting(WriteOp::InsertNow { entries, reply })
+            .await
+        {
+            return Err("the write-back thread has stopped".into());
+        }
+        rx.await
+            .map_err(|_| "the write-back thread has stopped".to_string())?
+    }
+
+    /// Runs a store call off the runtime (reads, or writes that need no
+    /// ordering with the write-back queue).
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.core.store.clone();
+        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Embeds many texts for a bulk insert, `batch` at a time so that the
+    /// embedder batches them and lookups still find room in its queue.
+    pub async fn embed_many(
+        &self,
+        texts: &[String],
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch.max(1)) {
+            let done = futures_util::future::join_all(
+                chunk.iter().map(|t| self.embedder.embed_waiting(t)),
+            )
+            .await;
+            for r in done {
+                out.push(r.map_err(|e| {
+                    self.core
+                        .metrics
+                        .cache_errors
+                        .with_label_values(&["embed"])
+                        .inc();
+                    e.to_string()
+                })?);
+            }
+        }
+        Ok(out)
     }
 
     /// Notes a served hit (counts and hit log), dropped if the queue is full.

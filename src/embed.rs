@@ -334,6 +334,23 @@ impl EmbedService {
             })?;
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
+
+    /// Embeds one text like [`EmbedService::embed`], but waits for room in a
+    /// full queue instead of failing: for bulk work that may wait (inserts
+    /// through the ModelCache API), never for lookups.
+    pub async fn embed_waiting(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        let job = Job {
+            text: text.to_string(),
+            reply,
+        };
+        tokio::task::spawn_blocking(move || tx.send(job))
+            .await
+            .map_err(|_| EmbedError::Stopped)?
+            .map_err(|_| EmbedError::Stopped)?;
+        rx.await.map_err(|_| EmbedError::Stopped)?
+    }
 }
 
 /// The unit mean of `vecs`.

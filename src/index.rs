@@ -38,8 +38,14 @@ pub trait VectorIndex: Send + Sync {
     fn add(&self, id: u64, tag: u64, vector: &[f32]) -> Result<(), IndexError>;
     /// Removes `id` if present.
     fn remove(&self, id: u64) -> Result<(), IndexError>;
-    /// Up to `k` nearest ids whose tag is `tag`, with cosine similarity, best first.
-    fn search(&self, vector: &[f32], tag: u64, k: usize) -> Result<Vec<(u64, f32)>, IndexError>;
+    /// Up to `k` nearest ids whose tag is `tag` (any tag with `None`), with
+    /// cosine similarity, best first.
+    fn search(
+        &self,
+        vector: &[f32],
+        tag: Option<u64>,
+        k: usize,
+    ) -> Result<Vec<(u64, f32)>, IndexError>;
     /// Number of vectors.
     fn len(&self) -> usize;
     /// True when empty.
@@ -205,7 +211,12 @@ impl VectorIndex for UsearchIndex {
         Ok(())
     }
 
-    fn search(&self, vector: &[f32], tag: u64, k: usize) -> Result<Vec<(u64, f32)>, IndexError> {
+    fn search(
+        &self,
+        vector: &[f32],
+        tag: Option<u64>,
+        k: usize,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
         if vector.len() != self.dims {
             return Err(IndexError::Dims {
                 got: vector.len(),
@@ -216,14 +227,18 @@ impl VectorIndex for UsearchIndex {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
+        let wanted = |key: &u64| match tag {
+            Some(t) => tags.get(key) == Some(&t),
+            None => tags.contains_key(key),
+        };
         let m = self
             .index
-            .filtered_search(vector, k, |key| tags.get(&key) == Some(&tag))
+            .filtered_search(vector, k, |key| wanted(&key))
             .map_err(native)?;
         Ok(m.keys
             .into_iter()
             .zip(m.distances)
-            .filter(|(key, _)| tags.get(key) == Some(&tag))
+            .filter(|(key, _)| wanted(key))
             .map(|(key, d)| (key, 1.0 - d))
             .collect())
     }
@@ -278,11 +293,16 @@ impl VectorIndex for BruteIndex {
         Ok(())
     }
 
-    fn search(&self, vector: &[f32], tag: u64, k: usize) -> Result<Vec<(u64, f32)>, IndexError> {
+    fn search(
+        &self,
+        vector: &[f32],
+        tag: Option<u64>,
+        k: usize,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
         let rows = self.rows.read().map_err(native)?;
         let mut out: Vec<(u64, f32)> = rows
             .iter()
-            .filter(|(_, (t, _))| *t == tag)
+            .filter(|(_, (t, _))| tag.is_none_or(|tag| *t == tag))
             .map(|(id, (_, v))| (*id, v.iter().zip(vector).map(|(a, b)| a * b).sum()))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -334,14 +354,17 @@ mod tests {
             b.add(i as u64, tag, v).unwrap();
         }
         for q in [5usize, 77, 1500] {
-            let got = u.search(&vs[q], 2, 1).unwrap();
-            let want = b.search(&vs[q], 2, 1).unwrap();
+            let got = u.search(&vs[q], Some(2), 1).unwrap();
+            let want = b.search(&vs[q], Some(2), 1).unwrap();
             assert_eq!(got.first().map(|r| r.0), want.first().map(|r| r.0));
             assert!(got.iter().all(|(id, _)| id % 3 == 2));
         }
-        let own = u.search(&vs[5], 2, 1).unwrap();
+        let own = u.search(&vs[5], Some(2), 1).unwrap();
         assert_eq!(own[0].0, 5);
         assert!((own[0].1 - 1.0).abs() < 1e-3);
+        // Without a tag, every partition is searched.
+        assert_eq!(u.search(&vs[4], None, 1).unwrap()[0].0, 4);
+        assert_eq!(b.search(&vs[4], None, 1).unwrap()[0].0, 4);
     }
 
     #[test]
@@ -399,7 +422,7 @@ mod tests {
         u.add(1, 1, &vs[1]).unwrap();
         assert_eq!(u.len(), 1);
         u.remove(1).unwrap();
-        assert!(u.search(&vs[1], 1, 3).unwrap().is_empty());
+        assert!(u.search(&vs[1], Some(1), 3).unwrap().is_empty());
         assert!(matches!(u.add(2, 1, &[1.0]), Err(IndexError::Dims { .. })));
     }
 }

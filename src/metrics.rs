@@ -14,7 +14,7 @@ pub const ROUTES: [&str; 3] = ["chat", "completions", "other"];
 /// Request results, as labelled.
 pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
 /// Stages of `modelcache_cache_errors_total`.
-pub const CACHE_ERROR_STAGES: [&str; 8] = [
+pub const CACHE_ERROR_STAGES: [&str; 9] = [
     "embed",
     "store_read",
     "ann",
@@ -23,9 +23,37 @@ pub const CACHE_ERROR_STAGES: [&str; 8] = [
     "index_save",
     "record_hits",
     "sweep",
+    "remove",
 ];
 /// The model label of a model the price table does not name.
 pub const OTHER_MODEL: &str = "other";
+
+/// Since-start figures of one tenant.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct TenantFigures {
+    /// Requests served from cache.
+    pub hits: u64,
+    /// Requests looked up and forwarded.
+    pub misses: u64,
+    /// Requests forwarded without a lookup.
+    pub bypassed: u64,
+    /// Requests that failed or were rejected.
+    pub errors: u64,
+    /// Prompt tokens served from cache.
+    pub saved_prompt_tokens: u64,
+    /// Completion tokens served from cache.
+    pub saved_completion_tokens: u64,
+    /// Estimated USD saved.
+    pub saved_usd: f64,
+}
+
+impl TenantFigures {
+    /// Hits over hits and misses; `None` before any lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let looked_up = self.hits + self.misses;
+        (looked_up > 0).then(|| self.hits as f64 / looked_up as f64)
+    }
+}
 
 /// All of the gateway's metrics.
 pub struct Metrics {
@@ -283,6 +311,51 @@ impl Metrics {
         }
         self.entries.with_label_values(&[tenant]);
         self.index_bytes.with_label_values(&[tenant]);
+    }
+
+    /// What `tenant` has been served since the process started, for the
+    /// admin API. Reads the series without creating any.
+    pub fn tenant_figures(&self, tenant: &str) -> TenantFigures {
+        use prometheus::core::Collector;
+        let mut f = TenantFigures::default();
+        let of_tenant = |m: &prometheus::proto::Metric| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "tenant" && l.value() == tenant)
+        };
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+                .unwrap_or_default()
+        };
+        for mf in self.requests.collect() {
+            for m in mf.get_metric().iter().filter(|m| of_tenant(m)) {
+                let n = m.get_counter().get_value() as u64;
+                match label(m, "result").as_str() {
+                    "hit_exact" | "hit_semantic" => f.hits += n,
+                    "miss" => f.misses += n,
+                    "bypass" => f.bypassed += n,
+                    _ => f.errors += n,
+                }
+            }
+        }
+        for mf in self.saved_tokens.collect() {
+            for m in mf.get_metric().iter().filter(|m| of_tenant(m)) {
+                let n = m.get_counter().get_value() as u64;
+                match label(m, "kind").as_str() {
+                    "prompt" => f.saved_prompt_tokens += n,
+                    _ => f.saved_completion_tokens += n,
+                }
+            }
+        }
+        for mf in self.saved_usd.collect() {
+            for m in mf.get_metric().iter().filter(|m| of_tenant(m)) {
+                f.saved_usd += m.get_counter().get_value();
+            }
+        }
+        f
     }
 
     /// The text exposition of every metric.

@@ -149,6 +149,21 @@ impl TenantSet {
             .map(|(_, _, i)| self.tenants[*i].clone())
     }
 
+    /// The tenant a caller's key names (keys_sha256 or keys_env), if any.
+    pub fn by_key(&self, caller: &[u8; 32]) -> Option<Arc<Tenant>> {
+        self.by_key.get(caller).map(|i| self.tenants[*i].clone())
+    }
+
+    /// The tenant called `name`, if configured.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.iter().find(|t| t.name() == name).cloned()
+    }
+
+    /// Every tenant, in config order.
+    pub fn all(&self) -> &[Arc<Tenant>] {
+        &self.tenants
+    }
+
     /// The first tenant whose model pattern matches `model`, if any.
     pub fn by_model(&self, model: &str) -> Option<Arc<Tenant>> {
         self.by_model

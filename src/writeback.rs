@@ -13,11 +13,39 @@ use tokio::sync::oneshot;
 
 use crate::{
     cache::Core,
-    store::{HitRecord, Limits, NewEntry},
+    store::{HitRecord, Limits, NewEntry, Removed},
 };
+
+/// Which entries of a tenant a removal takes.
+#[derive(Debug, Clone)]
+pub enum RemoveTarget {
+    /// These ids (ids of other tenants are left alone).
+    Ids(Vec<i64>),
+    /// Every entry, or every entry of one model.
+    All {
+        /// Only this model's entries.
+        model: Option<String>,
+    },
+}
 
 /// One unit of work for the writer.
 pub enum WriteOp {
+    /// Store entries now and reply with their ids once they can hit.
+    InsertNow {
+        /// The entries.
+        entries: Vec<NewEntry>,
+        /// Their ids, or the store's error.
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+    /// Remove entries from the store and every in-memory layer.
+    Remove {
+        /// Owning tenant.
+        tenant: String,
+        /// Which entries.
+        target: RemoveTarget,
+        /// What was removed, or the store's error.
+        reply: oneshot::Sender<Result<Vec<Removed>, String>>,
+    },
     /// Store a new entry.
     Insert(NewEntry),
     /// Count a hit.
@@ -84,22 +112,28 @@ impl Writeback {
         }
     }
 
-    /// Waits until every operation queued before this call is done.
-    pub async fn flush(&self) {
-        let (reply, rx) = oneshot::channel();
+    /// Queues `op`, waiting for room (off the runtime) rather than dropping
+    /// it. Returns false only if the writer has stopped.
+    pub async fn send_waiting(&self, op: WriteOp) -> bool {
         let tx = self.tx.clone();
         let metrics = self.core.metrics.clone();
-        // NOTE: a blocking send, off the runtime: a flush must not be dropped.
-        let sent = tokio::task::spawn_blocking(move || {
-            let ok = tx.send(WriteOp::Flush(reply)).is_ok();
+        // NOTE: a blocking send, off the runtime: flushes, removals and
+        // explicit inserts must not be dropped.
+        tokio::task::spawn_blocking(move || {
+            let ok = tx.send(op).is_ok();
             if ok {
                 metrics.writeback_queue_depth.inc();
             }
             ok
         })
         .await
-        .unwrap_or(false);
-        if sent {
+        .unwrap_or(false)
+    }
+
+    /// Waits until every operation queued before this call is done.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send_waiting(WriteOp::Flush(reply)).await {
             let _ = rx.await;
         }
     }
@@ -214,6 +248,49 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                 },
                 WriteOp::Flush(reply) => {
                     let _ = reply.send(());
+                }
+                WriteOp::InsertNow { entries, reply } => {
+                    let result = core.store.insert_batch(&entries);
+                    match &result {
+                        Ok(ids) => {
+                            core.publish(&entries, ids);
+                            stale = true;
+                            core.metrics
+                                .writeback
+                                .with_label_values(&["written"])
+                                .inc_by(ids.len() as u64);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, count = entries.len(), "insert failed");
+                            core.metrics
+                                .writeback
+                                .with_label_values(&["failed"])
+                                .inc_by(entries.len() as u64);
+                        }
+                    }
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+                WriteOp::Remove {
+                    tenant,
+                    target,
+                    reply,
+                } => {
+                    let result = match &target {
+                        RemoveTarget::Ids(ids) => core.store.delete(&tenant, ids),
+                        RemoveTarget::All { model } => {
+                            core.store.truncate(&tenant, model.as_deref())
+                        }
+                    };
+                    if let Ok(removed) = &result {
+                        core.forget(removed);
+                        stale = true;
+                    } else {
+                        core.metrics
+                            .cache_errors
+                            .with_label_values(&["remove"])
+                            .inc();
+                    }
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
                 WriteOp::Stop => stop = true,
                 WriteOp::Insert(_) | WriteOp::Hit(_) => {}

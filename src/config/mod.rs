@@ -169,6 +169,16 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::ReadWrite => "read_write",
+            CacheMode::ReadOnly => "read_only",
+            CacheMode::WriteOnly => "write_only",
+            CacheMode::Off => "off",
+        }
+    }
+
     /// Whether lookups happen.
     pub fn reads(self) -> bool {
         matches!(self, CacheMode::ReadWrite | CacheMode::ReadOnly)
@@ -202,6 +212,44 @@ pub struct Policy {
     pub cacheable_finish_reasons: Vec<String>,
     /// Requests with a higher temperature skip the cache.
     pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer.
+    pub api_entries_match: ApiEntriesMatch,
+}
+
+/// Which chat requests an entry inserted through `/modelcache` may answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiEntriesMatch {
+    /// Only requests with no answer-shaping parameters, like the insert.
+    #[default]
+    DefaultParams,
+    /// Also requests that differ only in sampling parameters (temperature,
+    /// top_p, seed, presence and frequency penalties).
+    AnySamplingParams,
+}
+
+/// Who may call `/modelcache` without a key that names a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeylessAccess {
+    /// Callers on a loopback address (the default, with the admin listener
+    /// on 127.0.0.1).
+    Loopback,
+    /// Any caller that reaches the admin listener.
+    Any,
+    /// Nobody: a tenant key or the admin token is needed.
+    Never,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// The admin token, from the environment; without one `/admin/*` is closed.
+    pub token: Option<Secret>,
+    /// The variable it is read from (named in errors).
+    pub token_env: String,
+    /// Whether `/admin/*` needs no token from a loopback address.
+    pub loopback_without_token: bool,
+    /// Who may call `/modelcache` without a tenant key.
+    pub modelcache_without_key: KeylessAccess,
 }
 
 /// Process-wide cache settings.
@@ -322,6 +370,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// `[auth]`
     pub auth: AuthSettings,
+    /// `[admin]`
+    pub admin: AdminSettings,
     /// `[[tenants]]`, or the implicit `default` tenant. Never empty.
     pub tenants: Vec<TenantSettings>,
     /// `[prices]`
@@ -580,6 +630,20 @@ fn temperature(errs: &mut Errors, key: &str, t: Option<f64>) -> Option<f64> {
     t
 }
 
+fn api_entries_match(errs: &mut Errors, key: &str, s: &str) -> ApiEntriesMatch {
+    match s {
+        "default_params" => ApiEntriesMatch::DefaultParams,
+        "any_sampling_params" => ApiEntriesMatch::AnySamplingParams,
+        other => {
+            errs.push(
+                key,
+                format!("`{other}`: expected default_params or any_sampling_params"),
+            );
+            ApiEntriesMatch::DefaultParams
+        }
+    }
+}
+
 fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
     let mode = cache_mode(errs, "cache.mode", &c.mode);
     Policy {
@@ -599,6 +663,7 @@ fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
             "cache.skip_when_temperature_above",
             c.skip_when_temperature_above,
         ),
+        api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
     }
 }
 
@@ -642,6 +707,12 @@ fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &raw::RawTenantCa
             Some(t) => temperature(errs, &k("skip_when_temperature_above"), Some(t)),
             None => base.skip_when_temperature_above,
         },
+        api_entries_match: c
+            .api_entries_match
+            .as_deref()
+            .map_or(base.api_entries_match, |v| {
+                api_entries_match(errs, &k("api_entries_match"), v)
+            }),
     }
 }
 
@@ -892,6 +963,39 @@ fn settings_from_raw(
         },
         verified_key_ttl: duration(&mut errs, "auth.verified_key_ttl", &a.verified_key_ttl),
     };
+    let ad = &raw.admin;
+    let admin = AdminSettings {
+        // NOTE: no token is not an error: /admin/* then answers 503 naming
+        // the variable, and everything else runs.
+        token: env
+            .get(&ad.token_env)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret(v.to_string())),
+        token_env: ad.token_env.clone(),
+        loopback_without_token: ad.loopback_without_token,
+        modelcache_without_key: match ad.modelcache_without_key.as_str() {
+            "loopback" => KeylessAccess::Loopback,
+            "any" => KeylessAccess::Any,
+            "never" => KeylessAccess::Never,
+            other => {
+                errs.push(
+                    "admin.modelcache_without_key",
+                    format!("`{other}`: expected loopback, any or never"),
+                );
+                KeylessAccess::Never
+            }
+        },
+    };
+    if admin.token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        errs.push(
+            "admin.token_env",
+            format!(
+                "the admin token in {} is shorter than 16 characters",
+                ad.token_env
+            ),
+        );
+    }
     let mut tenants: Vec<TenantSettings> = raw
         .tenants
         .iter()
@@ -970,6 +1074,7 @@ fn settings_from_raw(
             embedding,
             cache,
             auth,
+            admin,
             tenants,
             prices: PriceTable::new(prices),
         }),

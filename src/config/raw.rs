@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Callers that match no tenant, and upstream verification of keys.
     #[serde(default)]
     pub auth: RawAuth,
+    /// The admin listener's API: its token and who may call `/modelcache`.
+    #[serde(default)]
+    pub admin: RawAdmin,
     /// `[[tenants]]`; none means one implicit `default` tenant for every caller.
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
@@ -77,6 +80,21 @@ pub struct RawAuth {
     /// How long an upstream 2xx lets a caller's key be served from cache.
     #[serde(default = "d_verified_key_ttl")]
     pub verified_key_ttl: String,
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// The environment variable holding the admin token.
+    #[serde(default = "d_admin_token_env")]
+    pub token_env: String,
+    /// Whether `/admin/*` needs no token from a loopback address.
+    #[serde(default)]
+    pub loopback_without_token: bool,
+    /// Who may call `/modelcache` without a tenant key: `loopback`, `any` or `never`.
+    #[serde(default = "d_modelcache_without_key")]
+    pub modelcache_without_key: String,
 }
 
 /// `[[tenants]]`
@@ -162,6 +180,8 @@ pub struct RawTenantCache {
     pub cacheable_finish_reasons: Option<Vec<String>>,
     /// Requests with a higher temperature skip the cache.
     pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer.
+    pub api_entries_match: Option<String>,
 }
 
 /// `[server]`
@@ -298,6 +318,10 @@ pub struct RawCache {
     /// Requests with a higher temperature neither read nor write the cache.
     #[serde(default)]
     pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer:
+    /// `default_params` or `any_sampling_params`.
+    #[serde(default = "d_api_entries_match")]
+    pub api_entries_match: String,
 }
 
 macro_rules! defaults {
@@ -340,6 +364,9 @@ defaults! {
     d_unknown_keys: String = "reject".into();
     d_verified_key_ttl: String = "10m".into();
     d_auth: String = "passthrough".into();
+    d_admin_token_env: String = "MODELCACHE_ADMIN_TOKEN".into();
+    d_modelcache_without_key: String = "loopback".into();
+    d_api_entries_match: String = "default_params".into();
 }
 
 macro_rules! default_from_serde {
@@ -359,5 +386,6 @@ default_from_serde!(
     RawStorage,
     RawEmbedding,
     RawCache,
-    RawAuth
+    RawAuth,
+    RawAdmin
 );

@@ -115,6 +115,33 @@ const IGNORED: [&str; 10] = [
     "safety_identifier",
 ];
 
+/// The sampling parameters: they change how an answer is drawn, not what it
+/// must contain or how it is shaped.
+pub const SAMPLING_PARAMS: [&str; 5] = [
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
+/// The request body without its sampling parameters, if it has any: the body
+/// whose key entries inserted through the ModelCache API are stored under.
+pub fn without_sampling(body: &Value) -> Option<Value> {
+    let obj = body.as_object()?;
+    if !SAMPLING_PARAMS
+        .iter()
+        .any(|p| obj.get(*p).is_some_and(|v| !v.is_null()))
+    {
+        return None;
+    }
+    let mut out = obj.clone();
+    for p in SAMPLING_PARAMS {
+        out.remove(p);
+    }
+    Some(Value::Object(out))
+}
+
 /// Which turns of a chat are compared by meaning. Every other turn is matched
 /// exactly, and system prompts always are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -26,12 +26,12 @@ use super::{
     upstream::{strip_hop_by_hop, Upstream},
 };
 use crate::{
-    cache::{now_ms, Cache, Hit, HitKind, LookupOptions},
-    config::{CacheMode, Policy, ServerSettings, UnknownKeys},
+    cache::{now_ms, Cache, Hit, HitKind, LookupOptions, Probe},
+    config::{ApiEntriesMatch, CacheMode, Policy, ServerSettings, UnknownKeys},
     error::GatewayError,
-    keying::{key_with, CacheKey, Endpoint, KeyOptions},
+    keying::{key_with, without_sampling, CacheKey, Endpoint, KeyOptions},
     metrics::{Metrics, OTHER_MODEL},
-    store::NewEntry,
+    store::{NewEntry, Origin},
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
 
@@ -181,6 +181,16 @@ fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
             Ok(s) if !s.trim().is_empty() && s.len() <= MAX_NAMESPACE_BYTES => Ok(Some(s.trim())),
             _ => Err(()),
         },
+    }
+}
+
+/// How a tenant's policy and the request's namespace header shape its key
+/// (call after [`namespace`] has accepted the header).
+fn key_options<'a>(policy: &Policy, h: &'a HeaderMap) -> KeyOptions<'a> {
+    KeyOptions {
+        text: policy.text,
+        max_messages: Some(policy.max_messages),
+        namespace: namespace(h).ok().flatten(),
     }
 }
 
@@ -382,16 +392,9 @@ impl Gateway {
             .get()
             .filter(|_| policy.mode != CacheMode::Off && !cc.no_store);
         let key = match (endpoint, cache, parsed.as_ref(), namespace(&parts.headers)) {
-            (Some(ep), Some(_), Some(v), Ok(ns)) if !too_hot(v, policy) => key_with(
-                ep,
-                v,
-                &KeyOptions {
-                    text: policy.text,
-                    max_messages: Some(policy.max_messages),
-                    namespace: ns,
-                },
-            )
-            .ok(),
+            (Some(ep), Some(_), Some(v), Ok(_)) if !too_hot(v, policy) => {
+                key_with(ep, v, &key_options(policy, &parts.headers)).ok()
+            }
             _ => None,
         };
         let (Some(key), Some(cache)) = (key, cache) else {
@@ -414,7 +417,30 @@ impl Gateway {
                 min_similarity: header_f32(&parts.headers, "x-modelcache-threshold"),
             };
             let found = cache.lookup(tenant.name(), &key, &opts).await;
-            if let Some(hit) = found.hit {
+            let mut hit = found.hit;
+            if hit.is_none() && policy.api_entries_match == ApiEntriesMatch::AnySamplingParams {
+                // NOTE: entries inserted through the ModelCache API carry no
+                // parameters; this tenant lets them answer requests that
+                // differ from theirs only in sampling parameters.
+                let alt = parsed
+                    .as_ref()
+                    .and_then(without_sampling)
+                    .and_then(|b| {
+                        key_with(key.endpoint, &b, &key_options(policy, &parts.headers)).ok()
+                    })
+                    .filter(|k| k.partition != key.partition);
+                if let Some(alt) = alt {
+                    let probe = Probe {
+                        embedding: found.embedding.clone(),
+                        origin: Some(Origin::Api),
+                    };
+                    hit = cache
+                        .lookup_with(tenant.name(), &alt, &opts, probe)
+                        .await
+                        .hit;
+                }
+            }
+            if let Some(hit) = hit {
                 // NOTE: None when the entry cannot be replayed faithfully (no
                 // usage stored, usage asked for): forwarded, and the fresh
                 // answer replaces the entry.
@@ -610,6 +636,7 @@ impl PendingWrite {
             embedding,
             created_at: now,
             expires_at: now.saturating_add(self.ttl.as_millis() as i64),
+            origin: Origin::Proxy,
         });
     }
 }

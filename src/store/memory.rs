@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use super::{Entry, HitRecord, Limits, NewEntry, Removed, Store, StoreError};
+use super::{
+    Entry, HitLogRow, HitRecord, Limits, ListQuery, NewEntry, Removed, Store, StoreError,
+    TenantStats,
+};
 
 /// An entry, its embedding and its last hit time.
 type Row = (Entry, Option<Vec<f32>>, Option<i64>);
@@ -13,6 +16,27 @@ type Row = (Entry, Option<Vec<f32>>, Option<i64>);
 struct Inner {
     next_id: i64,
     rows: BTreeMap<i64, Row>,
+    hit_log: Vec<HitRecord>,
+    models: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Inner {
+    fn remove_where(&mut self, mut pred: impl FnMut(&Entry) -> bool) -> Vec<Removed> {
+        let ids: Vec<i64> = self
+            .rows
+            .values()
+            .filter(|(r, _, _)| pred(r))
+            .map(|(r, _, _)| r.id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.rows.remove(&id))
+            .map(|(r, _, _)| Removed {
+                tenant: r.tenant,
+                id: r.id,
+                exact_hash: r.exact_hash,
+            })
+            .collect()
+    }
 }
 
 /// A map-backed [`Store`].
@@ -45,7 +69,8 @@ impl Store for MemoryStore {
                 }
             };
             let last_hit = g.rows.get(&id).and_then(|r| r.2);
-            let entry = e.to_entry(id, hits);
+            let mut entry = e.to_entry(id, hits);
+            entry.last_hit_at = last_hit;
             g.rows.insert(id, (entry, e.embedding.clone(), last_hit));
             ids.push(id);
         }
@@ -54,6 +79,88 @@ impl Store for MemoryStore {
 
     fn get(&self, id: i64) -> Result<Option<Entry>, StoreError> {
         Ok(self.lock()?.rows.get(&id).map(|r| r.0.clone()))
+    }
+
+    fn delete(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Removed>, StoreError> {
+        Ok(self
+            .lock()?
+            .remove_where(|e| e.tenant == tenant && ids.contains(&e.id)))
+    }
+
+    fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError> {
+        Ok(self
+            .lock()?
+            .remove_where(|e| e.tenant == tenant && model.is_none_or(|m| e.model == m)))
+    }
+
+    fn list(&self, q: &ListQuery) -> Result<Vec<Entry>, StoreError> {
+        let needle = q.text.as_ref().map(|t| t.to_ascii_lowercase());
+        Ok(self
+            .lock()?
+            .rows
+            .values()
+            .rev()
+            .map(|(r, _, _)| r)
+            .filter(|r| {
+                q.tenant.as_ref().is_none_or(|t| &r.tenant == t)
+                    && q.model.as_ref().is_none_or(|m| &r.model == m)
+                    && needle
+                        .as_ref()
+                        .is_none_or(|n| r.text.to_ascii_lowercase().contains(n.as_str()))
+                    && q.before_id.is_none_or(|b| r.id < b)
+            })
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.hit_log
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, h)| tenant.is_none_or(|t| h.tenant == t))
+            .take(limit)
+            .map(|(i, h)| {
+                let e = g
+                    .rows
+                    .get(&h.entry_id)
+                    .map(|r| &r.0)
+                    .filter(|e| e.tenant == h.tenant);
+                HitLogRow {
+                    id: i as i64 + 1,
+                    at: h.at,
+                    tenant: h.tenant.clone(),
+                    entry_id: h.entry_id,
+                    probe: h.probe.clone(),
+                    matched: e.map(|e| e.text.clone()),
+                    model: e.map(|e| e.model.clone()),
+                    similarity: h.similarity,
+                }
+            })
+            .collect())
+    }
+
+    fn register_model(&self, tenant: &str, model: &str, _now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .models
+            .insert((tenant.to_string(), model.to_string())))
+    }
+
+    fn stats(&self) -> Result<Vec<TenantStats>, StoreError> {
+        let g = self.lock()?;
+        let mut m: BTreeMap<String, TenantStats> = BTreeMap::new();
+        for (r, _, _) in g.rows.values() {
+            let s = m.entry(r.tenant.clone()).or_insert_with(|| TenantStats {
+                tenant: r.tenant.clone(),
+                ..Default::default()
+            });
+            s.entries += 1;
+            s.hits += r.hits as u64;
+        }
+        Ok(m.into_values().collect())
     }
 
     fn get_exact(&self, tenant: &str, exact_hash: &str) -> Result<Option<Entry>, StoreError> {
@@ -72,9 +179,11 @@ impl Store for MemoryStore {
                 if r.0.tenant == h.tenant {
                     r.0.hits += 1;
                     r.2 = Some(r.2.unwrap_or(0).max(h.at));
+                    r.0.last_hit_at = r.2;
                 }
             }
         }
+        g.hit_log.extend(hits.iter().cloned());
         Ok(())
     }
 

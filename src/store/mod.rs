@@ -50,6 +50,39 @@ pub struct Entry {
     pub expires_at: i64,
     /// Times served.
     pub hits: i64,
+    /// Unix milliseconds of the last hit.
+    pub last_hit_at: Option<i64>,
+    /// How the entry was written.
+    pub origin: Origin,
+}
+
+/// How an entry came into the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// An upstream answer to proxied traffic.
+    #[default]
+    Proxy,
+    /// Inserted through the ModelCache API (`POST /modelcache`).
+    Api,
+}
+
+impl Origin {
+    /// Stable name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Proxy => "proxy",
+            Origin::Api => "api",
+        }
+    }
+
+    /// Parses the stored name; anything unknown is `Proxy`.
+    pub fn parse(s: &str) -> Origin {
+        if s == "api" {
+            Origin::Api
+        } else {
+            Origin::Proxy
+        }
+    }
 }
 
 /// An entry to insert. Inserting the same (tenant, exact hash) again replaces
@@ -78,6 +111,8 @@ pub struct NewEntry {
     pub created_at: i64,
     /// Unix milliseconds.
     pub expires_at: i64,
+    /// How it was written.
+    pub origin: Origin,
 }
 
 impl NewEntry {
@@ -96,6 +131,8 @@ impl NewEntry {
             created_at: self.created_at,
             expires_at: self.expires_at,
             hits,
+            last_hit_at: None,
+            origin: self.origin,
         }
     }
 }
@@ -124,6 +161,53 @@ pub struct Removed {
     pub id: i64,
     /// Exact hash (to drop it from the exact layer).
     pub exact_hash: String,
+}
+
+/// One row of the hit log: a probe and the entry that answered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HitLogRow {
+    /// Row id, newest highest.
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// Entry served.
+    pub entry_id: i64,
+    /// The probe's key text.
+    pub probe: String,
+    /// The entry's key text, if the entry still exists.
+    pub matched: Option<String>,
+    /// The entry's model, if the entry still exists.
+    pub model: Option<String>,
+    /// Similarity (1 for exact).
+    pub similarity: f32,
+}
+
+/// A page request over entries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this tenant's entries.
+    pub tenant: Option<String>,
+    /// Only this model's entries.
+    pub model: Option<String>,
+    /// Only entries whose key text contains this (case-insensitive for ASCII).
+    pub text: Option<String>,
+    /// Only entries with an id below this (the previous page's last id).
+    pub before_id: Option<i64>,
+    /// Most rows returned.
+    pub limit: usize,
+}
+
+/// Stored figures of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantStats {
+    /// Tenant.
+    pub tenant: String,
+    /// Entries stored.
+    pub entries: u64,
+    /// Hits counted on the stored entries.
+    pub hits: u64,
 }
 
 /// Entry caps for a sweep: per tenant, and for tenants not listed (no longer
@@ -160,6 +244,20 @@ pub trait Store: Send + Sync {
     /// Deletes expired entries, then in each tenant the least recently used
     /// past its cap.
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError>;
+    /// Deletes entries of `tenant` by id (ids of other tenants are left
+    /// alone); returns what was removed.
+    fn delete(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Removed>, StoreError>;
+    /// Deletes every entry of `tenant`, or only those of `model`.
+    fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError>;
+    /// A page of entries, newest first.
+    fn list(&self, q: &ListQuery) -> Result<Vec<Entry>, StoreError>;
+    /// The most recent hits, newest first, of one tenant or of all.
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError>;
+    /// Records that `model` of `tenant` is in use (the ModelCache API's
+    /// `register`); true if it was not recorded before.
+    fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Entries and hits per tenant.
+    fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
     /// Entries per tenant.
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Tenants that have entries.
@@ -198,6 +296,7 @@ pub(crate) mod suite {
             embedding: Some(vec![0.5, 0.5]),
             created_at: created,
             expires_at: created + ttl,
+            origin: Origin::Proxy,
         }
     }
 
@@ -281,5 +380,119 @@ pub(crate) mod suite {
         // Ids are never reused.
         let later = s.insert_batch(&[entry("a", "h9", 4000, 100)]).unwrap();
         assert!(later[0] > more[1]);
+        admin_ops(s);
+    }
+
+    /// Deletes, truncates, listing, the hit log and stats.
+    fn admin_ops(s: &dyn Store) {
+        let mut api = entry("t", "x1", 10_000, 1_000_000);
+        api.model = "m1".into();
+        api.text = "user###How do I sort a list?".into();
+        api.origin = Origin::Api;
+        let mut other = entry("t", "x2", 10_001, 1_000_000);
+        other.model = "m2".into();
+        other.text = "user###What is Rust?".into();
+        let mut third = entry("t", "x3", 10_002, 1_000_000);
+        third.model = "m1".into();
+        third.text = "user###SORT descending".into();
+        let ids = s
+            .insert_batch(&[api, other, third, entry("u", "x1", 10_003, 1_000_000)])
+            .unwrap();
+        let got = s.get(ids[0]).unwrap().unwrap();
+        assert_eq!(got.origin, Origin::Api);
+        assert_eq!(got.last_hit_at, None);
+        s.record_hits(&[HitRecord {
+            entry_id: ids[0],
+            tenant: "t".into(),
+            probe: "user###how to sort a list".into(),
+            similarity: 0.93,
+            at: 20_000,
+        }])
+        .unwrap();
+        assert_eq!(s.get(ids[0]).unwrap().unwrap().last_hit_at, Some(20_000));
+        let log = s.hit_log(Some("t"), 10).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].probe, "user###how to sort a list");
+        assert_eq!(
+            log[0].matched.as_deref(),
+            Some("user###How do I sort a list?")
+        );
+        assert_eq!(log[0].model.as_deref(), Some("m1"));
+        assert!((log[0].similarity - 0.93).abs() < 1e-6);
+        assert!(s.hit_log(Some("u"), 10).unwrap().is_empty());
+        // Listing: newest first, by tenant, model and text, in pages.
+        let q = |tenant: Option<&str>,
+                 model: Option<&str>,
+                 text: Option<&str>,
+                 before: Option<i64>,
+                 limit| ListQuery {
+            tenant: tenant.map(str::to_string),
+            model: model.map(str::to_string),
+            text: text.map(str::to_string),
+            before_id: before,
+            limit,
+        };
+        let ids_of = |v: Vec<Entry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), None, None, None, 10)).unwrap()),
+            vec![ids[2], ids[1], ids[0]]
+        );
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), Some("m1"), None, None, 10)).unwrap()),
+            vec![ids[2], ids[0]]
+        );
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), None, Some("sort"), None, 10)).unwrap()),
+            vec![ids[2], ids[0]]
+        );
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), None, Some("%"), None, 10)).unwrap()),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), None, None, None, 2)).unwrap()),
+            vec![ids[2], ids[1]]
+        );
+        assert_eq!(
+            ids_of(s.list(&q(Some("t"), None, None, Some(ids[1]), 2)).unwrap()),
+            vec![ids[0]]
+        );
+        // Without a tenant, every tenant's entries are searched.
+        assert_eq!(
+            ids_of(s.list(&q(None, None, Some("###X1"), None, 10)).unwrap()),
+            vec![ids[3]]
+        );
+        let stats = s.stats().unwrap();
+        let t = stats.iter().find(|x| x.tenant == "t").unwrap();
+        assert_eq!((t.entries, t.hits), (3, 1));
+        // Deletes are scoped by tenant.
+        assert!(s.delete("u", &[ids[0]]).unwrap().is_empty());
+        let removed = s.delete("t", &[ids[0]]).unwrap();
+        assert_eq!(
+            removed,
+            vec![Removed {
+                tenant: "t".into(),
+                id: ids[0],
+                exact_hash: "x1".into()
+            }]
+        );
+        assert!(s.get(ids[0]).unwrap().is_none());
+        assert!(s.get_exact("t", "x1").unwrap().is_none());
+        assert!(s.get_exact("u", "x1").unwrap().is_some());
+        // Truncating one model leaves the others; a tenant truncate leaves other tenants.
+        let removed = s.truncate("t", Some("m1")).unwrap();
+        assert_eq!(
+            removed.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![ids[2]]
+        );
+        assert!(s.get(ids[1]).unwrap().is_some());
+        let removed = s.truncate("t", None).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(s.index_rows("t").unwrap().is_empty());
+        assert!(s.get(ids[3]).unwrap().is_some());
+        // Registration is idempotent and per tenant.
+        assert!(s.register_model("t", "m1", 1).unwrap());
+        assert!(!s.register_model("t", "m1", 2).unwrap());
+        assert!(s.register_model("u", "m1", 3).unwrap());
     }
 }

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS entries (
     created_at  INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
     hits        INTEGER NOT NULL DEFAULT 0,
-    last_hit_at INTEGER
+    last_hit_at INTEGER,
+    origin      TEXT NOT NULL DEFAULT 'proxy'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_exact ON entries(tenant, exact_hash);
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries(expires_at);
@@ -48,12 +49,22 @@ CREATE TABLE IF NOT EXISTS hit_log (
     at         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hit_log_tenant ON hit_log(tenant, id);
+CREATE TABLE IF NOT EXISTS registered_models (
+    tenant     TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, model)
+);
 ";
 
 /// Rows of the hit log kept; older ones are trimmed by the sweep.
 const HIT_LOG_KEEP: i64 = 100_000;
 
-const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits";
+const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits, last_hit_at, origin";
+
+/// Columns added after the first release, with their definitions; added to an
+/// older database when it is opened.
+const ADDED_COLUMNS: [(&str, &str); 1] = [("origin", "TEXT NOT NULL DEFAULT 'proxy'")];
 
 /// The embedded store, in `DATA_DIR/modelcache.db`.
 pub struct SqliteStore {
@@ -76,6 +87,8 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         created_at: r.get(9)?,
         expires_at: r.get(10)?,
         hits: r.get(11)?,
+        last_hit_at: r.get(12)?,
+        origin: super::Origin::parse(&r.get::<_, String>(13)?),
     })
 }
 
@@ -85,6 +98,27 @@ fn row_to_removed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Removed> {
         id: r.get(1)?,
         exact_hash: r.get(2)?,
     })
+}
+
+/// Adds the columns an older database lacks.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('entries')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, def) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            c.execute_batch(&format!("ALTER TABLE entries ADD COLUMN {name} {def}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn collect_removed(
+    st: &mut rusqlite::Statement<'_>,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Removed>> {
+    st.query_map(p, row_to_removed)?.collect()
 }
 
 impl SqliteStore {
@@ -98,6 +132,7 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         let mut rs = Vec::new();
         for _ in 0..readers.max(1) {
             let c = Connection::open_with_flags(
@@ -136,11 +171,12 @@ impl Store for SqliteStore {
             let mut ids = Vec::with_capacity(entries.len());
             {
                 let mut st = tx.prepare_cached(
-                    "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, embedding, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                    "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, embedding, created_at, expires_at, origin)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT(tenant, exact_hash) DO UPDATE SET
                         answer = excluded.answer, params = excluded.params, embedding = excluded.embedding,
-                        created_at = excluded.created_at, expires_at = excluded.expires_at
+                        created_at = excluded.created_at, expires_at = excluded.expires_at,
+                        origin = excluded.origin
                      RETURNING id",
                 )?;
                 for e in entries {
@@ -158,7 +194,8 @@ impl Store for SqliteStore {
                             e.answer,
                             e.embedding.as_deref().map(vec_to_blob),
                             e.created_at,
-                            e.expires_at
+                            e.expires_at,
+                            e.origin.as_str()
                         ],
                         |r| r.get(0),
                     )?;
@@ -273,6 +310,110 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let mut removed = Vec::new();
+            {
+                let mut st = tx.prepare_cached(
+                    "DELETE FROM entries WHERE id = ?1 AND tenant = ?2 RETURNING tenant, id, exact_hash",
+                )?;
+                for id in ids {
+                    removed.extend(collect_removed(&mut st, params![id, tenant])?);
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let removed = {
+                let mut st = tx.prepare_cached(
+                    "DELETE FROM entries WHERE tenant = ?1 AND (?2 IS NULL OR model = ?2)
+                     RETURNING tenant, id, exact_hash",
+                )?;
+                collect_removed(&mut st, params![tenant, model])?
+            };
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn list(&self, q: &super::ListQuery) -> Result<Vec<Entry>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM entries
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR model = ?2)
+                   AND (?3 IS NULL OR instr(lower(text), lower(?3)) > 0)
+                   AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5"
+            ))?;
+            let rows = st.query_map(
+                params![q.tenant, q.model, q.text, q.before_id, q.limit as i64],
+                row_to_entry,
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn hit_log(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::HitLogRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE (?1 IS NULL OR h.tenant = ?1)
+                 ORDER BY h.id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![tenant, limit as i64], |r| {
+                Ok(super::HitLogRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    tenant: r.get(2)?,
+                    entry_id: r.get(3)?,
+                    probe: r.get(4)?,
+                    matched: r.get(5)?,
+                    model: r.get(6)?,
+                    similarity: r.get::<_, f64>(7)? as f32,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO registered_models (tenant, model, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(tenant, model) DO NOTHING",
+                params![tenant, model, now_ms],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    fn stats(&self) -> Result<Vec<super::TenantStats>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT tenant, count(*), coalesce(sum(hits), 0) FROM entries GROUP BY tenant ORDER BY tenant",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(super::TenantStats {
+                    tenant: r.get(0)?,
+                    entries: r.get::<_, i64>(1)? as u64,
+                    hits: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
             let mut st =
@@ -305,5 +446,33 @@ mod tests {
         };
         let s = SqliteStore::open(&p, 1).unwrap();
         assert_eq!(s.get(id).unwrap().unwrap().exact_hash, "h");
+    }
+
+    #[test]
+    fn adds_the_origin_column_to_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            let old = SCHEMA.replace(",\n    origin      TEXT NOT NULL DEFAULT 'proxy'", "");
+            assert!(!old.contains("origin"));
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, created_at, expires_at)
+                 VALUES ('a', 'p', 0, 'h', 'chat', 'm', 'user###x', '{}', '{}', 1, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&p, 1).unwrap();
+        let e = s.get_exact("a", "h").unwrap().unwrap();
+        assert_eq!(e.origin, super::super::Origin::Proxy);
+        let mut api = crate::store::suite::entry("a", "h2", 1, 1000);
+        api.origin = super::super::Origin::Api;
+        let id = s.insert_batch(&[api]).unwrap()[0];
+        assert_eq!(
+            s.get(id).unwrap().unwrap().origin,
+            super::super::Origin::Api
+        );
     }
 }
