@@ -369,69 +369,6 @@ async fn a_client_that_disconnects_mid_stream_caches_nothing() {
     app.shutdown().await;
 }
 
-/// A store whose writes wait for a gate, to fill the write-back queue.
-struct GatedStore {
-    inner: modelcache::store::memory::MemoryStore,
-    gate: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
-}
-
-impl GatedStore {
-    fn open(&self) {
-        *self.gate.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-impl modelcache::store::Store for GatedStore {
-    fn insert_batch(
-        &self,
-        e: &[modelcache::store::NewEntry],
-    ) -> Result<Vec<i64>, modelcache::store::StoreError> {
-        let mut g = self.gate.lock().unwrap();
-        while !*g {
-            g = self.cv.wait(g).unwrap();
-        }
-        drop(g);
-        self.inner.insert_batch(e)
-    }
-    fn get(
-        &self,
-        id: i64,
-    ) -> Result<Option<modelcache::store::Entry>, modelcache::store::StoreError> {
-        self.inner.get(id)
-    }
-    fn get_exact(
-        &self,
-        t: &str,
-        h: &str,
-    ) -> Result<Option<modelcache::store::Entry>, modelcache::store::StoreError> {
-        self.inner.get_exact(t, h)
-    }
-    fn record_hits(
-        &self,
-        h: &[modelcache::store::HitRecord],
-    ) -> Result<(), modelcache::store::StoreError> {
-        self.inner.record_hits(h)
-    }
-    fn index_rows(&self, t: &str) -> Result<Vec<(u64, u64)>, modelcache::store::StoreError> {
-        self.inner.index_rows(t)
-    }
-    fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, modelcache::store::StoreError> {
-        self.inner.embedding(id)
-    }
-    fn sweep(
-        &self,
-        now: i64,
-        limits: &modelcache::store::Limits,
-    ) -> Result<Vec<modelcache::store::Removed>, modelcache::store::StoreError> {
-        self.inner.sweep(now, limits)
-    }
-    fn counts(&self) -> Result<Vec<(String, u64)>, modelcache::store::StoreError> {
-        self.inner.counts()
-    }
-}
-
 #[tokio::test]
 async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
     let up = mock(llm()).await;
@@ -439,11 +376,7 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
     let mut s = settings(&up.url(), dir.path());
     s.cache.writeback_queue = 1;
     s.cache.writeback_batch = 1;
-    let store = Arc::new(GatedStore {
-        inner: Default::default(),
-        gate: std::sync::Mutex::new(false),
-        cv: std::sync::Condvar::new(),
-    });
+    let store = Arc::new(FaultyStore::held());
     let app = gateway_with(
         s,
         modelcache::app::AppOptions {
@@ -467,7 +400,7 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
         dropped >= 2.0,
         "one write in the store, one queued, the rest dropped: {dropped}"
     );
-    store.open();
+    store.release();
     settle(&app).await;
     // The first write landed; a dropped one did not.
     assert_eq!(

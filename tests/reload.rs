@@ -5,71 +5,10 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use common::*;
 use serde_json::json;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_modelcache")
-}
-
-struct Running {
-    child: Child,
-    proxy: SocketAddr,
-    log: PathBuf,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    async fn stop(mut self) -> String {
-        self.signal(libc::SIGTERM);
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "exit status {status}");
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-/// Starts `modelcache serve --config config` with debug logs into `dir/log`.
-async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
-    let log = dir.join("log");
-    let mut child = Command::new(bin())
-        .current_dir(repo_root())
-        .args(["serve", "--config"])
-        .arg(config)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let (proxy, _admin) = listening(&mut child).await;
-    Running { child, proxy, log }
-}
 
 async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {

@@ -96,6 +96,11 @@ pub struct ServerSettings {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret (tests and embedders; the config reads its own).
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0

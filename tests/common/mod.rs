@@ -6,6 +6,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
+    process::Child,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -302,6 +303,7 @@ pub fn settings_from(text: &str, dir: &Path, env: &[(&str, &str)]) -> Settings {
     s.embedding.model_dir = root.join("models/all-minilm-l6-v2-int8");
     s.embedding.onnxruntime = root.join("models/onnxruntime/libonnxruntime.so");
     s.server.drain_timeout = Duration::from_secs(5);
+    with_admin_token(&mut s);
     s
 }
 
@@ -311,7 +313,7 @@ pub async fn chat_k(addr: SocketAddr, body: Value, key: &str) -> Got {
     chat_h(addr, body, &[("authorization", auth.as_str())]).await
 }
 
-/// Settings for a test gateway on ephemeral ports.
+/// Settings for a test gateway on ephemeral ports, with the test admin token.
 pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
     let mut s = config::load(
         None,
@@ -328,6 +330,7 @@ pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
     s.embedding.model_dir = root.join("models/all-minilm-l6-v2-int8");
     s.embedding.onnxruntime = root.join("models/onnxruntime/libonnxruntime.so");
     s.server.drain_timeout = Duration::from_secs(5);
+    with_admin_token(&mut s);
     s
 }
 
@@ -533,6 +536,68 @@ pub async fn listening(child: &mut std::process::Child) -> (SocketAddr, SocketAd
     panic!("the gateway was not ready within 60 s");
 }
 
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelcache")
+}
+
+/// A `modelcache serve` child process.
+pub struct Running {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Running {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    pub async fn stop(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// Starts `modelcache serve --config config` with debug logs into `dir/log`.
+pub async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
+    let log = dir.join("log");
+    let mut child = std::process::Command::new(bin())
+        .current_dir(repo_root())
+        .args(["serve", "--config"])
+        .arg(config)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let (proxy, admin) = listening(&mut child).await;
+    Running {
+        child,
+        proxy,
+        admin,
+        log,
+    }
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -569,4 +634,146 @@ pub fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
         .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// A store over the in-memory one whose writes can be held at a gate (to
+/// fill the write-back queue) or made to fail (a broken disk).
+#[derive(Default)]
+pub struct FaultyStore {
+    inner: modelcache::store::memory::MemoryStore,
+    held: Mutex<bool>,
+    cv: std::sync::Condvar,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+type StoreResult<T> = Result<T, modelcache::store::StoreError>;
+
+impl FaultyStore {
+    /// A store whose inserts wait until [`FaultyStore::release`].
+    pub fn held() -> FaultyStore {
+        let s = FaultyStore::default();
+        *s.held.lock().unwrap() = true;
+        s
+    }
+
+    /// Lets held inserts through.
+    pub fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.cv.notify_all();
+    }
+
+    /// Makes every write fail (or succeed again).
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    fn write(&self) -> StoreResult<()> {
+        let mut g = self.held.lock().unwrap();
+        while *g {
+            g = self.cv.wait(g).unwrap();
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(modelcache::store::StoreError::Io(std::io::Error::other(
+                "disk I/O error (test)",
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl modelcache::store::Store for FaultyStore {
+    fn insert_batch(&self, e: &[modelcache::store::NewEntry]) -> StoreResult<Vec<i64>> {
+        self.write()?;
+        self.inner.insert_batch(e)
+    }
+    fn get(&self, id: i64) -> StoreResult<Option<modelcache::store::Entry>> {
+        self.inner.get(id)
+    }
+    fn get_exact(&self, t: &str, h: &str) -> StoreResult<Option<modelcache::store::Entry>> {
+        self.inner.get_exact(t, h)
+    }
+    fn record_hits(&self, h: &[modelcache::store::HitRecord]) -> StoreResult<()> {
+        self.inner.record_hits(h)
+    }
+    fn index_rows(&self, t: &str) -> StoreResult<Vec<(u64, u64)>> {
+        self.inner.index_rows(t)
+    }
+    fn embedding(&self, id: i64) -> StoreResult<Option<Vec<f32>>> {
+        self.inner.embedding(id)
+    }
+    fn sweep(
+        &self,
+        now: i64,
+        limits: &modelcache::store::Limits,
+    ) -> StoreResult<Vec<modelcache::store::Removed>> {
+        self.inner.sweep(now, limits)
+    }
+    fn delete(&self, t: &str, ids: &[i64]) -> StoreResult<Vec<modelcache::store::Removed>> {
+        self.write()?;
+        self.inner.delete(t, ids)
+    }
+    fn truncate(
+        &self,
+        t: &str,
+        model: Option<&str>,
+    ) -> StoreResult<Vec<modelcache::store::Removed>> {
+        self.write()?;
+        self.inner.truncate(t, model)
+    }
+    fn list(&self, q: &modelcache::store::ListQuery) -> StoreResult<Vec<modelcache::store::Entry>> {
+        self.inner.list(q)
+    }
+    fn hit_log(
+        &self,
+        t: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<modelcache::store::HitLogRow>> {
+        self.inner.hit_log(t, limit)
+    }
+    fn register_model(&self, t: &str, m: &str, now: i64) -> StoreResult<bool> {
+        self.write()?;
+        self.inner.register_model(t, m, now)
+    }
+    fn stats(&self) -> StoreResult<Vec<modelcache::store::TenantStats>> {
+        self.inner.stats()
+    }
+    fn counts(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.counts()
+    }
+}
+
+/// The admin token of test gateways.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Gives `s` the test admin token.
+pub fn with_admin_token(s: &mut Settings) {
+    s.admin.token = Some(modelcache::config::Secret::new(ADMIN_TOKEN));
+}
+
+/// A call to the admin listener with the test admin token.
+pub async fn admin(app: &RunningApp, method: &str, path: &str, body: Value) -> Got {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(
+        app.admin_addr,
+        method,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// `POST /modelcache` with a plain JSON body and `headers`.
+pub async fn modelcache_call(app: &RunningApp, body: Value, headers: &[(&str, &str)]) -> Got {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(app.admin_addr, "POST", "/modelcache", &h, body.to_string()).await
 }
