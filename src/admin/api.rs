@@ -28,6 +28,11 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 const PREVIEW_CHARS: usize = 240;
 
+/// An f32 score as JSON, without the f32 noise (0.9, not 0.8999999761581421).
+fn score(x: f32) -> Value {
+    json!(((x as f64) * 1e6).round() / 1e6)
+}
+
 fn preview(s: &str) -> String {
     let mut out: String = s.chars().take(PREVIEW_CHARS).collect();
     if s.chars().nth(PREVIEW_CHARS).is_some() {
@@ -70,7 +75,7 @@ fn candidate_json(c: &Candidate, via: &str) -> Value {
         "model": c.entry.model,
         "origin": c.entry.origin.as_str(),
         "answer_preview": preview(&answer_text(&c.entry.answer)),
-        "similarity": c.similarity,
+        "similarity": score(c.similarity),
         "kind": match c.kind { crate::cache::HitKind::Exact => "exact", crate::cache::HitKind::Semantic => "semantic" },
         "via": via,
         "served": c.served,
@@ -241,8 +246,8 @@ impl Admin {
                 let p = t.policy();
                 v["policy"] = json!({
                     "mode": p.mode.as_str(),
-                    "threshold": p.threshold,
-                    "long_threshold": p.long_threshold,
+                    "threshold": score(p.threshold),
+                    "long_threshold": score(p.long_threshold),
                     "ttl_seconds": p.ttl.as_secs(),
                     "max_entries": p.max_entries,
                 });
@@ -405,7 +410,7 @@ impl Admin {
                     "probe": h.probe,
                     "matched": h.matched,
                     "model": h.model,
-                    "similarity": h.similarity,
+                    "similarity": score(h.similarity),
                     "exact": h.similarity >= 1.0,
                 })
             })
@@ -520,12 +525,12 @@ impl Admin {
                 "verdict": if would_serve { "hit" } else { "miss" },
                 "hit": hit.map(|h| json!({
                     "entry_id": h.entry.id,
-                    "similarity": h.similarity,
+                    "similarity": score(h.similarity),
                     "kind": match h.kind { crate::cache::HitKind::Exact => "exact", crate::cache::HitKind::Semantic => "semantic" },
                     "question": h.entry.text,
                     "answer": answer_text(&h.entry.answer),
                 })),
-                "threshold": found.threshold,
+                "threshold": score(found.threshold),
                 "semantic": found.semantic,
                 "key_text": key.text,
                 "embedded_text": key.embed_text,
