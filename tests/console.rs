@@ -23,14 +23,26 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let app = real_gateway(settings(&up.url(), dir.path())).await;
     let pairs = [
-        ("How do I sort a list in Python?", "Use sorted(xs) for a new list, or xs.sort() in place."),
+        (
+            "How do I sort a list in Python?",
+            "Use sorted(xs) for a new list, or xs.sort() in place.",
+        ),
         ("What is the capital of France?", "Paris."),
-        ("How do I reverse a string in JavaScript?", "str.split('').reverse().join('')"),
-        ("What does HTTP status 429 mean?", "Too Many Requests: slow down and retry later."),
+        (
+            "How do I reverse a string in JavaScript?",
+            "str.split('').reverse().join('')",
+        ),
+        (
+            "What does HTTP status 429 mean?",
+            "Too Many Requests: slow down and retry later.",
+        ),
     ];
     let body = json!({"type": "insert", "scope": {"model": "gpt-4o-mini"},
         "chat_info": pairs.iter().map(|(q, a)| json!({"query": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], "answer": a})).collect::<Vec<_>>()});
-    assert_eq!(modelcache_call(&app, body, &[]).await.json()["writeStatus"], "success");
+    assert_eq!(
+        modelcache_call(&app, body, &[]).await.json()["writeStatus"],
+        "success"
+    );
     // Hits through the proxy, for the hit log.
     verify_key(app.proxy_addr, &[]).await;
     let paraphrase = json!({"model": "gpt-4o-mini", "messages": [
@@ -38,7 +50,9 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     assert_eq!(chat(app.proxy_addr, paraphrase).await.cache(), "hit");
     settle(&app).await;
 
-    let entries = admin(&app, "GET", "/admin/entries?model=gpt-4o-mini", Value::Null).await.json();
+    let entries = admin(&app, "GET", "/admin/entries?model=gpt-4o-mini", Value::Null)
+        .await
+        .json();
     let id_of = |q: &str| {
         entries["entries"]
             .as_array()
@@ -74,7 +88,9 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     })
     .await
     .unwrap()
-    .expect("node is needed: run `make test` (or .ci/run), which installs what the console test uses");
+    .expect(
+        "node is needed: run `make test` (or .ci/run), which installs what the console test uses",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -83,7 +99,13 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     );
     // The deletion was real: gone from the store and from lookups.
     let deleted = scenario["delete_entry_id"].as_i64().unwrap();
-    let got = admin(&app, "GET", &format!("/admin/entries/{deleted}"), Value::Null).await;
+    let got = admin(
+        &app,
+        "GET",
+        &format!("/admin/entries/{deleted}"),
+        Value::Null,
+    )
+    .await;
     assert_eq!(got.status, 404);
     let probe = json!({"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": "What does HTTP status 429 mean?"}]});

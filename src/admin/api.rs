@@ -23,6 +23,12 @@ use crate::{
 };
 
 type Resp = http::Response<ProxyBody>;
+/// A refusal, boxed: responses are large and errors travel far.
+type Fail = Box<Resp>;
+
+fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Fail {
+    Box::new(error(status, code, message))
+}
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
@@ -103,12 +109,12 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
-    fn limit(&self, default: usize, max: usize) -> Result<usize, Resp> {
+    fn limit(&self, default: usize, max: usize) -> Result<usize, Fail> {
         match self.get("limit") {
             None => Ok(default),
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(error(
+                _ => Err(fail(
                     StatusCode::BAD_REQUEST,
                     "invalid_limit",
                     format!("limit must be a number from 1 to {max}"),
@@ -118,15 +124,15 @@ impl Params {
     }
 }
 
-fn body_object(body: &[u8]) -> Result<Map<String, Value>, Resp> {
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, Fail> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(error(
+        Ok(_) => Err(fail(
             StatusCode::BAD_REQUEST,
             "invalid_body",
             "the body must be a JSON object",
         )),
-        Err(e) => Err(error(
+        Err(e) => Err(fail(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not JSON: {e}"),
@@ -134,8 +140,8 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, Resp> {
     }
 }
 
-fn store_failed(e: String) -> Resp {
-    error(
+fn store_failed(e: String) -> Fail {
+    fail(
         StatusCode::INTERNAL_SERVER_ERROR,
         "store_failed",
         format!("the store failed: {e}"),
@@ -143,9 +149,9 @@ fn store_failed(e: String) -> Resp {
 }
 
 impl Admin {
-    fn loaded(&self) -> Result<&Arc<Cache>, Resp> {
+    fn loaded(&self) -> Result<&Arc<Cache>, Fail> {
         self.cache.get().ok_or_else(|| {
-            error(
+            fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cache_unavailable",
                 "the cache is not available: it is still loading, failed to load, or every tenant has caching off (see /readyz)",
@@ -173,37 +179,37 @@ impl Admin {
             (m, p) if p.starts_with("/entries/") => {
                 let id = p["/entries/".len()..].parse::<i64>();
                 match (m, id) {
-                    (_, Err(_)) => Err(error(
+                    (_, Err(_)) => Err(fail(
                         StatusCode::BAD_REQUEST,
                         "invalid_id",
                         "an entry id is a number",
                     )),
                     (&Method::GET, Ok(id)) => self.entry(id).await,
                     (&Method::DELETE, Ok(id)) => self.delete(id, actor).await,
-                    _ => Err(error(
+                    _ => Err(fail(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "method_not_allowed",
                         "use GET or DELETE on an entry",
                     )),
                 }
             }
-            (_, "/tenants" | "/entries" | "/hits" | "/flush" | "/lookup") => Err(error(
+            (_, "/tenants" | "/entries" | "/hits" | "/flush" | "/lookup") => Err(fail(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed on this route",
             )),
-            _ => Err(error(
+            _ => Err(fail(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such admin route: see the README's admin API section",
             )),
         };
-        result.unwrap_or_else(|r| r)
+        result.unwrap_or_else(|r| *r)
     }
 
     /// `GET /admin/tenants`: every configured tenant (and any tenant with
     /// stored entries that is no longer configured).
-    async fn tenants_route(&self) -> Result<Resp, Resp> {
+    async fn tenants_route(&self) -> Result<Resp, Fail> {
         let set = self.snapshot();
         let stored = match self.cache.get() {
             Some(c) => c.with_store(|s| s.stats()).await.map_err(store_failed)?,
@@ -258,12 +264,12 @@ impl Admin {
     }
 
     /// `GET /admin/entries?tenant=&model=&q=&limit=&cursor=`, newest first.
-    async fn entries(&self, p: &Params) -> Result<Resp, Resp> {
+    async fn entries(&self, p: &Params) -> Result<Resp, Fail> {
         let limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
         let before_id = match p.get("cursor") {
             None => None,
             Some(c) => Some(c.parse::<i64>().map_err(|_| {
-                error(
+                fail(
                     StatusCode::BAD_REQUEST,
                     "invalid_cursor",
                     "cursor is the next_cursor of the previous page",
@@ -292,14 +298,14 @@ impl Admin {
         ))
     }
 
-    async fn find(&self, id: i64) -> Result<Entry, Resp> {
+    async fn find(&self, id: i64) -> Result<Entry, Fail> {
         let cache = self.loaded()?;
         cache
             .with_store(move |s| s.get(id))
             .await
             .map_err(store_failed)?
             .ok_or_else(|| {
-                error(
+                fail(
                     StatusCode::NOT_FOUND,
                     "entry_not_found",
                     format!("no entry {id}"),
@@ -308,14 +314,14 @@ impl Admin {
     }
 
     /// `GET /admin/entries/{id}`.
-    async fn entry(&self, id: i64) -> Result<Resp, Resp> {
+    async fn entry(&self, id: i64) -> Result<Resp, Fail> {
         let e = self.find(id).await?;
         Ok(json_response(StatusCode::OK, &entry_json(&e, true)))
     }
 
     /// `DELETE /admin/entries/{id}`: gone from disk, the exact layer and the
     /// index before the answer.
-    async fn delete(&self, id: i64, actor: &str) -> Result<Resp, Resp> {
+    async fn delete(&self, id: i64, actor: &str) -> Result<Resp, Fail> {
         let e = self.find(id).await?;
         let cache = self.loaded()?;
         let removed = cache
@@ -330,12 +336,12 @@ impl Admin {
     }
 
     /// `POST /admin/flush` with `{"tenant": "...", "model": "..."}`.
-    async fn flush(&self, body: &[u8], actor: &str) -> Result<Resp, Resp> {
+    async fn flush(&self, body: &[u8], actor: &str) -> Result<Resp, Fail> {
         let o = body_object(body)?;
         let tenant = match o.get("tenant") {
             Some(Value::String(t)) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
-                return Err(error(
+                return Err(fail(
                     StatusCode::BAD_REQUEST,
                     "tenant_required",
                     "name the tenant to flush: {\"tenant\": \"...\"} (and optionally \"model\"); nothing flushes every tenant",
@@ -346,7 +352,7 @@ impl Admin {
             None | Some(Value::Null) => None,
             Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
             Some(_) => {
-                return Err(error(
+                return Err(fail(
                     StatusCode::BAD_REQUEST,
                     "invalid_model",
                     "model must be a non-empty string",
@@ -361,7 +367,7 @@ impl Admin {
                 .map_err(store_failed)?
                 .contains(&tenant);
         if !known {
-            return Err(error(
+            return Err(fail(
                 StatusCode::NOT_FOUND,
                 "tenant_not_found",
                 format!("no tenant {tenant:?} is configured or has entries"),
@@ -391,7 +397,7 @@ impl Admin {
 
     /// `GET /admin/hits?tenant=&limit=`: recent hits, each probe beside the
     /// entry that answered it.
-    async fn hits(&self, p: &Params) -> Result<Resp, Resp> {
+    async fn hits(&self, p: &Params) -> Result<Resp, Fail> {
         let limit = p.limit(DEFAULT_LIMIT, 1000)?;
         let tenant = p.get("tenant").map(str::to_string);
         let cache = self.loaded()?;
@@ -419,16 +425,16 @@ impl Admin {
     }
 
     /// `POST /admin/lookup`: the real lookup of a chat request, dry.
-    async fn lookup(&self, body: &[u8]) -> Result<Resp, Resp> {
+    async fn lookup(&self, body: &[u8]) -> Result<Resp, Fail> {
         let o = body_object(body)?;
-        let bad = |msg: &str| error(StatusCode::BAD_REQUEST, "invalid_request", msg.to_string());
+        let bad = |msg: &str| fail(StatusCode::BAD_REQUEST, "invalid_request", msg.to_string());
         let set = self.snapshot();
         let tenant = match o.get("tenant") {
             Some(Value::String(n)) if !n.is_empty() => set.by_name(n),
             None | Some(Value::Null) => set.catch_all().or_else(|| set.all().first().cloned()),
             Some(_) => return Err(bad("tenant must be a tenant's name")),
         }
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant"))?;
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant"))?;
         let Some(Value::String(model)) = o.get("model") else {
             return Err(bad("model is required"));
         };

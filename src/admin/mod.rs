@@ -215,7 +215,11 @@ impl Admin {
     }
 
     /// Who is calling `/admin/*`, for the audit log; or the refusal.
-    fn authorize(&self, h: &HeaderMap, peer: SocketAddr) -> Result<String, Response<ProxyBody>> {
+    fn authorize(
+        &self,
+        h: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<String, Box<Response<ProxyBody>>> {
         let label = actor_label(h)
             .map(|l| format!(" ({l})"))
             .unwrap_or_default();
@@ -231,14 +235,14 @@ impl Admin {
             return Ok(format!("loopback {peer}{label}"));
         }
         if self.settings.token.is_none() {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "admin_token_unset",
                 format!(
                     "the admin API is closed: set {} to a token of at least 16 characters and restart",
                     self.settings.token_env
                 ),
-            ));
+            )));
         }
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -249,7 +253,7 @@ impl Admin {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"modelcache admin\""),
         );
-        Err(r)
+        Err(Box::new(r))
     }
 
     /// Handles one admin request from `peer`.
@@ -294,7 +298,7 @@ impl Admin {
                 let (parts, body) = req.into_parts();
                 let actor = match self.authorize(&parts.headers, peer) {
                     Ok(a) => a,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let body = match read_body(body, self.max_body).await {
                     Body::Read(b) => b,

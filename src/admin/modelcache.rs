@@ -153,7 +153,7 @@ impl Admin {
         h: &HeaderMap,
         peer: SocketAddr,
         model: &str,
-    ) -> Result<(Arc<Tenant>, String), Resp> {
+    ) -> Result<(Arc<Tenant>, String), Box<Resp>> {
         let cred = credential(h).filter(|c| !c.is_empty());
         if let (Some(c), Some(token)) = (cred, &self.settings.token) {
             if same_secret(c, token.expose()) {
@@ -165,9 +165,9 @@ impl Admin {
                 };
                 return match t {
                     Some(t) => Ok((t, format!("admin token {} from {peer}", fingerprint(c)))),
-                    None => Err(unauthorized(
+                    None => Err(Box::new(unauthorized(
                         "with the admin token, name the tenant in x-modelcache-tenant (there is no catch-all tenant, or no tenant of that name)",
-                    )),
+                    ))),
                 };
             }
         }
@@ -183,16 +183,18 @@ impl Admin {
             KeylessAccess::Never => false,
         };
         if !allowed {
-            return Err(unauthorized(
+            return Err(Box::new(unauthorized(
                 "send a tenant's key as Authorization: Bearer <key>: callers without one are not accepted here (admin.modelcache_without_key)",
-            ));
+            )));
         }
         set.by_key_or_header(h, &caller)
             .or_else(|| set.by_model(model))
             .or_else(|| set.catch_all())
             .map(|t| (t, format!("no tenant key, from {peer}")))
             .ok_or_else(|| {
-                unauthorized("no tenant matches this caller: send a tenant's key as Authorization: Bearer <key>")
+                Box::new(unauthorized(
+                    "no tenant matches this caller: send a tenant's key as Authorization: Bearer <key>",
+                ))
             })
     }
 
@@ -264,7 +266,7 @@ impl Admin {
         let set = self.snapshot();
         let (tenant, actor) = match self.modelcache_tenant(&set, h, peer, &model) {
             Ok(x) => x,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let namespace = match h.get("x-modelcache-namespace").map(|v| v.to_str()) {
             None => None,
