@@ -1064,6 +1064,53 @@ async fn bench() -> Result<()> {
     }
     let m_sem = scrape(&client, gw.admin).await?;
 
+    // ---- the ModelCache API: queries next to proxied requests for the same
+    // paraphrases, and inserts one item per call against bulk calls.
+    let mc = |body: Value| Target {
+        method: Method::POST,
+        uri: format!("http://{}/modelcache", gw.admin),
+        body: Some(Bytes::from(body.to_string())),
+    };
+    let mut mc_query_lat = Vec::new();
+    let mut mc_proxy_lat = Vec::new();
+    for i in 0..QUESTIONS {
+        let r = call_ok(&client, &gw_para[i]).await?;
+        let q = call_ok(
+            &client,
+            &mc(json!({"type": "query", "scope": {"model": MODEL},
+                       "query": [{"role": "user", "content": ps[i]}]})),
+        )
+        .await?;
+        let v: Value = serde_json::from_slice(&q.body).unwrap_or(Value::Null);
+        if v["cacheHit"] == true && matches!(r.served, Served::Semantic | Served::Exact) {
+            mc_query_lat.push(q.elapsed);
+            mc_proxy_lat.push(r.elapsed);
+        }
+    }
+    let item = |k: usize, i: usize| {
+        json!({"query": [{"role": "user", "content": format!("{} (set {k})", qs[i % QUESTIONS])}],
+               "answer": format!("Answer to set {k} question {i}")})
+    };
+    let single_started = Instant::now();
+    for i in 0..QUESTIONS {
+        call_ok(
+            &client,
+            &mc(json!({"type": "insert", "scope": {"model": "gpt-bench-api"}, "chat_info": [item(0, i)]})),
+        )
+        .await?;
+    }
+    let single_elapsed = single_started.elapsed();
+    let bulk_started = Instant::now();
+    for k in 1..=5 {
+        let items: Vec<Value> = (0..QUESTIONS).map(|i| item(k, i)).collect();
+        call_ok(
+            &client,
+            &mc(json!({"type": "insert", "scope": {"model": "gpt-bench-api"}, "chat_info": items})),
+        )
+        .await?;
+    }
+    let bulk_elapsed = bulk_started.elapsed();
+
     // ---- throughput.
     let exact_c1 = run_load(&client, &gw_chat, 1, THROUGHPUT, Some(pid)).await?;
     let exact_c16 = run_load(&client, &gw_chat, CONCURRENCY, THROUGHPUT, Some(pid)).await?;
@@ -1213,6 +1260,25 @@ async fn bench() -> Result<()> {
             .collect();
         println!("  {label:<22} {}", parts.join("  "));
     }
+
+    println!();
+    println!("ModelCache API (POST /modelcache on the admin listener)");
+    header_row();
+    let mcq = stats(&mc_query_lat);
+    let mcp = stats(&mc_proxy_lat);
+    row("query, paraphrase hit", &mcq);
+    row("proxy, same paraphrases", &mcp);
+    println!(
+        "  query / proxy p50: {:.2}x (same {} paraphrases, interleaved)",
+        mcq.p50 / mcp.p50,
+        mcq.n
+    );
+    let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    let single = per_s(QUESTIONS, single_elapsed);
+    let bulk = per_s(5 * QUESTIONS, bulk_elapsed);
+    println!("  insert, 1 item per call      {single:>8.0} items/s ({QUESTIONS} calls)");
+    println!("  insert, 100 items per call   {bulk:>8.0} items/s (5 calls; embedded in batches)");
+    println!("  bulk / single: {:.2}x", bulk / single);
 
     println!();
     let mb = |kb: Option<u64>| kb.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
