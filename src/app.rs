@@ -199,7 +199,8 @@ fn uses_cache(settings: &Settings) -> bool {
         .any(|t| t.policy.mode != crate::config::CacheMode::Off)
 }
 
-fn default_embedder(settings: &Settings) -> EmbedderFactory {
+/// fastembed from `embedding.model_dir`.
+pub(crate) fn default_embedder(settings: &Settings) -> EmbedderFactory {
     let e = settings.embedding.clone();
     Arc::new(move || {
         FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)

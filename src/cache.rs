@@ -91,6 +91,20 @@ pub struct LookupOptions {
     pub max_age: Option<Duration>,
     /// A stricter threshold than the configured one.
     pub min_similarity: Option<f32>,
+    /// The structural guards to run on semantic candidates.
+    pub guards: crate::guards::GuardSet,
+}
+
+impl LookupOptions {
+    /// The options of a tenant's policy, with no per-request tightening.
+    pub fn for_policy(p: &Policy) -> LookupOptions {
+        LookupOptions {
+            thresholds: p.into(),
+            max_age: None,
+            min_similarity: None,
+            guards: p.guards,
+        }
+    }
 }
 
 /// What a lookup may use and serve beyond the request's own key.
@@ -105,7 +119,7 @@ pub struct Probe {
 /// One check of a candidate in a dry run.
 #[derive(Debug, Clone)]
 pub struct Check {
-    /// `partition`, `fresh`, `max_age`, `origin` or `similarity`.
+    /// `partition`, `fresh`, `max_age`, a guard's name, `origin` or `similarity`.
     pub name: &'static str,
     /// Whether it passed.
     pub passed: bool,
@@ -497,16 +511,23 @@ impl Cache {
         now: i64,
         opts: &LookupOptions,
         origin: Option<Origin>,
+        exact: bool,
         detail: bool,
     ) -> (bool, Vec<Check>) {
         let same_partition = e.tenant == tenant && e.partition == key.partition;
+        // NOTE: an exact hit has the same text; guards compare texts that differ.
+        let guards = if exact || !same_partition {
+            (true, Vec::new())
+        } else {
+            crate::guards::check(&e.text, &key.text, &opts.guards, detail)
+        };
         let fresh = e.expires_at > now;
         let young = opts
             .max_age
             .is_none_or(|m| now - e.created_at <= m.as_millis() as i64);
         let origin_ok = origin.is_none_or(|o| e.origin == o);
         let close = similarity >= threshold;
-        let ok = same_partition && fresh && young && origin_ok && close;
+        let ok = same_partition && fresh && young && origin_ok && guards.0 && close;
         if !detail {
             return (ok, Vec::new());
         }
@@ -547,6 +568,9 @@ impl Cache {
                     m.as_secs()
                 ),
             ));
+        }
+        for g in guards.1 {
+            checks.push(check(g.name, g.passed, g.detail));
         }
         if let Some(o) = origin {
             checks.push(check(
@@ -591,6 +615,7 @@ impl Cache {
                 now,
                 opts,
                 probe.origin,
+                true,
                 explain,
             );
             if ok {
@@ -681,6 +706,7 @@ impl Cache {
                 now,
                 opts,
                 probe.origin,
+                false,
                 explain,
             );
             let served = ok && out.hit.is_none();

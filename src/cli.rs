@@ -23,12 +23,38 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Measure the cache's lookups on labelled pairs (precision, recall,
+    /// false-positive rate per category; --sweep recommends thresholds).
+    Eval(EvalArgs),
     /// Validate a config file and print every error with its key path.
     CheckConfig {
         /// The file to check.
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+}
+
+/// Flags of `eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Labelled pairs, one JSON object per line (see shared/eval/README.md).
+    pub pairs: PathBuf,
+    /// Config file whose tenant policy and embedding model are measured
+    /// [default: ./config.toml if present, else built-in defaults].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The tenant whose policy is measured [default: the catch-all tenant, else the first].
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Where to write one prediction per pair ({"id", "hit", "score", "failed"}).
+    #[arg(long, default_value = "eval-predictions.jsonl")]
+    pub out: PathBuf,
+    /// Print a threshold table and recommend a threshold for --target-fpr.
+    #[arg(long)]
+    pub sweep: bool,
+    /// The largest false-positive rate a recommended threshold may have.
+    #[arg(long, default_value_t = 0.02)]
+    pub target_fpr: f64,
 }
 
 /// Flags of `serve`; each overrides the config file and the environment.

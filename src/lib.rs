@@ -3,7 +3,8 @@
 //! The folder tree is the architecture: `proxy` is the data plane, `cache` the
 //! lookup facade over `embed`, `index` and `store`, `writeback` the only
 //! writer, `keying` the cache key, `tenants` who a caller is, `config` the settings, `admin` the admin
-//! listener, `app` the wiring, `cli` the command line.
+//! listener, `app` the wiring, `cli` the command line, `eval` the measurement of
+//! lookups against labelled pairs.
 
 pub mod admin;
 pub mod app;
@@ -12,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod eval;
+pub mod guards;
 pub mod index;
 pub mod keying;
 pub mod metrics;

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Eval(args) => eval(args),
         Command::Serve(args) => {
             // NOTE: an explicit --config must exist; the implicit ./config.toml may not.
             let default = std::path::PathBuf::from("config.toml");
@@ -73,6 +74,105 @@ fn main() -> ExitCode {
             rt.block_on(serve(settings, reload_from))
         }
     }
+}
+
+/// `modelcache eval`.
+fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
+    let default = std::path::PathBuf::from("config.toml");
+    let path = match &args.config {
+        Some(p) => Some(p.as_path()),
+        None => default.exists().then_some(default.as_path()),
+    };
+    let settings = match config::load(path, std::env::vars(), &config::Overrides::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tenant = match &args.tenant {
+        Some(name) => settings.tenants.iter().find(|t| &t.name == name),
+        None => settings
+            .tenants
+            .iter()
+            .find(|t| t.is_catch_all())
+            .or(settings.tenants.first()),
+    };
+    let Some(tenant) = tenant.cloned() else {
+        eprintln!(
+            "no tenant {:?} in the config",
+            args.tenant.unwrap_or_default()
+        );
+        return ExitCode::from(2);
+    };
+    let pairs = match modelcache::eval::read_pairs(&args.pairs) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let s = settings.clone();
+        let cache = tokio::task::spawn_blocking(move || modelcache::eval::open_cache(&s, None))
+            .await
+            .map_err(|e| e.to_string())??;
+        let bar = modelcache::eval::ProgressBar::new(pairs.len(), false);
+        let started = std::time::Instant::now();
+        let preds =
+            modelcache::eval::run(&cache, &tenant.name, &tenant.policy, &pairs, |n| bar.set(n))
+                .await?;
+        cache.flush(std::time::Duration::from_secs(5)).await;
+        Ok::<_, String>((preds, started.elapsed()))
+    });
+    let (preds, took) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("eval failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let lines: String = preds
+        .iter()
+        .filter_map(|p| serde_json::to_string(p).ok())
+        .map(|l| l + "\n")
+        .collect();
+    if let Err(e) = std::fs::write(&args.out, lines) {
+        eprintln!("{}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    let p = &tenant.policy;
+    println!(
+        "{} pairs from {}, tenant {} (threshold {}, long_threshold {} over {} words), {:.1} s",
+        pairs.len(),
+        args.pairs.display(),
+        tenant.name,
+        p.threshold,
+        p.long_threshold,
+        p.long_text_words,
+        took.as_secs_f64()
+    );
+    println!("predictions written to {}", args.out.display());
+    println!();
+    print!("{}", modelcache::eval::report(&pairs, &preds));
+    if args.sweep {
+        println!();
+        print!(
+            "{}",
+            modelcache::eval::sweep(&pairs, &preds, args.target_fpr)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// One line about a tenant for `check-config`; never a secret.

@@ -469,7 +469,20 @@ async fn the_dry_run_lookup_explains_every_candidate_and_writes_nothing() {
         .iter()
         .map(|k| k["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["partition", "fresh", "similarity"]);
+    assert_eq!(
+        names,
+        [
+            "partition",
+            "fresh",
+            "numbers",
+            "negation",
+            "direction",
+            "code",
+            "language",
+            "long_text",
+            "similarity"
+        ]
+    );
     assert_eq!(v["threshold"].as_f64().unwrap(), 0.9);
     // Another model: the candidate shows, failing the partition check.
     let v = lookup(
@@ -495,19 +508,26 @@ async fn the_dry_run_lookup_explains_every_candidate_and_writes_nothing() {
         .as_str()
         .unwrap()
         .contains("parameters"));
-    // Fewer shared words: below the threshold, and a stricter one per request.
+    // Fewer shared words: below the threshold; and another language, which
+    // the code guard names.
     let v = lookup(
         &app,
         json!({"model": "gpt-test", "messages": msgs("How do I sort a list in Rust")}),
     )
     .await;
     assert_eq!(v["verdict"], "miss");
-    let sim = &v["candidates"][0]["checks"][2];
-    assert_eq!(
-        (sim["name"].as_str(), sim["passed"].as_bool()),
-        (Some("similarity"), Some(false)),
-        "{v}"
-    );
+    let check = |name: &str| {
+        v["candidates"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("similarity")["passed"], false, "{v}");
+    assert_eq!(check("code")["passed"], false, "{v}");
+    assert_eq!(check("code")["detail"], "python vs rust", "{v}");
     let v = lookup(&app, json!({"model": "gpt-test", "messages": msgs("Python: how do I sort a list"), "threshold": 1.0})).await;
     assert_eq!(v["threshold"].as_f64().unwrap(), 1.0);
     // Exact repeats are found by the exact layer.

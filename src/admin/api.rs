@@ -462,9 +462,8 @@ impl Admin {
         let key = request_key(policy, model, msgs, params, namespace).map_err(|e| bad(&e))?;
         let cache = self.loaded()?;
         let opts = LookupOptions {
-            thresholds: policy.into(),
-            max_age: None,
             min_similarity,
+            ..LookupOptions::for_policy(policy)
         };
         let mut notes = Vec::new();
         if !policy.mode.reads() {

@@ -337,11 +337,7 @@ impl Admin {
                 started,
             ));
         }
-        let opts = LookupOptions {
-            thresholds: policy.into(),
-            max_age: None,
-            min_similarity: None,
-        };
+        let opts = LookupOptions::for_policy(policy);
         let found = cache.lookup(tenant.name(), &key, &opts).await;
         match found.hit {
             Some(hit) => {

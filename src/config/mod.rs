@@ -219,6 +219,8 @@ pub struct Policy {
     pub skip_when_temperature_above: Option<f64>,
     /// Which requests entries inserted through `/modelcache` answer.
     pub api_entries_match: ApiEntriesMatch,
+    /// Structural guards run on every semantic candidate.
+    pub guards: crate::guards::GuardSet,
 }
 
 /// Which chat requests an entry inserted through `/modelcache` may answer.
@@ -649,8 +651,9 @@ fn api_entries_match(errs: &mut Errors, key: &str, s: &str) -> ApiEntriesMatch {
     }
 }
 
-fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
+fn global_policy(errs: &mut Errors, c: &raw::RawCache, max_length: usize) -> Policy {
     let mode = cache_mode(errs, "cache.mode", &c.mode);
+    let g = &c.guards;
     Policy {
         // NOTE: `enabled = false` is every tenant's default mode "off"; a
         // tenant may still turn its own cache on.
@@ -669,6 +672,16 @@ fn global_policy(errs: &mut Errors, c: &raw::RawCache) -> Policy {
             c.skip_when_temperature_above,
         ),
         api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
+        guards: crate::guards::GuardSet {
+            numbers: g.numbers,
+            negation: g.negation,
+            code: g.code,
+            language: g.language,
+            long_text: g.long_text,
+            // NOTE: about 1.3 tokens a word in English; two thirds of the
+            // window in words stays inside it.
+            window_words: (max_length * 2 / 3).max(8),
+        },
     }
 }
 
@@ -718,6 +731,17 @@ fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &raw::RawTenantCa
             .map_or(base.api_entries_match, |v| {
                 api_entries_match(errs, &k("api_entries_match"), v)
             }),
+        guards: {
+            let (g, b) = (&c.guards, &base.guards);
+            crate::guards::GuardSet {
+                numbers: g.numbers.unwrap_or(b.numbers),
+                negation: g.negation.unwrap_or(b.negation),
+                code: g.code.unwrap_or(b.code),
+                language: g.language.unwrap_or(b.language),
+                long_text: g.long_text.unwrap_or(b.long_text),
+                window_words: b.window_words,
+            }
+        },
     }
 }
 
@@ -951,7 +975,7 @@ fn settings_from_raw(
         exact_capacity: c.exact_capacity,
         writeback_queue: at_least_one(&mut errs, "cache.writeback_queue", c.writeback_queue),
         writeback_batch: at_least_one(&mut errs, "cache.writeback_batch", c.writeback_batch),
-        policy: global_policy(&mut errs, c),
+        policy: global_policy(&mut errs, c, e.max_length),
     };
     let a = &raw.auth;
     let auth = AuthSettings {

@@ -182,6 +182,46 @@ pub struct RawTenantCache {
     pub skip_when_temperature_above: Option<f64>,
     /// Which requests entries inserted through `/modelcache` answer.
     pub api_entries_match: Option<String>,
+    /// Overrides of `[cache.guards]`.
+    #[serde(default)]
+    pub guards: RawTenantGuards,
+}
+
+/// `[tenants.cache.guards]`: each key defaults to `[cache.guards]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantGuards {
+    /// Numbers and units must match.
+    pub numbers: Option<bool>,
+    /// Negation and polarity words must match.
+    pub negation: Option<bool>,
+    /// Programming languages and platforms must match.
+    pub code: Option<bool>,
+    /// The natural language must match.
+    pub language: Option<bool>,
+    /// Text past the embedding window must be equal.
+    pub long_text: Option<bool>,
+}
+
+/// `[cache.guards]`: structural checks of every semantic candidate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuards {
+    /// Numbers and units must match.
+    #[serde(default = "d_true")]
+    pub numbers: bool,
+    /// Negation and polarity words must match.
+    #[serde(default = "d_true")]
+    pub negation: bool,
+    /// Programming languages and platforms must match.
+    #[serde(default = "d_true")]
+    pub code: bool,
+    /// The natural language must match.
+    #[serde(default = "d_true")]
+    pub language: bool,
+    /// Text past the embedding window must be equal.
+    #[serde(default = "d_true")]
+    pub long_text: bool,
 }
 
 /// `[server]`
@@ -322,6 +362,9 @@ pub struct RawCache {
     /// `default_params` or `any_sampling_params`.
     #[serde(default = "d_api_entries_match")]
     pub api_entries_match: String,
+    /// Structural guards.
+    #[serde(default)]
+    pub guards: RawGuards,
 }
 
 macro_rules! defaults {
@@ -387,5 +430,6 @@ default_from_serde!(
     RawEmbedding,
     RawCache,
     RawAuth,
-    RawAdmin
+    RawAdmin,
+    RawGuards
 );

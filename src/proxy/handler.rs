@@ -412,9 +412,9 @@ impl Gateway {
         let mut embedding = None;
         if reads && verified {
             let opts = LookupOptions {
-                thresholds: policy.into(),
                 max_age: cc.max_age,
                 min_similarity: header_f32(&parts.headers, "x-modelcache-threshold"),
+                ..LookupOptions::for_policy(policy)
             };
             let found = cache.lookup(tenant.name(), &key, &opts).await;
             let mut hit = found.hit;

@@ -1,0 +1,453 @@
+//! `modelcache eval`: the gateway's own lookup over labelled cache/probe
+//! pairs, scored the way `shared/eval/README.md` lays out.
+//!
+//! Owns reading pairs, running each one in isolation through the real
+//! [`Cache`] (the same keying, embedding, index, checks and thresholds that
+//! serve requests, under one tenant's policy), and the figures: precision,
+//! recall, F1 and false-positive rate per category, recall at a bounded
+//! false-positive rate, and a threshold sweep. It must never tune anything
+//! itself: it measures a configuration, and recommends.
+
+use std::{collections::BTreeMap, io::Write, path::Path, sync::Arc, time::Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{
+    cache::{now_ms, Cache, LookupOptions, Probe},
+    config::{Policy, Settings},
+    embed::{EmbedService, EmbedderFactory},
+    keying::{key_with, Endpoint, KeyOptions},
+    store::{memory::MemoryStore, NewEntry, Origin},
+    writeback::RemoveTarget,
+};
+
+/// One labelled pair.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pair {
+    /// Pair id.
+    pub id: String,
+    /// Category (coding, multilingual, …).
+    #[serde(default)]
+    pub category: String,
+    /// Finer kind of change.
+    #[serde(default)]
+    pub subtype: String,
+    /// Whether the probe may be served the cached answer.
+    pub same_answer: bool,
+    /// The request whose answer is cached.
+    pub cached: Vec<Value>,
+    /// The request looked up.
+    pub probe: Vec<Value>,
+    /// Language tag.
+    #[serde(default)]
+    pub lang: String,
+    /// Optional model; defaults to one shared by both requests.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// One prediction, in the format `score.py` reads.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Prediction {
+    /// Pair id.
+    pub id: String,
+    /// Whether the lookup served the cached entry.
+    pub hit: bool,
+    /// The entry's similarity when every check but the threshold passed;
+    /// 0 when a check that no threshold can override failed.
+    pub score: f32,
+    /// The checks that failed, by name.
+    pub failed: Vec<String>,
+}
+
+/// Reads pairs from a JSON-lines file.
+pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// A progress bar on stderr.
+pub struct ProgressBar {
+    total: usize,
+    started: Instant,
+    shown: bool,
+}
+
+impl ProgressBar {
+    /// A bar for `total` steps; drawn only when stderr is a terminal or
+    /// `always` is set.
+    pub fn new(total: usize, always: bool) -> ProgressBar {
+        ProgressBar {
+            total,
+            started: Instant::now(),
+            shown: always || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    /// Draws step `done`.
+    pub fn set(&self, done: usize) {
+        if !self.shown {
+            return;
+        }
+        let width = 30;
+        let filled = (done * width).checked_div(self.total).unwrap_or(width);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let _ = write!(
+            std::io::stderr(),
+            "\r[{}{}] {done}/{} pairs, {rate:.0}/s ",
+            "=".repeat(filled),
+            " ".repeat(width - filled),
+            self.total
+        );
+        if done == self.total {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+const MODEL: &str = "eval-model";
+
+fn body(model: &str, messages: &[Value]) -> Value {
+    json!({"model": model, "messages": messages})
+}
+
+fn key_options(p: &Policy) -> KeyOptions<'static> {
+    KeyOptions {
+        text: p.text,
+        max_messages: Some(p.max_messages),
+        namespace: None,
+    }
+}
+
+/// Opens a cache over an in-memory store with the settings' embedder (or
+/// `embedder`), for evaluation. Blocking: call off the runtime.
+pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
+    let factory = embedder.unwrap_or_else(|| crate::app::default_embedder(settings));
+    let e = &settings.embedding;
+    let service = EmbedService::start(factory, e.threads, e.max_batch, e.queue, None)
+        .map_err(|e| e.to_string())?;
+    Cache::open(
+        settings.cache.clone(),
+        Arc::new(MemoryStore::default()),
+        service,
+        Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?),
+        None,
+        settings.storage.index_quantization,
+        &[],
+    )
+}
+
+/// Runs every pair through `cache` under `policy`, one at a time, each in an
+/// empty cache: store `cached`, look up `probe`, remove the entry.
+pub async fn run(
+    cache: &Cache,
+    tenant: &str,
+    policy: &Policy,
+    pairs: &[Pair],
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Prediction>, String> {
+    let opts = LookupOptions::for_policy(policy);
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, pair) in pairs.iter().enumerate() {
+        let model = pair.model.as_deref().unwrap_or(MODEL);
+        let ko = key_options(policy);
+        let cached = key_with(Endpoint::Chat, &body(model, &pair.cached), &ko)
+            .map_err(|e| format!("pair {}: cached: {e}", pair.id))?;
+        let probe = key_with(Endpoint::Chat, &body(model, &pair.probe), &ko)
+            .map_err(|e| format!("pair {}: probe: {e}", pair.id))?;
+        let embedding = if cached.semantic {
+            Some(
+                cache
+                    .embed_many(std::slice::from_ref(&cached.embed_text), 1)
+                    .await?
+                    .remove(0),
+            )
+        } else {
+            None
+        };
+        let now = now_ms();
+        let ids = cache
+            .insert_now(vec![NewEntry {
+                tenant: tenant.to_string(),
+                partition: cached.partition.clone(),
+                exact_hash: cached.exact_hash.clone(),
+                endpoint: "chat".into(),
+                model: model.to_string(),
+                text: cached.text.clone(),
+                params: cached.params.clone(),
+                answer: json!({"object": "chat.completion", "model": model,
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached answer"}, "finish_reason": "stop"}]})
+                .to_string(),
+                embedding,
+                created_at: now,
+                expires_at: now + 3_600_000,
+                origin: Origin::Proxy,
+            }])
+            .await?;
+        let found = cache.explain(tenant, &probe, &opts, Probe::default()).await;
+        let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
+        let (score, failed) = match mine {
+            Some(c) => {
+                let failed: Vec<String> = c
+                    .checks
+                    .iter()
+                    .filter(|k| !k.passed)
+                    .map(|k| k.name.to_string())
+                    .collect();
+                let gated = failed.iter().any(|f| f != "similarity");
+                (if gated { 0.0 } else { c.similarity }, failed)
+            }
+            None => (0.0, vec!["not_found".to_string()]),
+        };
+        let hit = found.hit.as_ref().is_some_and(|h| h.entry.id == ids[0]);
+        out.push(Prediction {
+            id: pair.id.clone(),
+            hit,
+            score,
+            failed,
+        });
+        cache.remove(tenant, RemoveTarget::Ids(ids)).await?;
+        progress(i + 1);
+    }
+    Ok(out)
+}
+
+/// Confusion counts and the figures from them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    /// Served, and should be.
+    pub tp: usize,
+    /// Served, and must not be: a wrong answer.
+    pub fp: usize,
+    /// Not served, and should be.
+    pub fn_: usize,
+    /// Not served, and must not be.
+    pub tn: usize,
+}
+
+impl Counts {
+    fn add(&mut self, hit: bool, same: bool) {
+        match (hit, same) {
+            (true, true) => self.tp += 1,
+            (true, false) => self.fp += 1,
+            (false, true) => self.fn_ += 1,
+            (false, false) => self.tn += 1,
+        }
+    }
+
+    /// Of the hits, the share that were right to serve.
+    pub fn precision(&self) -> Option<f64> {
+        ratio(self.tp, self.tp + self.fp)
+    }
+
+    /// Of the pairs that should hit, the share that did.
+    pub fn recall(&self) -> Option<f64> {
+        ratio(self.tp, self.tp + self.fn_)
+    }
+
+    /// Of the pairs that must miss, the share served anyway.
+    pub fn fpr(&self) -> Option<f64> {
+        ratio(self.fp, self.fp + self.tn)
+    }
+
+    /// Harmonic mean of precision and recall.
+    pub fn f1(&self) -> Option<f64> {
+        let (p, r) = (self.precision()?, self.recall()?);
+        Some(if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        })
+    }
+}
+
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// Counts per category and overall (key `all`).
+pub fn by_category(pairs: &[Pair], preds: &[Prediction]) -> BTreeMap<String, Counts> {
+    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+    for (pair, p) in pairs.iter().zip(preds) {
+        out.entry(pair.category.clone())
+            .or_default()
+            .add(p.hit, pair.same_answer);
+        out.entry("all".into())
+            .or_default()
+            .add(p.hit, pair.same_answer);
+    }
+    out
+}
+
+/// Counts when a hit means `score >= t`.
+pub fn at_threshold(pairs: &[Pair], preds: &[Prediction], t: f32) -> Counts {
+    let mut c = Counts::default();
+    for (pair, p) in pairs.iter().zip(preds) {
+        c.add(p.score > 0.0 && p.score >= t, pair.same_answer);
+    }
+    c
+}
+
+/// The best recall reachable by a score threshold with a false-positive
+/// rate of at most `max_fpr`, and that threshold.
+pub fn recall_at_fpr(pairs: &[Pair], preds: &[Prediction], max_fpr: f64) -> Option<(f64, f32)> {
+    let mut ts: Vec<f32> = preds.iter().map(|p| p.score).filter(|s| *s > 0.0).collect();
+    ts.sort_by(|a, b| a.total_cmp(b));
+    ts.dedup();
+    ts.into_iter()
+        .filter_map(|t| {
+            let c = at_threshold(pairs, preds, t);
+            (c.fpr()? <= max_fpr).then(|| (c.recall().unwrap_or(0.0), t))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)))
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("   -  ".into(), |v| format!("{:5.1}%", v * 100.0))
+}
+
+/// The per-category table.
+pub fn report(pairs: &[Pair], preds: &[Prediction]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<20} {:>5} {:>9} {:>7} {:>7} {:>7}\n",
+        "category", "pairs", "precision", "recall", "F1", "FPR"
+    ));
+    let cats = by_category(pairs, preds);
+    let mut rows: Vec<(&String, &Counts)> = cats.iter().filter(|(k, _)| *k != "all").collect();
+    if let Some(all) = cats.get_key_value("all") {
+        rows.push(all);
+    }
+    for (name, c) in rows {
+        s.push_str(&format!(
+            "{:<20} {:>5} {:>9} {:>7} {:>7} {:>7}\n",
+            name,
+            c.tp + c.fp + c.fn_ + c.tn,
+            pct(c.precision()),
+            pct(c.recall()),
+            c.f1().map_or("   -".into(), |f| format!("{f:.3}")),
+            pct(c.fpr())
+        ));
+    }
+    for max in [0.05, 0.01] {
+        match recall_at_fpr(pairs, preds, max) {
+            Some((r, t)) => s.push_str(&format!(
+                "recall at FPR <= {:.0}%: {:.1}% (score threshold {t:.3})\n",
+                max * 100.0,
+                r * 100.0
+            )),
+            None => s.push_str(&format!(
+                "recall at FPR <= {:.0}%: none reachable\n",
+                max * 100.0
+            )),
+        }
+    }
+    s
+}
+
+/// A threshold table from 0.70 to 0.99, and the threshold recommended for a
+/// false-positive rate of at most `target_fpr` (the lowest one that meets it:
+/// the most recall).
+pub fn sweep(pairs: &[Pair], preds: &[Prediction], target_fpr: f64) -> String {
+    let mut s = format!(
+        "{:>9} {:>9} {:>7} {:>7} {:>7}\n",
+        "threshold", "precision", "recall", "F1", "FPR"
+    );
+    let mut best: Option<f32> = None;
+    for step in 70..=99 {
+        let t = step as f32 / 100.0;
+        let c = at_threshold(pairs, preds, t);
+        if best.is_none() && c.fpr().is_some_and(|f| f <= target_fpr) {
+            best = Some(t);
+        }
+        s.push_str(&format!(
+            "{t:>9.2} {:>9} {:>7} {:>7} {:>7}\n",
+            pct(c.precision()),
+            pct(c.recall()),
+            c.f1().map_or("   -".into(), |f| format!("{f:.3}")),
+            pct(c.fpr())
+        ));
+    }
+    match best {
+        Some(t) => {
+            let c = at_threshold(pairs, preds, t);
+            s.push_str(&format!(
+                "recommended: threshold = {t:.2} (FPR {} <= {:.1}%, recall {})\n",
+                pct(c.fpr()).trim(),
+                target_fpr * 100.0,
+                pct(c.recall()).trim()
+            ));
+        }
+        None => s.push_str(&format!(
+            "no threshold up to 0.99 keeps the FPR at or below {:.1}%\n",
+            target_fpr * 100.0
+        )),
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(id: &str, cat: &str, same: bool) -> Pair {
+        Pair {
+            id: id.into(),
+            category: cat.into(),
+            subtype: String::new(),
+            same_answer: same,
+            cached: vec![],
+            probe: vec![],
+            lang: "en".into(),
+            model: None,
+        }
+    }
+
+    fn pred(id: &str, hit: bool, score: f32) -> Prediction {
+        Prediction {
+            id: id.into(),
+            hit,
+            score,
+            failed: vec![],
+        }
+    }
+
+    #[test]
+    fn figures_per_category_and_recall_at_a_bounded_fpr() {
+        let pairs = vec![
+            pair("a", "x", true),
+            pair("b", "x", true),
+            pair("c", "x", false),
+            pair("d", "y", false),
+            pair("e", "y", true),
+        ];
+        let preds = vec![
+            pred("a", true, 0.99),
+            pred("b", false, 0.85),
+            pred("c", true, 0.95),
+            pred("d", false, 0.0),
+            pred("e", true, 0.97),
+        ];
+        let cats = by_category(&pairs, &preds);
+        let x = cats["x"];
+        assert_eq!((x.tp, x.fp, x.fn_, x.tn), (1, 1, 1, 0));
+        assert_eq!(x.precision(), Some(0.5));
+        assert_eq!(cats["all"].fpr(), Some(0.5));
+        // Above 0.95 nothing wrong is served: recall 2 of 3.
+        let (r, t) = recall_at_fpr(&pairs, &preds, 0.0).unwrap();
+        assert!((r - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(t, 0.97);
+        // A zero score never hits, whatever the threshold.
+        assert_eq!(at_threshold(&pairs, &preds, 0.0).fp, 1);
+        let table = sweep(&pairs, &preds, 0.0);
+        assert!(table.contains("recommended: threshold = 0.96"), "{table}");
+        assert!(report(&pairs, &preds).contains("recall at FPR <= 5%"));
+    }
+}

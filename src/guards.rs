@@ -1,0 +1,1075 @@
+//! Structural guards: cheap, exact comparisons of a stored question and a
+//! probe that an embedding cannot be trusted with.
+//!
+//! Owns five checks, each switchable per tenant: numbers and units, negation
+//! and polarity words, programming languages and platforms, the natural
+//! language, and the text beyond the embedding window. A guard fails only on
+//! evidence that the two texts ask different things; it never makes a
+//! candidate hit. It must stay allocation-light and free of I/O: it runs on
+//! every semantic candidate that passes the threshold.
+
+use std::collections::BTreeSet;
+
+/// Which guards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardSet {
+    /// Numbers (after normalising `1,250`, `１２５０`, `1万`, `一百`) and units
+    /// (including currencies and time spans) must be the same.
+    pub numbers: bool,
+    /// Negation and polarity words (enable/disable, ascending/descending,
+    /// not, 不, ない, …) must be the same.
+    pub negation: bool,
+    /// Programming languages, frameworks, tools and platforms named must be
+    /// the same.
+    pub code: bool,
+    /// The natural language of the text, and languages it names, must be the
+    /// same.
+    pub language: bool,
+    /// Text past the embedding window must be equal (after normalising case
+    /// and white space).
+    pub long_text: bool,
+    /// Words that fit in the embedding window.
+    pub window_words: usize,
+}
+
+impl Default for GuardSet {
+    fn default() -> Self {
+        GuardSet {
+            numbers: true,
+            negation: true,
+            code: true,
+            language: true,
+            long_text: true,
+            window_words: 170,
+        }
+    }
+}
+
+impl GuardSet {
+    /// No guard at all.
+    pub fn none() -> GuardSet {
+        GuardSet {
+            numbers: false,
+            negation: false,
+            code: false,
+            language: false,
+            long_text: false,
+            window_words: usize::MAX,
+        }
+    }
+}
+
+/// The outcome of one guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardResult {
+    /// `numbers`, `negation`, `code`, `language` or `long_text`.
+    pub name: &'static str,
+    /// Whether the texts agree.
+    pub passed: bool,
+    /// What differed, or what was compared.
+    pub detail: String,
+}
+
+/// Runs the enabled guards on a stored text and a probe. Returns whether all
+/// passed, and each result when `detail` is set (else only failures are
+/// counted, without formatting).
+pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, Vec<GuardResult>) {
+    let a = Text::new(stored);
+    let b = Text::new(probe);
+    let mut ok = true;
+    let mut out = Vec::new();
+    let mut push = |name: &'static str, x: Option<String>, what: &dyn Fn() -> String| {
+        let passed = x.is_none();
+        ok &= passed;
+        if detail {
+            out.push(GuardResult {
+                name,
+                passed,
+                detail: x.unwrap_or_else(what),
+            });
+        }
+    };
+    if set.numbers {
+        let (na, nb) = (a.numbers(), b.numbers());
+        let (ua, ub) = (a.members(UNITS), b.members(UNITS));
+        let (oa, ob) = (a.operators(), b.operators());
+        let diff = if na != nb {
+            Some(format!("numbers {} vs {}", na.join(", "), nb.join(", ")))
+        } else if oa != ob {
+            Some(format!("operators {oa:?} vs {ob:?}"))
+        } else if ua != ub {
+            Some(format!("units {} vs {}", show(&ua), show(&ub)))
+        } else {
+            None
+        };
+        push("numbers", diff, &|| {
+            format!(
+                "numbers {}",
+                if na.is_empty() {
+                    "none".into()
+                } else {
+                    na.join(", ")
+                }
+            )
+        });
+    }
+    if set.negation {
+        let (na, nb) = (a.negated(), b.negated());
+        let (pa, pb) = (a.members(POLARITY), b.members(POLARITY));
+        let diff = if na != nb {
+            Some(format!(
+                "negated: {} vs {}",
+                if na { "yes" } else { "no" },
+                if nb { "yes" } else { "no" }
+            ))
+        } else if pa != pb {
+            Some(format!("polarity {} vs {}", show(&pa), show(&pb)))
+        } else {
+            None
+        };
+        push("negation", diff, &|| {
+            "same negation and polarity words".into()
+        });
+    }
+    if set.negation {
+        // Direction: the same words in another order around "to", "from",
+        // "into", "than", "vs": "string to integer" is not "integer to string".
+        push("direction", a.direction_swap(&b), &|| {
+            "no words swapped around to, from, into or than".into()
+        });
+    }
+    if set.code {
+        let (ca, cb) = (a.members(CODE), b.members(CODE));
+        let diff = (ca != cb).then(|| format!("{} vs {}", show(&ca), show(&cb)));
+        push("code", diff, &|| {
+            format!("languages and platforms {}", show(&ca))
+        });
+    }
+    if set.language {
+        let (la, lb) = (a.language(), b.language());
+        let (na, nb) = (a.members(LANGUAGES), b.members(LANGUAGES));
+        let diff = if la != lb {
+            Some(format!("written in {la} vs {lb}"))
+        } else if na != nb {
+            Some(format!("names {} vs {}", show(&na), show(&nb)))
+        } else {
+            None
+        };
+        push("language", diff, &|| format!("written in {la}"));
+    }
+    if set.long_text {
+        let (ta, tb) = (a.tail(set.window_words), b.tail(set.window_words));
+        let diff = (ta != tb)
+            .then(|| format!("the text past the first {} words differs", set.window_words));
+        push("long_text", diff, &|| {
+            if ta.is_empty() {
+                "fits the embedding window".into()
+            } else {
+                "the text past the embedding window is the same".into()
+            }
+        });
+    }
+    (ok, out)
+}
+
+fn show(s: &BTreeSet<String>) -> String {
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Words that carry no direction or content of their own, skipped when word
+/// orders are compared.
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "of",
+    "in", "on", "at", "for", "with", "by", "and", "or", "is", "are", "do", "does", "how", "i",
+    "what", "please", "can", "me", "it",
+];
+
+/// A group of words that name the same thing; the first is its name.
+type Group = &'static [&'static str];
+
+// NOTE: lower-case forms. A Latin word matches a token equal to it or to it
+// plus a common suffix (s, es, d, ed, ing, ly); a CJK word matches anywhere.
+const UNITS: &[Group] = &[
+    &["celsius", "°c", "摂氏", "摄氏"],
+    &["fahrenheit", "°f", "華氏", "华氏"],
+    &["kelvin"],
+    &["second", "sec", "秒"],
+    &["minute", "min", "分钟", "分間"],
+    &["hour", "hr", "小时", "時間"],
+    &["day", "天", "日間"],
+    &["week", "周", "週間"],
+    &["month", "个月", "ヶ月", "か月"],
+    &["year", "年"],
+    &["millisecond", "ms"],
+    &["kilometer", "kilometre", "km", "公里", "キロメートル"],
+    &["meter", "metre", "米", "メートル"],
+    &["centimeter", "centimetre", "cm", "厘米", "センチ"],
+    &["millimeter", "millimetre", "mm"],
+    &["mile", "英里", "マイル"],
+    &["foot", "feet", "ft"],
+    &["inch", "inches"],
+    &["yard", "yd"],
+    &["kilogram", "kg", "公斤", "キログラム"],
+    &["gram", "克", "グラム"],
+    &["pound", "lb", "lbs", "磅"],
+    &["ounce", "oz"],
+    &["liter", "litre", "升", "リットル"],
+    &["gallon"],
+    &["byte"],
+    &["kilobyte", "kb"],
+    &["megabyte", "mb"],
+    &["gigabyte", "gb"],
+    &["terabyte", "tb"],
+    &["percent", "%", "百分之"],
+    &["dollar", "usd", "$", "美元", "ドル", "dólar", "dólares"],
+    &["euro", "eur", "€", "欧元", "ユーロ"],
+    &["yen", "jpy", "¥", "円", "日元"],
+    &["yuan", "rmb", "cny", "人民币", "元"],
+    &["pound sterling", "gbp", "£", "英镑", "ポンド"],
+    &["peso"],
+];
+
+const POLARITY: &[Group] = &[
+    &[
+        "enable",
+        "turn on",
+        "activate",
+        "开启",
+        "启用",
+        "打开",
+        "有効",
+        "activar",
+        "habilitar",
+    ],
+    &[
+        "disable",
+        "turn off",
+        "deactivate",
+        "关闭",
+        "禁用",
+        "無効",
+        "desactivar",
+        "deshabilitar",
+    ],
+    &["ascending", "asc", "升序", "昇順", "ascendente"],
+    &["descending", "desc", "降序", "降順", "descendente"],
+    &["reverse", "逆順", "反转", "倒序"],
+    &["increase", "增加", "増やす", "aumentar"],
+    &["decrease", "reduce", "减少", "減らす", "disminuir"],
+    &["maximum", "max", "最大"],
+    &["minimum", "min", "最小"],
+    &["largest", "biggest", "highest", "最多"],
+    &["smallest", "lowest", "least", "fewest", "最少"],
+    &["first"],
+    &["last"],
+    &["true"],
+    &["false"],
+    &["allow", "permit"],
+    &["deny", "block", "forbid"],
+    &["remove", "delete", "删除", "削除"],
+    &["insert", "添加"],
+    &["encrypt"],
+    &["decrypt"],
+    &["upload", "上传"],
+    &["download", "下载"],
+    &["import"],
+    &["export"],
+    &["install", "安装"],
+    &["uninstall", "卸载"],
+    &["subscribe", "订阅"],
+    &["unsubscribe", "退订"],
+    &["cancel", "取消"],
+    &["renew", "续订"],
+    &["lock", "锁定"],
+    &["unlock", "解锁"],
+    &["push"],
+    &["pull"],
+    &["above"],
+    &["below"],
+    &["horizontal"],
+    &["vertical"],
+    &["connect"],
+    &["disconnect"],
+    &["buy", "purchase", "购买"],
+    &["sell", "出售"],
+    &["happy", "开心", "高兴"],
+    &["sad", "难过", "伤心"],
+    &["hot"],
+    &["cold"],
+    &["mount"],
+    &["unmount"],
+    &["build time"],
+    &["run time", "runtime"],
+];
+
+const CODE: &[Group] = &[
+    &[
+        "python", ".py", "pytest", "pip", "django", "flask", "pandas", "numpy",
+    ],
+    &[
+        "javascript",
+        "js",
+        ".js",
+        "node.js",
+        "nodejs",
+        "npm",
+        "jest",
+    ],
+    &["typescript", "ts", ".ts"],
+    &["java", ".java", "junit", "maven"],
+    &["kotlin"],
+    &["c++", "cpp", ".cpp"],
+    &["c#", "csharp", ".net", "dotnet"],
+    &["golang"],
+    &["rust", ".rs"],
+    &["ruby", "ruby on rails", ".rb"],
+    &["php"],
+    &["swift"],
+    &["scala"],
+    &["perl"],
+    &["haskell"],
+    &["lua"],
+    &["dart", "flutter"],
+    &["elixir"],
+    &["matlab"],
+    &["julia"],
+    &["bash", "shell", "zsh", ".sh"],
+    &["powershell"],
+    &["sql", "mysql", "postgres", "postgresql", "sqlite"],
+    &["html"],
+    &["flexbox"],
+    &["css grid", "grid layout"],
+    &["react", "jsx"],
+    &["vue"],
+    &["angular"],
+    &["docker", "dockerfile"],
+    &["kubernetes", "k8s", "kubectl"],
+    &["git"],
+    &["excel"],
+    &["linux"],
+    &["ubuntu"],
+    &["debian"],
+    &["windows"],
+    &["macos", "mac os", "os x"],
+    &["ios", "iphone"],
+    &["android"],
+];
+
+const LANGUAGES: &[Group] = &[
+    &["english", "英文", "英语", "英語", "inglés"],
+    &["chinese", "mandarin", "中文", "汉语", "中国語", "chino"],
+    &["japanese", "日文", "日语", "日本語", "japonés"],
+    &["korean", "韩语", "韓国語", "coreano"],
+    &["french", "法语", "フランス語", "francés"],
+    &["spanish", "西班牙语", "スペイン語", "español"],
+    &["german", "德语", "ドイツ語", "alemán"],
+    &["italian", "意大利语", "イタリア語"],
+    &["portuguese", "葡萄牙语", "ポルトガル語"],
+    &["russian", "俄语", "ロシア語"],
+];
+
+/// A text prepared for the guards: lower-cased, full-width forms folded,
+/// split into tokens.
+struct Text {
+    lower: String,
+    tokens: Vec<String>,
+}
+
+fn fold(c: char) -> char {
+    // Full-width ASCII (！ to ～) to ASCII, the ideographic space to a space.
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        '\u{3000}' => ' ',
+        _ => c,
+    }
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}')
+}
+
+const SUFFIXES: [&str; 12] = [
+    "", "s", "es", "d", "ed", "ing", "ly", "ion", "ions", "ation", "er", "ers",
+];
+
+impl Text {
+    fn new(s: &str) -> Text {
+        // The ModelCache key text joins turns as `role###content|||…`.
+        let plain = s.replace("|||", " \n ").replace("###", ": ");
+        let lower: String = plain
+            .chars()
+            .map(fold)
+            .flat_map(char::to_lowercase)
+            .collect();
+        let mut tokens = Vec::new();
+        let mut cur = String::new();
+        for c in lower.chars() {
+            if c.is_alphanumeric() && !is_cjk(c) || (c == '\'' || c == '’') && !cur.is_empty() {
+                cur.push(if c == '’' { '\'' } else { c });
+            } else {
+                if !cur.is_empty() {
+                    tokens.push(std::mem::take(&mut cur));
+                }
+                if is_cjk(c) {
+                    tokens.push(c.to_string());
+                }
+            }
+        }
+        if !cur.is_empty() {
+            tokens.push(cur);
+        }
+        Text { lower, tokens }
+    }
+
+    fn has_word(&self, w: &str) -> bool {
+        if w.chars().any(is_cjk) || !w.chars().all(|c| c.is_alphanumeric() || c == ' ') {
+            // CJK words and symbols (°c, c++, .py, $) match as substrings,
+            // bounded by non-alphanumerics for the Latin ones.
+            return self.substring(w);
+        }
+        if w.contains(' ') {
+            return self.substring(w);
+        }
+        // `enable` also matches `enabling`, `encrypt` `encryption`.
+        let stem = w.strip_suffix('e').unwrap_or(w);
+        self.tokens.iter().any(|t| {
+            SUFFIXES.iter().any(|s| {
+                (t.len() == w.len() + s.len() && t.starts_with(w) && t.ends_with(s))
+                    || (!s.is_empty()
+                        && t.len() == stem.len() + s.len()
+                        && t.starts_with(stem)
+                        && t.ends_with(s))
+            })
+        })
+    }
+
+    fn substring(&self, w: &str) -> bool {
+        let cjk = w.chars().any(is_cjk);
+        let mut from = 0;
+        while let Some(i) = self.lower[from..].find(w) {
+            let start = from + i;
+            let end = start + w.len();
+            if cjk {
+                return true;
+            }
+            let before = self.lower[..start].chars().next_back();
+            let after = self.lower[end..].chars().next();
+            let edge = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+            let first_alnum = w.chars().next().is_some_and(char::is_alphanumeric);
+            let last_alnum = w.chars().next_back().is_some_and(char::is_alphanumeric);
+            if (!first_alnum || edge(before)) && (!last_alnum || edge(after)) {
+                return true;
+            }
+            from = start + w.chars().next().map_or(1, char::len_utf8);
+        }
+        false
+    }
+
+    /// The names of the groups the text mentions.
+    fn members(&self, groups: &[Group]) -> BTreeSet<String> {
+        groups
+            .iter()
+            .filter(|g| g.iter().any(|w| self.has_word(w)))
+            .map(|g| g[0].to_string())
+            .collect()
+    }
+
+    fn negated(&self) -> bool {
+        const WORDS: [&str; 15] = [
+            "not", "no", "non", "never", "without", "none", "nothing", "nobody", "neither", "nor",
+            "cannot", "nunca", "sin", "ningún", "ninguna",
+        ];
+        const CJK: [&str; 7] = ["不", "没", "別", "别", "无法", "ない", "ません"];
+        self.tokens
+            .iter()
+            .any(|t| WORDS.contains(&t.as_str()) || t.ends_with("n't"))
+            || self.lower.contains("n't")
+            || CJK.iter().any(|w| self.lower.contains(w))
+    }
+
+    /// Arithmetic operators, in order: `+ - * / ^`, written as symbols or
+    /// words ("divided by", "to the power of"); a `-` only between spaces or
+    /// digits, not in a hyphenated word. `=` is left out: "= ?" adds nothing.
+    fn operators(&self) -> String {
+        const WORDS: [(&str, char); 9] = [
+            ("to the power of", '^'),
+            ("divided by", '/'),
+            ("multiplied by", '*'),
+            ("times", '*'),
+            ("plus", '+'),
+            ("minus", '-'),
+            ("除以", '/'),
+            ("乘以", '*'),
+            ("的平方", '^'),
+        ];
+        let mut text = self.lower.clone();
+        for (w, op) in WORDS {
+            text = text.replace(w, &format!(" {op} "));
+        }
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = String::new();
+        for (i, c) in chars.iter().enumerate() {
+            let prev = i.checked_sub(1).map(|j| chars[j]);
+            let next = chars.get(i + 1).copied();
+            let spaced = |c: Option<char>| c.is_none_or(|c| c == ' ' || c.is_ascii_digit());
+            match c {
+                '+' | '*' | '/' | '^' | '×' | '÷' => out.push(match c {
+                    '×' => '*',
+                    '÷' => '/',
+                    c => *c,
+                }),
+                '-' if spaced(prev) && spaced(next) => out.push('-'),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// When both texts hold the same words in another order, whether a
+    /// directional word (to, from, into, than, vs) now joins other words.
+    fn direction_swap(&self, other: &Text) -> Option<String> {
+        const MARKERS: [&str; 7] = ["to", "from", "into", "than", "vs", "versus", "over"];
+        let content = |t: &Text| -> Vec<String> {
+            t.tokens
+                .iter()
+                .filter(|w| !FUNCTION_WORDS.contains(&w.as_str()) || MARKERS.contains(&w.as_str()))
+                .cloned()
+                .collect()
+        };
+        let (a, b) = (content(self), content(other));
+        if a == b {
+            return None;
+        }
+        let (mut sa, mut sb) = (a.clone(), b.clone());
+        sa.sort();
+        sb.sort();
+        if sa != sb {
+            return None;
+        }
+        let pairs = |v: &[String]| -> Vec<(String, String, String)> {
+            v.iter()
+                .enumerate()
+                .filter(|(_, w)| MARKERS.contains(&w.as_str()))
+                .filter_map(|(i, m)| {
+                    let before = v[..i]
+                        .iter()
+                        .rev()
+                        .find(|w| !MARKERS.contains(&w.as_str()))?;
+                    let after = v[i + 1..].iter().find(|w| !MARKERS.contains(&w.as_str()))?;
+                    Some((before.clone(), m.clone(), after.clone()))
+                })
+                .collect()
+        };
+        let (pa, pb) = (pairs(&a), pairs(&b));
+        (pa != pb).then(|| {
+            let show = |p: &[(String, String, String)]| {
+                p.iter()
+                    .map(|(x, m, y)| format!("{x} {m} {y}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            format!("\"{}\" vs \"{}\"", show(&pa), show(&pb))
+        })
+    }
+
+    /// Every number, normalised and in order: `1,250` and `１２５０` are
+    /// `1250`, `1万` is `10000`, `一百` is `100`.
+    fn numbers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let chars: Vec<char> = self.lower.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c.is_ascii_digit() || cjk_digit(c).is_some() {
+                let start = i;
+                let mut s = String::new();
+                while i < chars.len() {
+                    let c = chars[i];
+                    let separator = (c == ',' || c == '.')
+                        && !s.is_empty()
+                        && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+                    let part = c.is_ascii_digit()
+                        || separator
+                        || cjk_digit(c).is_some()
+                        || cjk_unit(c).is_some();
+                    if !part {
+                        break;
+                    }
+                    s.push(c);
+                    i += 1;
+                }
+                if let Some(v) = parse_number(&s) {
+                    out.push(v);
+                }
+                if i == start {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    fn language(&self) -> &'static str {
+        let (mut kana, mut han, mut hangul, mut cyrillic, mut latin) = (0, 0, 0, 0, 0);
+        for c in self.lower.chars() {
+            match c {
+                '\u{3040}'..='\u{30FF}' => kana += 1,
+                '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' => han += 1,
+                '\u{AC00}'..='\u{D7AF}' => hangul += 1,
+                '\u{0400}'..='\u{04FF}' => cyrillic += 1,
+                c if c.is_alphabetic() => latin += 1,
+                _ => {}
+            }
+        }
+        let cjk = kana + han + hangul;
+        if kana > 0 && kana + han >= latin / 4 {
+            return "ja";
+        }
+        if hangul > 0 && hangul >= latin / 4 {
+            return "ko";
+        }
+        if han > 0 && cjk >= latin / 4 {
+            return "zh";
+        }
+        if cyrillic > latin {
+            return "ru";
+        }
+        // A small stop-word vote among Latin-script languages.
+        const VOTES: [(&str, &[&str]); 5] = [
+            (
+                "en",
+                &[
+                    "the", "is", "what", "how", "do", "i", "a", "of", "to", "in", "and", "my",
+                    "you", "can", "does", "are",
+                ],
+            ),
+            (
+                "es",
+                &[
+                    "el", "la", "los", "las", "es", "qué", "cómo", "de", "en", "y", "mi", "un",
+                    "una", "por", "para", "puedo",
+                ],
+            ),
+            (
+                "fr",
+                &[
+                    "le", "la", "les", "est", "quel", "quelle", "comment", "de", "et", "mon", "un",
+                    "une", "pour", "je",
+                ],
+            ),
+            (
+                "de",
+                &[
+                    "der", "die", "das", "ist", "wie", "was", "und", "ich", "ein", "eine", "mein",
+                    "nicht",
+                ],
+            ),
+            (
+                "pt",
+                &[
+                    "o", "os", "é", "como", "qual", "de", "e", "meu", "um", "uma", "para", "não",
+                ],
+            ),
+        ];
+        let mut best = ("en", 0usize);
+        for (lang, words) in VOTES {
+            let n = self
+                .tokens
+                .iter()
+                .filter(|t| words.contains(&t.as_str()))
+                .count();
+            if n > best.1 {
+                best = (lang, n);
+            }
+        }
+        best.0
+    }
+
+    /// The text past the first `window` words, normalised (case, white
+    /// space), or "" if the text fits.
+    fn tail(&self, window: usize) -> String {
+        let words: Vec<&str> = self.lower.split_whitespace().collect();
+        // NOTE: a CJK character is about one token, so count each as a word.
+        let mut count = 0;
+        for (i, w) in words.iter().enumerate() {
+            count += w.chars().filter(|c| is_cjk(*c)).count().max(1);
+            if count > window {
+                return words[i..].join(" ");
+            }
+        }
+        String::new()
+    }
+}
+
+fn cjk_digit(c: char) -> Option<u64> {
+    Some(match c {
+        '零' | '〇' => 0,
+        '一' => 1,
+        '二' | '两' => 2,
+        '三' => 3,
+        '四' => 4,
+        '五' => 5,
+        '六' => 6,
+        '七' => 7,
+        '八' => 8,
+        '九' => 9,
+        _ => return None,
+    })
+}
+
+fn cjk_unit(c: char) -> Option<u64> {
+    Some(match c {
+        '十' => 10,
+        '百' => 100,
+        '千' => 1_000,
+        '万' | '萬' => 10_000,
+        '亿' | '億' => 100_000_000,
+        _ => return None,
+    })
+}
+
+/// A number as written (ASCII digits with `,` and `.`, CJK numerals, or a
+/// mix such as `1万`), in one canonical spelling.
+fn parse_number(s: &str) -> Option<String> {
+    if s.chars()
+        .all(|c| c.is_ascii_digit() || c == ',' || c == '.')
+    {
+        // `1,250` has a thousands separator; `1,5` is a decimal comma.
+        let mut groups = s.split(',');
+        let head_ok = groups.next().is_some_and(|g| (1..=3).contains(&g.len()));
+        let rest: Vec<&str> = groups.collect();
+        let thousands = head_ok
+            && !rest.is_empty()
+            && rest.iter().enumerate().all(|(i, g)| {
+                let digits = g.split('.').next().unwrap_or("");
+                digits.len() == 3 && (i + 1 == rest.len() || !g.contains('.'))
+            });
+        let plain = if thousands {
+            s.replace(',', "")
+        } else {
+            s.replace(',', ".")
+        };
+        // NOTE: decimals are kept as written: Python 3.10 is not 3.1.
+        if plain.contains('.') {
+            return Some(plain);
+        }
+        let trimmed = plain.trim_start_matches('0');
+        return Some(if trimmed.is_empty() { "0" } else { trimmed }.to_string());
+    }
+    // CJK: sections below 万 built from digits and 十百千, then 万 and 亿
+    // multiply what came before. ASCII digits may stand for a digit run.
+    let mut total: f64 = 0.0;
+    let mut section: f64 = 0.0;
+    let mut digit: Option<f64> = None;
+    let mut ascii = String::new();
+    let flush_ascii = |ascii: &mut String, digit: &mut Option<f64>| {
+        if !ascii.is_empty() {
+            *digit = ascii.replace(',', "").parse::<f64>().ok();
+            ascii.clear();
+        }
+    };
+    for c in s.chars() {
+        if c.is_ascii_digit() || c == '.' || c == ',' {
+            ascii.push(c);
+            continue;
+        }
+        flush_ascii(&mut ascii, &mut digit);
+        if let Some(d) = cjk_digit(c) {
+            digit = Some(d as f64);
+        } else if let Some(u) = cjk_unit(c) {
+            if u >= 10_000 {
+                section += digit.take().unwrap_or(0.0);
+                total += section.max(1.0) * u as f64;
+                section = 0.0;
+            } else {
+                section += digit.take().unwrap_or(1.0) * u as f64;
+            }
+        }
+    }
+    flush_ascii(&mut ascii, &mut digit);
+    section += digit.unwrap_or(0.0);
+    Some(format_number(total + section))
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fails(a: &str, b: &str) -> Vec<&'static str> {
+        let (_, r) = check(a, b, &GuardSet::default(), true);
+        r.into_iter()
+            .filter(|g| !g.passed)
+            .map(|g| g.name)
+            .collect()
+    }
+
+    #[test]
+    fn numbers_are_normalised_before_they_are_compared() {
+        assert!(fails(
+            "user###What is 1,250 divided by 25?",
+            "user###1250 / 25 = ?"
+        )
+        .is_empty());
+        assert!(fails(
+            "user###10000円は何ドルですか？",
+            "user###１００００円は何ドルですか？"
+        )
+        .is_empty());
+        assert!(fails(
+            "user###10000円は何ドルですか？",
+            "user###1万円はドルでいくらですか？"
+        )
+        .is_empty());
+        assert!(fails(
+            "user###100美元等于多少人民币？",
+            "user###一百美元能换多少人民币？"
+        )
+        .is_empty());
+        assert!(fails("user###Call me at 007", "user###call me at 7").is_empty());
+        assert_eq!(
+            fails("user###New in Python 3.10", "user###New in Python 3.1"),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###What is 1,250 divided by 25?",
+                "user###What is 1,250 divided by 50?"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails("user###What is 15% of 80?", "user###What is 15% of 90?"),
+            ["numbers"]
+        );
+    }
+
+    #[test]
+    fn order_of_numbers_operators_and_direction() {
+        assert_eq!(
+            fails(
+                "user###What is 2 to the power of 10?",
+                "user###What is 10 to the power of 2?"
+            ),
+            ["numbers", "direction"]
+        );
+        assert!(fails(
+            "user###What is 2 to the power of 10?",
+            "user###Compute 2^10."
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###Simplify the fraction 18/24.",
+                "user###Simplify the fraction 24/18."
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###Solve for x: 2x + 3 = 11",
+                "user###Solve for x: 2x - 3 = 11"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###How do I convert a string to an integer in Java?",
+                "user###How do I convert an integer to a string in Java?"
+            ),
+            ["direction"]
+        );
+        assert_eq!(
+            fails(
+                "user###Convert 100 kilometers to miles.",
+                "user###Convert 100 miles to kilometers."
+            ),
+            ["direction"]
+        );
+        // Coordination is not direction; hyphenated words are not minus signs.
+        assert!(fails(
+            "user###Center a div horizontally and vertically",
+            "user###Center a div vertically and horizontally"
+        )
+        .is_empty());
+        assert!(fails(
+            "user###Set up two-factor authentication",
+            "user###set up two-factor authentication please"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn units_and_currencies_are_compared() {
+        assert_eq!(
+            fails(
+                "user###What is the boiling point of water at sea level in Celsius?",
+                "user###What is the boiling point of water at sea level in Fahrenheit?"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###How many seconds are in a day?",
+                "user###How many seconds are in a week?"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###100美元等于多少人民币？",
+                "user###100欧元等于多少人民币？"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###10000円は何ドルですか？",
+                "user###10000円は何ユーロですか？"
+            ),
+            ["numbers"]
+        );
+    }
+
+    #[test]
+    fn negation_and_polarity() {
+        assert_eq!(
+            fails(
+                "user###How do I enable two-factor authentication?",
+                "user###How do I disable two-factor authentication?"
+            ),
+            ["negation"]
+        );
+        assert_eq!(
+            fails(
+                "user###Sort the list in ascending order",
+                "user###Sort the list in descending order"
+            ),
+            ["negation"]
+        );
+        assert_eq!(
+            fails(
+                "user###Is the API rate limited?",
+                "user###Is the API not rate limited?"
+            ),
+            ["negation"]
+        );
+        assert_eq!(
+            fails("user###Can I pay by card?", "user###Can't I pay by card?"),
+            ["negation"]
+        );
+        assert_eq!(
+            fails("user###如何开启两步验证？", "user###如何关闭两步验证？"),
+            ["negation"]
+        );
+        assert!(fails(
+            "user###How do I enable dark mode?",
+            "user###How can I enable the dark mode?"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn programming_languages_and_platforms() {
+        assert_eq!(
+            fails(
+                "user###How do I reverse a list in Python?",
+                "user###How do I reverse a list in JavaScript?"
+            ),
+            ["code"]
+        );
+        assert_eq!(
+            fails(
+                "user###Count the lines in all .py files",
+                "user###Count the lines in all .js files"
+            ),
+            ["code"]
+        );
+        assert_eq!(
+            fails(
+                "user###Install Node.js 18 on Ubuntu 22.04",
+                "user###Install Node.js 18 on macOS"
+            ),
+            ["numbers", "code"]
+        );
+        assert!(fails(
+            "user###How do I reverse a list in Python?",
+            "user###What's the way to reverse a Python list?"
+        )
+        .is_empty());
+        // Java is not JavaScript.
+        assert_eq!(
+            fails(
+                "user###Read a file in Java",
+                "user###Read a file in JavaScript"
+            ),
+            ["code"]
+        );
+    }
+
+    #[test]
+    fn the_natural_language_must_match() {
+        assert_eq!(
+            fails(
+                "user###日本の首都はどこですか？",
+                "user###What is the capital of Japan?"
+            ),
+            ["language"]
+        );
+        assert_eq!(
+            fails(
+                "user###把这句话翻译成英文：我今天很开心。",
+                "user###把这句话翻译成日文：我今天很开心。"
+            ),
+            ["language"]
+        );
+        assert_eq!(
+            fails(
+                "user###¿Cuál es la capital de Francia?",
+                "user###What is the capital of France?"
+            ),
+            ["language"]
+        );
+        assert!(fails(
+            "user###日本の首都はどこですか？",
+            "user###日本の首都は何ですか"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn text_past_the_window_must_be_equal() {
+        // Words without digits, so that only the long-text guard can see the edit.
+        let word = |i: usize| {
+            format!(
+                "w{}{} ",
+                (b'a' + (i / 26) as u8) as char,
+                (b'a' + (i % 26) as u8) as char
+            )
+        };
+        let doc: String = (0..300).map(word).collect();
+        let edited = doc.replace(&word(250), "changed ");
+        let set = GuardSet::default();
+        assert!(check(&doc, &doc.to_uppercase(), &set, false).0);
+        assert!(!check(&doc, &edited, &set, false).0);
+        assert_eq!(fails(&doc, &edited), ["long_text"]);
+        // An edit inside the window is left to the embedding.
+        let early = doc.replace(&word(10), "changed ");
+        assert!(fails(&doc, &early).is_empty());
+        // Switched off, nothing fails.
+        assert!(check(&doc, &edited, &GuardSet::none(), true).0);
+    }
+}
