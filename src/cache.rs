@@ -93,6 +93,8 @@ pub struct LookupOptions {
     pub min_similarity: Option<f32>,
     /// The structural guards to run on semantic candidates.
     pub guards: crate::guards::GuardSet,
+    /// The verifier, which chooses each semantic candidate's threshold.
+    pub verifier: crate::verify::Verifier,
 }
 
 impl LookupOptions {
@@ -103,6 +105,7 @@ impl LookupOptions {
             max_age: None,
             min_similarity: None,
             guards: p.guards,
+            verifier: p.verifier,
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct Candidate {
     pub kind: HitKind,
     /// Every check, in order.
     pub checks: Vec<Check>,
+    /// The similarity this candidate needed (the verifier's choice).
+    pub needed: f32,
     /// Whether the real lookup would serve this one.
     pub served: bool,
 }
@@ -513,7 +518,7 @@ impl Cache {
         origin: Option<Origin>,
         exact: bool,
         detail: bool,
-    ) -> (bool, Vec<Check>) {
+    ) -> (bool, Vec<Check>, f32) {
         let same_partition = e.tenant == tenant && e.partition == key.partition;
         // NOTE: an exact hit has the same text; guards compare texts that differ.
         let guards = if exact || !same_partition {
@@ -526,10 +531,21 @@ impl Cache {
             .max_age
             .is_none_or(|m| now - e.created_at <= m.as_millis() as i64);
         let origin_ok = origin.is_none_or(|o| e.origin == o);
+        // NOTE: the verifier chooses the threshold of a semantic candidate by
+        // how many content words differ; a request's stricter threshold
+        // still wins.
+        let (threshold, why) = if exact || !same_partition {
+            (threshold, "threshold")
+        } else {
+            let diff = crate::verify::diff(&e.text, &key.text);
+            let (t, why) = opts.verifier.threshold(threshold, &diff);
+            let t = opts.min_similarity.map_or(t, |m| t.max(m));
+            (t, why)
+        };
         let close = similarity >= threshold;
         let ok = same_partition && fresh && young && origin_ok && guards.0 && close;
         if !detail {
-            return (ok, Vec::new());
+            return (ok, Vec::new(), threshold);
         }
         let check = |name, passed, detail: String| Check {
             name,
@@ -579,15 +595,25 @@ impl Cache {
                 format!("written by {}, needs {}", e.origin.as_str(), o.as_str()),
             ));
         }
+        let words = if exact || !same_partition {
+            String::new()
+        } else {
+            let d = crate::verify::diff(&e.text, &key.text);
+            if d.count() == 0 {
+                format!(" ({why})")
+            } else {
+                format!(" ({why}: {})", d.describe())
+            }
+        };
         checks.push(check(
             "similarity",
             close,
             format!(
-                "{similarity:.4} {} threshold {threshold:.4}",
+                "{similarity:.4} {} threshold {threshold:.4}{words}",
                 if close { ">=" } else { "<" }
             ),
         ));
-        (ok, checks)
+        (ok, checks, threshold)
     }
 
     async fn find(
@@ -606,7 +632,7 @@ impl Cache {
             ..Default::default()
         };
         if let Some(e) = self.exact(tenant, key).await {
-            let (ok, checks) = Self::judge(
+            let (ok, checks, needed) = Self::judge(
                 &e,
                 tenant,
                 key,
@@ -631,6 +657,7 @@ impl Cache {
                     similarity: 1.0,
                     kind: HitKind::Exact,
                     checks,
+                    needed,
                     served: ok,
                 });
             }
@@ -685,8 +712,14 @@ impl Cache {
             }
         };
         let best = cands.first().map(|(_, sim)| *sim);
+        // The lowest threshold the verifier may choose for any candidate.
+        let floor = opts
+            .min_similarity
+            .map_or(opts.verifier.floor(threshold), |m| {
+                opts.verifier.floor(threshold).max(m)
+            });
         for (id, sim) in cands {
-            if !explain && (sim < threshold || out.hit.is_some()) {
+            if !explain && (sim < floor || out.hit.is_some()) {
                 break;
             }
             if out.candidates.iter().any(|c| c.entry.id == id as i64) {
@@ -697,7 +730,7 @@ impl Cache {
             };
             let sim = sim.min(1.0);
             // NOTE: the index only proposes; equality decides.
-            let (ok, checks) = Self::judge(
+            let (ok, checks, needed) = Self::judge(
                 &e,
                 tenant,
                 key,
@@ -723,6 +756,7 @@ impl Cache {
                     similarity: sim,
                     kind: HitKind::Semantic,
                     checks,
+                    needed,
                     served,
                 });
             }

@@ -54,11 +54,17 @@ pub struct Prediction {
     pub id: String,
     /// Whether the lookup served the cached entry.
     pub hit: bool,
-    /// The entry's similarity when every check but the threshold passed;
-    /// 0 when a check that no threshold can override failed.
+    /// The entry's similarity, less the threshold the verifier chose for it,
+    /// plus the tenant's threshold, when every check but the similarity
+    /// passed (so a score of at least the threshold is a hit); 0 when a check
+    /// that no threshold can override failed.
     pub score: f32,
     /// The checks that failed, by name.
     pub failed: Vec<String>,
+    /// The raw cosine similarity of the stored entry (0 if not found).
+    pub similarity: f32,
+    /// Content words that differ (the verifier's count).
+    pub differing_words: usize,
 }
 
 /// Reads pairs from a JSON-lines file.
@@ -193,6 +199,8 @@ pub async fn run(
             .await?;
         let found = cache.explain(tenant, &probe, &opts, Probe::default()).await;
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
+        let similarity = mine.map_or(0.0, |c| c.similarity);
+        let differing_words = crate::verify::diff(&cached.text, &probe.text).count();
         let (score, failed) = match mine {
             Some(c) => {
                 let failed: Vec<String> = c
@@ -202,7 +210,12 @@ pub async fn run(
                     .map(|k| k.name.to_string())
                     .collect();
                 let gated = failed.iter().any(|f| f != "similarity");
-                (if gated { 0.0 } else { c.similarity }, failed)
+                // NOTE: the score is the similarity's margin over what this
+                // candidate needed, moved to the tenant's threshold, so that a
+                // sweep moves every verifier tier together.
+                let base = Cache::threshold_for(&probe, &opts);
+                let score = (c.similarity - c.needed + base).clamp(0.0001, 1.5);
+                (if gated { 0.0 } else { score }, failed)
             }
             None => (0.0, vec!["not_found".to_string()]),
         };
@@ -212,6 +225,8 @@ pub async fn run(
             hit,
             score,
             failed,
+            similarity,
+            differing_words,
         });
         cache.remove(tenant, RemoveTarget::Ids(ids)).await?;
         progress(i + 1);
@@ -416,6 +431,8 @@ mod tests {
             hit,
             score,
             failed: vec![],
+            similarity: score,
+            differing_words: 0,
         }
     }
 

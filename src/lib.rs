@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod store;
 pub mod tenants;
+pub mod verify;
 pub mod writeback;

@@ -46,7 +46,7 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     // Hits through the proxy, for the hit log.
     verify_key(app.proxy_addr, &[]).await;
     let paraphrase = json!({"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "What's the capital city of France?"}]});
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me the capital of France."}]});
     assert_eq!(chat(app.proxy_addr, paraphrase).await.cache(), "hit");
     settle(&app).await;
 

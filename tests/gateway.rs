@@ -551,7 +551,12 @@ async fn other_routes_pass_through_with_path_query_and_headers() {
 
 #[tokio::test]
 async fn cache_control_and_request_headers() {
-    let (up, _dir, app) = start().await;
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    // The threshold header alone: the verifier would ask more of a one-word addition.
+    policy(&mut s, |p| p.verifier.enabled = false);
+    let app = gateway(s).await;
     let q = ask("What is Rust?");
     // no-store: neither reads nor writes.
     assert_eq!(
@@ -852,6 +857,8 @@ async fn long_texts_use_their_own_threshold() {
         p.long_text_words = 5;
         p.threshold = 0.80;
         p.long_threshold = 0.99;
+        // The thresholds alone: the verifier would ask more of a one-word addition.
+        p.verifier.enabled = false;
     });
     let app = gateway(s).await;
     // Short: 4 words cached, 5 asked (similarity about 0.89): hits under 0.80.

@@ -221,6 +221,8 @@ pub struct Policy {
     pub api_entries_match: ApiEntriesMatch,
     /// Structural guards run on every semantic candidate.
     pub guards: crate::guards::GuardSet,
+    /// The word-by-word verifier.
+    pub verifier: crate::verify::Verifier,
 }
 
 /// Which chat requests an entry inserted through `/modelcache` may answer.
@@ -682,6 +684,20 @@ fn global_policy(errs: &mut Errors, c: &raw::RawCache, max_length: usize) -> Pol
             // window in words stays inside it.
             window_words: (max_length * 2 / 3).max(8),
         },
+        verifier: crate::verify::Verifier {
+            enabled: c.verifier,
+            same_words_threshold: fraction(
+                errs,
+                "cache.same_words_threshold",
+                c.same_words_threshold,
+            ),
+            small_edit_threshold: fraction(
+                errs,
+                "cache.small_edit_threshold",
+                c.small_edit_threshold,
+            ),
+            ..Default::default()
+        },
     }
 }
 
@@ -741,6 +757,20 @@ fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &raw::RawTenantCa
                 long_text: g.long_text.unwrap_or(b.long_text),
                 window_words: b.window_words,
             }
+        },
+        verifier: crate::verify::Verifier {
+            enabled: c.verifier.unwrap_or(base.verifier.enabled),
+            same_words_threshold: c
+                .same_words_threshold
+                .map_or(base.verifier.same_words_threshold, |v| {
+                    fraction(errs, &k("same_words_threshold"), v)
+                }),
+            small_edit_threshold: c
+                .small_edit_threshold
+                .map_or(base.verifier.small_edit_threshold, |v| {
+                    fraction(errs, &k("small_edit_threshold"), v)
+                }),
+            ..base.verifier
         },
     }
 }

@@ -185,6 +185,12 @@ pub struct RawTenantCache {
     /// Overrides of `[cache.guards]`.
     #[serde(default)]
     pub guards: RawTenantGuards,
+    /// Whether the word-by-word verifier chooses each candidate's threshold.
+    pub verifier: Option<bool>,
+    /// Similarity needed when no content word differs.
+    pub same_words_threshold: Option<f32>,
+    /// Similarity needed when one or two content words differ.
+    pub small_edit_threshold: Option<f32>,
 }
 
 /// `[tenants.cache.guards]`: each key defaults to `[cache.guards]`.
@@ -365,6 +371,15 @@ pub struct RawCache {
     /// Structural guards.
     #[serde(default)]
     pub guards: RawGuards,
+    /// Whether the word-by-word verifier chooses each candidate's threshold.
+    #[serde(default = "d_true")]
+    pub verifier: bool,
+    /// Similarity needed when no content word differs.
+    #[serde(default = "d_same_words_threshold")]
+    pub same_words_threshold: f32,
+    /// Similarity needed when one or two content words differ.
+    #[serde(default = "d_small_edit_threshold")]
+    pub small_edit_threshold: f32,
 }
 
 macro_rules! defaults {
@@ -410,6 +425,8 @@ defaults! {
     d_admin_token_env: String = "MODELCACHE_ADMIN_TOKEN".into();
     d_modelcache_without_key: String = "loopback".into();
     d_api_entries_match: String = "default_params".into();
+    d_same_words_threshold: f32 = 0.80;
+    d_small_edit_threshold: f32 = 0.96;
 }
 
 macro_rules! default_from_serde {

@@ -1,0 +1,416 @@
+//! The verifier: a second look at a semantic candidate, word by word, that
+//! decides which similarity it needs.
+//!
+//! Owns the lexical comparison of a stored question and a probe: the content
+//! words of each (without function words and fillers, word forms folded,
+//! one-letter typos forgiven) that the other lacks. Measured on the dev set,
+//! such a count separates what one cosine cannot:
+//! - no content word differs: a rewording, a typo, a case change. Every
+//!   must-miss pair with a similarity over 0.75 still had a differing word;
+//! - one or two differ: the shape of an entity swap or an added restriction
+//!   ("list" for "string", "extended warranty"). These need near-identity;
+//! - more differ: a paraphrase, judged by the tenant's threshold.
+//!
+//! It must never make a candidate from another partition or one that failed
+//! a guard hit: it only chooses the threshold.
+
+use std::collections::HashSet;
+
+/// The verifier's settings (per tenant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verifier {
+    /// Whether the verifier runs; off, every candidate needs the threshold.
+    pub enabled: bool,
+    /// The similarity a candidate with no differing content word needs.
+    pub same_words_threshold: f32,
+    /// The similarity a candidate needs when one or two content words differ.
+    pub small_edit_threshold: f32,
+    /// How many differing content words count as a small edit.
+    pub small_edit_words: usize,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            enabled: true,
+            same_words_threshold: 0.80,
+            small_edit_threshold: 0.96,
+            small_edit_words: 2,
+        }
+    }
+}
+
+/// How a candidate differs from the probe, word by word.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WordDiff {
+    /// Content words of the stored question the probe lacks.
+    pub stored_only: Vec<String>,
+    /// Content words of the probe the stored question lacks.
+    pub probe_only: Vec<String>,
+}
+
+impl WordDiff {
+    /// How many content words differ.
+    pub fn count(&self) -> usize {
+        self.stored_only.len() + self.probe_only.len()
+    }
+
+    /// For people: `list / string`.
+    pub fn describe(&self) -> String {
+        let side = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(" ")
+            }
+        };
+        format!("{} / {}", side(&self.stored_only), side(&self.probe_only))
+    }
+}
+
+impl Verifier {
+    /// The similarity `diff` needs, given the tenant's `threshold`.
+    pub fn threshold(&self, threshold: f32, diff: &WordDiff) -> (f32, &'static str) {
+        if !self.enabled {
+            return (threshold, "threshold");
+        }
+        match diff.count() {
+            0 => (
+                threshold.min(self.same_words_threshold),
+                "same content words",
+            ),
+            n if n <= self.small_edit_words => (
+                threshold.max(self.small_edit_threshold),
+                "a small edit: one or two content words differ",
+            ),
+            _ => (threshold, "a rewording"),
+        }
+    }
+
+    /// The lowest similarity any candidate may need.
+    pub fn floor(&self, threshold: f32) -> f32 {
+        if self.enabled {
+            threshold.min(self.same_words_threshold)
+        } else {
+            threshold
+        }
+    }
+}
+
+// NOTE: function words and fillers that reword a question without changing
+// what it asks. Lower case; compared after the word forms are folded.
+const SKIP: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "do",
+    "does",
+    "did",
+    "i",
+    "you",
+    "he",
+    "she",
+    "it",
+    "we",
+    "they",
+    "me",
+    "my",
+    "your",
+    "our",
+    "their",
+    "its",
+    "this",
+    "that",
+    "these",
+    "those",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "how",
+    "why",
+    "when",
+    "where",
+    "can",
+    "could",
+    "would",
+    "should",
+    "will",
+    "shall",
+    "may",
+    "might",
+    "must",
+    "to",
+    "of",
+    "in",
+    "on",
+    "at",
+    "for",
+    "with",
+    "by",
+    "from",
+    "as",
+    "about",
+    "into",
+    "over",
+    "than",
+    "then",
+    "so",
+    "and",
+    "or",
+    "but",
+    "if",
+    "yes",
+    "please",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank",
+    "there",
+    "here",
+    "just",
+    "quick",
+    "question",
+    "tell",
+    "explain",
+    "way",
+    "also",
+    "get",
+    "got",
+    "use",
+    "using",
+    "make",
+    "made",
+    "need",
+    "want",
+    "like",
+    "know",
+    "let",
+    "s",
+    "t",
+    "ll",
+    "re",
+    "ve",
+    "d",
+    "m",
+    "any",
+    "some",
+    "all",
+    "much",
+    "many",
+    "very",
+    "really",
+    "kind",
+    "help",
+    "give",
+    "possible",
+    "exactly",
+    "actually",
+    "simply",
+    "basically",
+    "okay",
+    "ok",
+    "dear",
+    "im",
+    "whats",
+    "hows",
+    "lets",
+    "thats",
+    "theres",
+    "it's",
+    "what's",
+    "i'm",
+    "how's",
+    "let's",
+    "that's",
+    "there's",
+    "don't",
+    "can't",
+];
+
+fn fold(word: &str) -> String {
+    for suffix in ["ing", "ed", "es", "s", "ly"] {
+        if word.len() > suffix.len() + 2 && word.ends_with(suffix) {
+            return word[..word.len() - suffix.len()].to_string();
+        }
+    }
+    word.to_string()
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}')
+}
+
+/// The user turns of a ModelCache key text (`role###content|||…`), whose
+/// words the verifier compares; other turns are matched exactly elsewhere.
+fn user_text(key_text: &str) -> String {
+    let turns: Vec<&str> = key_text.split("|||").collect();
+    let user: Vec<&str> = turns
+        .iter()
+        .filter_map(|t| t.strip_prefix("user###"))
+        .collect();
+    if user.is_empty() {
+        key_text.to_string()
+    } else {
+        user.join(" ")
+    }
+}
+
+fn words(key_text: &str) -> Vec<String> {
+    let text = user_text(key_text).to_lowercase().replace('’', "'");
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() && !is_cjk(c) || c == '\'' && !cur.is_empty() {
+            cur.push(c);
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if is_cjk(c) {
+                out.push(c.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Whether two words are one edit apart (insert, delete, substitute, or swap
+/// two neighbours).
+fn one_edit(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a == b {
+        return true;
+    }
+    if a.len() == b.len() {
+        let d: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+        return d.len() == 1
+            || d.len() == 2 && d[1] == d[0] + 1 && a[d[0]] == b[d[1]] && a[d[1]] == b[d[0]];
+    }
+    let (short, long) = if a.len() < b.len() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    if long.len() - short.len() != 1 {
+        return false;
+    }
+    (0..long.len()).any(|i| long[..i].iter().chain(&long[i + 1..]).eq(short.iter()))
+}
+
+fn missing_from(these: &[String], other: &[String]) -> Vec<String> {
+    let folded: HashSet<String> = other.iter().map(|w| fold(w)).collect();
+    these
+        .iter()
+        // NOTE: numbers are the numbers guard's; here they would only make
+        // `1,250` and `1250` look like different words.
+        .filter(|w| !SKIP.contains(&w.as_str()) && !w.chars().any(|c| c.is_ascii_digit()))
+        .filter(|w| {
+            let f = fold(w);
+            let typo_of_other = || {
+                f.chars().count() >= 4
+                    && folded
+                        .iter()
+                        .any(|o| o.chars().count() >= 4 && one_edit(&f, o))
+            };
+            !folded.contains(&f) && !typo_of_other()
+        })
+        .cloned()
+        .collect()
+}
+
+/// The content words that differ between a stored key text and a probe's.
+pub fn diff(stored: &str, probe: &str) -> WordDiff {
+    let (a, b) = (words(stored), words(probe));
+    WordDiff {
+        stored_only: missing_from(&a, &b),
+        probe_only: missing_from(&b, &a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(a: &str, b: &str) -> usize {
+        diff(&format!("user###{a}"), &format!("user###{b}")).count()
+    }
+
+    #[test]
+    fn rewordings_typos_and_word_forms_are_no_difference() {
+        assert_eq!(
+            n(
+                "How do I reverse a list in Python?",
+                "how do i reverse a list in pyhton"
+            ),
+            0
+        );
+        assert_eq!(
+            n(
+                "How do I reverse a list in Python?",
+                "Quick question: how can I reverse a list in Python?"
+            ),
+            0
+        );
+        assert_eq!(
+            n(
+                "What's the way to reverse a Python list?",
+                "How do I reverse a list in Python?"
+            ),
+            0
+        );
+        assert_eq!(n("Sorting lists", "sort a list"), 0);
+    }
+
+    #[test]
+    fn swaps_and_additions_are_small_edits() {
+        let d = diff(
+            "user###How do I reverse a list in Python?",
+            "user###How do I reverse a string in Python?",
+        );
+        assert_eq!(d.describe(), "list / string");
+        assert_eq!(
+            n(
+                "Does the warranty cover water damage?",
+                "Does the extended warranty cover water damage?"
+            ),
+            1
+        );
+        let v = Verifier::default();
+        assert_eq!(v.threshold(0.9, &d).0, 0.96);
+        assert_eq!(v.threshold(0.9, &WordDiff::default()).0, 0.80);
+        assert_eq!(v.floor(0.9), 0.80);
+        let off = Verifier {
+            enabled: false,
+            ..v
+        };
+        assert_eq!(off.threshold(0.9, &d).0, 0.9);
+    }
+
+    #[test]
+    fn only_user_turns_are_compared() {
+        let a = "system###You are terse.|||user###What is Rust?";
+        let b = "system###You are verbose.|||user###What is Rust?";
+        assert_eq!(diff(a, b).count(), 0);
+    }
+
+    #[test]
+    fn edits() {
+        assert!(one_edit("python", "pyhton"));
+        assert!(one_edit("colour", "color"));
+        assert!(!one_edit("list", "lost1"));
+        assert!(!one_edit("austria", "australia"));
+    }
+}
