@@ -139,7 +139,7 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
         });
     }
     if set.code {
-        let (ca, cb) = (a.members(CODE), b.members(CODE));
+        let (ca, cb) = (a.members_fuzzy(CODE), b.members_fuzzy(CODE));
         let diff = (ca != cb).then(|| format!("{} vs {}", show(&ca), show(&cb)));
         push("code", diff, &|| {
             format!("languages and platforms {}", show(&ca))
@@ -147,7 +147,7 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
     }
     if set.language {
         let (la, lb) = (a.language(), b.language());
-        let (na, nb) = (a.members(LANGUAGES), b.members(LANGUAGES));
+        let (na, nb) = (a.members_fuzzy(LANGUAGES), b.members_fuzzy(LANGUAGES));
         let diff = if la != lb {
             Some(format!("written in {la} vs {lb}"))
         } else if na != nb {
@@ -474,6 +474,26 @@ impl Text {
         groups
             .iter()
             .filter(|g| g.iter().any(|w| self.has_word(w)))
+            .map(|g| g[0].to_string())
+            .collect()
+    }
+
+    /// Like [`Text::members`], forgiving a one-letter typo in names of six
+    /// letters or more ("pyhton").
+    fn members_fuzzy(&self, groups: &[Group]) -> BTreeSet<String> {
+        groups
+            .iter()
+            .filter(|g| {
+                g.iter().any(|w| {
+                    self.has_word(w)
+                        || w.len() >= 6
+                            && w.chars().all(|c| c.is_ascii_alphabetic())
+                            && self
+                                .tokens
+                                .iter()
+                                .any(|t| t.len() >= 6 && crate::verify::one_edit(t, w))
+                })
+            })
             .map(|g| g[0].to_string())
             .collect()
     }
@@ -1008,6 +1028,12 @@ mod tests {
         assert!(fails(
             "user###How do I reverse a list in Python?",
             "user###What's the way to reverse a Python list?"
+        )
+        .is_empty());
+        // A typo in a language's name is still that language.
+        assert!(fails(
+            "user###How do I reverse a list in Python?",
+            "user###how do i reverse a list in pyhton"
         )
         .is_empty());
         // Java is not JavaScript.

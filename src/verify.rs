@@ -289,7 +289,7 @@ fn words(key_text: &str) -> Vec<String> {
 
 /// Whether two words are one edit apart (insert, delete, substitute, or swap
 /// two neighbours).
-fn one_edit(a: &str, b: &str) -> bool {
+pub(crate) fn one_edit(a: &str, b: &str) -> bool {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     if a == b {
         return true;

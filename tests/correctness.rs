@@ -1,0 +1,325 @@
+//! Correctness with the real model, through the proxy: every guard against
+//! the failure it exists for (asc/desc, enable/disable, a changed number,
+//! Python vs JavaScript, a changed system prompt, a changed earlier assistant
+//! turn, an edit past token 256 of a long document), while paraphrases still
+//! hit; guards switched off per tenant; and `modelcache eval` on the binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn user(q: &str) -> Value {
+    json!([{"role": "user", "content": q}])
+}
+
+fn req(messages: Value) -> Value {
+    json!({"model": "gpt-test", "messages": messages})
+}
+
+/// Caches `stored` (a miss), then sends `probe`; returns how it was served.
+async fn probe(
+    app: &modelcache::app::RunningApp,
+    up: &Mock,
+    stored: Value,
+    probe: Value,
+) -> (String, Value) {
+    let got = chat(app.proxy_addr, req(stored.clone())).await;
+    assert_eq!(got.status, 200);
+    settle(app).await;
+    let before = up.calls();
+    let got = chat(app.proxy_addr, req(probe.clone())).await;
+    let served = got.cache();
+    assert_eq!(
+        up.calls(),
+        before + usize::from(served != "hit"),
+        "a miss is forwarded, a hit is not"
+    );
+    let dry = admin(
+        app,
+        "POST",
+        "/admin/lookup",
+        json!({"model": "gpt-test", "messages": probe}),
+    )
+    .await
+    .json();
+    (served, dry)
+}
+
+/// The failed checks of the dry run's candidate whose key text is `stored`.
+fn failed(dry: &Value, stored: &str) -> Vec<String> {
+    dry["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["question"] == stored)
+        .map(|c| {
+            c["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["passed"] == false)
+                .map(|k| k["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["(no candidate)".into()])
+}
+
+#[tokio::test]
+async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
+
+    // Paraphrases, typos and case still hit.
+    let base = "How do I reverse a list in Python?";
+    for p in [
+        "how do i reverse a list in pyhton",
+        "What's the way to reverse a Python list?",
+    ] {
+        let (served, dry) = probe(&app, &up, user(base), user(p)).await;
+        assert_eq!(served, "hit", "{p}: {dry}");
+    }
+
+    // Each wrong answer, and the check that stops it.
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "How do I sort a list in ascending order in Python?",
+            "How do I sort a list in descending order in Python?",
+            "negation",
+        ),
+        (
+            "How do I enable two-factor authentication?",
+            "How do I disable two-factor authentication?",
+            "negation",
+        ),
+        ("What is 15% of 80?", "What is 15% of 90?", "numbers"),
+        (
+            "How do I read a file line by line in Python?",
+            "How do I read a file line by line in JavaScript?",
+            "code",
+        ),
+        (
+            "How do I convert a string to an integer in Java?",
+            "How do I convert an integer to a string in Java?",
+            "direction",
+        ),
+    ];
+    for (stored, asked, guard) in cases {
+        let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+        assert_eq!(served, "miss", "{asked}: {dry}");
+        let f = failed(&dry, &format!("user###{stored}"));
+        assert!(f.contains(&guard.to_string()), "{asked}: {f:?} in {dry}");
+    }
+
+    // A changed system prompt and a changed earlier assistant turn: another
+    // partition, whatever the similarity.
+    let sys = |s: &str| json!([{"role": "system", "content": s}, {"role": "user", "content": "Summarise the French Revolution."}]);
+    let (served, dry) = probe(
+        &app,
+        &up,
+        sys("Answer in one sentence."),
+        sys("Answer in three paragraphs."),
+    )
+    .await;
+    assert_eq!(served, "miss");
+    assert_eq!(
+        failed(
+            &dry,
+            "system###Answer in one sentence.|||user###Summarise the French Revolution."
+        ),
+        ["partition"]
+    );
+    let turns = |a: &str| {
+        json!([
+            {"role": "user", "content": "Recommend a laptop."},
+            {"role": "assistant", "content": a},
+            {"role": "user", "content": "Which one is lighter?"}
+        ])
+    };
+    let (served, _) = probe(
+        &app,
+        &up,
+        turns("Consider the ThinkPad X1 or the Dell XPS 13."),
+        turns("Consider the MacBook Air or the Surface Laptop."),
+    )
+    .await;
+    assert_eq!(served, "miss");
+
+    // A long document edited past token 256: the embedding barely moves,
+    // the long-text guard sees the edit.
+    let sentence = |topic: &str| {
+        format!("The store policy for {topic} says that customers should contact support with their order details before anything is shipped back to the warehouse. ")
+    };
+    let topics = [
+        "returns",
+        "refunds",
+        "exchanges",
+        "gift cards",
+        "warranties",
+        "repairs",
+        "deliveries",
+        "pickups",
+        "invoices",
+        "payments",
+        "coupons",
+        "memberships",
+        "bundles",
+        "preorders",
+        "backorders",
+        "rentals",
+    ];
+    let doc: String = topics.iter().map(|t| sentence(t)).collect();
+    let question = "\n\nAccording to the policy above, who should customers contact?";
+    let long = format!("{doc}{question}");
+    assert!(long.split_whitespace().count() > 300);
+    let edited = long.replace("backorders", "subscriptions");
+    let (served, dry) = probe(&app, &up, user(&long), user(&edited)).await;
+    assert_eq!(served, "miss");
+    let cand = dry["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["question"] == format!("user###{long}"))
+        .unwrap()
+        .clone();
+    assert!(
+        cand["similarity"].as_f64().unwrap() > 0.95,
+        "the embedding alone would have served it: {cand}"
+    );
+    let f = failed(&dry, &format!("user###{long}"));
+    assert!(f.contains(&"long_text".to_string()), "{f:?}");
+    // The same document with its white space changed still hits.
+    let spaced = long.replace(". The", ".  The");
+    let got = chat(app.proxy_addr, req(user(&spaced))).await;
+    assert_eq!(got.cache(), "hit");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn guards_can_be_switched_off_per_tenant() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[cache]
+threshold = 0.7
+verifier = false
+[[tenants]]
+name = "strict"
+match_header = { name = "x-team", value = "strict" }
+[[tenants]]
+name = "loose"
+[tenants.cache.guards]
+negation = false
+numbers = false
+"#;
+    let mut s = settings_from(toml, dir.path(), &[]);
+    upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
+    let app = gateway(s).await;
+    let strict = [("x-team", "strict")];
+    verify_key(app.proxy_addr, &strict).await;
+    verify_key(app.proxy_addr, &[]).await;
+    for (stored, asked) in [
+        (
+            "please enable dark mode now",
+            "please disable dark mode now",
+        ),
+        (
+            "set the timeout to 30 seconds",
+            "set the timeout to 60 seconds",
+        ),
+    ] {
+        chat_h(app.proxy_addr, ask(stored), &strict).await;
+        chat(app.proxy_addr, ask(stored)).await;
+        settle(&app).await;
+        assert_eq!(
+            chat_h(app.proxy_addr, ask(asked), &strict).await.cache(),
+            "miss",
+            "{asked}: the guard stops it"
+        );
+        assert_eq!(
+            chat(app.proxy_addr, ask(asked)).await.cache(),
+            "hit",
+            "{asked}: without the guard, the embedding alone decides"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn modelcache_eval_scores_labelled_pairs_with_the_real_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    let lines = [
+        json!({"id": "p1", "category": "coding", "same_answer": true,
+               "cached": user("How do I reverse a list in Python?"), "probe": user("how do i reverse a list in pyhton")}),
+        json!({"id": "p2", "category": "coding", "same_answer": false,
+               "cached": user("How do I reverse a list in Python?"), "probe": user("How do I reverse a list in JavaScript?")}),
+        json!({"id": "p3", "category": "support", "same_answer": false,
+               "cached": user("How do I enable two-factor authentication?"), "probe": user("How do I disable two-factor authentication?")}),
+        json!({"id": "p4", "category": "support", "same_answer": true,
+               "cached": user("How do I reset my password?"), "probe": user("How can I reset my password?")}),
+    ];
+    std::fs::write(
+        &pairs,
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = dir.path().join("preds.jsonl");
+    let run = Command::new(bin())
+        .current_dir(repo_root())
+        .arg("eval")
+        .arg(&pairs)
+        .args(["--config", "config.toml", "--sweep", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for needle in [
+        "coding",
+        "support",
+        "all",
+        "recall at FPR <= 5%",
+        "recommended: threshold",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+    let preds: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |id: &str| preds.iter().find(|p| p["id"] == id).unwrap().clone();
+    assert_eq!(by("p1")["hit"], true);
+    assert_eq!(by("p4")["hit"], true);
+    assert_eq!(by("p2")["hit"], false);
+    assert!(by("p2")["failed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("code")));
+    assert_eq!(by("p3")["hit"], false);
+    assert!(by("p3")["failed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("negation")));
+    assert_eq!(
+        by("p3")["score"],
+        0.0,
+        "a guard failure is not a matter of threshold"
+    );
+    assert!(
+        stdout.contains("all                      4    100.0%  100.0%   1.000    0.0%"),
+        "{stdout}"
+    );
+}
