@@ -24,6 +24,27 @@ use crate::{
 };
 use tokio::sync::oneshot;
 
+/// The text a probe's key text was embedded from: its user turns, as the key
+/// builder embeds them (system prompts are matched exactly, never embedded).
+fn probe_embed_text(key_text: &str) -> String {
+    let user: Vec<&str> = key_text
+        .split("|||")
+        .filter_map(|t| t.strip_prefix("user###"))
+        .collect();
+    if user.is_empty() {
+        key_text.to_string()
+    } else {
+        user.join("\n")
+    }
+}
+
+/// A fresh id for a served hit, sent as `x-modelcache-request-id` and kept in
+/// the hit log, so that feedback can name the hit.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    format!("mc-{:016x}", rand::rng().random::<u64>())
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -175,6 +196,8 @@ pub struct Core {
     /// Bumped before removed entries are forgotten, so that a store read that
     /// raced a removal does not put the entry back into memory.
     removals: std::sync::atomic::AtomicU64,
+    /// Probes reported as wrongly answered, by entry (few; all in memory).
+    negatives: RwLock<HashMap<i64, Vec<Vec<f32>>>>,
 }
 
 fn exact_key(tenant: &str, exact_hash: &str) -> String {
@@ -285,6 +308,11 @@ impl Core {
     pub(crate) fn forget(&self, removed: &[Removed]) {
         self.removals
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Ok(mut negs) = self.negatives.write() {
+            for r in removed {
+                negs.remove(&r.id);
+            }
+        }
         for r in removed {
             self.exact.invalidate(&exact_key(&r.tenant, &r.exact_hash));
             self.by_id.invalidate(&r.id);
@@ -292,6 +320,28 @@ impl Core {
                 let _ = idx.remove(r.id as u64);
             }
         }
+    }
+
+    /// Records a probe `entry` answered wrongly.
+    pub(crate) fn add_negative(&self, n: &crate::store::Negative) -> Result<(), String> {
+        self.store.add_negative(n).map_err(|e| e.to_string())?;
+        if let Ok(mut negs) = self.negatives.write() {
+            negs.entry(n.entry_id)
+                .or_default()
+                .push(n.embedding.clone());
+        }
+        Ok(())
+    }
+
+    /// Whether `probe` is at least as close to a probe `entry` was reported
+    /// to answer wrongly as it is to the entry itself (`similarity`).
+    fn reported_wrong(&self, entry: i64, probe: &[f32], similarity: f32) -> Option<f32> {
+        let negs = self.negatives.read().ok()?;
+        negs.get(&entry)?
+            .iter()
+            .map(|n| n.iter().zip(probe).map(|(a, b)| a * b).sum::<f32>())
+            .filter(|d| *d >= similarity)
+            .reduce(f32::max)
     }
 
     fn generation(&self) -> u64 {
@@ -354,7 +404,16 @@ impl Cache {
             dims: embedder.dims(),
             quantization,
             removals: std::sync::atomic::AtomicU64::new(0),
+            negatives: RwLock::new(HashMap::new()),
         });
+        {
+            let negs = core.store.negatives().map_err(|e| e.to_string())?;
+            if let Ok(mut map) = core.negatives.write() {
+                for n in negs {
+                    map.entry(n.entry_id).or_default().push(n.embedding);
+                }
+            }
+        }
         let mut all: Vec<String> = tenants.to_vec();
         all.extend(core.store.tenants().map_err(|e| e.to_string())?);
         all.sort();
@@ -518,6 +577,7 @@ impl Cache {
         origin: Option<Origin>,
         exact: bool,
         detail: bool,
+        wrong_near: Option<f32>,
     ) -> (bool, Vec<Check>, f32) {
         let same_partition = e.tenant == tenant && e.partition == key.partition;
         // NOTE: an exact hit has the same text; guards compare texts that differ.
@@ -543,7 +603,8 @@ impl Cache {
             (t, why)
         };
         let close = similarity >= threshold;
-        let ok = same_partition && fresh && young && origin_ok && guards.0 && close;
+        let feedback_ok = wrong_near.is_none();
+        let ok = same_partition && fresh && young && origin_ok && guards.0 && feedback_ok && close;
         if !detail {
             return (ok, Vec::new(), threshold);
         }
@@ -587,6 +648,13 @@ impl Cache {
         }
         for g in guards.1 {
             checks.push(check(g.name, g.passed, g.detail));
+        }
+        if let Some(d) = wrong_near {
+            checks.push(check(
+                "feedback",
+                false,
+                format!("reported wrong for a question {d:.4} alike, closer than the entry's own"),
+            ));
         }
         if let Some(o) = origin {
             checks.push(check(
@@ -643,6 +711,7 @@ impl Cache {
                 probe.origin,
                 true,
                 explain,
+                None,
             );
             if ok {
                 out.hit = Some(Hit {
@@ -741,6 +810,7 @@ impl Cache {
                 probe.origin,
                 false,
                 explain,
+                self.core.reported_wrong(e.id, v, sim),
             );
             let served = ok && out.hit.is_none();
             if served {
@@ -845,14 +915,61 @@ impl Cache {
     }
 
     /// Notes a served hit (counts and hit log), dropped if the queue is full.
-    pub fn record_hit(&self, tenant: &str, hit: &Hit, probe: &str) {
+    /// `request_id` is what the client was told (`x-modelcache-request-id`).
+    pub fn record_hit(&self, tenant: &str, hit: &Hit, probe: &str, request_id: &str) {
         self.writeback.send(WriteOp::Hit(HitRecord {
             entry_id: hit.entry.id,
             tenant: tenant.to_string(),
             probe: probe.to_string(),
             similarity: hit.similarity,
             at: now_ms(),
+            request_id: request_id.to_string(),
         }));
+    }
+
+    /// Feedback that entry `entry_id` of `tenant` answered `probe` (a key
+    /// text) wrongly. A probe equal to the entry's own question means its
+    /// answer is wrong: the entry is removed. Otherwise the probe becomes a
+    /// negative: the entry stops answering questions closer to it than to
+    /// its own question. Returns what was done.
+    pub async fn report_wrong(
+        &self,
+        tenant: &str,
+        entry_id: i64,
+        probe: &str,
+    ) -> Result<&'static str, String> {
+        let entry = self
+            .with_store(move |s| s.get(entry_id))
+            .await?
+            .filter(|e| e.tenant == tenant)
+            .ok_or_else(|| format!("no entry {entry_id} in tenant {tenant}"))?;
+        if entry.text == probe {
+            self.remove(tenant, RemoveTarget::Ids(vec![entry_id]))
+                .await?;
+            return Ok("removed");
+        }
+        let embedding = self
+            .embed_many(&[probe_embed_text(probe)], 1)
+            .await?
+            .remove(0);
+        let (reply, rx) = oneshot::channel();
+        let n = crate::store::Negative {
+            entry_id,
+            tenant: tenant.to_string(),
+            probe: probe.to_string(),
+            embedding,
+            at: now_ms(),
+        };
+        if !self
+            .writeback
+            .send_waiting(WriteOp::AddNegative { negative: n, reply })
+            .await
+        {
+            return Err("the write-back thread has stopped".into());
+        }
+        rx.await
+            .map_err(|_| "the write-back thread has stopped".to_string())??;
+        Ok("negative")
     }
 
     /// Queues an entry for storage; returns false if the queue was full.

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     /// Upstream responses by status class.
     pub upstream_responses: IntCounterVec,
+    /// Feedback on served hits, by tenant and verdict (correct, wrong).
+    pub feedback: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -226,6 +228,14 @@ impl Metrics {
             ),
             &["class"],
         )?;
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "modelcache_feedback_total",
+                "Feedback on served hits (POST /admin/feedback), by tenant and verdict: correct, or wrong (the entry stops answering that neighbourhood).",
+            ),
+            &["tenant", "verdict"],
+        )?;
+        registry.register(Box::new(feedback.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(stream_first_byte_seconds.clone()))?;
@@ -285,6 +295,7 @@ impl Metrics {
             entries,
             cache_errors,
             upstream_responses,
+            feedback,
         })
     }
 
@@ -308,6 +319,9 @@ impl Metrics {
         }
         for result in ["hit", "miss"] {
             self.similarity.with_label_values(&[tenant, result]);
+        }
+        for verdict in ["correct", "wrong"] {
+            self.feedback.with_label_values(&[tenant, verdict]);
         }
         self.entries.with_label_values(&[tenant]);
         self.index_bytes.with_label_values(&[tenant]);

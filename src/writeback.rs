@@ -37,6 +37,13 @@ pub enum WriteOp {
         /// Their ids, or the store's error.
         reply: oneshot::Sender<Result<Vec<i64>, String>>,
     },
+    /// Record a probe an entry answered wrongly.
+    AddNegative {
+        /// The negative.
+        negative: crate::store::Negative,
+        /// Done, or the store's error.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Remove entries from the store and every in-memory layer.
     Remove {
         /// Owning tenant.
@@ -269,6 +276,9 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                         }
                     }
                     let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+                WriteOp::AddNegative { negative, reply } => {
+                    let _ = reply.send(core.add_negative(&negative));
                 }
                 WriteOp::Remove {
                     tenant,

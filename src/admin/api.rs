@@ -176,6 +176,7 @@ impl Admin {
             (&Method::GET, "/hits") => self.hits(&params).await,
             (&Method::POST, "/flush") => self.flush(body, actor).await,
             (&Method::POST, "/lookup") => self.lookup(body).await,
+            (&Method::POST, "/feedback") => self.feedback(body, actor).await,
             (m, p) if p.starts_with("/entries/") => {
                 let id = p["/entries/".len()..].parse::<i64>();
                 match (m, id) {
@@ -193,11 +194,13 @@ impl Admin {
                     )),
                 }
             }
-            (_, "/tenants" | "/entries" | "/hits" | "/flush" | "/lookup") => Err(fail(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route",
-            )),
+            (_, "/tenants" | "/entries" | "/hits" | "/flush" | "/lookup" | "/feedback") => {
+                Err(fail(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed on this route",
+                ))
+            }
             _ => Err(fail(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -418,10 +421,67 @@ impl Admin {
                     "model": h.model,
                     "similarity": score(h.similarity),
                     "exact": h.similarity >= 1.0,
+                    "request_id": h.request_id,
                 })
             })
             .collect();
         Ok(json_response(StatusCode::OK, &json!({"hits": hits})))
+    }
+
+    /// `POST /admin/feedback` with `{"entry_id", "request_id", "correct"}`:
+    /// a verdict on a served hit, named by the `x-modelcache-request-id` and
+    /// `x-modelcache-entry` headers it was served with.
+    async fn feedback(&self, body: &[u8], actor: &str) -> Result<Resp, Fail> {
+        let o = body_object(body)?;
+        let bad = |msg: &str| fail(StatusCode::BAD_REQUEST, "invalid_request", msg.to_string());
+        let entry_id = o
+            .get("entry_id")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+            .ok_or_else(|| bad("entry_id is required: the x-modelcache-entry header of the hit"))?;
+        let request_id = match o.get("request_id") {
+            Some(Value::String(r)) if !r.is_empty() => r.clone(),
+            _ => {
+                return Err(bad(
+                    "request_id is required: the x-modelcache-request-id header of the hit",
+                ))
+            }
+        };
+        let Some(Value::Bool(correct)) = o.get("correct") else {
+            return Err(bad("correct must be true or false"));
+        };
+        let cache = self.loaded()?;
+        let rid = request_id.clone();
+        let hit = cache
+            .with_store(move |s| s.hit_by_request(&rid))
+            .await
+            .map_err(store_failed)?
+            .filter(|h| h.entry_id == entry_id)
+            .ok_or_else(|| {
+                fail(
+                    StatusCode::NOT_FOUND,
+                    "hit_not_found",
+                    format!("no hit {request_id} of entry {entry_id} in the hit log (it keeps the last 100,000 hits)"),
+                )
+            })?;
+        let verdict = if *correct { "correct" } else { "wrong" };
+        let action = if *correct {
+            "none"
+        } else {
+            cache
+                .report_wrong(&hit.tenant, entry_id, &hit.probe)
+                .await
+                .map_err(store_failed)?
+        };
+        self.metrics
+            .feedback
+            .with_label_values(&[hit.tenant.as_str(), verdict])
+            .inc();
+        tracing::info!(actor, tenant = %hit.tenant, entry_id, request_id, verdict, action, "admin feedback");
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"entry_id": entry_id, "request_id": request_id, "tenant": hit.tenant,
+                    "verdict": verdict, "action": action}),
+        ))
     }
 
     /// `POST /admin/lookup`: the real lookup of a chat request, dry.

@@ -341,15 +341,27 @@ impl Admin {
         let found = cache.lookup(tenant.name(), &key, &opts).await;
         match found.hit {
             Some(hit) => {
-                cache.record_hit(tenant.name(), &hit, &key.text);
-                ok(json!({
+                let request_id = crate::cache::new_request_id();
+                cache.record_hit(tenant.name(), &hit, &key.text, &request_id);
+                let mut r = ok(json!({
                     "errorCode": 0,
                     "errorDesc": "",
                     "cacheHit": true,
                     "delta_time": delta(started),
                     "hit_query": hit.entry.text,
                     "answer": answer_text(&hit.entry.answer),
-                }))
+                }));
+                // NOTE: the body keeps ModelCache's shape; the ids for
+                // /admin/feedback travel in headers.
+                for (name, value) in [
+                    ("x-modelcache-request-id", request_id),
+                    ("x-modelcache-entry", hit.entry.id.to_string()),
+                ] {
+                    if let Ok(v) = http::HeaderValue::from_str(&value) {
+                        r.headers_mut().insert(name, v);
+                    }
+                }
+                r
             }
             None => ok(query_shape(0, "", started)),
         }

@@ -444,8 +444,12 @@ impl Gateway {
                 // NOTE: None when the entry cannot be replayed faithfully (no
                 // usage stored, usage asked for): forwarded, and the fresh
                 // answer replaces the entry.
-                if let Some(resp) = self.hit_response(&key, &hit) {
-                    cache.record_hit(tenant.name(), &hit, &key.text);
+                if let Some(mut resp) = self.hit_response(&key, &hit) {
+                    let request_id = crate::cache::new_request_id();
+                    if let Ok(v) = HeaderValue::from_str(&request_id) {
+                        resp.headers_mut().insert("x-modelcache-request-id", v);
+                    }
+                    cache.record_hit(tenant.name(), &hit, &key.text, &request_id);
                     self.count_savings(&set, tenant.name(), &key, &hit);
                     let outcome = match hit.kind {
                         HitKind::Exact => Outcome::HitExact,

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use super::{
-    Entry, HitLogRow, HitRecord, Limits, ListQuery, NewEntry, Removed, Store, StoreError,
+    Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative, NewEntry, Removed, Store, StoreError,
     TenantStats,
 };
 
@@ -18,6 +18,7 @@ struct Inner {
     rows: BTreeMap<i64, Row>,
     hit_log: Vec<HitRecord>,
     models: std::collections::BTreeSet<(String, String)>,
+    negatives: Vec<Negative>,
 }
 
 impl Inner {
@@ -137,6 +138,7 @@ impl Store for MemoryStore {
                     matched: e.map(|e| e.text.clone()),
                     model: e.map(|e| e.model.clone()),
                     similarity: h.similarity,
+                    request_id: h.request_id.clone(),
                 }
             })
             .collect())
@@ -147,6 +149,34 @@ impl Store for MemoryStore {
             .lock()?
             .models
             .insert((tenant.to_string(), model.to_string())))
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .hit_log(None, usize::MAX)?
+            .into_iter()
+            .find(|h| h.request_id == request_id))
+    }
+
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
+        self.lock()?.negatives.push(n.clone());
+        Ok(())
+    }
+
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.negatives
+            .iter()
+            .filter(|n| {
+                g.rows
+                    .get(&n.entry_id)
+                    .is_some_and(|r| r.0.tenant == n.tenant)
+            })
+            .cloned()
+            .collect())
     }
 
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError> {

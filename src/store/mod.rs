@@ -150,6 +150,24 @@ pub struct HitRecord {
     pub similarity: f32,
     /// Unix milliseconds.
     pub at: i64,
+    /// The id sent to the client in `x-modelcache-request-id` ("" if none).
+    pub request_id: String,
+}
+
+/// A probe reported as wrongly answered by an entry (`/admin/feedback`):
+/// the entry must not answer questions closer to it than to its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Negative {
+    /// The entry.
+    pub entry_id: i64,
+    /// Its tenant.
+    pub tenant: String,
+    /// The probe's key text.
+    pub probe: String,
+    /// The probe's unit embedding.
+    pub embedding: Vec<f32>,
+    /// Unix milliseconds.
+    pub at: i64,
 }
 
 /// An entry removed by a sweep.
@@ -182,6 +200,8 @@ pub struct HitLogRow {
     pub model: Option<String>,
     /// Similarity (1 for exact).
     pub similarity: f32,
+    /// The id sent to the client in `x-modelcache-request-id`.
+    pub request_id: String,
 }
 
 /// A page request over entries, newest first.
@@ -256,6 +276,12 @@ pub trait Store: Send + Sync {
     /// Records that `model` of `tenant` is in use (the ModelCache API's
     /// `register`); true if it was not recorded before.
     fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// The hit with this request id, if the hit log still has it.
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError>;
+    /// Records a probe an entry answered wrongly.
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError>;
+    /// Every negative of entries that still exist.
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError>;
     /// Entries and hits per tenant.
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
     /// Entries per tenant.
@@ -323,6 +349,7 @@ pub(crate) mod suite {
             probe: "x".into(),
             similarity: 0.95,
             at: 2500,
+            request_id: String::new(),
         }])
         .unwrap();
         assert_eq!(s.get(ids[0]).unwrap().unwrap().hits, 1);
@@ -348,6 +375,7 @@ pub(crate) mod suite {
             probe: "x".into(),
             similarity: 1.0,
             at: 3000,
+            request_id: String::new(),
         }])
         .unwrap();
         let removed = s.sweep(2050, &cap(1)).unwrap();
@@ -407,6 +435,7 @@ pub(crate) mod suite {
             probe: "user###how to sort a list".into(),
             similarity: 0.93,
             at: 20_000,
+            request_id: "req-1".into(),
         }])
         .unwrap();
         assert_eq!(s.get(ids[0]).unwrap().unwrap().last_hit_at, Some(20_000));
@@ -419,6 +448,25 @@ pub(crate) mod suite {
         );
         assert_eq!(log[0].model.as_deref(), Some("m1"));
         assert!((log[0].similarity - 0.93).abs() < 1e-6);
+        assert_eq!(log[0].request_id, "req-1");
+        let by_req = s.hit_by_request("req-1").unwrap().unwrap();
+        assert_eq!((by_req.entry_id, by_req.tenant.as_str()), (ids[0], "t"));
+        assert!(s.hit_by_request("req-2").unwrap().is_none());
+        // Negatives: kept for entries that exist.
+        s.add_negative(&Negative {
+            entry_id: ids[1],
+            tenant: "t".into(),
+            probe: "user###wrong".into(),
+            embedding: vec![1.0, 0.0],
+            at: 1,
+        })
+        .unwrap();
+        let negs = s.negatives().unwrap();
+        assert_eq!(negs.len(), 1);
+        assert_eq!(
+            (negs[0].entry_id, negs[0].embedding.clone()),
+            (ids[1], vec![1.0, 0.0])
+        );
         assert!(s.hit_log(Some("u"), 10).unwrap().is_empty());
         // Listing: newest first, by tenant, model and text, in pages.
         let q = |tenant: Option<&str>,
@@ -488,6 +536,7 @@ pub(crate) mod suite {
         assert!(s.get(ids[1]).unwrap().is_some());
         let removed = s.truncate("t", None).unwrap();
         assert_eq!(removed.len(), 1);
+        assert!(s.negatives().unwrap().is_empty(), "gone with its entry");
         assert!(s.index_rows("t").unwrap().is_empty());
         assert!(s.get(ids[3]).unwrap().is_some());
         // Registration is idempotent and per tenant.

@@ -46,9 +46,19 @@ CREATE TABLE IF NOT EXISTS hit_log (
     entry_id   INTEGER NOT NULL,
     probe      TEXT NOT NULL,
     similarity REAL NOT NULL,
-    at         INTEGER NOT NULL
+    at         INTEGER NOT NULL,
+    request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS hit_log_tenant ON hit_log(tenant, id);
+CREATE TABLE IF NOT EXISTS entry_negatives (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id   INTEGER NOT NULL,
+    tenant     TEXT NOT NULL,
+    probe      TEXT NOT NULL,
+    embedding  BLOB NOT NULL,
+    at         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entry_negatives_entry ON entry_negatives(entry_id);
 CREATE TABLE IF NOT EXISTS registered_models (
     tenant     TEXT NOT NULL,
     model      TEXT NOT NULL,
@@ -62,9 +72,12 @@ const HIT_LOG_KEEP: i64 = 100_000;
 
 const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits, last_hit_at, origin";
 
-/// Columns added after the first release, with their definitions; added to an
-/// older database when it is opened.
-const ADDED_COLUMNS: [(&str, &str); 1] = [("origin", "TEXT NOT NULL DEFAULT 'proxy'")];
+/// Columns added after the first release, with their tables and definitions;
+/// added to an older database when it is opened.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("entries", "origin", "TEXT NOT NULL DEFAULT 'proxy'"),
+    ("hit_log", "request_id", "TEXT NOT NULL DEFAULT ''"),
+];
 
 /// The embedded store, in `DATA_DIR/modelcache.db`.
 pub struct SqliteStore {
@@ -92,6 +105,20 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+fn row_to_hit(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::HitLogRow> {
+    Ok(super::HitLogRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        tenant: r.get(2)?,
+        entry_id: r.get(3)?,
+        probe: r.get(4)?,
+        matched: r.get(5)?,
+        model: r.get(6)?,
+        similarity: r.get::<_, f64>(7)? as f32,
+        request_id: r.get(8)?,
+    })
+}
+
 fn row_to_removed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Removed> {
     Ok(Removed {
         tenant: r.get(0)?,
@@ -102,16 +129,18 @@ fn row_to_removed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Removed> {
 
 /// Adds the columns an older database lacks.
 fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let have: Vec<String> = c
-        .prepare("SELECT name FROM pragma_table_info('entries')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (name, def) in ADDED_COLUMNS {
+    for (table, name, def) in ADDED_COLUMNS {
+        let have: Vec<String> = c
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         if !have.iter().any(|h| h == name) {
-            c.execute_batch(&format!("ALTER TABLE entries ADD COLUMN {name} {def}"))?;
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {def}"))?;
         }
     }
-    Ok(())
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS hit_log_request ON hit_log(request_id) WHERE request_id <> ''",
+    )
 }
 
 fn collect_removed(
@@ -234,11 +263,18 @@ impl Store for SqliteStore {
                      WHERE id = ?1 AND tenant = ?3",
                 )?;
                 let mut log = tx.prepare_cached(
-                    "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for h in hits {
                     bump.execute(params![h.entry_id, h.at, h.tenant])?;
-                    log.execute(params![h.tenant, h.entry_id, h.probe, h.similarity as f64, h.at])?;
+                    log.execute(params![
+                        h.tenant,
+                        h.entry_id,
+                        h.probe,
+                        h.similarity as f64,
+                        h.at,
+                        h.request_id
+                    ])?;
                 }
             }
             tx.commit()
@@ -304,6 +340,10 @@ impl Store for SqliteStore {
                     "DELETE FROM hit_log WHERE id <= (SELECT max(id) FROM hit_log) - ?1",
                     [HIT_LOG_KEEP],
                 )?;
+                tx.execute(
+                    "DELETE FROM entry_negatives WHERE entry_id NOT IN (SELECT id FROM entries)",
+                    [],
+                )?;
             }
             tx.commit()?;
             Ok(removed)
@@ -366,21 +406,54 @@ impl Store for SqliteStore {
     ) -> Result<Vec<super::HitLogRow>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
                  FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
                  WHERE (?1 IS NULL OR h.tenant = ?1)
                  ORDER BY h.id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![tenant, limit as i64], |r| {
-                Ok(super::HitLogRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    tenant: r.get(2)?,
-                    entry_id: r.get(3)?,
-                    probe: r.get(4)?,
-                    matched: r.get(5)?,
-                    model: r.get(6)?,
-                    similarity: r.get::<_, f64>(7)? as f32,
+            let rows = st.query_map(params![tenant, limit as i64], row_to_hit)?;
+            rows.collect()
+        })
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<super::HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE h.request_id = ?1 AND h.request_id <> '' ORDER BY h.id DESC LIMIT 1",
+            )?
+            .query_row([request_id], row_to_hit)
+            .optional()
+        })
+    }
+
+    fn add_negative(&self, n: &super::Negative) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![n.entry_id, n.tenant, n.probe, vec_to_blob(&n.embedding), n.at],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn negatives(&self) -> Result<Vec<super::Negative>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(super::Negative {
+                    entry_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    probe: r.get(2)?,
+                    embedding: blob_to_vec(&r.get::<_, Vec<u8>>(3)?),
+                    at: r.get(4)?,
                 })
             })?;
             rows.collect()
@@ -454,8 +527,10 @@ mod tests {
         let p = dir.path().join("old.db");
         {
             let c = Connection::open(&p).unwrap();
-            let old = SCHEMA.replace(",\n    origin      TEXT NOT NULL DEFAULT 'proxy'", "");
-            assert!(!old.contains("origin"));
+            let old = SCHEMA
+                .replace(",\n    origin      TEXT NOT NULL DEFAULT 'proxy'", "")
+                .replace(",\n    request_id TEXT NOT NULL DEFAULT ''", "");
+            assert!(!old.contains("origin") && !old.contains("request_id"));
             c.execute_batch(&old).unwrap();
             c.execute(
                 "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, created_at, expires_at)

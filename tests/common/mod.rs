@@ -730,6 +730,16 @@ impl modelcache::store::Store for FaultyStore {
     ) -> StoreResult<Vec<modelcache::store::HitLogRow>> {
         self.inner.hit_log(t, limit)
     }
+    fn hit_by_request(&self, r: &str) -> StoreResult<Option<modelcache::store::HitLogRow>> {
+        self.inner.hit_by_request(r)
+    }
+    fn add_negative(&self, n: &modelcache::store::Negative) -> StoreResult<()> {
+        self.write()?;
+        self.inner.add_negative(n)
+    }
+    fn negatives(&self) -> StoreResult<Vec<modelcache::store::Negative>> {
+        self.inner.negatives()
+    }
     fn register_model(&self, t: &str, m: &str, now: i64) -> StoreResult<bool> {
         self.write()?;
         self.inner.register_model(t, m, now)
