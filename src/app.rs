@@ -199,12 +199,19 @@ fn uses_cache(settings: &Settings) -> bool {
         .any(|t| t.policy.mode != crate::config::CacheMode::Off)
 }
 
-/// fastembed from `embedding.model_dir`.
+/// The configured embedder: fastembed from `embedding.model_dir`, or a
+/// remote OpenAI-compatible endpoint.
 pub(crate) fn default_embedder(settings: &Settings) -> EmbedderFactory {
     let e = settings.embedding.clone();
-    Arc::new(move || {
-        FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)
-            .map(|m| Box::new(m) as Box<dyn Embedder>)
+    Arc::new(move || match &e.backend {
+        crate::config::EmbeddingBackend::Local => {
+            FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)
+                .map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
+        crate::config::EmbeddingBackend::OpenAi(r) => {
+            crate::embed::openai::OpenAiEmbedder::connect(r)
+                .map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
     })
 }
 

@@ -158,6 +158,35 @@ pub struct EmbeddingSettings {
     pub max_length: usize,
     /// Pending request cap.
     pub queue: usize,
+    /// Where embeddings come from.
+    pub backend: EmbeddingBackend,
+}
+
+/// Where embeddings come from.
+#[derive(Clone)]
+pub enum EmbeddingBackend {
+    /// The ONNX model in `model_dir`, run in process.
+    Local,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    OpenAi(crate::embed::openai::RemoteSettings),
+}
+
+impl std::fmt::Debug for EmbeddingBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmbeddingBackend::Local => f.write_str("Local"),
+            // NOTE: never the key.
+            EmbeddingBackend::OpenAi(r) => write!(
+                f,
+                "OpenAi {{ url: {}, model: {}, timeout: {:?}, dimensions: {:?}, api_key: {} }}",
+                r.url,
+                r.model,
+                r.timeout,
+                r.dimensions,
+                if r.api_key.is_some() { "set" } else { "none" }
+            ),
+        }
+    }
 }
 
 /// What a tenant does with its cache.
@@ -996,6 +1025,71 @@ fn settings_from_raw(
         max_batch: at_least_one(&mut errs, "embedding.max_batch", e.max_batch),
         max_length: e.max_length,
         queue: at_least_one(&mut errs, "embedding.queue", e.queue),
+        backend: match e.kind.as_str() {
+            "local" => {
+                for (key, set) in [
+                    ("url", e.url.is_some()),
+                    ("model", e.model.is_some()),
+                    ("api_key_env", e.api_key_env.is_some()),
+                    ("dimensions", e.dimensions.is_some()),
+                ] {
+                    if set {
+                        errs.push(
+                            &format!("embedding.{key}"),
+                            "only used with kind = \"openai\"",
+                        );
+                    }
+                }
+                EmbeddingBackend::Local
+            }
+            "openai" => {
+                let url = match e.url.as_deref() {
+                    Some(u) => match url::Url::parse(u) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                        _ => {
+                            errs.push("embedding.url", format!("`{u}`: expected an http(s) URL"));
+                            None
+                        }
+                    },
+                    None => {
+                        errs.push(
+                            "embedding.url",
+                            "kind = \"openai\" needs the endpoint, e.g. https://api.openai.com/v1/embeddings",
+                        );
+                        None
+                    }
+                };
+                let model = e.model.clone().unwrap_or_else(|| {
+                    errs.push(
+                        "embedding.model",
+                        "kind = \"openai\" needs the model name, e.g. text-embedding-3-small",
+                    );
+                    String::new()
+                });
+                let api_key = e.api_key_env.as_deref().and_then(|name| {
+                    env_var(&mut errs, env, "embedding.api_key_env", name)
+                        .map(|v| Secret(v.trim().to_string()))
+                });
+                let timeout = duration(&mut errs, "embedding.timeout", &e.timeout);
+                match url {
+                    Some(url) => EmbeddingBackend::OpenAi(crate::embed::openai::RemoteSettings {
+                        url,
+                        model,
+                        api_key,
+                        timeout,
+                        dimensions: e.dimensions,
+                    }),
+                    None => EmbeddingBackend::Local,
+                }
+            }
+            other => {
+                errs.push(
+                    "embedding.kind",
+                    format!("`{other}`: expected local or openai"),
+                );
+                EmbeddingBackend::Local
+            }
+        },
     };
     if e.max_length < 16 {
         errs.push("embedding.max_length", "must be at least 16 tokens");

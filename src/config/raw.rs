@@ -315,6 +315,25 @@ pub struct RawEmbedding {
     /// Pending embedding requests before lookups are skipped (counted, forwarded).
     #[serde(default = "d_queue")]
     pub queue: usize,
+    /// `local` (the model in `model_dir`) or `openai` (a remote
+    /// OpenAI-compatible `/v1/embeddings` endpoint).
+    #[serde(default = "d_embedding_kind")]
+    pub kind: String,
+    /// The remote endpoint (`kind = "openai"`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The remote model name (`kind = "openai"`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The environment variable holding the remote API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Longest wait for one remote batch.
+    #[serde(default = "d_embedding_timeout")]
+    pub timeout: String,
+    /// The remote vector size; asked of the endpoint at start when unset.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
 }
 
 /// `[cache]`
@@ -426,6 +445,8 @@ defaults! {
     d_modelcache_without_key: String = "loopback".into();
     d_api_entries_match: String = "default_params".into();
     d_same_words_threshold: f32 = 0.80;
+    d_embedding_kind: String = "local".into();
+    d_embedding_timeout: String = "2s".into();
     d_small_edit_threshold: f32 = 0.96;
 }
 

@@ -6,6 +6,8 @@
 //! runtime thread: callers await a reply over a channel, and a full queue is an
 //! immediate error, not a wait.
 
+pub mod openai;
+
 use std::{
     path::Path,
     sync::{mpsc, Arc, Mutex, OnceLock},
