@@ -41,3 +41,4 @@ lint:
 bench: models
 	cargo build --release
 	cargo bench --bench gateway
+	cargo bench --bench verifier

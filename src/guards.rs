@@ -377,6 +377,7 @@ const LANGUAGES: &[Group] = &[
 struct Text {
     lower: String,
     tokens: Vec<String>,
+    set: std::collections::HashSet<String>,
 }
 
 fn fold(c: char) -> char {
@@ -422,7 +423,22 @@ impl Text {
         if !cur.is_empty() {
             tokens.push(cur);
         }
-        Text { lower, tokens }
+        // Every word a token may be a form of: `enabling` is a form of
+        // `enable` and `enabl`, `encryption` of `encrypt`; so that a lookup
+        // of a group's word is one hash lookup.
+        let mut set = std::collections::HashSet::new();
+        for t in &tokens {
+            set.insert(t.clone());
+            for s in SUFFIXES.iter().filter(|s| !s.is_empty()) {
+                if let Some(base) = t.strip_suffix(s) {
+                    if !base.is_empty() {
+                        set.insert(base.to_string());
+                        set.insert(format!("{base}e"));
+                    }
+                }
+            }
+        }
+        Text { lower, tokens, set }
     }
 
     fn has_word(&self, w: &str) -> bool {
@@ -435,16 +451,7 @@ impl Text {
             return self.substring(w);
         }
         // `enable` also matches `enabling`, `encrypt` `encryption`.
-        let stem = w.strip_suffix('e').unwrap_or(w);
-        self.tokens.iter().any(|t| {
-            SUFFIXES.iter().any(|s| {
-                (t.len() == w.len() + s.len() && t.starts_with(w) && t.ends_with(s))
-                    || (!s.is_empty()
-                        && t.len() == stem.len() + s.len()
-                        && t.starts_with(stem)
-                        && t.ends_with(s))
-            })
-        })
+        self.set.contains(w)
     }
 
     fn substring(&self, w: &str) -> bool {

@@ -290,24 +290,44 @@ fn words(key_text: &str) -> Vec<String> {
 /// Whether two words are one edit apart (insert, delete, substitute, or swap
 /// two neighbours).
 pub(crate) fn one_edit(a: &str, b: &str) -> bool {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     if a == b {
         return true;
     }
-    if a.len() == b.len() {
-        let d: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-        return d.len() == 1
-            || d.len() == 2 && d[1] == d[0] + 1 && a[d[0]] == b[d[1]] && a[d[1]] == b[d[0]];
+    if a.len().abs_diff(b.len()) > 4 {
+        return false;
     }
-    let (short, long) = if a.len() < b.len() {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    // NOTE: no allocation for ASCII words: this runs for every pair of
+    // differing words of two texts.
+    if a.is_ascii() && b.is_ascii() {
+        return one_edit_slice(a.as_bytes(), b.as_bytes());
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    one_edit_slice(&a, &b)
+}
+
+fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    if a.len() == b.len() {
+        let mut diffs = (0..a.len()).filter(|&i| a[i] != b[i]);
+        let first = diffs.next();
+        let second = diffs.next();
+        let third = diffs.next();
+        return match (first, second, third) {
+            (None, _, _) => true,
+            (Some(_), None, _) => true,
+            (Some(i), Some(j), None) => j == i + 1 && a[i] == b[j] && a[j] == b[i],
+            _ => false,
+        };
+    }
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
     if long.len() - short.len() != 1 {
         return false;
     }
-    (0..long.len()).any(|i| long[..i].iter().chain(&long[i + 1..]).eq(short.iter()))
+    let skip = short
+        .iter()
+        .zip(long)
+        .position(|(x, y)| x != y)
+        .unwrap_or(short.len());
+    short[skip..] == long[skip + 1..]
 }
 
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {

@@ -1,0 +1,150 @@
+//! The cost of the guards and the verifier per semantic candidate, against
+//! the cost of the embedding every semantic lookup already pays, in the same
+//! process. Run with `make bench` (or `cargo bench --bench verifier`).
+//!
+//! The pairs are those of `shared/eval/dev.jsonl` when that file is beside
+//! the checkout (or named by MODELCACHE_EVAL_PAIRS), else a built-in handful.
+
+use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
+
+use modelcache::{
+    embed::{Embedder, FastEmbedder},
+    guards::{self, GuardSet},
+    keying::{key_for, Endpoint},
+    verify,
+};
+use serde_json::{json, Value};
+
+fn key_text(messages: &Value) -> Option<String> {
+    key_for(Endpoint::Chat, &json!({"model": "m", "messages": messages}))
+        .ok()
+        .map(|k| k.text)
+}
+
+fn pairs() -> (String, Vec<(String, String)>) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = std::env::var("MODELCACHE_EVAL_PAIRS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/eval/dev.jsonl"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let out: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| Some((key_text(&v["cached"])?, key_text(&v["probe"])?)))
+            .collect();
+        return (path.display().to_string(), out);
+    }
+    let built_in = [
+        (
+            "How do I reverse a list in Python?",
+            "What's the way to reverse a Python list?",
+        ),
+        (
+            "How do I enable two-factor authentication?",
+            "How do I disable two-factor authentication?",
+        ),
+        ("What is 1,250 divided by 25?", "1250 / 25 = ?"),
+        (
+            "Convert 100 kilometers to miles.",
+            "Convert 100 miles to kilometers.",
+        ),
+    ];
+    let out = built_in
+        .iter()
+        .map(|(a, b)| (format!("user###{a}"), format!("user###{b}")))
+        .collect();
+    ("built-in pairs".into(), out)
+}
+
+fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("verifier bench: built; run it with `make bench` (cargo bench --bench verifier)");
+        return ExitCode::SUCCESS;
+    }
+    let (from, pairs) = pairs();
+    println!("guards and verifier: cost per semantic candidate");
+    println!("  pairs     {} from {from}", pairs.len());
+    let set = GuardSet::default();
+    // Each pair timed on its own (median of 20 runs), so that the long
+    // documents show apart from the short questions.
+    let time = |f: &dyn Fn(&str, &str)| -> Vec<f64> {
+        let mut per: Vec<f64> = pairs
+            .iter()
+            .map(|(a, b)| {
+                let mut runs: Vec<f64> = (0..20)
+                    .map(|_| {
+                        let t = Instant::now();
+                        f(black_box(a), black_box(b));
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                runs[runs.len() / 2]
+            })
+            .collect();
+        per.sort_by(f64::total_cmp);
+        per
+    };
+    let show = |label: &str, v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "  {label:<34} p50 {:8.1} us   p99 {:8.1} us   mean {:8.1} us",
+            v[v.len() / 2] * 1e6,
+            v[(v.len() * 99 / 100).min(v.len() - 1)] * 1e6,
+            mean * 1e6
+        );
+        mean
+    };
+    let g = time(&|a, b| {
+        black_box(guards::check(a, b, &set, false));
+    });
+    let w = time(&|a, b| {
+        black_box(verify::diff(a, b));
+    });
+    let both = time(&|a, b| {
+        black_box(guards::check(a, b, &set, false));
+        black_box(verify::diff(a, b));
+    });
+    let detail = time(&|a, b| {
+        black_box(guards::check(a, b, &set, true));
+        black_box(verify::diff(a, b));
+    });
+    println!("  per candidate (one stored question against one probe):");
+    show("guards", &g);
+    show("verifier", &w);
+    let per_pair = both[both.len() / 2];
+    show("guards + verifier (lookup)", &both);
+    show("guards + verifier (dry run)", &detail);
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match FastEmbedder::load(
+        &root.join("models/all-minilm-l6-v2-int8"),
+        &root.join("models/onnxruntime/libonnxruntime.so"),
+        256,
+        2,
+    ) {
+        Ok(mut model) => {
+            let texts: Vec<String> = pairs
+                .iter()
+                .take(100)
+                .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
+                .collect();
+            let _ = model.embed_batch(&texts[..1]);
+            let t2 = Instant::now();
+            for t in &texts {
+                black_box(model.embed_batch(std::slice::from_ref(t)).ok());
+            }
+            let embed = t2.elapsed().as_secs_f64() / texts.len() as f64;
+            println!(
+                "  one embedding (MiniLM, 2 threads)  {:8.1} us per text",
+                embed * 1e6
+            );
+            println!(
+                "  guards + verifier p50 / embedding  {:8.4}x",
+                per_pair / embed
+            );
+        }
+        Err(e) => println!("  (no local model to compare with: {e}; run `make models`)"),
+    }
+    ExitCode::SUCCESS
+}
