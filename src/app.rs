@@ -65,6 +65,64 @@ pub struct Reloader {
     tenants: Arc<RwLock<Arc<TenantSet>>>,
     started_with: Arc<Settings>,
     metrics: Arc<Metrics>,
+    cache: Arc<OnceLock<Arc<Cache>>>,
+}
+
+/// Calibrates, in the background, the thresholds of every tenant of
+/// `settings` that states a wrong-answer rate. Until its calibration is done
+/// (or if it fails) such a tenant serves exact hits only: a stated rate is
+/// never exceeded by thresholds nobody measured.
+fn calibrate_all(settings: Arc<Settings>, cache: Arc<Cache>) {
+    for t in &settings.tenants {
+        match &t.policy.calibration {
+            None => cache.set_calibration(&t.name, None),
+            Some(c) => cache.set_calibration(
+                &t.name,
+                Some(crate::cache::Calibration {
+                    offset: 1.0,
+                    max_wrong_rate: c.max_wrong_rate,
+                    wrong_rate: 0.0,
+                    recall: 0.0,
+                    pairs: 0,
+                }),
+            ),
+        }
+    }
+    tokio::spawn(async move {
+        for t in &settings.tenants {
+            let Some(c) = &t.policy.calibration else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            match crate::eval::calibrate_policy(
+                &settings,
+                &t.policy,
+                &c.pairs,
+                c.max_wrong_rate,
+                cache.embedder(),
+            )
+            .await
+            {
+                Ok(result) => {
+                    tracing::info!(
+                        tenant = %t.name,
+                        pairs = result.pairs,
+                        offset = result.offset,
+                        wrong_rate = result.wrong_rate,
+                        recall = result.recall,
+                        ms = started.elapsed().as_millis() as u64,
+                        "thresholds calibrated"
+                    );
+                    cache.set_calibration(&t.name, Some(result));
+                }
+                Err(e) => tracing::error!(
+                    tenant = %t.name,
+                    error = %e,
+                    "calibration failed; the tenant serves exact hits only"
+                ),
+            }
+        }
+    });
 }
 
 /// Creates the metric series of every tenant of `settings` (and of callers
@@ -130,6 +188,11 @@ impl Reloader {
         match self.tenants.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        // NOTE: every tenant that states a wrong-answer rate is calibrated
+        // again: its policy, its pairs or the pairs' file may have changed.
+        if let Some(c) = self.cache.get() {
+            calibrate_all(Arc::new(settings.clone()), c.clone());
         }
         tracing::info!(tenants = names, "configuration reloaded");
         Ok(())
@@ -297,11 +360,14 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             cache.clone(),
             load_error.clone(),
         );
+        let s2 = settings.clone();
         tokio::spawn(async move {
             let loaded = tokio::task::spawn_blocking(move || load_cache(&s, opts, m)).await;
             match loaded {
                 Ok(Ok(cache)) => {
-                    let _ = c.set(Arc::new(cache));
+                    let cache = Arc::new(cache);
+                    calibrate_all(s2, cache.clone());
+                    let _ = c.set(cache);
                     tracing::info!("cache ready");
                 }
                 Ok(Err(e)) => {
@@ -321,6 +387,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         tenants,
         started_with: settings,
         metrics: metrics.clone(),
+        cache: cache.clone(),
     };
     let join = tokio::spawn(serve(
         proxy_listener,

@@ -119,6 +119,17 @@ pub struct LookupOptions {
 }
 
 impl LookupOptions {
+    /// Every threshold moved by `delta` (a calibration), each at most 1.
+    pub fn shifted(&self, delta: f32) -> LookupOptions {
+        let up = |t: f32| (t + delta).clamp(0.0, 1.0);
+        let mut o = *self;
+        o.thresholds.short = up(o.thresholds.short);
+        o.thresholds.long = up(o.thresholds.long);
+        o.verifier.same_words_threshold = up(o.verifier.same_words_threshold);
+        o.verifier.small_edit_threshold = up(o.verifier.small_edit_threshold);
+        o
+    }
+
     /// The options of a tenant's policy, with no per-request tightening.
     pub fn for_policy(p: &Policy) -> LookupOptions {
         LookupOptions {
@@ -198,6 +209,23 @@ pub struct Core {
     removals: std::sync::atomic::AtomicU64,
     /// Probes reported as wrongly answered, by entry (few; all in memory).
     negatives: RwLock<HashMap<i64, Vec<Vec<f32>>>>,
+    /// Calibrations by tenant: how far its thresholds are moved.
+    calibrations: RwLock<HashMap<String, Calibration>>,
+}
+
+/// The outcome of calibrating a tenant's thresholds on labelled pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Added to every threshold of the tenant.
+    pub offset: f32,
+    /// The wrong-answer rate the tenant stated.
+    pub max_wrong_rate: f64,
+    /// The wrong-answer rate on the pairs after the move.
+    pub wrong_rate: f64,
+    /// The share of should-hit pairs that hit after the move.
+    pub recall: f64,
+    /// Pairs measured.
+    pub pairs: usize,
 }
 
 fn exact_key(tenant: &str, exact_hash: &str) -> String {
@@ -405,6 +433,7 @@ impl Cache {
             quantization,
             removals: std::sync::atomic::AtomicU64::new(0),
             negatives: RwLock::new(HashMap::new()),
+            calibrations: RwLock::new(HashMap::new()),
         });
         {
             let negs = core.store.negatives().map_err(|e| e.to_string())?;
@@ -438,6 +467,11 @@ impl Cache {
             writeback,
             finishing: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// The embedding workers, shared (calibration runs on them).
+    pub fn embedder(&self) -> EmbedService {
+        self.embedder.clone()
     }
 
     /// Shared state, for the periodic tasks.
@@ -693,6 +727,14 @@ impl Cache {
         explain: bool,
     ) -> Explanation {
         let now = now_ms();
+        let shifted;
+        let opts = match self.calibration(tenant) {
+            Some(c) if c.offset != 0.0 => {
+                shifted = opts.shifted(c.offset);
+                &shifted
+            }
+            _ => opts,
+        };
         let threshold = Self::threshold_for(key, opts);
         let mut out = Explanation {
             threshold,
@@ -896,10 +938,7 @@ impl Cache {
     ) -> Result<Vec<Vec<f32>>, String> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch.max(1)) {
-            let done = futures_util::future::join_all(
-                chunk.iter().map(|t| self.embedder.embed_waiting(t)),
-            )
-            .await;
+            let done = self.embedder.embed_all_waiting(chunk).await;
             for r in done {
                 out.push(r.map_err(|e| {
                     self.core
@@ -912,6 +951,21 @@ impl Cache {
             }
         }
         Ok(out)
+    }
+
+    /// The calibration of `tenant`, if it has one.
+    pub fn calibration(&self, tenant: &str) -> Option<Calibration> {
+        self.core.calibrations.read().ok()?.get(tenant).copied()
+    }
+
+    /// Sets (or with `None` clears) the calibration of `tenant`.
+    pub fn set_calibration(&self, tenant: &str, c: Option<Calibration>) {
+        if let Ok(mut map) = self.core.calibrations.write() {
+            match c {
+                Some(c) => map.insert(tenant.to_string(), c),
+                None => map.remove(tenant),
+            };
+        }
     }
 
     /// Notes a served hit (counts and hit log), dropped if the queue is full.

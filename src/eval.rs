@@ -65,6 +65,8 @@ pub struct Prediction {
     pub similarity: f32,
     /// Content words that differ (the verifier's count).
     pub differing_words: usize,
+    /// The tenant's threshold for this probe (short or long text).
+    pub base: f32,
 }
 
 /// Reads pairs from a JSON-lines file.
@@ -139,6 +141,11 @@ pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Res
     let e = &settings.embedding;
     let service = EmbedService::start(factory, e.threads, e.max_batch, e.queue, None)
         .map_err(|e| e.to_string())?;
+    open_cache_on(settings, service)
+}
+
+/// Opens an in-memory cache over running embedding workers.
+pub fn open_cache_on(settings: &Settings, service: EmbedService) -> Result<Cache, String> {
     Cache::open(
         settings.cache.clone(),
         Arc::new(MemoryStore::default()),
@@ -227,6 +234,7 @@ pub async fn run(
             failed,
             similarity,
             differing_words,
+            base: Cache::threshold_for(&probe, &opts),
         });
         cache.remove(tenant, RemoveTarget::Ids(ids)).await?;
         progress(i + 1);
@@ -285,6 +293,76 @@ impl Counts {
 
 fn ratio(a: usize, b: usize) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// The smallest move of every threshold that keeps the wrong-answer rate on
+/// `pairs` at or below `max_wrong_rate` (the most recall that allows). A
+/// pair hits after a move `d` when its score's margin over its threshold is
+/// at least `d`.
+pub fn calibrate(
+    pairs: &[Pair],
+    preds: &[Prediction],
+    max_wrong_rate: f64,
+) -> crate::cache::Calibration {
+    let margin = |p: &Prediction| (p.score > 0.0).then_some(p.score - p.base);
+    let at = |d: f32| {
+        let mut c = Counts::default();
+        for (pair, p) in pairs.iter().zip(preds) {
+            c.add(margin(p).is_some_and(|m| m >= d), pair.same_answer);
+        }
+        c
+    };
+    // NOTE: moves below -0.3 would trust the embedding far past anything
+    // measured; above the largest margin nothing hits.
+    // Each margin, and just past it: the smallest move that leaves out a
+    // wrong pair keeps every right pair above it.
+    let mut moves: Vec<f32> = preds
+        .iter()
+        .filter_map(margin)
+        .filter(|m| *m >= -0.3)
+        .flat_map(|m| [m, m + 0.001])
+        .collect();
+    moves.push(-0.3);
+    moves.sort_by(f32::total_cmp);
+    moves.dedup();
+    let top = moves.last().copied().unwrap_or(0.0) + 0.001;
+    let offset = moves
+        .into_iter()
+        .find(|d| at(*d).fpr().is_none_or(|f| f <= max_wrong_rate))
+        .unwrap_or(top)
+        .min(1.0);
+    let c = at(offset);
+    crate::cache::Calibration {
+        offset,
+        max_wrong_rate,
+        wrong_rate: c.fpr().unwrap_or(0.0),
+        recall: c.recall().unwrap_or(0.0),
+        pairs: pairs.len(),
+    }
+}
+
+/// Calibrates `policy` on the pairs in `path`, in a cache of its own (an
+/// in-memory store over the serving embedder's workers): nothing touches the
+/// serving cache's entries.
+/// Blocking parts run off the runtime.
+pub async fn calibrate_policy(
+    settings: &Settings,
+    policy: &Policy,
+    path: &Path,
+    max_wrong_rate: f64,
+    embedder: EmbedService,
+) -> Result<crate::cache::Calibration, String> {
+    let pairs = read_pairs(path)?;
+    let s = settings.clone();
+    let cache = tokio::task::spawn_blocking(move || open_cache_on(&s, embedder))
+        .await
+        .map_err(|e| e.to_string())??;
+    let preds = run(&cache, "_calibration", policy, &pairs, |_| {}).await?;
+    cache.flush(std::time::Duration::from_secs(5)).await;
+    tokio::task::spawn_blocking(move || cache.close())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(calibrate(&pairs, &preds, max_wrong_rate))
 }
 
 /// Counts per category and overall (key `all`).
@@ -433,6 +511,7 @@ mod tests {
             failed: vec![],
             similarity: score,
             differing_words: 0,
+            base: 0.9,
         }
     }
 
@@ -463,6 +542,14 @@ mod tests {
         assert_eq!(t, 0.97);
         // A zero score never hits, whatever the threshold.
         assert_eq!(at_threshold(&pairs, &preds, 0.0).fp, 1);
+        // Calibration: base 0.9 for every pair; margins 0.09, -0.05, 0.05,
+        // none (gated), 0.07. No wrong answer: the move must pass 0.05.
+        let c = calibrate(&pairs, &preds, 0.0);
+        assert!((c.offset - 0.051).abs() < 1e-5, "{c:?}");
+        assert_eq!(c.wrong_rate, 0.0);
+        assert!((c.recall - 2.0 / 3.0).abs() < 1e-9);
+        let loose = calibrate(&pairs, &preds, 0.5);
+        assert!(loose.offset < 0.0, "{loose:?}");
         let table = sweep(&pairs, &preds, 0.0);
         assert!(table.contains("recommended: threshold = 0.96"), "{table}");
         assert!(report(&pairs, &preds).contains("recall at FPR <= 5%"));

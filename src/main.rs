@@ -171,6 +171,14 @@ fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
             "{}",
             modelcache::eval::sweep(&pairs, &preds, args.target_fpr)
         );
+        let c = modelcache::eval::calibrate(&pairs, &preds, args.target_fpr);
+        println!(
+            "calibrated (max_wrong_rate = {}): every threshold {:+.3}, wrong answers {:.1}%, recall {:.1}%",
+            args.target_fpr,
+            c.offset,
+            c.wrong_rate * 100.0,
+            c.recall * 100.0
+        );
     }
     ExitCode::SUCCESS
 }

@@ -260,8 +260,9 @@ async fn bulk_inserts_are_embedded_in_batches() {
     let batches = count(&after) - count(&before);
     let texts = sum(&after) - sum(&before);
     assert_eq!(texts, 200.0, "every question embedded once");
+    // Queued back to back in chunks of embedding.max_batch (32): about 7.
     assert!(
-        batches <= 50.0,
+        batches <= 20.0,
         "200 texts in {batches} batches: not batched"
     );
     for i in [0, 99, 199] {

@@ -251,6 +251,16 @@ impl Admin {
                     "saved_usd": f.saved_usd,
                 },
             });
+            if let Some(c) = self.cache.get().and_then(|c| c.calibration(&name)) {
+                v["calibration"] = json!({
+                    "max_wrong_rate": c.max_wrong_rate,
+                    "pending": c.pairs == 0,
+                    "offset": score(c.offset),
+                    "wrong_rate_on_pairs": c.wrong_rate,
+                    "recall_on_pairs": c.recall,
+                    "pairs": c.pairs,
+                });
+            }
             if let Some(t) = tenant {
                 let p = t.policy();
                 v["policy"] = json!({

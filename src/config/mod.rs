@@ -252,6 +252,61 @@ pub struct Policy {
     pub guards: crate::guards::GuardSet,
     /// The word-by-word verifier.
     pub verifier: crate::verify::Verifier,
+    /// Calibrate the thresholds to a wrong-answer rate on labelled pairs.
+    pub calibration: Option<Calibrate>,
+}
+
+/// A tenant's stated wrong-answer rate and the pairs that measure it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibrate {
+    /// The largest share of must-miss pairs that may be served.
+    pub max_wrong_rate: f64,
+    /// Labelled pairs, one JSON object per line.
+    pub pairs: PathBuf,
+}
+
+fn calibrate(
+    errs: &mut Errors,
+    prefix: &str,
+    rate: Option<f64>,
+    pairs: Option<&str>,
+) -> Option<Calibrate> {
+    match (rate, pairs) {
+        (None, None) => None,
+        (Some(r), Some(p)) => {
+            if !(0.0..=1.0).contains(&r) {
+                errs.push(
+                    &format!("{prefix}max_wrong_rate"),
+                    "must be between 0 and 1",
+                );
+            }
+            let path = PathBuf::from(p);
+            if !path.is_file() {
+                errs.push(
+                    &format!("{prefix}calibration_pairs"),
+                    format!("{p}: no such file"),
+                );
+            }
+            Some(Calibrate {
+                max_wrong_rate: r,
+                pairs: path,
+            })
+        }
+        (Some(_), None) => {
+            errs.push(
+                &format!("{prefix}calibration_pairs"),
+                "max_wrong_rate needs labelled pairs to calibrate on",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                &format!("{prefix}max_wrong_rate"),
+                "calibration_pairs needs the wrong-answer rate to calibrate to",
+            );
+            None
+        }
+    }
 }
 
 /// Which chat requests an entry inserted through `/modelcache` may answer.
@@ -727,6 +782,12 @@ fn global_policy(errs: &mut Errors, c: &raw::RawCache, max_length: usize) -> Pol
             ),
             ..Default::default()
         },
+        calibration: calibrate(
+            errs,
+            "cache.",
+            c.max_wrong_rate,
+            c.calibration_pairs.as_deref(),
+        ),
     }
 }
 
@@ -800,6 +861,15 @@ fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &raw::RawTenantCa
                     fraction(errs, &k("small_edit_threshold"), v)
                 }),
             ..base.verifier
+        },
+        calibration: match (c.max_wrong_rate, c.calibration_pairs.as_deref()) {
+            (None, None) => base.calibration.clone(),
+            (rate, pairs) => calibrate(
+                errs,
+                &k(""),
+                rate.or(base.calibration.as_ref().map(|b| b.max_wrong_rate)),
+                pairs.or(base.calibration.as_ref().and_then(|b| b.pairs.to_str())),
+            ),
         },
     }
 }

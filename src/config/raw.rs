@@ -191,6 +191,11 @@ pub struct RawTenantCache {
     pub same_words_threshold: Option<f32>,
     /// Similarity needed when one or two content words differ.
     pub small_edit_threshold: Option<f32>,
+    /// The largest share of wrong answers the tenant accepts; its thresholds
+    /// are calibrated to it on `calibration_pairs` at start.
+    pub max_wrong_rate: Option<f64>,
+    /// Labelled pairs (the `modelcache eval` format) to calibrate on.
+    pub calibration_pairs: Option<String>,
 }
 
 /// `[tenants.cache.guards]`: each key defaults to `[cache.guards]`.
@@ -399,6 +404,13 @@ pub struct RawCache {
     /// Similarity needed when one or two content words differ.
     #[serde(default = "d_small_edit_threshold")]
     pub small_edit_threshold: f32,
+    /// The largest share of wrong answers accepted; thresholds are calibrated
+    /// to it on `calibration_pairs` at start.
+    #[serde(default)]
+    pub max_wrong_rate: Option<f64>,
+    /// Labelled pairs (the `modelcache eval` format) to calibrate on.
+    #[serde(default)]
+    pub calibration_pairs: Option<String>,
 }
 
 macro_rules! defaults {

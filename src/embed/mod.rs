@@ -262,7 +262,8 @@ struct Job {
 /// Timing observer, called with (texts in batch, seconds) after each batch.
 pub type BatchObserver = Arc<dyn Fn(usize, f64) + Send + Sync>;
 
-/// Worker threads behind a bounded queue.
+/// Worker threads behind a bounded queue. Clones share the workers.
+#[derive(Clone)]
 pub struct EmbedService {
     tx: mpsc::SyncSender<Job>,
     dims: usize,
@@ -337,21 +338,34 @@ impl EmbedService {
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
 
-    /// Embeds one text like [`EmbedService::embed`], but waits for room in a
-    /// full queue instead of failing: for bulk work that may wait (inserts
-    /// through the ModelCache API), never for lookups.
-    pub async fn embed_waiting(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let (reply, rx) = oneshot::channel();
+    /// Embeds many texts, waiting for room in a full queue: the texts are
+    /// queued back to back, so that the workers take them in full batches.
+    /// For bulk work (inserts through the ModelCache API), never for lookups.
+    pub async fn embed_all_waiting(&self, texts: &[String]) -> Vec<Result<Vec<f32>, EmbedError>> {
+        let mut jobs = Vec::with_capacity(texts.len());
+        let mut replies = Vec::with_capacity(texts.len());
+        for t in texts {
+            let (reply, rx) = oneshot::channel();
+            jobs.push(Job {
+                text: t.clone(),
+                reply,
+            });
+            replies.push(rx);
+        }
         let tx = self.tx.clone();
-        let job = Job {
-            text: text.to_string(),
-            reply,
-        };
-        tokio::task::spawn_blocking(move || tx.send(job))
-            .await
-            .map_err(|_| EmbedError::Stopped)?
-            .map_err(|_| EmbedError::Stopped)?;
-        rx.await.map_err(|_| EmbedError::Stopped)?
+        let sent =
+            tokio::task::spawn_blocking(move || jobs.into_iter().all(|job| tx.send(job).is_ok()))
+                .await
+                .unwrap_or(false);
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(if sent {
+                rx.await.map_err(|_| EmbedError::Stopped).and_then(|r| r)
+            } else {
+                Err(EmbedError::Stopped)
+            });
+        }
+        out
     }
 }
 
