@@ -67,6 +67,8 @@ pub struct Prediction {
     pub differing_words: usize,
     /// The tenant's threshold for this probe (short or long text).
     pub base: f32,
+    /// The plain reference: one cosine of the joined system and user texts.
+    pub plain_cosine: f32,
 }
 
 /// Reads pairs from a JSON-lines file.
@@ -175,6 +177,21 @@ pub async fn run(
             .map_err(|e| format!("pair {}: cached: {e}", pair.id))?;
         let probe = key_with(Endpoint::Chat, &body(model, &pair.probe), &ko)
             .map_err(|e| format!("pair {}: probe: {e}", pair.id))?;
+        // The reference of shared/eval/README.md: one cosine over the joined
+        // system and user text, no partition, no guard.
+        let plain = {
+            let joined = |m: &[Value]| -> String {
+                m.iter()
+                    .filter(|t| matches!(t["role"].as_str(), Some("system" | "user")))
+                    .filter_map(|t| t["content"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let v = cache
+                .embed_many(&[joined(&pair.cached), joined(&pair.probe)], 2)
+                .await?;
+            v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum::<f32>()
+        };
         let embedding = if cached.semantic {
             Some(
                 cache
@@ -235,6 +252,7 @@ pub async fn run(
             similarity,
             differing_words,
             base: Cache::threshold_for(&probe, &opts),
+            plain_cosine: plain,
         });
         cache.remove(tenant, RemoveTarget::Ids(ids)).await?;
         progress(i + 1);
@@ -409,6 +427,9 @@ fn pct(x: Option<f64>) -> String {
 /// The per-category table.
 pub fn report(pairs: &[Pair], preds: &[Prediction]) -> String {
     let mut s = String::new();
+    s.push_str(
+        "this configuration (the gateway's lookup: partition, guards, verifier, thresholds):\n",
+    );
     s.push_str(&format!(
         "{:<20} {:>5} {:>9} {:>7} {:>7} {:>7}\n",
         "category", "pairs", "precision", "recall", "F1", "FPR"
@@ -429,6 +450,43 @@ pub fn report(pairs: &[Pair], preds: &[Prediction]) -> String {
             pct(c.fpr())
         ));
     }
+    let plain_line = |s: &mut String| {
+        // The reference, from the same embeddings: a cosine threshold alone.
+        let plain: Vec<Prediction> = preds
+            .iter()
+            .map(|p| Prediction {
+                score: p.plain_cosine.max(0.0001),
+                ..p.clone()
+            })
+            .collect();
+        let at = |t: f32| at_threshold(pairs, &plain, t);
+        let best = (70..=99)
+            .map(|i| i as f32 / 100.0)
+            .max_by(|a, b| {
+                at(*a)
+                    .f1()
+                    .unwrap_or(0.0)
+                    .total_cmp(&at(*b).f1().unwrap_or(0.0))
+            })
+            .unwrap_or(0.9);
+        s.push_str("plain cosine over the joined system and user text (the reference):\n");
+        for (label, t) in [("best F1", best), ("at 0.90", 0.90), ("at 0.98", 0.98)] {
+            let c = at(t);
+            s.push_str(&format!(
+                "  {label:<8} threshold {t:.2}: precision {}, recall {}, F1 {}, FPR {}\n",
+                pct(c.precision()).trim(),
+                pct(c.recall()).trim(),
+                c.f1().map_or("-".into(), |f| format!("{f:.3}")),
+                pct(c.fpr()).trim()
+            ));
+        }
+        for max in [0.05, 0.01] {
+            let r = recall_at_fpr(pairs, &plain, max).map_or("none reachable".into(), |(r, t)| {
+                format!("{:.1}% (threshold {t:.3})", r * 100.0)
+            });
+            s.push_str(&format!("  recall at FPR <= {:.0}%: {r}\n", max * 100.0));
+        }
+    };
     for max in [0.05, 0.01] {
         match recall_at_fpr(pairs, preds, max) {
             Some((r, t)) => s.push_str(&format!(
@@ -442,6 +500,7 @@ pub fn report(pairs: &[Pair], preds: &[Prediction]) -> String {
             )),
         }
     }
+    plain_line(&mut s);
     s
 }
 
@@ -512,6 +571,7 @@ mod tests {
             similarity: score,
             differing_words: 0,
             base: 0.9,
+            plain_cosine: score,
         }
     }
 
