@@ -5,8 +5,9 @@
 //! words of each (without function words and fillers, word forms folded,
 //! one-letter typos forgiven) that the other lacks. Measured on the dev set,
 //! such a count separates what one cosine cannot:
-//! - no content word differs: a rewording, a typo, a case change. Every
-//!   must-miss pair with a similarity over 0.75 still had a differing word;
+//! - no content word differs: a rewording, a typo, a case change. On the
+//!   dev set every must-miss pair of this kind over 0.75 was one the guards
+//!   stop (a changed number, a swapped direction);
 //! - one or two differ: the shape of an entity swap or an added restriction
 //!   ("list" for "string", "extended warranty"). These need near-identity;
 //! - more differ: a paraphrase, judged by the tenant's threshold.
