@@ -17,7 +17,7 @@ use crate::{
     cache::{now_ms, Cache, LookupOptions, Probe},
     config::{Policy, Settings},
     embed::{EmbedService, EmbedderFactory},
-    keying::{key_with, Endpoint, KeyOptions},
+    keying::{key_with, Endpoint},
     store::{memory::MemoryStore, NewEntry, Origin},
     writeback::RemoveTarget,
 };
@@ -128,14 +128,6 @@ fn body(model: &str, messages: &[Value]) -> Value {
     json!({"model": model, "messages": messages})
 }
 
-fn key_options(p: &Policy) -> KeyOptions<'static> {
-    KeyOptions {
-        text: p.text,
-        max_messages: Some(p.max_messages),
-        namespace: None,
-    }
-}
-
 /// Opens a cache over an in-memory store with the settings' embedder (or
 /// `embedder`), for evaluation. Blocking: call off the runtime.
 pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
@@ -172,7 +164,7 @@ pub async fn run(
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         let model = pair.model.as_deref().unwrap_or(MODEL);
-        let ko = key_options(policy);
+        let ko = policy.key_options(None);
         let cached = key_with(Endpoint::Chat, &body(model, &pair.cached), &ko)
             .map_err(|e| format!("pair {}: cached: {e}", pair.id))?;
         let probe = key_with(Endpoint::Chat, &body(model, &pair.probe), &ko)

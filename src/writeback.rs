@@ -162,6 +162,29 @@ impl Writeback {
 /// full count per tenant).
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Stores `entries` in one transaction and publishes them to the in-memory
+/// layers; counted either way.
+fn insert(core: &Core, entries: &[NewEntry]) -> Result<Vec<i64>, String> {
+    match core.store.insert_batch(entries) {
+        Ok(ids) => {
+            core.publish(entries, &ids);
+            core.metrics
+                .writeback
+                .with_label_values(&["written"])
+                .inc_by(ids.len() as u64);
+            Ok(ids)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, count = entries.len(), "write-back failed");
+            core.metrics
+                .writeback
+                .with_label_values(&["failed"])
+                .inc_by(entries.len() as u64);
+            Err(e.to_string())
+        }
+    }
+}
+
 fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
     let mut stop = false;
     let mut counted = std::time::Instant::now();
@@ -203,23 +226,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
             }
         }
         if !inserts.is_empty() {
-            match core.store.insert_batch(&inserts) {
-                Ok(ids) => {
-                    core.publish(&inserts, &ids);
-                    stale = true;
-                    core.metrics
-                        .writeback
-                        .with_label_values(&["written"])
-                        .inc_by(ids.len() as u64);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, count = inserts.len(), "write-back failed");
-                    core.metrics
-                        .writeback
-                        .with_label_values(&["failed"])
-                        .inc_by(inserts.len() as u64);
-                }
-            }
+            stale |= insert(&core, &inserts).is_ok();
         }
         if !hits.is_empty() {
             if let Err(e) = core.store.record_hits(&hits) {
@@ -257,25 +264,9 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
                     let _ = reply.send(());
                 }
                 WriteOp::InsertNow { entries, reply } => {
-                    let result = core.store.insert_batch(&entries);
-                    match &result {
-                        Ok(ids) => {
-                            core.publish(&entries, ids);
-                            stale = true;
-                            core.metrics
-                                .writeback
-                                .with_label_values(&["written"])
-                                .inc_by(ids.len() as u64);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, count = entries.len(), "insert failed");
-                            core.metrics
-                                .writeback
-                                .with_label_values(&["failed"])
-                                .inc_by(entries.len() as u64);
-                        }
-                    }
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let result = insert(&core, &entries);
+                    stale |= result.is_ok();
+                    let _ = reply.send(result);
                 }
                 WriteOp::AddNegative { negative, reply } => {
                     let _ = reply.send(core.add_negative(&negative));

@@ -569,9 +569,7 @@ impl Admin {
         // ModelCache API, for a request that differs only in sampling.
         if policy.api_entries_match == ApiEntriesMatch::AnySamplingParams {
             if let Some(alt) = without_sampling(&body)
-                .and_then(|b| {
-                    key_with(Endpoint::Chat, &b, &super::key_options(policy, namespace)).ok()
-                })
+                .and_then(|b| key_with(Endpoint::Chat, &b, &policy.key_options(namespace)).ok())
                 .filter(|k| k.partition != key.partition)
             {
                 let probe = Probe {

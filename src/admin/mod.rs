@@ -160,7 +160,7 @@ fn request_key(
     crate::keying::key_with(
         crate::keying::Endpoint::Chat,
         &request_body(model, msgs, params),
-        &key_options(policy, namespace),
+        &policy.key_options(namespace),
     )
     .map_err(|e| e.to_string())
 }
@@ -174,17 +174,6 @@ fn request_body(
     body.insert("model".into(), Value::String(model.to_string()));
     body.insert("messages".into(), Value::Array(msgs.to_vec()));
     Value::Object(body)
-}
-
-fn key_options<'a>(
-    policy: &crate::config::Policy,
-    namespace: Option<&'a str>,
-) -> crate::keying::KeyOptions<'a> {
-    crate::keying::KeyOptions {
-        text: policy.text,
-        max_messages: Some(policy.max_messages),
-        namespace,
-    }
 }
 
 impl Admin {

@@ -309,6 +309,17 @@ fn calibrate(
     }
 }
 
+impl Policy {
+    /// How this policy shapes a request's key, within `namespace`.
+    pub fn key_options<'a>(&self, namespace: Option<&'a str>) -> crate::keying::KeyOptions<'a> {
+        crate::keying::KeyOptions {
+            text: self.text,
+            max_messages: Some(self.max_messages),
+            namespace,
+        }
+    }
+}
+
 /// Which chat requests an entry inserted through `/modelcache` may answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ApiEntriesMatch {

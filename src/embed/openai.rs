@@ -12,15 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
+use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
 
 use super::{EmbedError, Embedder};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+use crate::proxy::upstream::Connector;
 
 /// Settings of the remote embedder.
 #[derive(Clone)]
@@ -57,20 +54,7 @@ impl OpenAiEmbedder {
             .enable_all()
             .build()
             .map_err(|e| load(e.to_string()))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(s.timeout));
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| load(e.to_string()))?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(tls);
+        let client = crate::proxy::upstream::https_client(s.timeout).map_err(load)?;
         let authorization = match &s.api_key {
             Some(k) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))

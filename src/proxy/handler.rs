@@ -187,11 +187,7 @@ fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
 /// How a tenant's policy and the request's namespace header shape its key
 /// (call after [`namespace`] has accepted the header).
 fn key_options<'a>(policy: &Policy, h: &'a HeaderMap) -> KeyOptions<'a> {
-    KeyOptions {
-        text: policy.text,
-        max_messages: Some(policy.max_messages),
-        namespace: namespace(h).ok().flatten(),
-    }
+    policy.key_options(namespace(h).ok().flatten())
 }
 
 /// Whom an upstream answer verifies or refuses.

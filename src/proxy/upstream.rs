@@ -16,7 +16,8 @@ use hyper_util::{
 use super::body::ProxyBody;
 use crate::{config::UpstreamSettings, error::GatewayError};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The upstream connector: HTTPS (or plain HTTP) over TCP.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// A pooled client for one upstream origin, with its tenant's auth and
 /// extra headers.
@@ -57,23 +58,33 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// A pooled HTTP/1.1 and HTTP/2 client, TLS by rustls (ring) with the
+/// webpki roots, plain HTTP allowed, for bodies of type `B`.
+pub fn https_client<B>(connect_timeout: Duration) -> Result<Client<Connector, B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| e.to_string())?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(tls))
+}
+
 impl Upstream {
     /// A client for `s.url`.
     pub fn new(s: &UpstreamSettings) -> Result<Upstream, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(s.connect_timeout));
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| e.to_string())?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(tls);
+        let client = https_client(s.connect_timeout)?;
         let authorization = match &s.api_key {
             Some(k) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
