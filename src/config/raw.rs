@@ -339,6 +339,9 @@ pub struct RawEmbedding {
     /// The remote vector size; asked of the endpoint at start when unset.
     #[serde(default)]
     pub dimensions: Option<usize>,
+    /// The folder `scripts/fetch-e5.sh` fills (`kind = "e5"`).
+    #[serde(default = "d_e5_dir")]
+    pub e5_dir: String,
 }
 
 /// `[cache]`
@@ -458,6 +461,7 @@ defaults! {
     d_api_entries_match: String = "default_params".into();
     d_same_words_threshold: f32 = 0.80;
     d_embedding_kind: String = "local".into();
+    d_e5_dir: String = "models/multilingual-e5-small".into();
     d_embedding_timeout: String = "2s".into();
     d_small_edit_threshold: f32 = 0.96;
 }

@@ -6,6 +6,7 @@
 //! runtime thread: callers await a reply over a channel, and a full queue is an
 //! immediate error, not a wait.
 
+pub mod e5;
 pub mod openai;
 
 use std::{
