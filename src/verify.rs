@@ -236,6 +236,14 @@ const SKIP: &[&str] = &[
     "there's",
     "don't",
     "can't",
+    "hiya",
+    "cheers",
+    "sorry",
+    "bother",
+    "pls",
+    "plz",
+    "kindly",
+    "advance",
 ];
 
 fn fold(word: &str) -> String {
@@ -331,15 +339,22 @@ fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
     short[skip..] == long[skip + 1..]
 }
 
+/// The form a word is compared in: a unit, language or programming
+/// language by its group's name (`km` = `kilometers`), else the word with
+/// its ending folded.
+fn compared(word: &str) -> String {
+    crate::guards::canonical(word).map_or_else(|| fold(word), str::to_string)
+}
+
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {
-    let folded: HashSet<String> = other.iter().map(|w| fold(w)).collect();
+    let folded: HashSet<String> = other.iter().map(|w| compared(w)).collect();
     these
         .iter()
         // NOTE: numbers are the numbers guard's; here they would only make
         // `1,250` and `1250` look like different words.
-        .filter(|w| !SKIP.contains(&w.as_str()) && !w.chars().any(|c| c.is_ascii_digit()))
+        .filter(|w| !SKIP.contains(&w.as_str()) && !w.chars().any(char::is_numeric))
         .filter(|w| {
-            let f = fold(w);
+            let f = compared(w);
             let typo_of_other = || {
                 f.chars().count() >= 4
                     && folded
@@ -418,6 +433,29 @@ mod tests {
             ..v
         };
         assert_eq!(off.threshold(0.9, &d).0, 0.9);
+    }
+
+    #[test]
+    fn units_and_languages_compare_by_name_and_numbers_not_at_all() {
+        assert_eq!(
+            n(
+                "Convert 100 kilometers to miles.",
+                "convert 100 km to miles"
+            ),
+            0
+        );
+        assert_eq!(n("Write it in JavaScript", "write it in js"), 0);
+        assert_eq!(
+            n("10000円は何ドルですか？", "１００００円は何ドルですか？"),
+            0
+        );
+        assert_eq!(
+            n(
+                "How do I apply for a loan?",
+                "Hiya, how do I apply for a loan? Thanks in advance"
+            ),
+            0
+        );
     }
 
     #[test]
