@@ -34,7 +34,7 @@ ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
 test: models models-e5 venv ui-deps
-	cargo test --all-targets
+	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo test --all-targets
 
 ## Formatting and lints, as CI enforces them.
 lint:

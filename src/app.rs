@@ -289,11 +289,15 @@ fn load_cache(
 ) -> anyhow::Result<Cache> {
     let data = &settings.storage.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let store: Arc<dyn Store> = match opts.store {
-        Some(s) => s,
-        None => Arc::new(
+    let store: Arc<dyn Store> = match (opts.store, &settings.storage.backend) {
+        (Some(s), _) => s,
+        (None, crate::config::StorageBackend::Sqlite) => Arc::new(
             SqliteStore::open(&data.join("modelcache.db"), 4)
                 .with_context(|| format!("opening {}", data.join("modelcache.db").display()))?,
+        ),
+        (None, crate::config::StorageBackend::Postgres { url, schema }) => Arc::new(
+            crate::store::postgres::PgStore::open(url.expose(), 4, schema.as_deref())
+                .context("connecting to PostgreSQL (storage.url)")?,
         ),
     };
     let factory = opts.embedder.unwrap_or_else(|| default_embedder(settings));

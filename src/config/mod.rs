@@ -139,6 +139,22 @@ pub struct StorageSettings {
     pub index_save_interval: Duration,
     /// Index scalar type.
     pub index_quantization: Quantization,
+    /// Where entries live.
+    pub backend: StorageBackend,
+}
+
+/// Where entries live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageBackend {
+    /// SQLite in `data_dir` (the default; nothing to run).
+    Sqlite,
+    /// A PostgreSQL database shared by replicas.
+    Postgres {
+        /// The connection URL (it may hold a password: never printed).
+        url: Secret,
+        /// A schema of its own, if set.
+        schema: Option<String>,
+    },
 }
 
 /// Embedding model settings.
@@ -1108,6 +1124,68 @@ fn settings_from_raw(
                 Quantization::F16
             }
         },
+        backend: StorageBackend::Sqlite,
+    };
+    let storage = StorageSettings {
+        backend: match st.backend.as_str() {
+            "sqlite" => {
+                for (key, set) in [
+                    ("url", st.url.is_some()),
+                    ("url_env", st.url_env.is_some()),
+                    ("schema", st.schema.is_some()),
+                ] {
+                    if set {
+                        errs.push(
+                            &format!("storage.{key}"),
+                            "only used with backend = \"postgres\"",
+                        );
+                    }
+                }
+                StorageBackend::Sqlite
+            }
+            "postgres" => {
+                let url = match (&st.url, &st.url_env) {
+                    (Some(u), None) => Some(u.clone()),
+                    (None, Some(name)) => env_var(&mut errs, env, "storage.url_env", name)
+                        .map(|v| v.trim().to_string()),
+                    _ => {
+                        errs.push(
+                            "storage.url",
+                            "backend = \"postgres\" needs url or url_env (one of them), e.g. url_env = \"DATABASE_URL\"",
+                        );
+                        None
+                    }
+                };
+                match url {
+                    Some(u)
+                        if u.starts_with("postgres://")
+                            || u.starts_with("postgresql://")
+                            || u.contains('=') =>
+                    {
+                        StorageBackend::Postgres {
+                            url: Secret(u),
+                            schema: st.schema.clone(),
+                        }
+                    }
+                    Some(_) => {
+                        errs.push(
+                            "storage.url",
+                            "expected postgres://user:password@host:port/database",
+                        );
+                        StorageBackend::Sqlite
+                    }
+                    None => StorageBackend::Sqlite,
+                }
+            }
+            other => {
+                errs.push(
+                    "storage.backend",
+                    format!("`{other}`: expected sqlite or postgres"),
+                );
+                StorageBackend::Sqlite
+            }
+        },
+        ..storage
     };
     if storage.index_save_interval.is_zero() {
         errs.push("storage.index_save_interval", "must be longer than 0");

@@ -290,6 +290,18 @@ pub struct RawStorage {
     /// `f16`, `i8` or `f32`.
     #[serde(default = "d_index_quantization")]
     pub index_quantization: String,
+    /// `sqlite` (embedded, in `data_dir`) or `postgres`.
+    #[serde(default = "d_storage_backend")]
+    pub backend: String,
+    /// The PostgreSQL URL (`backend = "postgres"`); prefer `url_env`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the PostgreSQL URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// A PostgreSQL schema of its own for the tables (default: the user's).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 /// `[embedding]`
@@ -461,6 +473,7 @@ defaults! {
     d_api_entries_match: String = "default_params".into();
     d_same_words_threshold: f32 = 0.80;
     d_embedding_kind: String = "local".into();
+    d_storage_backend: String = "sqlite".into();
     d_e5_dir: String = "models/multilingual-e5-small".into();
     d_embedding_timeout: String = "2s".into();
     d_small_edit_threshold: f32 = 0.96;

@@ -7,6 +7,7 @@
 //! on a runtime thread.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 /// Store failures. None of them fails a request.
@@ -18,6 +19,9 @@ pub enum StoreError {
     /// Filesystem trouble.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// PostgreSQL reported an error (or is unreachable).
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// A lock was poisoned by a panic elsewhere.
     #[error("store lock poisoned")]
     Poisoned,

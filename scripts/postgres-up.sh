@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Starts the machine's PostgreSQL cluster on loopback if it is down, and makes
+# sure the test role and database exist. Prints the URL the tests use
+# (MODELCACHE_TEST_POSTGRES_URL). Needs Debian's postgresql package (.ci/run
+# installs it). Idempotent.
+set -euo pipefail
+
+url="postgres://modelcache:modelcache@127.0.0.1:5432/modelcache_test"
+if ! command -v pg_lsclusters >/dev/null; then
+  echo "postgres-up: PostgreSQL is not installed (apt-get install postgresql)" >&2
+  exit 1
+fi
+read -r ver name port status _ < <(pg_lsclusters --no-header | head -1) || true
+if [ -z "${ver:-}" ]; then
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_createcluster "$ver" main >/dev/null
+  read -r ver name port status _ < <(pg_lsclusters --no-header | head -1)
+fi
+if [ "$status" != "online" ]; then
+  pg_ctlcluster "$ver" "$name" start
+fi
+as_pg() { runuser -u postgres -- "$@"; }
+for _ in $(seq 1 50); do
+  as_pg psql -p "$port" -tAc "SELECT 1" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+if ! as_pg psql -p "$port" -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'modelcache'" | grep -q 1; then
+  as_pg psql -p "$port" -qc "CREATE ROLE modelcache LOGIN PASSWORD 'modelcache'"
+fi
+if ! as_pg psql -p "$port" -tAc "SELECT 1 FROM pg_database WHERE datname = 'modelcache_test'" | grep -q 1; then
+  as_pg psql -p "$port" -qc "CREATE DATABASE modelcache_test OWNER modelcache"
+fi
+echo "${url/5432/$port}"

@@ -1,0 +1,619 @@
+//! PostgreSQL store: the shared store of several gateway replicas.
+//!
+//! Owns the PostgreSQL schema, its versioned migrations (applied at open),
+//! and every statement. Entries, answers, embeddings (`bytea`), hit counts,
+//! the hit log, negatives, and an append-only change log of inserts and
+//! removals with a monotonically increasing id. The replicas' catch-up from
+//! that log comes in a later slice. Like every store it is blocking: call it
+//! off the runtime (the write-back thread, `spawn_blocking`).
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Mutex,
+};
+
+use postgres::{Client, NoTls, Row};
+
+use super::{
+    blob_to_vec, vec_to_blob, Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative, NewEntry,
+    Origin, Removed, Store, StoreError, TenantStats,
+};
+
+/// Schema versions, applied in order, each once (recorded in
+/// `schema_migrations`).
+const MIGRATIONS: [&str; 1] = ["
+CREATE TABLE entries (
+    id          BIGSERIAL PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    partition   TEXT NOT NULL,
+    tag         BIGINT NOT NULL,
+    exact_hash  TEXT NOT NULL,
+    endpoint    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    answer      TEXT NOT NULL,
+    embedding   BYTEA,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    hits        BIGINT NOT NULL DEFAULT 0,
+    last_hit_at BIGINT,
+    origin      TEXT NOT NULL DEFAULT 'proxy',
+    UNIQUE (tenant, exact_hash)
+);
+CREATE INDEX entries_expiry ON entries (expires_at);
+CREATE INDEX entries_tenant_lru ON entries (tenant, (coalesce(last_hit_at, created_at)));
+CREATE TABLE hit_log (
+    id         BIGSERIAL PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    entry_id   BIGINT NOT NULL,
+    probe      TEXT NOT NULL,
+    similarity REAL NOT NULL,
+    at         BIGINT NOT NULL,
+    request_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX hit_log_tenant ON hit_log (tenant, id);
+CREATE INDEX hit_log_request ON hit_log (request_id) WHERE request_id <> '';
+CREATE TABLE entry_negatives (
+    id         BIGSERIAL PRIMARY KEY,
+    entry_id   BIGINT NOT NULL,
+    tenant     TEXT NOT NULL,
+    probe      TEXT NOT NULL,
+    embedding  BYTEA NOT NULL,
+    at         BIGINT NOT NULL
+);
+CREATE INDEX entry_negatives_entry ON entry_negatives (entry_id);
+CREATE TABLE registered_models (
+    tenant     TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, model)
+);
+CREATE TABLE change_log (
+    id       BIGSERIAL PRIMARY KEY,
+    tenant   TEXT NOT NULL,
+    entry_id BIGINT NOT NULL,
+    op       TEXT NOT NULL,
+    at       BIGINT NOT NULL
+);
+"];
+
+/// Rows of the hit log kept; older ones are trimmed by the sweep.
+const HIT_LOG_KEEP: i64 = 100_000;
+
+const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits, last_hit_at, origin";
+
+/// The shared store, in one PostgreSQL database (or one schema of it).
+pub struct PgStore {
+    conns: Option<Conns>,
+    next: AtomicUsize,
+}
+
+struct Conns {
+    writer: Mutex<Client>,
+    readers: Vec<Mutex<Client>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // NOTE: a blocking client runs a runtime of its own to close; the last
+        // owner of the store may well be a runtime thread, so close elsewhere.
+        if let Some(c) = self.conns.take() {
+            let _ = std::thread::spawn(move || drop(c)).join();
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+fn row_to_entry(r: &Row) -> Entry {
+    Entry {
+        id: r.get(0),
+        tenant: r.get(1),
+        partition: r.get(2),
+        exact_hash: r.get(3),
+        endpoint: r.get(4),
+        model: r.get(5),
+        text: r.get(6),
+        params: r.get(7),
+        answer: r.get(8),
+        created_at: r.get(9),
+        expires_at: r.get(10),
+        hits: r.get(11),
+        last_hit_at: r.get(12),
+        origin: Origin::parse(r.get::<_, &str>(13)),
+    }
+}
+
+fn row_to_removed(r: &Row) -> Removed {
+    Removed {
+        tenant: r.get(0),
+        id: r.get(1),
+        exact_hash: r.get(2),
+    }
+}
+
+fn row_to_hit(r: &Row) -> HitLogRow {
+    HitLogRow {
+        id: r.get(0),
+        at: r.get(1),
+        tenant: r.get(2),
+        entry_id: r.get(3),
+        probe: r.get(4),
+        matched: r.get(5),
+        model: r.get(6),
+        similarity: r.get::<_, f32>(7),
+        request_id: r.get(8),
+    }
+}
+
+fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
+    let mut c = Client::connect(url, NoTls)?;
+    if let Some(s) = schema {
+        // NOTE: a schema of its own keeps test runs (or several gateways'
+        // deployments) apart in one database.
+        let quoted = format!("\"{}\"", s.replace('"', "\"\""));
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"
+        ))?;
+    }
+    Ok(c)
+}
+
+fn log_changes(
+    tx: &mut postgres::Transaction<'_>,
+    removed: &[Removed],
+    op: &str,
+    at: i64,
+) -> Result<(), postgres::Error> {
+    let st =
+        tx.prepare("INSERT INTO change_log (tenant, entry_id, op, at) VALUES ($1, $2, $3, $4)")?;
+    for r in removed {
+        tx.execute(&st, &[&r.tenant, &r.id, &op, &at])?;
+    }
+    Ok(())
+}
+
+fn now() -> i64 {
+    crate::cache::now_ms()
+}
+
+impl PgStore {
+    /// Connects (`readers` reader connections and one writer) and applies
+    /// the migrations not applied yet. `schema` puts every table in a schema
+    /// of its own.
+    pub fn open(url: &str, readers: usize, schema: Option<&str>) -> Result<PgStore, StoreError> {
+        let mut writer = connect(url, schema)?;
+        migrate(&mut writer)?;
+        let mut rs = Vec::new();
+        for _ in 0..readers.max(1) {
+            rs.push(Mutex::new(connect(url, schema)?));
+        }
+        Ok(PgStore {
+            conns: Some(Conns {
+                writer: Mutex::new(writer),
+                readers: rs,
+            }),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn conns(&self) -> Result<&Conns, StoreError> {
+        self.conns.as_ref().ok_or(StoreError::Poisoned)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let conns = self.conns()?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.readers.len();
+        let mut c = conns.readers[i].lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut c)?)
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut c = self
+            .conns()?
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut c)?)
+    }
+
+    /// The id of the newest change (0 when none).
+    pub fn last_change(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_one("SELECT coalesce(max(id), 0) FROM change_log", &[])
+                .map(|r| r.get(0))
+        })
+    }
+}
+
+/// Applies the migrations not applied yet, each in a transaction, under an
+/// advisory lock so that replicas starting together apply each once.
+fn migrate(c: &mut Client) -> Result<(), StoreError> {
+    c.batch_execute(
+        "SELECT pg_advisory_lock(7204511); CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )?;
+    let result = (|| -> Result<(), postgres::Error> {
+        let done: Vec<i32> = c
+            .query("SELECT version FROM schema_migrations", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i32 + 1;
+            if done.contains(&version) {
+                continue;
+            }
+            let mut tx = c.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[&version, &now()],
+            )?;
+            tx.commit()?;
+            tracing::info!(version, "postgres migration applied");
+        }
+        Ok(())
+    })();
+    c.batch_execute("SELECT pg_advisory_unlock(7204511)")?;
+    Ok(result?)
+}
+
+impl Store for PgStore {
+    fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            let st = tx.prepare(
+                "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, embedding, created_at, expires_at, origin)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (tenant, exact_hash) DO UPDATE SET
+                    answer = excluded.answer, params = excluded.params, embedding = excluded.embedding,
+                    created_at = excluded.created_at, expires_at = excluded.expires_at, origin = excluded.origin
+                 RETURNING id",
+            )?;
+            let log = tx.prepare("INSERT INTO change_log (tenant, entry_id, op, at) VALUES ($1, $2, 'insert', $3)")?;
+            let mut ids = Vec::with_capacity(entries.len());
+            for e in entries {
+                let tag = crate::keying::partition_tag(&e.partition) as i64;
+                let blob = e.embedding.as_deref().map(vec_to_blob);
+                let id: i64 = tx
+                    .query_one(
+                        &st,
+                        &[
+                            &e.tenant, &e.partition, &tag, &e.exact_hash, &e.endpoint, &e.model,
+                            &e.text, &e.params, &e.answer, &blob, &e.created_at, &e.expires_at,
+                            &e.origin.as_str(),
+                        ],
+                    )?
+                    .get(0);
+                tx.execute(&log, &[&e.tenant, &id, &e.created_at])?;
+                ids.push(id);
+            }
+            tx.commit()?;
+            Ok(ids)
+        })
+    }
+
+    fn get(&self, id: i64) -> Result<Option<Entry>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {COLUMNS} FROM entries WHERE id = $1"),
+                &[&id],
+            )?
+            .as_ref()
+            .map(row_to_entry))
+        })
+    }
+
+    fn get_exact(&self, tenant: &str, exact_hash: &str) -> Result<Option<Entry>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {COLUMNS} FROM entries WHERE tenant = $1 AND exact_hash = $2"),
+                &[&tenant, &exact_hash],
+            )?
+            .as_ref()
+            .map(row_to_entry))
+        })
+    }
+
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            let bump = tx.prepare(
+                "UPDATE entries SET hits = hits + 1, last_hit_at = greatest(coalesce(last_hit_at, 0), $2)
+                 WHERE id = $1 AND tenant = $3",
+            )?;
+            let log = tx.prepare(
+                "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES ($1, $2, $3, $4, $5, $6)",
+            )?;
+            for h in hits {
+                tx.execute(&bump, &[&h.entry_id, &h.at, &h.tenant])?;
+                tx.execute(
+                    &log,
+                    &[&h.tenant, &h.entry_id, &h.probe, &h.similarity, &h.at, &h.request_id],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT id, tag FROM entries WHERE tenant = $1 AND embedding IS NOT NULL",
+                &[&tenant],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+            .collect())
+        })
+    }
+
+    fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.query_opt("SELECT embedding FROM entries WHERE id = $1", &[&id])?
+                    .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+                    .map(|b| blob_to_vec(&b)),
+            )
+        })
+    }
+
+    fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            let mut removed: Vec<Removed> = tx
+                .query(
+                    "DELETE FROM entries WHERE expires_at <= $1 RETURNING tenant, id, exact_hash",
+                    &[&now_ms],
+                )?
+                .iter()
+                .map(row_to_removed)
+                .collect();
+            log_changes(&mut tx, &removed, "expire", now_ms)?;
+            let counts: Vec<(String, i64)> = tx
+                .query("SELECT tenant, count(*) FROM entries GROUP BY tenant", &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for (tenant, count) in counts {
+                let over = count - limits.of(&tenant).min(i64::MAX as u64) as i64;
+                if over <= 0 {
+                    continue;
+                }
+                let evicted: Vec<Removed> = tx
+                    .query(
+                        "DELETE FROM entries WHERE id IN (
+                            SELECT id FROM entries WHERE tenant = $1
+                            ORDER BY coalesce(last_hit_at, created_at), id LIMIT $2)
+                         RETURNING tenant, id, exact_hash",
+                        &[&tenant, &over],
+                    )?
+                    .iter()
+                    .map(row_to_removed)
+                    .collect();
+                log_changes(&mut tx, &evicted, "evict", now_ms)?;
+                removed.extend(evicted);
+            }
+            tx.execute(
+                "DELETE FROM hit_log WHERE id <= (SELECT max(id) FROM hit_log) - $1",
+                &[&HIT_LOG_KEEP],
+            )?;
+            tx.execute(
+                "DELETE FROM entry_negatives n WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.id = n.entry_id)",
+                &[],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn delete(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            let removed: Vec<Removed> = tx
+                .query(
+                    "DELETE FROM entries WHERE tenant = $1 AND id = ANY($2) RETURNING tenant, id, exact_hash",
+                    &[&tenant, &ids],
+                )?
+                .iter()
+                .map(row_to_removed)
+                .collect();
+            log_changes(&mut tx, &removed, "delete", now())?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            let removed: Vec<Removed> = tx
+                .query(
+                    "DELETE FROM entries WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
+                     RETURNING tenant, id, exact_hash",
+                    &[&tenant, &model],
+                )?
+                .iter()
+                .map(row_to_removed)
+                .collect();
+            log_changes(&mut tx, &removed, "truncate", now())?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn list(&self, q: &ListQuery) -> Result<Vec<Entry>, StoreError> {
+        let limit = q.limit.min(i64::MAX as usize) as i64;
+        self.read(|c| {
+            Ok(c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM entries
+                     WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR model = $2)
+                       AND ($3::text IS NULL OR strpos(lower(text), lower($3)) > 0)
+                       AND ($4::bigint IS NULL OR id < $4)
+                     ORDER BY id DESC LIMIT $5"
+                ),
+                &[&q.tenant, &q.model, &q.text, &q.before_id, &limit],
+            )?
+            .iter()
+            .map(row_to_entry)
+            .collect())
+        })
+    }
+
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE ($1::text IS NULL OR h.tenant = $1)
+                 ORDER BY h.id DESC LIMIT $2",
+                &[&tenant, &limit],
+            )?
+            .iter()
+            .map(row_to_hit)
+            .collect())
+        })
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        self.read(|c| {
+            Ok(c.query_opt(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE h.request_id = $1 ORDER BY h.id DESC LIMIT 1",
+                &[&request_id],
+            )?
+            .as_ref()
+            .map(row_to_hit))
+        })
+    }
+
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES ($1, $2, $3, $4, $5)",
+                &[&n.entry_id, &n.tenant, &n.probe, &vec_to_blob(&n.embedding), &n.at],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Negative {
+                entry_id: r.get(0),
+                tenant: r.get(1),
+                probe: r.get(2),
+                embedding: blob_to_vec(r.get::<_, &[u8]>(3)),
+                at: r.get(4),
+            })
+            .collect())
+        })
+    }
+
+    fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO registered_models (tenant, model, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, model) DO NOTHING",
+                &[&tenant, &model, &now_ms],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    fn stats(&self) -> Result<Vec<TenantStats>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT tenant, count(*), coalesce(sum(hits), 0)::bigint FROM entries GROUP BY tenant ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| TenantStats {
+                tenant: r.get(0),
+                entries: r.get::<_, i64>(1) as u64,
+                hits: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
+        })
+    }
+
+    fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT tenant, count(*) FROM entries GROUP BY tenant ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test database (`scripts/postgres-up.sh` prints it; `make test` and
+    /// `.ci/run` set it).
+    pub(crate) fn url() -> String {
+        std::env::var("MODELCACHE_TEST_POSTGRES_URL").expect(
+            "MODELCACHE_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL with scripts/postgres-up.sh",
+        )
+    }
+
+    fn fresh_schema() -> String {
+        format!("test_{:016x}", rand::random::<u64>())
+    }
+
+    #[test]
+    fn passes_the_store_suite() {
+        let s = PgStore::open(&url(), 2, Some(&fresh_schema())).unwrap();
+        crate::store::suite::run(&s);
+    }
+
+    #[test]
+    fn migrations_apply_once_and_changes_are_logged() {
+        let schema = fresh_schema();
+        let s = PgStore::open(&url(), 1, Some(&schema)).unwrap();
+        let before = s.last_change().unwrap();
+        let ids = s
+            .insert_batch(&[crate::store::suite::entry("a", "h", 1, 1000)])
+            .unwrap();
+        s.delete("a", &ids).unwrap();
+        assert_eq!(s.last_change().unwrap(), before + 2);
+        // A second open of the same schema applies nothing again.
+        let again = PgStore::open(&url(), 1, Some(&schema)).unwrap();
+        assert_eq!(again.last_change().unwrap(), before + 2);
+        let applied: i64 = again
+            .read(|c| {
+                c.query_one("SELECT count(*) FROM schema_migrations", &[])
+                    .map(|r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
+}
