@@ -374,6 +374,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             match loaded {
                 Ok(Ok(cache)) => {
                     let cache = Arc::new(cache);
+                    cache.start_following();
                     calibrate_all(s2, cache.clone());
                     let _ = c.set(cache);
                     tracing::info!("cache ready");

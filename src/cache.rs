@@ -211,6 +211,8 @@ pub struct Core {
     negatives: RwLock<HashMap<i64, Vec<Vec<f32>>>>,
     /// Calibrations by tenant: how far its thresholds are moved.
     calibrations: RwLock<HashMap<String, Calibration>>,
+    /// The newest change of a shared store this replica has applied.
+    followed: std::sync::atomic::AtomicI64,
 }
 
 /// The outcome of calibrating a tenant's thresholds on labelled pairs.
@@ -332,6 +334,44 @@ impl Core {
         }
     }
 
+    /// Applies other replicas' changes of a shared store to this replica's
+    /// memory: a new or replaced entry goes into the vector index (and
+    /// leaves the exact layers, which reload it from the store); a removed
+    /// one is forgotten everywhere.
+    pub(crate) fn follow(&self, changes: &[crate::store::Change]) {
+        let mut removed = Vec::new();
+        for c in changes {
+            if !c.inserted {
+                removed.push(Removed {
+                    tenant: c.tenant.clone(),
+                    id: c.entry_id,
+                    exact_hash: c.exact_hash.clone(),
+                });
+                continue;
+            }
+            let Ok(Some(e)) = self.store.get(c.entry_id) else {
+                continue; // removed since: a later change says so
+            };
+            if e.tenant != c.tenant {
+                continue;
+            }
+            self.exact.invalidate(&exact_key(&e.tenant, &e.exact_hash));
+            self.by_id.invalidate(&e.id);
+            if let (Ok(Some(v)), Some(idx)) = (self.store.embedding(e.id), self.index(&e.tenant)) {
+                if v.len() == self.dims {
+                    if let Err(err) =
+                        idx.add(e.id as u64, crate::keying::partition_tag(&e.partition), &v)
+                    {
+                        tracing::warn!(error = %err, "index add of a followed entry failed");
+                    }
+                }
+            }
+        }
+        if !removed.is_empty() {
+            self.forget(&removed);
+        }
+    }
+
     /// Forgets removed entries in every layer.
     pub(crate) fn forget(&self, removed: &[Removed]) {
         self.removals
@@ -400,6 +440,17 @@ impl Core {
     }
 }
 
+fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, String> {
+    if store.shared() {
+        store.last_change().map_err(|e| e.to_string())
+    } else {
+        Ok(0)
+    }
+}
+
+/// How often a replica reads a shared store's change log.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
 /// The cache: lookups on the request path, writes through the write-back queue.
 pub struct Cache {
     core: Arc<Core>,
@@ -422,6 +473,7 @@ impl Cache {
         if let Some(d) = &index_dir {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
+        let followed = store_last_change(&store)?;
         let core = Arc::new(Core {
             store,
             metrics,
@@ -434,6 +486,10 @@ impl Cache {
             removals: std::sync::atomic::AtomicU64::new(0),
             negatives: RwLock::new(HashMap::new()),
             calibrations: RwLock::new(HashMap::new()),
+            // NOTE: read before the indexes are built from the table: a
+            // change made meanwhile is applied twice, which is harmless,
+            // rather than never.
+            followed: std::sync::atomic::AtomicI64::new(followed),
         });
         {
             let negs = core.store.negatives().map_err(|e| e.to_string())?;
@@ -467,6 +523,43 @@ impl Cache {
             writeback,
             finishing: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// With a shared store (PostgreSQL), starts a thread that applies other
+    /// replicas' changes every 100 ms, until the cache is dropped. A read
+    /// that fails (the database is away) is counted and retried.
+    pub fn start_following(self: &Arc<Self>) {
+        if !self.core.store.shared() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("follow".into())
+            .spawn(move || loop {
+                std::thread::sleep(FOLLOW_EVERY);
+                let Some(cache) = weak.upgrade() else { break };
+                let core = &cache.core;
+                let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
+                match core.store.changes_since(after, 1000) {
+                    Ok(changes) => {
+                        if let Some(last) = changes.last() {
+                            core.follow(&changes);
+                            core.followed
+                                .store(last.id, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the change log failed");
+                        core.metrics
+                            .cache_errors
+                            .with_label_values(&["store_read"])
+                            .inc();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start following the shared store");
+        }
     }
 
     /// The embedding workers, shared (calibration runs on them).

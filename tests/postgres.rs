@@ -2,12 +2,92 @@
 //! `make test` and `.ci/run` start (`scripts/postgres-up.sh`): misses are
 //! stored there, hits survive a restart, a delete through the admin API
 //! reaches it, and a second gateway started on the same database serves what
-//! the first one stored. Live catch-up of running replicas is not built yet.
+//! the first one stored; and two running replicas see each other's writes and
+//! deletes within a second, through the change log.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// Waits (up to 1 s) until a dry-run lookup of `q` on `app` gives `verdict`;
+/// returns how long it took.
+async fn until_verdict(app: &modelcache::app::RunningApp, q: &str, verdict: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let v = admin(
+            app,
+            "POST",
+            "/admin/lookup",
+            json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}),
+        )
+        .await
+        .json();
+        if v["verdict"] == verdict {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "{q}: still not {verdict} after 1 s: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("rep_{:016x}", rand::random::<u64>());
+    let a = gateway(pg_settings(&up, da.path(), &schema)).await;
+    let b = gateway(pg_settings(&up, db.path(), &schema)).await;
+    verify_key(a.proxy_addr, &[]).await;
+    verify_key(b.proxy_addr, &[]).await;
+    let calls = up.calls();
+    // Cached through A: B serves it, exactly and by meaning, within 1 s.
+    let q = "How far is the Moon from the Earth";
+    assert_eq!(chat(a.proxy_addr, ask(q)).await.cache(), "miss");
+    let took = until_verdict(&b, "the Moon from the Earth: how far", "hit").await;
+    eprintln!("a write on A became a hit on B after {took:?}");
+    assert_eq!(chat(b.proxy_addr, ask(q)).await.cache(), "hit");
+    assert_eq!(
+        chat(b.proxy_addr, ask("the Moon from the Earth: how far")).await.cache(),
+        "hit"
+    );
+    assert_eq!(up.calls(), calls + 1, "the upstream was called once, by A");
+    // Deleted through B's admin API: A stops serving it within 1 s.
+    let entry = chat(a.proxy_addr, ask(q)).await.header("x-modelcache-entry");
+    let got = admin(&b, "DELETE", &format!("/admin/entries/{entry}"), Value::Null).await;
+    assert_eq!(got.status, 200);
+    until_verdict(&a, q, "miss").await;
+    // Flushed through A: B stops within 1 s.
+    chat(b.proxy_addr, ask("Name a prime number")).await;
+    until_verdict(&a, "Name a prime number", "hit").await;
+    let got = admin(&a, "POST", "/admin/flush", json!({"tenant": "default"})).await;
+    assert_eq!(got.status, 200);
+    until_verdict(&b, "Name a prime number", "miss").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_replicas_writing_the_same_question_make_one_entry() {
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("dup_{:016x}", rand::random::<u64>());
+    let a = gateway(pg_settings(&up, da.path(), &schema)).await;
+    let b = gateway(pg_settings(&up, db.path(), &schema)).await;
+    verify_key(a.proxy_addr, &[]).await;
+    verify_key(b.proxy_addr, &[]).await;
+    let q = ask("What is the tallest mountain on Earth?");
+    let (x, y) = tokio::join!(chat(a.proxy_addr, q.clone()), chat(b.proxy_addr, q.clone()));
+    assert_eq!((x.status, y.status), (200, 200));
+    settle(&a).await;
+    settle(&b).await;
+    let v = admin(&a, "GET", "/admin/entries?q=tallest", Value::Null).await.json();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
 
 fn pg_settings(up: &Mock, dir: &std::path::Path, schema: &str) -> modelcache::config::Settings {
     let url = std::env::var("MODELCACHE_TEST_POSTGRES_URL").expect(

@@ -174,6 +174,21 @@ pub struct Negative {
     pub at: i64,
 }
 
+/// One change of a shared store, for replicas to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Increasing id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// The entry.
+    pub entry_id: i64,
+    /// Its exact hash.
+    pub exact_hash: String,
+    /// Inserted (or replaced); otherwise removed.
+    pub inserted: bool,
+}
+
 /// An entry removed by a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removed {
@@ -288,6 +303,22 @@ pub trait Store: Send + Sync {
     fn negatives(&self) -> Result<Vec<Negative>, StoreError>;
     /// Entries and hits per tenant.
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
+    /// Whether other processes write this store too (replicas follow its
+    /// change log).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The id of the newest change in a shared store's change log (0 for a
+    /// store no other process writes).
+    fn last_change(&self) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+    /// Changes after `after`, oldest first (none for a store no other
+    /// process writes).
+    fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
     /// Entries per tenant.
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Tenants that have entries.

@@ -15,8 +15,8 @@ use std::sync::{
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    blob_to_vec, vec_to_blob, Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative, NewEntry,
-    Origin, Removed, Store, StoreError, TenantStats,
+    blob_to_vec, vec_to_blob, Change, Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative,
+    NewEntry, Origin, Removed, Store, StoreError, TenantStats,
 };
 
 /// Schema versions, applied in order, each once (recorded in
@@ -70,11 +70,12 @@ CREATE TABLE registered_models (
     PRIMARY KEY (tenant, model)
 );
 CREATE TABLE change_log (
-    id       BIGSERIAL PRIMARY KEY,
-    tenant   TEXT NOT NULL,
-    entry_id BIGINT NOT NULL,
-    op       TEXT NOT NULL,
-    at       BIGINT NOT NULL
+    id         BIGSERIAL PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    entry_id   BIGINT NOT NULL,
+    exact_hash TEXT NOT NULL,
+    op         TEXT NOT NULL,
+    at         BIGINT NOT NULL
 );
 "];
 
@@ -170,10 +171,11 @@ fn log_changes(
     op: &str,
     at: i64,
 ) -> Result<(), postgres::Error> {
-    let st =
-        tx.prepare("INSERT INTO change_log (tenant, entry_id, op, at) VALUES ($1, $2, $3, $4)")?;
+    let st = tx.prepare(
+        "INSERT INTO change_log (tenant, entry_id, exact_hash, op, at) VALUES ($1, $2, $3, $4, $5)",
+    )?;
     for r in removed {
-        tx.execute(&st, &[&r.tenant, &r.id, &op, &at])?;
+        tx.execute(&st, &[&r.tenant, &r.id, &r.exact_hash, &op, &at])?;
     }
     Ok(())
 }
@@ -281,7 +283,9 @@ impl Store for PgStore {
                     created_at = excluded.created_at, expires_at = excluded.expires_at, origin = excluded.origin
                  RETURNING id",
             )?;
-            let log = tx.prepare("INSERT INTO change_log (tenant, entry_id, op, at) VALUES ($1, $2, 'insert', $3)")?;
+            let log = tx.prepare(
+                "INSERT INTO change_log (tenant, entry_id, exact_hash, op, at) VALUES ($1, $2, $3, 'insert', $4)",
+            )?;
             let mut ids = Vec::with_capacity(entries.len());
             for e in entries {
                 let tag = crate::keying::partition_tag(&e.partition) as i64;
@@ -296,7 +300,7 @@ impl Store for PgStore {
                         ],
                     )?
                     .get(0);
-                tx.execute(&log, &[&e.tenant, &id, &e.created_at])?;
+                tx.execute(&log, &[&e.tenant, &id, &e.exact_hash, &e.created_at])?;
                 ids.push(id);
             }
             tx.commit()?;
@@ -560,6 +564,33 @@ impl Store for PgStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn last_change(&self) -> Result<i64, StoreError> {
+        PgStore::last_change(self)
+    }
+
+    fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT id, tenant, entry_id, exact_hash, op FROM change_log WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )?
+            .iter()
+            .map(|r| Change {
+                id: r.get(0),
+                tenant: r.get(1),
+                entry_id: r.get(2),
+                exact_hash: r.get(3),
+                inserted: r.get::<_, &str>(4) == "insert",
+            })
+            .collect())
+        })
+    }
+
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
             Ok(c.query(
@@ -605,6 +636,13 @@ mod tests {
             .unwrap();
         s.delete("a", &ids).unwrap();
         assert_eq!(s.last_change().unwrap(), before + 2);
+        let changes = s.changes_since(before, 10).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(changes[0].inserted && !changes[1].inserted);
+        assert_eq!(
+            (changes[1].entry_id, changes[1].exact_hash.as_str()),
+            (ids[0], "h")
+        );
         // A second open of the same schema applies nothing again.
         let again = PgStore::open(&url(), 1, Some(&schema)).unwrap();
         assert_eq!(again.last_change().unwrap(), before + 2);
