@@ -535,25 +535,36 @@ impl Cache {
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("follow".into())
-            .spawn(move || loop {
-                std::thread::sleep(FOLLOW_EVERY);
-                let Some(cache) = weak.upgrade() else { break };
-                let core = &cache.core;
-                let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
-                match core.store.changes_since(after, 1000) {
-                    Ok(changes) => {
-                        if let Some(last) = changes.last() {
-                            core.follow(&changes);
-                            core.followed
-                                .store(last.id, std::sync::atomic::Ordering::Release);
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    std::thread::sleep(FOLLOW_EVERY);
+                    let Some(cache) = weak.upgrade() else { break };
+                    let core = &cache.core;
+                    let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
+                    match core.store.changes_since(after, 1000) {
+                        Ok(changes) => {
+                            if failing {
+                                tracing::info!("the change log is readable again");
+                                failing = false;
+                            }
+                            if let Some(last) = changes.last() {
+                                core.follow(&changes);
+                                core.followed
+                                    .store(last.id, std::sync::atomic::Ordering::Release);
+                            }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the change log failed");
-                        core.metrics
-                            .cache_errors
-                            .with_label_values(&["store_read"])
-                            .inc();
+                        Err(e) => {
+                            // NOTE: said once per outage, counted every time.
+                            if !failing {
+                                tracing::warn!(error = %e, "reading the change log failed; retrying");
+                                failing = true;
+                            }
+                            core.metrics
+                                .cache_errors
+                                .with_label_values(&["store_read"])
+                                .inc();
+                        }
                     }
                 }
             });

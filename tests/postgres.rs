@@ -28,13 +28,17 @@ async fn until_verdict(app: &modelcache::app::RunningApp, q: &str, verdict: &str
         if v["verdict"] == verdict {
             return t0.elapsed();
         }
-        assert!(t0.elapsed() < Duration::from_secs(1), "{q}: still not {verdict} after 1 s: {v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{q}: still not {verdict} after 1 s: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test]
 async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
+    let _turn = TURN.lock().await;
     let up = mock(llm()).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let schema = format!("rep_{:016x}", rand::random::<u64>());
@@ -50,13 +54,23 @@ async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
     eprintln!("a write on A became a hit on B after {took:?}");
     assert_eq!(chat(b.proxy_addr, ask(q)).await.cache(), "hit");
     assert_eq!(
-        chat(b.proxy_addr, ask("the Moon from the Earth: how far")).await.cache(),
+        chat(b.proxy_addr, ask("the Moon from the Earth: how far"))
+            .await
+            .cache(),
         "hit"
     );
     assert_eq!(up.calls(), calls + 1, "the upstream was called once, by A");
     // Deleted through B's admin API: A stops serving it within 1 s.
-    let entry = chat(a.proxy_addr, ask(q)).await.header("x-modelcache-entry");
-    let got = admin(&b, "DELETE", &format!("/admin/entries/{entry}"), Value::Null).await;
+    let entry = chat(a.proxy_addr, ask(q))
+        .await
+        .header("x-modelcache-entry");
+    let got = admin(
+        &b,
+        "DELETE",
+        &format!("/admin/entries/{entry}"),
+        Value::Null,
+    )
+    .await;
     assert_eq!(got.status, 200);
     until_verdict(&a, q, "miss").await;
     // Flushed through A: B stops within 1 s.
@@ -71,6 +85,7 @@ async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
 
 #[tokio::test]
 async fn two_replicas_writing_the_same_question_make_one_entry() {
+    let _turn = TURN.lock().await;
     let up = mock(llm()).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let schema = format!("dup_{:016x}", rand::random::<u64>());
@@ -83,10 +98,96 @@ async fn two_replicas_writing_the_same_question_make_one_entry() {
     assert_eq!((x.status, y.status), (200, 200));
     settle(&a).await;
     settle(&b).await;
-    let v = admin(&a, "GET", "/admin/entries?q=tallest", Value::Null).await.json();
+    let v = admin(&a, "GET", "/admin/entries?q=tallest", Value::Null)
+        .await
+        .json();
     assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The tests of this file share one PostgreSQL cluster, and one of them stops
+/// it: they take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn cluster(action: &str) {
+    let list = std::process::Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&list.stdout).to_string();
+    let mut f = line.split_whitespace();
+    let (ver, name) = (f.next().unwrap().to_string(), f.next().unwrap().to_string());
+    let mut cmd = std::process::Command::new("pg_ctlcluster");
+    cmd.args([ver.as_str(), name.as_str(), action]);
+    if action == "stop" {
+        cmd.args(["-m", "fast"]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctlcluster {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("down_{:016x}", rand::random::<u64>());
+    let app = gateway(pg_settings(&up, dir.path(), &schema)).await;
+    verify_key(app.proxy_addr, &[]).await;
+    chat(app.proxy_addr, ask("cached before the outage")).await;
+    settle(&app).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("cached before the outage"))
+            .await
+            .cache(),
+        "hit"
+    );
+
+    cluster("stop");
+    // Every request succeeds: hits from memory, misses forwarded.
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(
+            chat(app.proxy_addr, ask("cached before the outage"))
+                .await
+                .status,
+        );
+        statuses.push(
+            chat(app.proxy_addr, ask(&format!("asked during the outage {i}")))
+                .await
+                .status,
+        );
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        chat(app.proxy_addr, ask("cached before the outage"))
+            .await
+            .cache(),
+        "hit"
+    );
+    let m = metrics(&app).await;
+    assert!(metric_sum(&m, "modelcache_writeback_total", &["outcome=\"failed\""]) >= 1.0);
+
+    cluster("start");
+    // Writes resume by themselves (the store reconnects).
+    let q = "asked after the outage";
+    let mut stored = false;
+    for _ in 0..50 {
+        chat(app.proxy_addr, ask(q)).await;
+        settle(&app).await;
+        if chat(app.proxy_addr, ask(q)).await.cache() == "hit" {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "writes did not resume after PostgreSQL came back");
+    app.shutdown().await;
 }
 
 fn pg_settings(up: &Mock, dir: &std::path::Path, schema: &str) -> modelcache::config::Settings {
@@ -102,6 +203,7 @@ fn pg_settings(up: &Mock, dir: &std::path::Path, schema: &str) -> modelcache::co
 
 #[tokio::test]
 async fn a_gateway_on_postgres_stores_serves_and_deletes() {
+    let _turn = TURN.lock().await;
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("gw_{:016x}", rand::random::<u64>());

@@ -88,6 +88,8 @@ const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text,
 pub struct PgStore {
     conns: Option<Conns>,
     next: AtomicUsize,
+    url: String,
+    schema: Option<String>,
 }
 
 struct Conns {
@@ -201,7 +203,23 @@ impl PgStore {
                 readers: rs,
             }),
             next: AtomicUsize::new(0),
+            url: url.to_string(),
+            schema: schema.map(str::to_string),
         })
+    }
+
+    /// A connection that is closed (the database restarted or the network
+    /// failed) is replaced before use; if that fails, the call fails and the
+    /// next one tries again.
+    fn usable<'a>(
+        &self,
+        c: &'a mut std::sync::MutexGuard<'_, Client>,
+    ) -> Result<&'a mut Client, StoreError> {
+        if c.is_closed() {
+            **c = connect(&self.url, self.schema.as_deref())?;
+            tracing::info!("reconnected to PostgreSQL");
+        }
+        Ok(&mut **c)
     }
 
     fn conns(&self) -> Result<&Conns, StoreError> {
@@ -215,7 +233,7 @@ impl PgStore {
         let conns = self.conns()?;
         let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.readers.len();
         let mut c = conns.readers[i].lock().map_err(|_| StoreError::Poisoned)?;
-        Ok(f(&mut c)?)
+        Ok(f(self.usable(&mut c)?)?)
     }
 
     fn write<T>(
@@ -227,7 +245,7 @@ impl PgStore {
             .writer
             .lock()
             .map_err(|_| StoreError::Poisoned)?;
-        Ok(f(&mut c)?)
+        Ok(f(self.usable(&mut c)?)?)
     }
 
     /// The id of the newest change (0 when none).
