@@ -56,6 +56,16 @@ fn pairs() -> (String, Vec<(String, String)>) {
     ("built-in pairs".into(), out)
 }
 
+/// Seconds per text for one text at a time, after one warm-up call.
+fn per_text(model: &mut dyn Embedder, texts: &[String]) -> f64 {
+    let _ = model.embed_batch(&texts[..1]);
+    let t = Instant::now();
+    for x in texts {
+        black_box(model.embed_batch(std::slice::from_ref(x)).ok());
+    }
+    t.elapsed().as_secs_f64() / texts.len() as f64
+}
+
 fn main() -> ExitCode {
     if !std::env::args().any(|a| a == "--bench") {
         println!("verifier bench: built; run it with `make bench` (cargo bench --bench verifier)");
@@ -117,6 +127,12 @@ fn main() -> ExitCode {
     show("guards + verifier (dry run)", &detail);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The probes' user text, as a lookup embeds it.
+    let texts: Vec<String> = pairs
+        .iter()
+        .take(100)
+        .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
+        .collect();
     match FastEmbedder::load(
         &root.join("models/all-minilm-l6-v2-int8"),
         &root.join("models/onnxruntime/libonnxruntime.so"),
@@ -124,17 +140,7 @@ fn main() -> ExitCode {
         2,
     ) {
         Ok(mut model) => {
-            let texts: Vec<String> = pairs
-                .iter()
-                .take(100)
-                .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
-                .collect();
-            let _ = model.embed_batch(&texts[..1]);
-            let t2 = Instant::now();
-            for t in &texts {
-                black_box(model.embed_batch(std::slice::from_ref(t)).ok());
-            }
-            let embed = t2.elapsed().as_secs_f64() / texts.len() as f64;
+            let embed = per_text(&mut model, &texts);
             println!(
                 "  one embedding (MiniLM, 2 threads)  {:8.1} us per text",
                 embed * 1e6
@@ -151,17 +157,7 @@ fn main() -> ExitCode {
     match modelcache::embed::e5::E5Embedder::load(&e5.join("libe5.so"), &e5.join("e5-small-q4.bin"))
     {
         Ok(mut model) => {
-            let texts: Vec<String> = pairs
-                .iter()
-                .take(100)
-                .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
-                .collect();
-            let _ = model.embed_batch(&texts[..1]);
-            let t = Instant::now();
-            for x in &texts {
-                black_box(model.embed_batch(std::slice::from_ref(x)).ok());
-            }
-            let per = t.elapsed().as_secs_f64() / texts.len() as f64;
+            let per = per_text(&mut model, &texts);
             println!(
                 "  one embedding (multilingual-e5-small, 4-bit) {:8.1} us per text",
                 per * 1e6

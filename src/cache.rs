@@ -24,20 +24,6 @@ use crate::{
 };
 use tokio::sync::oneshot;
 
-/// The text a probe's key text was embedded from: its user turns, as the key
-/// builder embeds them (system prompts are matched exactly, never embedded).
-fn probe_embed_text(key_text: &str) -> String {
-    let user: Vec<&str> = key_text
-        .split("|||")
-        .filter_map(|t| t.strip_prefix("user###"))
-        .collect();
-    if user.is_empty() {
-        key_text.to_string()
-    } else {
-        user.join("\n")
-    }
-}
-
 /// A fresh id for a served hit, sent as `x-modelcache-request-id` and kept in
 /// the hit log, so that feedback can name the hit.
 pub fn new_request_id() -> String {
@@ -732,13 +718,14 @@ impl Cache {
         // NOTE: the verifier chooses the threshold of a semantic candidate by
         // how many content words differ; a request's stricter threshold
         // still wins.
-        let (threshold, why) = if exact || !same_partition {
-            (threshold, "threshold")
-        } else {
-            let diff = crate::verify::diff(&e.text, &key.text);
-            let (t, why) = opts.verifier.threshold(threshold, &diff);
-            let t = opts.min_similarity.map_or(t, |m| t.max(m));
-            (t, why)
+        let diff = (!exact && same_partition && opts.verifier.enabled)
+            .then(|| crate::verify::diff(&e.text, &key.text));
+        let (threshold, why) = match &diff {
+            None => (threshold, "threshold"),
+            Some(d) => {
+                let (t, why) = opts.verifier.threshold(threshold, d);
+                (opts.min_similarity.map_or(t, |m| t.max(m)), why)
+            }
         };
         let close = similarity >= threshold;
         let feedback_ok = wrong_near.is_none();
@@ -801,15 +788,10 @@ impl Cache {
                 format!("written by {}, needs {}", e.origin.as_str(), o.as_str()),
             ));
         }
-        let words = if exact || !same_partition {
-            String::new()
-        } else {
-            let d = crate::verify::diff(&e.text, &key.text);
-            if d.count() == 0 {
-                format!(" ({why})")
-            } else {
-                format!(" ({why}: {})", d.describe())
-            }
+        let words = match &diff {
+            None => String::new(),
+            Some(d) if d.count() == 0 => format!(" ({why})"),
+            Some(d) => format!(" ({why}: {})", d.describe()),
         };
         checks.push(check(
             "similarity",
@@ -1107,7 +1089,7 @@ impl Cache {
             return Ok("removed");
         }
         let embedding = self
-            .embed_many(&[probe_embed_text(probe)], 1)
+            .embed_many(&[crate::verify::user_text(probe)], 1)
             .await?
             .remove(0);
         let (reply, rx) = oneshot::channel();

@@ -259,9 +259,10 @@ fn is_cjk(c: char) -> bool {
     matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}')
 }
 
-/// The user turns of a ModelCache key text (`role###content|||…`), whose
-/// words the verifier compares; other turns are matched exactly elsewhere.
-fn user_text(key_text: &str) -> String {
+/// The user turns of a ModelCache key text (`role###content|||…`), joined
+/// as the key builder joins them for embedding: the words the verifier
+/// compares, and what feedback embeds for a reported probe.
+pub(crate) fn user_text(key_text: &str) -> String {
     let turns: Vec<&str> = key_text.split("|||").collect();
     let user: Vec<&str> = turns
         .iter()
@@ -270,7 +271,7 @@ fn user_text(key_text: &str) -> String {
     if user.is_empty() {
         key_text.to_string()
     } else {
-        user.join(" ")
+        user.join("\n")
     }
 }
 

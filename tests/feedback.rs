@@ -38,14 +38,7 @@ async fn feedback(app: &modelcache::app::RunningApp, got: &Got, correct: bool) -
 }
 
 async fn dry_checks(app: &modelcache::app::RunningApp, q: &str, entry: i64) -> Vec<(String, bool)> {
-    let v = admin(
-        app,
-        "POST",
-        "/admin/lookup",
-        json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}),
-    )
-    .await
-    .json();
+    let v = dry_run(app, q).await;
     v["candidates"]
         .as_array()
         .unwrap()

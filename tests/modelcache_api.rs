@@ -236,7 +236,23 @@ async fn any_sampling_params_lets_inserted_entries_answer_sampled_requests() {
 
 #[tokio::test]
 async fn bulk_inserts_are_embedded_in_batches() {
-    let (_up, _dir, app) = start().await;
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // NOTE: an embedder that takes a real model's time (10 ms a batch), so
+    // that what queues while one batch runs is what the next one takes; the
+    // hashing embedder alone is so fast that batch sizes would be a race.
+    let slow: modelcache::embed::EmbedderFactory = Arc::new(|| {
+        Ok(Box::new(Slow(modelcache::embed::HashEmbedder::new(1024)))
+            as Box<dyn modelcache::embed::Embedder>)
+    });
+    let app = gateway_with(
+        settings(&up.url(), dir.path()),
+        AppOptions {
+            embedder: Some(slow),
+            store: None,
+        },
+    )
+    .await;
     let items: Vec<(Value, String)> = (0..200)
         .map(|i| {
             (
@@ -277,6 +293,19 @@ async fn bulk_inserts_are_embedded_in_batches() {
     assert_eq!(e.len(), 200);
     assert!(e.iter().all(|e| e["origin"] == "api"));
     app.shutdown().await;
+}
+
+/// The hashing embedder, 10 ms a batch.
+struct Slow(modelcache::embed::HashEmbedder);
+
+impl modelcache::embed::Embedder for Slow {
+    fn dims(&self) -> usize {
+        self.0.dims()
+    }
+    fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        self.0.embed_batch(texts)
+    }
 }
 
 async fn admin_entries(app: &modelcache::app::RunningApp, model: &str) -> Vec<Value> {

@@ -376,7 +376,6 @@ impl Admin {
         actor: &str,
         started: Instant,
     ) -> Resp {
-        let _ = started;
         let items = match obj.get("chat_info").and_then(Value::as_array) {
             Some(a) if !a.is_empty() => a,
             _ => {

@@ -21,7 +21,6 @@ type BatchFn =
 
 /// The engine and one loaded model.
 pub struct E5Embedder {
-    lib: *mut c_void,
     model: *mut c_void,
     free: FreeFn,
     batch: BatchFn,
@@ -89,8 +88,8 @@ impl E5Embedder {
                 libc::dlclose(lib);
                 return Err(load_err("e5_dim", format!("{dims}")));
             }
+            // NOTE: the library is never unloaded (see Drop).
             Ok(E5Embedder {
-                lib,
                 model: m,
                 free,
                 batch,
@@ -135,6 +134,5 @@ impl Drop for E5Embedder {
         // NOTE: the library stays loaded: its OpenMP worker threads outlive
         // the model, and unloading code they run crashes the process.
         unsafe { (self.free)(self.model) };
-        let _ = self.lib;
     }
 }

@@ -787,3 +787,15 @@ pub async fn modelcache_call(app: &RunningApp, body: Value, headers: &[(&str, &s
     h.extend_from_slice(headers);
     send(app.admin_addr, "POST", "/modelcache", &h, body.to_string()).await
 }
+
+/// `POST /admin/lookup` for one user message to `gpt-test`: the dry run's JSON.
+pub async fn dry_run(app: &RunningApp, q: &str) -> Value {
+    admin(
+        app,
+        "POST",
+        "/admin/lookup",
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}),
+    )
+    .await
+    .json()
+}
