@@ -4,6 +4,10 @@
 # (MODELCACHE_TEST_POSTGRES_URL). Needs Debian's postgresql package (.ci/run
 # installs it). Idempotent.
 set -euo pipefail
+# Only the URL goes to stdout: the Makefile reads it. Everything the cluster
+# tools print (pg_ctlcluster says "Removed stale pid file." on stdout after an
+# unclean stop) goes to stderr.
+exec 3>&1 1>&2
 
 url="postgres://modelcache:modelcache@127.0.0.1:5432/modelcache_test"
 if ! command -v pg_lsclusters >/dev/null; then
@@ -17,6 +21,18 @@ if [ -z "${ver:-}" ]; then
   read -r ver name port status _ < <(pg_lsclusters --no-header | head -1)
 fi
 if [ "$status" != "online" ]; then
+  # A postmaster killed uncleanly (a machine snapshot, a killed container)
+  # leaves a socket lock naming a dead process; the server refuses to start
+  # until it is gone.
+  for lock in /var/run/postgresql/.s.PGSQL."$port".lock; do
+    [ -f "$lock" ] || continue
+    owner=$(head -1 "$lock" 2>/dev/null || true)
+    if [ -z "$owner" ] || [ "$(cat /proc/"$owner"/comm 2>/dev/null)" != postgres ] \
+      || grep -q '^State:[[:space:]]*Z' /proc/"$owner"/status 2>/dev/null; then
+      echo "postgres-up: removing stale socket lock $lock (pid ${owner:-?} is gone)"
+      rm -f "$lock"
+    fi
+  done
   pg_ctlcluster "$ver" "$name" start
 fi
 as_pg() { runuser -u postgres -- "$@"; }
@@ -30,4 +46,4 @@ fi
 if ! as_pg psql -p "$port" -tAc "SELECT 1 FROM pg_database WHERE datname = 'modelcache_test'" | grep -q 1; then
   as_pg psql -p "$port" -qc "CREATE DATABASE modelcache_test OWNER modelcache"
 fi
-echo "${url/5432/$port}"
+echo "${url/5432/$port}" >&3
