@@ -260,21 +260,93 @@ impl Core {
             return Ok(Arc::new(idx));
         };
         let started = Instant::now();
-        let (idx, rebuilt) = UsearchIndex::open(&path, self.dims, self.quantization, &rows, |id| {
-            self.store.embedding(id as i64).ok().flatten()
-        })
+        let changed = self.changed_since_snapshot(tenant, &path);
+        let (idx, rebuilt) = UsearchIndex::open(
+            &path,
+            self.dims,
+            self.quantization,
+            &rows,
+            changed.as_deref().unwrap_or(&[]),
+            |id| self.store.embedding(id as i64).ok().flatten(),
+        )
         .map_err(|e| e.to_string())?;
         tracing::info!(
             tenant,
             entries = idx.len(),
             rebuilt,
+            tail = changed.as_ref().map(Vec::len),
             ms = started.elapsed().as_millis() as u64,
             "vector index open"
         );
         if rebuilt {
-            let _ = idx.save(&path);
+            self.save_index(tenant, &idx, &path);
         }
         Ok(Arc::new(idx))
+    }
+
+    /// The file beside an index snapshot that says up to which change of a
+    /// shared store the snapshot is complete.
+    fn mark_path(path: &std::path::Path) -> PathBuf {
+        path.with_extension("usearch.change")
+    }
+
+    /// With a shared store and a snapshot that says which change it is
+    /// complete up to: the ids of `tenant` the change log touched since (the
+    /// tail). `None` when there is no such snapshot, or the log cannot be
+    /// read: then the snapshot is checked against the table instead.
+    fn changed_since_snapshot(&self, tenant: &str, path: &std::path::Path) -> Option<Vec<u64>> {
+        if !self.store.shared() || !path.exists() {
+            return None;
+        }
+        let mark: i64 = std::fs::read_to_string(Self::mark_path(path))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let mut after = mark;
+        let mut ids = Vec::new();
+        loop {
+            let changes = self.store.changes_since(after, 10_000).ok()?;
+            let Some(last) = changes.last() else { break };
+            after = last.id;
+            ids.extend(
+                changes
+                    .iter()
+                    .filter(|c| c.tenant == tenant && c.kind != crate::store::ChangeKind::Negative)
+                    .map(|c| c.entry_id as u64),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
+    }
+
+    /// Saves one index; with a shared store, also marks the change it is
+    /// complete up to (read before the save: every change up to it has been
+    /// applied).
+    fn save_index(&self, tenant: &str, idx: &dyn VectorIndex, path: &std::path::Path) {
+        let followed = self.followed.load(std::sync::atomic::Ordering::Acquire);
+        match idx.save(path) {
+            Ok(saved) => {
+                if saved {
+                    tracing::debug!(tenant, "vector index saved");
+                }
+                if self.store.shared() {
+                    // NOTE: written after the snapshot: a crash between the two
+                    // leaves an older mark, whose longer tail is harmless.
+                    if let Err(e) = std::fs::write(Self::mark_path(path), followed.to_string()) {
+                        tracing::warn!(tenant, error = %e, "cannot mark the index snapshot");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "vector index save failed");
+                self.metrics
+                    .cache_errors
+                    .with_label_values(&["index_save"])
+                    .inc();
+            }
+        }
     }
 
     /// Saves every dirty index.
@@ -282,17 +354,7 @@ impl Core {
         let Ok(map) = self.indexes.read() else { return };
         for (tenant, idx) in map.iter() {
             if let Some(path) = self.index_path(tenant) {
-                match idx.save(&path) {
-                    Ok(true) => tracing::debug!(tenant, "vector index saved"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(tenant, error = %e, "vector index save failed");
-                        self.metrics
-                            .cache_errors
-                            .with_label_values(&["index_save"])
-                            .inc();
-                    }
-                }
+                self.save_index(tenant, idx.as_ref(), &path);
             }
         }
     }
@@ -325,15 +387,38 @@ impl Core {
     /// leaves the exact layers, which reload it from the store); a removed
     /// one is forgotten everywhere.
     pub(crate) fn follow(&self, changes: &[crate::store::Change]) {
+        use crate::store::ChangeKind;
         let mut removed = Vec::new();
         for c in changes {
-            if !c.inserted {
-                removed.push(Removed {
-                    tenant: c.tenant.clone(),
-                    id: c.entry_id,
-                    exact_hash: c.exact_hash.clone(),
-                });
-                continue;
+            match c.kind {
+                ChangeKind::Remove => {
+                    removed.push(Removed {
+                        tenant: c.tenant.clone(),
+                        id: c.entry_id,
+                        exact_hash: c.exact_hash.clone(),
+                    });
+                    continue;
+                }
+                ChangeKind::Negative => {
+                    // NOTE: the entry's whole list is read again, so that
+                    // this replica's own reports are not counted twice.
+                    if let Ok(negs) = self.store.negatives_of(c.entry_id) {
+                        if let Ok(mut map) = self.negatives.write() {
+                            let mine: Vec<Vec<f32>> = negs
+                                .into_iter()
+                                .filter(|n| n.tenant == c.tenant)
+                                .map(|n| n.embedding)
+                                .collect();
+                            if mine.is_empty() {
+                                map.remove(&c.entry_id);
+                            } else {
+                                map.insert(c.entry_id, mine);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                ChangeKind::Insert => {}
             }
             let Ok(Some(e)) = self.store.get(c.entry_id) else {
                 continue; // removed since: a later change says so
@@ -434,8 +519,9 @@ fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, String> {
     }
 }
 
-/// How often a replica reads a shared store's change log.
-const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// How often a replica reads a shared store's change log when no
+/// notification woke it first (the safety net under LISTEN/NOTIFY).
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// The cache: lookups on the request path, writes through the write-back queue.
 pub struct Cache {
@@ -512,8 +598,9 @@ impl Cache {
     }
 
     /// With a shared store (PostgreSQL), starts a thread that applies other
-    /// replicas' changes every 100 ms, until the cache is dropped. A read
-    /// that fails (the database is away) is counted and retried.
+    /// replicas' changes as soon as the store notifies one (LISTEN/NOTIFY),
+    /// and at least every 250 ms, until the cache is dropped. A read that
+    /// fails (the database is away) is counted and retried.
     pub fn start_following(self: &Arc<Self>) {
         if !self.core.store.shared() {
             return;
@@ -523,8 +610,15 @@ impl Cache {
             .name("follow".into())
             .spawn(move || {
                 let mut failing = false;
+                let store = match weak.upgrade() {
+                    Some(cache) => cache.core.store.clone(),
+                    None => return,
+                };
                 loop {
-                    std::thread::sleep(FOLLOW_EVERY);
+                    // NOTE: the store, not the cache, is held while waiting,
+                    // so that a dropped cache stops this thread within one
+                    // wait.
+                    store.wait_for_change(FOLLOW_EVERY);
                     let Some(cache) = weak.upgrade() else { break };
                     let core = &cache.core;
                     let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
@@ -1147,6 +1241,13 @@ impl Cache {
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        self.writeback.flush().await;
+    }
+
+    /// Waits until the hits served so far are counted in the store (they are
+    /// written in batches, at most a second late): for reads that show hit
+    /// counts or the hit log.
+    pub async fn settle_hits(&self) {
         self.writeback.flush().await;
     }
 

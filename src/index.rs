@@ -106,11 +106,16 @@ impl UsearchIndex {
     /// snapshot is unreadable, of another shape, or holds ids the store no
     /// longer has, the index is rebuilt from the store instead. Returns the
     /// index and whether it was rebuilt.
+    ///
+    /// `changed` are ids the store changed since the snapshot was taken (a
+    /// shared store's change log tail): they are dropped from the snapshot
+    /// first, and the ones still stored come back with their stored vector.
     pub fn open(
         path: &Path,
         dims: usize,
         q: Quantization,
         rows: &[(u64, u64)],
+        changed: &[u64],
         mut vector_of: impl FnMut(u64) -> Option<Vec<f32>>,
     ) -> Result<(Self, bool), IndexError> {
         let loaded = if path.exists() {
@@ -132,6 +137,12 @@ impl UsearchIndex {
         };
         let (idx, rebuilt) = match loaded {
             Some(idx) => {
+                for id in changed {
+                    if idx.index.contains(*id) {
+                        idx.index.remove(*id).map_err(native)?;
+                        idx.dirty.store(true, Ordering::Release);
+                    }
+                }
                 let present = rows
                     .iter()
                     .filter(|(id, _)| idx.index.contains(*id))
@@ -380,20 +391,20 @@ mod tests {
         assert!(!u.save(&path).unwrap(), "nothing changed");
         let rows: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
         let (l, rebuilt) =
-            UsearchIndex::open(&path, 32, Quantization::F16, &rows, |_| None).unwrap();
+            UsearchIndex::open(&path, 32, Quantization::F16, &rows, &[], |_| None).unwrap();
         assert!(!rebuilt);
         assert_eq!(l.len(), 10);
         // The store gained a row: it is added from the store.
         let mut more = rows.clone();
         more.push((10, 1));
-        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &more, |id| {
+        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &more, &[], |id| {
             Some(vs[(id as usize) % 10].clone())
         })
         .unwrap();
         assert_eq!(l.len(), 11);
         // The store lost a row: the snapshot is stale, rebuilt from the store.
         let fewer: Vec<(u64, u64)> = (0..5).map(|i| (i, 1)).collect();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, |id| {
+        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |id| {
             Some(vs[id as usize].clone())
         })
         .unwrap();
@@ -401,17 +412,47 @@ mod tests {
         assert_eq!(l.len(), 5);
         // A corrupt file is rebuilt too.
         std::fs::write(&path, b"garbage").unwrap();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, |id| {
+        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |id| {
             Some(vs[id as usize].clone())
         })
         .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
         // Vectors of another size (another model) are skipped, not fatal.
-        let (l, _) =
-            UsearchIndex::open(&path, 32, Quantization::F16, &fewer, |_| Some(vec![1.0; 8]))
-                .unwrap();
+        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |_| {
+            Some(vec![1.0; 8])
+        })
+        .unwrap();
         assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_plus_the_change_tail_is_not_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.usearch");
+        let vs = vecs(12);
+        let u = UsearchIndex::new(32, Quantization::F32).unwrap();
+        for (i, v) in vs.iter().take(10).enumerate() {
+            u.add(i as u64, 1, v).unwrap();
+        }
+        u.save(&path).unwrap();
+        // Since the snapshot: 9 was removed, 3 replaced (now vector 11), 10
+        // added.
+        let rows: Vec<(u64, u64)> = (0..9).chain([10]).map(|i| (i, 1)).collect();
+        let mut asked = Vec::new();
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, 32, Quantization::F32, &rows, &[9, 3, 10], |id| {
+                asked.push(id);
+                Some(vs[if id == 3 { 11 } else { id as usize }].clone())
+            })
+            .unwrap();
+        assert!(!rebuilt, "the tail explains every difference");
+        asked.sort();
+        assert_eq!(asked, vec![3, 10], "only changed entries are read");
+        assert_eq!(l.len(), 10);
+        assert!(!l.contains(9));
+        assert_eq!(l.search(&vs[11], Some(1), 1).unwrap()[0].0, 3);
+        assert_eq!(l.search(&vs[10], Some(1), 1).unwrap()[0].0, 10);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub writeback_dropped: IntCounter,
     /// Write-back queue depth.
     pub writeback_queue_depth: IntGauge,
+    /// Entries whose write failed, waiting for the store to return.
+    pub writeback_deferred: IntGauge,
     /// Entries per tenant.
     pub entries: IntGaugeVec,
     /// Vector index memory per tenant.
@@ -189,6 +191,10 @@ impl Metrics {
             "modelcache_writeback_queue_depth",
             "Writes waiting in the write-back queue.",
         )?;
+        let writeback_deferred = IntGauge::new(
+            "modelcache_writeback_deferred",
+            "Entries whose write failed (the store is away), waiting in memory to be written when it returns.",
+        )?;
         let entries = IntGaugeVec::new(
             Opts::new("modelcache_entries", "Cache entries per tenant."),
             &["tenant"],
@@ -252,6 +258,7 @@ impl Metrics {
         registry.register(Box::new(writeback.clone()))?;
         registry.register(Box::new(writeback_dropped.clone()))?;
         registry.register(Box::new(writeback_queue_depth.clone()))?;
+        registry.register(Box::new(writeback_deferred.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(cache_errors.clone()))?;
         registry.register(Box::new(upstream_responses.clone()))?;
@@ -292,6 +299,7 @@ impl Metrics {
             writeback,
             writeback_dropped,
             writeback_queue_depth,
+            writeback_deferred,
             entries,
             cache_errors,
             upstream_responses,

@@ -1,12 +1,17 @@
 //! The write-back queue and its single worker thread.
 //!
 //! Owns every write to the store: new entries (batched into one transaction),
-//! hit counts, and sweeps. The queue is bounded; a full queue drops the write
-//! and counts it. It must never make a response wait: `send` never blocks.
+//! hit counts (batched: one row update per entry per second at most), and
+//! sweeps. The queue is bounded; a full queue drops the write and counts it.
+//! Entries the store refuses (it is away) wait in a second bounded queue and
+//! are written when it returns. It must never make a response wait: `send`
+//! never blocks.
 
 use std::{
+    collections::VecDeque,
     sync::{mpsc, Arc, Mutex},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
@@ -78,13 +83,14 @@ pub struct Writeback {
 }
 
 impl Writeback {
-    /// Starts the writer with a queue of `queue` operations.
+    /// Starts the writer with a queue of `queue` operations. Up to `queue`
+    /// entries whose write failed also wait in memory for the store.
     pub fn start(core: Arc<Core>, queue: usize, batch: usize) -> Writeback {
         let (tx, rx) = mpsc::sync_channel(queue);
         let worker_core = core.clone();
         let join = std::thread::Builder::new()
             .name("writeback".into())
-            .spawn(move || run(worker_core, rx, batch.max(1)))
+            .spawn(move || run(worker_core, rx, batch.max(1), queue))
             .ok();
         if join.is_none() {
             tracing::error!("cannot start the write-back thread; nothing will be cached");
@@ -160,7 +166,17 @@ impl Writeback {
 
 /// Shortest time between two refreshes of the entry gauges after writes (a
 /// full count per tenant).
-const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Hits are counted in the store in batches: at the latest this long after
+/// the first hit of a batch...
+const HITS_EVERY: Duration = Duration::from_secs(1);
+/// ...or as soon as this many are waiting.
+const HITS_BATCH: usize = 512;
+/// Hits kept while the store refuses them; the oldest go beyond this.
+const HITS_KEEP: usize = 10_000;
+/// How often entries whose write failed are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Stores `entries` in one transaction and publishes them to the in-memory
 /// layers; counted either way.
@@ -185,27 +201,196 @@ fn insert(core: &Core, entries: &[NewEntry]) -> Result<Vec<i64>, String> {
     }
 }
 
-fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
+/// Entries whose write failed (the store is away), kept in arrival order and
+/// written when it returns. Bounded: past `keep` the oldest are dropped and
+/// counted, and an entry that expires while waiting is dropped too.
+struct Deferred {
+    entries: VecDeque<NewEntry>,
+    keep: usize,
+    next_try: Instant,
+    failing: bool,
+}
+
+impl Deferred {
+    fn new(keep: usize) -> Deferred {
+        Deferred {
+            entries: VecDeque::new(),
+            keep: keep.max(1),
+            next_try: Instant::now(),
+            failing: false,
+        }
+    }
+
+    /// Keeps `entries` after a failed write.
+    fn defer(&mut self, core: &Core, entries: Vec<NewEntry>) {
+        if !self.failing {
+            tracing::warn!(
+                keep = self.keep,
+                "the store refuses writes; keeping new entries in memory until it returns"
+            );
+            self.failing = true;
+        }
+        self.entries.extend(entries);
+        let over = self.entries.len().saturating_sub(self.keep);
+        if over > 0 {
+            self.entries.drain(..over);
+            drop_counted(
+                core,
+                over,
+                "the store is still away; oldest waiting entries dropped",
+            );
+        }
+        self.next_try = Instant::now() + RETRY_EVERY;
+        core.metrics
+            .writeback_deferred
+            .set(self.entries.len() as i64);
+    }
+
+    /// Tries to write what waits (all of it, in batches of `batch`), if any.
+    /// Returns whether anything was written.
+    fn retry(&mut self, core: &Core, batch: usize) -> bool {
+        if self.entries.is_empty() {
+            return false;
+        }
+        let now = crate::cache::now_ms();
+        let before = self.entries.len();
+        self.entries.retain(|e| e.expires_at > now);
+        if self.entries.len() < before {
+            drop_counted(core, before - self.entries.len(), "waiting entries expired");
+        }
+        let mut wrote = false;
+        while !self.entries.is_empty() {
+            let n = self.entries.len().min(batch);
+            let chunk: Vec<NewEntry> = self.entries.iter().take(n).cloned().collect();
+            match core.store.insert_batch(&chunk) {
+                Ok(ids) => {
+                    core.publish(&chunk, &ids);
+                    core.metrics
+                        .writeback
+                        .with_label_values(&["written"])
+                        .inc_by(ids.len() as u64);
+                    self.entries.drain(..n);
+                    wrote = true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, waiting = self.entries.len(), "deferred write failed again");
+                    self.next_try = Instant::now() + RETRY_EVERY;
+                    break;
+                }
+            }
+        }
+        if self.entries.is_empty() && self.failing {
+            tracing::info!("the store takes writes again; waiting entries written");
+            self.failing = false;
+        }
+        core.metrics
+            .writeback_deferred
+            .set(self.entries.len() as i64);
+        wrote
+    }
+
+    fn due(&self) -> Option<Instant> {
+        (!self.entries.is_empty()).then_some(self.next_try)
+    }
+}
+
+fn drop_counted(core: &Core, n: usize, why: &str) {
+    core.metrics.writeback_dropped.inc_by(n as u64);
+    core.metrics
+        .writeback
+        .with_label_values(&["dropped"])
+        .inc_by(n as u64);
+    tracing::warn!(count = n, "{why}");
+}
+
+/// Hits waiting to be counted in the store.
+struct Hits {
+    waiting: Vec<HitRecord>,
+    since: Option<Instant>,
+}
+
+impl Hits {
+    fn add(&mut self, hits: Vec<HitRecord>) {
+        if self.waiting.is_empty() && !hits.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.waiting.extend(hits);
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + HITS_EVERY)
+    }
+
+    /// Writes the waiting hits in one batch; kept (up to a bound) if the
+    /// store refuses them.
+    fn write(&mut self, core: &Core) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        match core.store.record_hits(&self.waiting) {
+            Ok(()) => {
+                self.waiting.clear();
+                self.since = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording hits failed");
+                core.metrics
+                    .cache_errors
+                    .with_label_values(&["record_hits"])
+                    .inc();
+                let over = self.waiting.len().saturating_sub(HITS_KEEP);
+                self.waiting.drain(..over);
+                self.since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) {
     let mut stop = false;
-    let mut counted = std::time::Instant::now();
+    let mut counted = Instant::now();
     let mut stale = false;
+    let mut deferred = Deferred::new(keep);
+    let mut waiting_hits = Hits {
+        waiting: Vec::new(),
+        since: None,
+    };
     while !stop {
-        let first = if stale {
-            // Writes are waiting to be counted: count them once the queue
-            // has been quiet for the rest of the second.
-            match rx.recv_timeout(COUNTS_EVERY.saturating_sub(counted.elapsed())) {
+        // NOTE: the queue is waited on only until the next timed duty: the
+        // entry gauges after writes (once the queue has been quiet for the
+        // rest of the second), a batch of hits, a retry of deferred writes.
+        let due = [
+            stale.then_some(counted + COUNTS_EVERY),
+            waiting_hits.due(),
+            deferred.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let first = match due {
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    core.refresh_counts();
-                    counted = std::time::Instant::now();
-                    stale = false;
+                    let now = Instant::now();
+                    if waiting_hits.due().is_some_and(|t| t <= now) {
+                        waiting_hits.write(&core);
+                    }
+                    if deferred.due().is_some_and(|t| t <= now) {
+                        stale |= deferred.retry(&core, batch);
+                    }
+                    if stale && counted + COUNTS_EVERY <= now {
+                        core.refresh_counts();
+                        counted = Instant::now();
+                        stale = false;
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => {
+                let Ok(op) = rx.recv() else { break };
+                op
             }
-        } else {
-            let Ok(op) = rx.recv() else { break };
-            op
         };
         let mut ops = vec![first];
         while ops.len() < batch {
@@ -226,16 +411,30 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize) {
             }
         }
         if !inserts.is_empty() {
-            stale |= insert(&core, &inserts).is_ok();
-        }
-        if !hits.is_empty() {
-            if let Err(e) = core.store.record_hits(&hits) {
-                tracing::warn!(error = %e, "recording hits failed");
-                core.metrics
-                    .cache_errors
-                    .with_label_values(&["record_hits"])
-                    .inc();
+            if deferred.due().is_some() {
+                // NOTE: behind the entries already waiting, in order.
+                deferred.defer(&core, inserts);
+            } else if insert(&core, &inserts).is_ok() {
+                stale = true;
+            } else {
+                deferred.defer(&core, inserts);
             }
+        }
+        waiting_hits.add(hits);
+        if waiting_hits.waiting.len() >= HITS_BATCH {
+            waiting_hits.write(&core);
+        }
+        // NOTE: what waits is written before a removal, a flush or a stop,
+        // so that a removal is never undone by a late write and a flush
+        // means "stored".
+        if after.iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::Remove { .. } | WriteOp::Flush(_) | WriteOp::Stop | WriteOp::Sweep { .. }
+            )
+        }) {
+            waiting_hits.write(&core);
+            stale |= deferred.retry(&core, batch);
         }
         for op in after {
             match op {

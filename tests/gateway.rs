@@ -415,6 +415,96 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
 }
 
 #[tokio::test]
+async fn hits_are_counted_in_batches_not_one_row_write_per_hit() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::default());
+    let app = gateway_with(
+        settings(&up.url(), dir.path()),
+        modelcache::app::AppOptions {
+            embedder: Some(hash_embedder()),
+            store: Some(store.clone()),
+        },
+    )
+    .await;
+    let q = "How many legs does a spider have?";
+    assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
+    settle(&app).await;
+    let mut entry = String::new();
+    for _ in 0..40 {
+        let got = chat(app.proxy_addr, ask(q)).await;
+        assert_eq!(got.cache(), "hit");
+        entry = got.header("x-modelcache-entry");
+    }
+    assert_eq!(up.calls(), 1);
+    // The admin API shows every hit (it waits for the batch)...
+    let v = admin(&app, "GET", &format!("/admin/entries/{entry}"), Value::Null)
+        .await
+        .json();
+    assert_eq!(v["hits"], 40, "{v}");
+    // ...which reached the store in a few writes, not forty.
+    let batches = store.hit_batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), 40, "{batches:?}");
+    assert!(batches.len() < 10, "{batches:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_the_store_refuses_wait_in_a_bounded_queue_and_are_written_when_it_returns() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    s.cache.writeback_queue = 2;
+    let store = Arc::new(FaultyStore::default());
+    let app = gateway_with(
+        s,
+        modelcache::app::AppOptions {
+            embedder: Some(hash_embedder()),
+            store: Some(store.clone()),
+        },
+    )
+    .await;
+    store.fail_writes(true);
+    for i in 0..3 {
+        let got = chat(
+            app.proxy_addr,
+            ask(&format!("asked while the disk fails {i}")),
+        )
+        .await;
+        assert_eq!((got.status, got.cache()), (200, "miss".to_string()));
+        settle(&app).await;
+    }
+    let m = metrics(&app).await;
+    assert_eq!(metric_sum(&m, "modelcache_writeback_deferred", &[]), 2.0);
+    assert_eq!(
+        metric_sum(&m, "modelcache_writeback_total", &["outcome=\"dropped\""]),
+        1.0,
+        "the oldest of three went past the bound of two"
+    );
+    store.fail_writes(false);
+    settle(&app).await;
+    let calls = up.calls();
+    for i in 1..3 {
+        let got = chat(
+            app.proxy_addr,
+            ask(&format!("asked while the disk fails {i}")),
+        )
+        .await;
+        assert_eq!(got.cache(), "hit", "deferred entry {i}");
+    }
+    assert_eq!(up.calls(), calls);
+    assert_eq!(
+        chat(app.proxy_addr, ask("asked while the disk fails 0"))
+            .await
+            .cache(),
+        "miss"
+    );
+    let m = metrics(&app).await;
+    assert_eq!(metric_sum(&m, "modelcache_writeback_deferred", &[]), 0.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_json_and_non_utf8_are_forwarded_untouched_and_not_cached() {
     let up = mock(Arc::new(|_s: &Seen, _n| {
         Reply::Full(

@@ -215,7 +215,10 @@ impl Admin {
     async fn tenants_route(&self) -> Result<Resp, Fail> {
         let set = self.snapshot();
         let stored = match self.cache.get() {
-            Some(c) => c.with_store(|s| s.stats()).await.map_err(store_failed)?,
+            Some(c) => {
+                c.settle_hits().await;
+                c.with_store(|s| s.stats()).await.map_err(store_failed)?
+            }
             None => Vec::new(),
         };
         let mut out = Vec::new();
@@ -297,6 +300,7 @@ impl Admin {
             limit,
         };
         let cache = self.loaded()?;
+        cache.settle_hits().await;
         let rows = cache
             .with_store(move |s| s.list(&q))
             .await
@@ -313,6 +317,7 @@ impl Admin {
 
     async fn find(&self, id: i64) -> Result<Entry, Fail> {
         let cache = self.loaded()?;
+        cache.settle_hits().await;
         cache
             .with_store(move |s| s.get(id))
             .await
@@ -414,6 +419,7 @@ impl Admin {
         let limit = p.limit(DEFAULT_LIMIT, 1000)?;
         let tenant = p.get("tenant").map(str::to_string);
         let cache = self.loaded()?;
+        cache.settle_hits().await;
         let rows = cache
             .with_store(move |s| s.hit_log(tenant.as_deref(), limit))
             .await
@@ -460,6 +466,7 @@ impl Admin {
             return Err(bad("correct must be true or false"));
         };
         let cache = self.loaded()?;
+        cache.settle_hits().await;
         let rid = request_id.clone();
         let hit = cache
             .with_store(move |s| s.hit_by_request(&rid))

@@ -158,6 +158,44 @@ pub struct HitRecord {
     pub request_id: String,
 }
 
+/// One entry's share of a batch of hits: the count and the latest time,
+/// so that a store bumps each entry's row once per batch, not once per hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitTotal<'a> {
+    /// Entry served.
+    pub entry_id: i64,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// Hits in the batch.
+    pub count: i64,
+    /// The latest of them, Unix milliseconds.
+    pub last_at: i64,
+}
+
+/// Folds a batch of hits into one total per entry, in first-hit order.
+pub fn hit_totals(hits: &[HitRecord]) -> Vec<HitTotal<'_>> {
+    let mut at: std::collections::HashMap<(i64, &str), usize> = std::collections::HashMap::new();
+    let mut totals: Vec<HitTotal<'_>> = Vec::new();
+    for h in hits {
+        match at.get(&(h.entry_id, h.tenant.as_str())) {
+            Some(&i) => {
+                totals[i].count += 1;
+                totals[i].last_at = totals[i].last_at.max(h.at);
+            }
+            None => {
+                at.insert((h.entry_id, h.tenant.as_str()), totals.len());
+                totals.push(HitTotal {
+                    entry_id: h.entry_id,
+                    tenant: &h.tenant,
+                    count: 1,
+                    last_at: h.at,
+                });
+            }
+        }
+    }
+    totals
+}
+
 /// A probe reported as wrongly answered by an entry (`/admin/feedback`):
 /// the entry must not answer questions closer to it than to its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,8 +223,19 @@ pub struct Change {
     pub entry_id: i64,
     /// Its exact hash.
     pub exact_hash: String,
-    /// Inserted (or replaced); otherwise removed.
-    pub inserted: bool,
+    /// What happened to it.
+    pub kind: ChangeKind,
+}
+
+/// What a change of the change log did to its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Inserted, or replaced by an upsert.
+    Insert,
+    /// Deleted, truncated, expired or evicted.
+    Remove,
+    /// A probe it answered wrongly was reported (`/admin/feedback`).
+    Negative,
 }
 
 /// An entry removed by a sweep.
@@ -301,6 +350,12 @@ pub trait Store: Send + Sync {
     fn add_negative(&self, n: &Negative) -> Result<(), StoreError>;
     /// Every negative of entries that still exist.
     fn negatives(&self) -> Result<Vec<Negative>, StoreError>;
+    /// The negatives of one entry.
+    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
+        let mut all = self.negatives()?;
+        all.retain(|n| n.entry_id == entry_id);
+        Ok(all)
+    }
     /// Entries and hits per tenant.
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
     /// Whether other processes write this store too (replicas follow its
@@ -318,6 +373,13 @@ pub trait Store: Send + Sync {
     fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let _ = (after, limit);
         Ok(Vec::new())
+    }
+    /// Blocks until the shared store's change log may have grown (another
+    /// process wrote) or `timeout` passed; true when woken by a change. The
+    /// caller reads the log either way: a wake-up is a hint, not a promise.
+    fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
     }
     /// Entries per tenant.
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError>;

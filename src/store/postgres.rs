@@ -12,16 +12,17 @@ use std::sync::{
     Mutex,
 };
 
-use postgres::{Client, NoTls, Row};
+use postgres::{fallible_iterator::FallibleIterator, Client, NoTls, Row};
 
 use super::{
-    blob_to_vec, vec_to_blob, Change, Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative,
-    NewEntry, Origin, Removed, Store, StoreError, TenantStats,
+    blob_to_vec, vec_to_blob, Change, ChangeKind, Entry, HitLogRow, HitRecord, Limits, ListQuery,
+    Negative, NewEntry, Origin, Removed, Store, StoreError, TenantStats,
 };
 
 /// Schema versions, applied in order, each once (recorded in
 /// `schema_migrations`).
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE entries (
     id          BIGSERIAL PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -77,7 +78,27 @@ CREATE TABLE change_log (
     op         TEXT NOT NULL,
     at         BIGINT NOT NULL
 );
-"];
+",
+    "
+CREATE FUNCTION modelcache_change_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('modelcache_changes', current_schema());
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER change_log_notify AFTER INSERT ON change_log
+    FOR EACH STATEMENT EXECUTE FUNCTION modelcache_change_notify();
+",
+];
+
+/// The channel every write to the change log notifies (the payload is the
+/// schema; a replica of another schema wakes for nothing, then reads nothing).
+const CHANNEL: &str = "modelcache_changes";
+
+/// Held by every transaction that appends to the change log, until it
+/// commits: change ids then become visible in order, so that a replica
+/// reading "after id N" can never skip a change that commits late.
+const CHANGE_LOCK: &str = "SELECT pg_advisory_xact_lock(7204512)";
 
 /// Rows of the hit log kept; older ones are trimmed by the sweep.
 const HIT_LOG_KEEP: i64 = 100_000;
@@ -95,6 +116,9 @@ pub struct PgStore {
 struct Conns {
     writer: Mutex<Client>,
     readers: Vec<Mutex<Client>>,
+    /// LISTENs on [`CHANNEL`]; opened by the first wait, re-opened after a
+    /// failure.
+    listener: Mutex<Option<Client>>,
 }
 
 impl Drop for PgStore {
@@ -137,6 +161,16 @@ fn row_to_removed(r: &Row) -> Removed {
         tenant: r.get(0),
         id: r.get(1),
         exact_hash: r.get(2),
+    }
+}
+
+fn row_to_negative(r: &Row) -> Negative {
+    Negative {
+        entry_id: r.get(0),
+        tenant: r.get(1),
+        probe: r.get(2),
+        embedding: blob_to_vec(r.get::<_, &[u8]>(3)),
+        at: r.get(4),
     }
 }
 
@@ -201,6 +235,7 @@ impl PgStore {
             conns: Some(Conns {
                 writer: Mutex::new(writer),
                 readers: rs,
+                listener: Mutex::new(None),
             }),
             next: AtomicUsize::new(0),
             url: url.to_string(),
@@ -248,6 +283,34 @@ impl PgStore {
         Ok(f(self.usable(&mut c)?)?)
     }
 
+    /// Waits up to `timeout` for a notification on [`CHANNEL`], on a
+    /// connection of its own. Notifications that queued up meanwhile are
+    /// taken together: one wake-up, one read of the log.
+    fn listen(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
+        let conns = self.conns()?;
+        let mut slot = conns.listener.lock().map_err(|_| StoreError::Poisoned)?;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = None;
+            let mut c = connect(&self.url, self.schema.as_deref())?;
+            c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+            *slot = Some(c);
+        }
+        let Some(c) = slot.as_mut() else {
+            return Ok(false);
+        };
+        let waited = {
+            let mut notes = c.notifications();
+            let waited = notes.timeout_iter(timeout).next().map(|n| n.is_some());
+            let mut more = notes.iter();
+            while let Ok(Some(_)) = more.next() {}
+            waited
+        };
+        if waited.is_err() {
+            *slot = None;
+        }
+        Ok(waited?)
+    }
+
     /// The id of the newest change (0 when none).
     pub fn last_change(&self) -> Result<i64, StoreError> {
         self.read(|c| {
@@ -293,6 +356,7 @@ impl Store for PgStore {
     fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
             let st = tx.prepare(
                 "INSERT INTO entries (tenant, partition, tag, exact_hash, endpoint, model, text, params, answer, embedding, created_at, expires_at, origin)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
@@ -350,21 +414,33 @@ impl Store for PgStore {
 
     fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
         self.write(|c| {
+            // NOTE: two statements per batch, whatever its size: one
+            // update of each entry hit (by its count), one insert of the
+            // hit log's rows.
+            let totals = super::hit_totals(hits);
+            let ids: Vec<i64> = totals.iter().map(|t| t.entry_id).collect();
+            let tenants: Vec<&str> = totals.iter().map(|t| t.tenant).collect();
+            let counts: Vec<i64> = totals.iter().map(|t| t.count).collect();
+            let lasts: Vec<i64> = totals.iter().map(|t| t.last_at).collect();
             let mut tx = c.transaction()?;
-            let bump = tx.prepare(
-                "UPDATE entries SET hits = hits + 1, last_hit_at = greatest(coalesce(last_hit_at, 0), $2)
-                 WHERE id = $1 AND tenant = $3",
+            tx.execute(
+                "UPDATE entries e SET hits = e.hits + u.n,
+                        last_hit_at = greatest(coalesce(e.last_hit_at, 0), u.at)
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, tenant, n, at)
+                 WHERE e.id = u.id AND e.tenant = u.tenant",
+                &[&ids, &tenants, &counts, &lasts],
             )?;
-            let log = tx.prepare(
-                "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES ($1, $2, $3, $4, $5, $6)",
+            let tenants: Vec<&str> = hits.iter().map(|h| h.tenant.as_str()).collect();
+            let entries: Vec<i64> = hits.iter().map(|h| h.entry_id).collect();
+            let probes: Vec<&str> = hits.iter().map(|h| h.probe.as_str()).collect();
+            let sims: Vec<f32> = hits.iter().map(|h| h.similarity).collect();
+            let ats: Vec<i64> = hits.iter().map(|h| h.at).collect();
+            let rids: Vec<&str> = hits.iter().map(|h| h.request_id.as_str()).collect();
+            tx.execute(
+                "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::real[], $5::bigint[], $6::text[])",
+                &[&tenants, &entries, &probes, &sims, &ats, &rids],
             )?;
-            for h in hits {
-                tx.execute(&bump, &[&h.entry_id, &h.at, &h.tenant])?;
-                tx.execute(
-                    &log,
-                    &[&h.tenant, &h.entry_id, &h.probe, &h.similarity, &h.at, &h.request_id],
-                )?;
-            }
             tx.commit()
         })
     }
@@ -394,6 +470,7 @@ impl Store for PgStore {
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
             let mut removed: Vec<Removed> = tx
                 .query(
                     "DELETE FROM entries WHERE expires_at <= $1 RETURNING tenant, id, exact_hash",
@@ -443,6 +520,7 @@ impl Store for PgStore {
     fn delete(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Removed>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
             let removed: Vec<Removed> = tx
                 .query(
                     "DELETE FROM entries WHERE tenant = $1 AND id = ANY($2) RETURNING tenant, id, exact_hash",
@@ -460,6 +538,7 @@ impl Store for PgStore {
     fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
             let removed: Vec<Removed> = tx
                 .query(
                     "DELETE FROM entries WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
@@ -528,11 +607,19 @@ impl Store for PgStore {
 
     fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
         self.write(|c| {
-            c.execute(
+            let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
+            tx.execute(
                 "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES ($1, $2, $3, $4, $5)",
                 &[&n.entry_id, &n.tenant, &n.probe, &vec_to_blob(&n.embedding), &n.at],
-            )
-            .map(|_| ())
+            )?;
+            // NOTE: other replicas reload this entry's negatives when they
+            // read the change; the exact hash is not needed for that.
+            tx.execute(
+                "INSERT INTO change_log (tenant, entry_id, exact_hash, op, at) VALUES ($1, $2, '', 'negative', $3)",
+                &[&n.tenant, &n.entry_id, &n.at],
+            )?;
+            tx.commit()
         })
     }
 
@@ -544,15 +631,34 @@ impl Store for PgStore {
                 &[],
             )?
             .iter()
-            .map(|r| Negative {
-                entry_id: r.get(0),
-                tenant: r.get(1),
-                probe: r.get(2),
-                embedding: blob_to_vec(r.get::<_, &[u8]>(3)),
-                at: r.get(4),
-            })
+            .map(row_to_negative)
             .collect())
         })
+    }
+
+    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant
+                 WHERE n.entry_id = $1 ORDER BY n.id",
+                &[&entry_id],
+            )?
+            .iter()
+            .map(row_to_negative)
+            .collect())
+        })
+    }
+
+    fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
+        match self.listen(timeout) {
+            Ok(woken) => woken,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN failed; polling");
+                std::thread::sleep(timeout);
+                false
+            }
+        }
     }
 
     fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -603,7 +709,11 @@ impl Store for PgStore {
                 tenant: r.get(1),
                 entry_id: r.get(2),
                 exact_hash: r.get(3),
-                inserted: r.get::<_, &str>(4) == "insert",
+                kind: match r.get::<_, &str>(4) {
+                    "insert" => ChangeKind::Insert,
+                    "negative" => ChangeKind::Negative,
+                    _ => ChangeKind::Remove,
+                },
             })
             .collect())
         })
@@ -656,7 +766,10 @@ mod tests {
         assert_eq!(s.last_change().unwrap(), before + 2);
         let changes = s.changes_since(before, 10).unwrap();
         assert_eq!(changes.len(), 2);
-        assert!(changes[0].inserted && !changes[1].inserted);
+        assert_eq!(
+            (changes[0].kind, changes[1].kind),
+            (ChangeKind::Insert, ChangeKind::Remove)
+        );
         assert_eq!(
             (changes[1].entry_id, changes[1].exact_hash.as_str()),
             (ids[0], "h")

@@ -259,14 +259,16 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             {
                 let mut bump = tx.prepare_cached(
-                    "UPDATE entries SET hits = hits + 1, last_hit_at = max(coalesce(last_hit_at, 0), ?2)
+                    "UPDATE entries SET hits = hits + ?4, last_hit_at = max(coalesce(last_hit_at, 0), ?2)
                      WHERE id = ?1 AND tenant = ?3",
                 )?;
                 let mut log = tx.prepare_cached(
                     "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
+                for t in super::hit_totals(hits) {
+                    bump.execute(params![t.entry_id, t.last_at, t.tenant, t.count])?;
+                }
                 for h in hits {
-                    bump.execute(params![h.entry_id, h.at, h.tenant])?;
                     log.execute(params![
                         h.tenant,
                         h.entry_id,

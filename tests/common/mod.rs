@@ -644,6 +644,8 @@ pub struct FaultyStore {
     held: Mutex<bool>,
     cv: std::sync::Condvar,
     fail: std::sync::atomic::AtomicBool,
+    /// The size of every batch of hits the gateway wrote.
+    pub hit_batches: Mutex<Vec<usize>>,
 }
 
 type StoreResult<T> = Result<T, modelcache::store::StoreError>;
@@ -693,6 +695,8 @@ impl modelcache::store::Store for FaultyStore {
         self.inner.get_exact(t, h)
     }
     fn record_hits(&self, h: &[modelcache::store::HitRecord]) -> StoreResult<()> {
+        self.write()?;
+        self.hit_batches.lock().unwrap().push(h.len());
         self.inner.record_hits(h)
     }
     fn index_rows(&self, t: &str) -> StoreResult<Vec<(u64, u64)>> {
