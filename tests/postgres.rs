@@ -99,6 +99,193 @@ async fn two_replicas_writing_the_same_question_make_one_entry() {
     b.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_wrong_hit_reported_on_one_replica_stops_it_on_the_other() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("neg_{:016x}", rand::random::<u64>());
+    // The hashing embedder's similarities are word overlaps: a low threshold
+    // and no verifier let a near-duplicate hit (as in tests/feedback.rs).
+    let loose = |dir: &std::path::Path| {
+        let mut s = pg_settings(&up, dir, &schema);
+        policy(&mut s, |p| {
+            p.threshold = 0.7;
+            p.verifier.enabled = false;
+        });
+        s
+    };
+    let a = gateway(loose(da.path())).await;
+    let b = gateway(loose(db.path())).await;
+    verify_key(a.proxy_addr, &[]).await;
+    verify_key(b.proxy_addr, &[]).await;
+    let q = "alpha beta gamma delta";
+    chat(a.proxy_addr, ask(q)).await;
+    let probe = "alpha beta gamma delta epsilon";
+    until_verdict(&a, probe, "hit").await;
+    until_verdict(&b, probe, "hit").await;
+    // B serves the probe, and its caller reports the answer wrong on B.
+    let got = chat(b.proxy_addr, ask(probe)).await;
+    assert_eq!(got.cache(), "hit");
+    let fb = admin(
+        &b,
+        "POST",
+        "/admin/feedback",
+        json!({
+            "entry_id": got.header("x-modelcache-entry").parse::<i64>().unwrap(),
+            "request_id": got.header("x-modelcache-request-id"),
+            "correct": false,
+        }),
+    )
+    .await;
+    assert_eq!(fb.status, 200, "{}", fb.text());
+    // A stops serving that neighbourhood within 1 s; the question itself
+    // still hits on both.
+    let took = until_verdict(&a, probe, "miss").await;
+    eprintln!("a report on B reached A after {took:?}");
+    until_verdict(&a, q, "hit").await;
+    until_verdict(&b, probe, "miss").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `config.toml` on PostgreSQL (`schema`), the upstream at `up`.
+fn pg_config(dir: &std::path::Path, schema: &str) -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(repo_root().join("config.toml")).unwrap();
+    let line = "backend = \"sqlite\"";
+    assert!(shipped.contains(line));
+    let toml = shipped.replacen(
+        line,
+        &format!("backend = \"postgres\"\nurl_env = \"PG_URL\"\nschema = \"{schema}\""),
+        1,
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Waits (up to `within`) until a dry-run lookup of `q` on the gateway
+/// process `run` gives `verdict`.
+async fn until_verdict_of(run: &Running, q: &str, verdict: &str, within: Duration) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let t0 = Instant::now();
+    loop {
+        let v = send(
+            run.admin,
+            "POST",
+            "/admin/lookup",
+            &[("authorization", auth.as_str())],
+            json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}).to_string(),
+        )
+        .await
+        .json();
+        if v["verdict"] == verdict {
+            return;
+        }
+        assert!(t0.elapsed() < within, "{q}: still not {verdict}: {v}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_written() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("kill_{:016x}", rand::random::<u64>());
+    let config = pg_config(da.path(), &schema);
+    let pg = std::env::var("MODELCACHE_TEST_POSTGRES_URL").unwrap();
+    let url = up.url();
+    let env = [
+        ("MODELCACHE_UPSTREAM_URL", url.as_str()),
+        ("MODELCACHE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PG_URL", pg.as_str()),
+    ];
+    let a = serve(&config, da.path(), &env).await;
+    let b = serve(&config, db.path(), &env).await;
+    let question = |i: usize| format!("What is fact number {i} about the city of Lisbon?");
+    for i in 0..3 {
+        assert_eq!(chat(a.proxy, ask(&question(i))).await.status, 200);
+    }
+    for i in 0..3 {
+        until_verdict_of(&b, &question(i), "hit", Duration::from_secs(5)).await;
+    }
+
+    // B dies without a word; A keeps writing while B is down and while it
+    // starts again.
+    b.signal(libc::SIGKILL);
+    let a_proxy = a.proxy;
+    let writer = tokio::spawn(async move {
+        for i in 3..40 {
+            assert_eq!(chat(a_proxy, ask(&question(i))).await.status, 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = serve(&config, db.path(), &env).await;
+    writer.await.unwrap();
+    // A fresh process proves the caller's key upstream once.
+    verify_key(b.proxy, &[]).await;
+    let calls = up.calls();
+    for i in 0..40 {
+        until_verdict_of(&a, &question(i), "hit", Duration::from_secs(5)).await;
+        until_verdict_of(&b, &question(i), "hit", Duration::from_secs(5)).await;
+        let got = chat(b.proxy, ask(&question(i))).await;
+        assert_eq!(got.cache(), "hit", "question {i} on B");
+        assert!(
+            content_of(&got).ends_with(&format!("to: {}", question(i))),
+            "B serves A's answer to question {i}"
+        );
+    }
+    assert_eq!(up.calls(), calls, "B answered all forty from the cache");
+
+    // A clean restart of B opens its index snapshot plus the change-log
+    // tail (no rebuild): what A wrote and deleted meanwhile is in step.
+    let log = b.stop().await;
+    assert!(log.contains("vector index"), "{log}");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let h = [("authorization", auth.as_str())];
+    let gone = chat(a.proxy, ask(&question(0)))
+        .await
+        .header("x-modelcache-entry");
+    let got = send(a.admin, "DELETE", &format!("/admin/entries/{gone}"), &h, "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        chat(a.proxy, ask("A new question about Porto"))
+            .await
+            .status,
+        200
+    );
+    until_verdict_of(
+        &a,
+        "A new question about Porto",
+        "hit",
+        Duration::from_secs(5),
+    )
+    .await;
+    let b = serve(&config, db.path(), &env).await;
+    until_verdict_of(
+        &b,
+        "A new question about Porto",
+        "hit",
+        Duration::from_secs(5),
+    )
+    .await;
+    until_verdict_of(&b, &question(0), "miss", Duration::from_secs(5)).await;
+    until_verdict_of(&b, &question(1), "hit", Duration::from_secs(5)).await;
+    let log = b.stop().await;
+    let opened = log
+        .lines()
+        .filter(|l| l.contains("vector index open"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        opened.contains("rebuilt=false") && opened.contains("tail=2 "),
+        "snapshot plus a tail of two changes: {opened}"
+    );
+    a.stop().await;
+}
+
 /// The tests of this file share one PostgreSQL cluster, and one of them stops
 /// it: they take turns.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -174,8 +361,28 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     let m = metrics(&app).await;
     assert!(metric_sum(&m, "modelcache_writeback_total", &["outcome=\"failed\""]) >= 1.0);
 
+    assert!(metric_sum(&m, "modelcache_writeback_deferred", &[]) >= 1.0);
+
     cluster("start");
     drop(restart);
+    // What was asked during the outage waited in memory and is written now:
+    // it hits, and the upstream is not asked again.
+    let calls = up.calls();
+    for i in 0..5 {
+        let q = format!("asked during the outage {i}");
+        let mut hit = false;
+        for _ in 0..50 {
+            settle(&app).await;
+            if dry_run(&app, &q).await["verdict"] == "hit" {
+                hit = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(hit, "{q}: not written after PostgreSQL came back");
+        assert_eq!(chat(app.proxy_addr, ask(&q)).await.cache(), "hit");
+    }
+    assert_eq!(up.calls(), calls);
     // Writes resume by themselves (the store reconnects).
     let q = "asked after the outage";
     let mut stored = false;

@@ -450,6 +450,28 @@ pub(crate) mod suite {
         }])
         .unwrap();
         assert_eq!(s.get(ids[0]).unwrap().unwrap().hits, 1);
+        // A batch with several hits of one entry (and one of another
+        // tenant's id, ignored): counted by its number, the latest time kept,
+        // every hit logged.
+        let hit = |at: i64, tenant: &str| HitRecord {
+            entry_id: ids[0],
+            tenant: tenant.into(),
+            probe: format!("p{at}"),
+            similarity: 0.9,
+            at,
+            request_id: format!("r{at}"),
+        };
+        s.record_hits(&[
+            hit(2700, "a"),
+            hit(2600, "a"),
+            hit(2650, "b"),
+            hit(2550, "a"),
+        ])
+        .unwrap();
+        let got = s.get(ids[0]).unwrap().unwrap();
+        assert_eq!((got.hits, got.last_hit_at), (4, Some(2700)));
+        assert_eq!(s.hit_by_request("r2600").unwrap().unwrap().entry_id, ids[0]);
+        assert_eq!(s.hit_log(Some("a"), 10).unwrap().len(), 4);
         let cap = |n: u64| Limits {
             per_tenant: Default::default(),
             default: n,

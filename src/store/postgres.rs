@@ -774,9 +774,27 @@ mod tests {
             (changes[1].entry_id, changes[1].exact_hash.as_str()),
             (ids[0], "h")
         );
+        // A reported wrong answer is a change other replicas follow.
+        let kept = s
+            .insert_batch(&[crate::store::suite::entry("a", "h2", 1, 1000)])
+            .unwrap();
+        s.add_negative(&Negative {
+            entry_id: kept[0],
+            tenant: "a".into(),
+            probe: "p".into(),
+            embedding: vec![1.0, 0.0],
+            at: 5,
+        })
+        .unwrap();
+        let tail = s.changes_since(before + 2, 10).unwrap();
+        assert_eq!(
+            tail.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![ChangeKind::Insert, ChangeKind::Negative]
+        );
+        assert_eq!(s.negatives_of(kept[0]).unwrap().len(), 1);
         // A second open of the same schema applies nothing again.
         let again = PgStore::open(&url(), 1, Some(&schema)).unwrap();
-        assert_eq!(again.last_change().unwrap(), before + 2);
+        assert_eq!(again.last_change().unwrap(), before + 4);
         let applied: i64 = again
             .read(|c| {
                 c.query_one("SELECT count(*) FROM schema_migrations", &[])
