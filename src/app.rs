@@ -295,9 +295,17 @@ fn load_cache(
             SqliteStore::open(&data.join("modelcache.db"), 4)
                 .with_context(|| format!("opening {}", data.join("modelcache.db").display()))?,
         ),
-        (None, crate::config::StorageBackend::Postgres { url, schema }) => Arc::new(
+        (
+            None,
+            crate::config::StorageBackend::Postgres {
+                url,
+                schema,
+                notify,
+            },
+        ) => Arc::new(
             crate::store::postgres::PgStore::open(url.expose(), 4, schema.as_deref())
-                .context("connecting to PostgreSQL (storage.url)")?,
+                .context("connecting to PostgreSQL (storage.url)")?
+                .notify(*notify),
         ),
     };
     let factory = opts.embedder.unwrap_or_else(|| default_embedder(settings));

@@ -77,6 +77,30 @@ async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
 }
 
 #[tokio::test]
+async fn replicas_that_cannot_listen_follow_by_polling() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("poll_{:016x}", rand::random::<u64>());
+    let polling = |dir: &std::path::Path| {
+        let mut s = pg_settings(&up, dir, &schema);
+        if let modelcache::config::StorageBackend::Postgres { notify, .. } = &mut s.storage.backend
+        {
+            *notify = false;
+        }
+        s
+    };
+    let a = gateway(polling(da.path())).await;
+    let b = gateway(polling(db.path())).await;
+    verify_key(a.proxy_addr, &[]).await;
+    chat(a.proxy_addr, ask("What colour is the sky at noon")).await;
+    let took = until_verdict(&b, "What colour is the sky at noon", "hit").await;
+    eprintln!("polling only: a write on A became a hit on B after {took:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn two_replicas_writing_the_same_question_make_one_entry() {
     let _turn = TURN.lock().await;
     let up = mock(llm()).await;
@@ -487,6 +511,7 @@ fn the_config_names_what_postgres_needs() {
             "[storage]\nurl = \"postgres://x\"\n",
             "only used with backend",
         ),
+        ("[storage]\nnotify = false\n", "only used with backend"),
     ] {
         std::fs::write(&path, text).unwrap();
         let out = check_config(&path, &[]);

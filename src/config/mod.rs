@@ -154,6 +154,8 @@ pub enum StorageBackend {
         url: Secret,
         /// A schema of its own, if set.
         schema: Option<String>,
+        /// Replicas wake on LISTEN/NOTIFY (otherwise they only poll).
+        notify: bool,
     },
 }
 
@@ -1133,6 +1135,7 @@ fn settings_from_raw(
                     ("url", st.url.is_some()),
                     ("url_env", st.url_env.is_some()),
                     ("schema", st.schema.is_some()),
+                    ("notify", st.notify.is_some()),
                 ] {
                     if set {
                         errs.push(
@@ -1165,6 +1168,7 @@ fn settings_from_raw(
                         StorageBackend::Postgres {
                             url: Secret(u),
                             schema: st.schema.clone(),
+                            notify: st.notify.unwrap_or(true),
                         }
                     }
                     Some(_) => {

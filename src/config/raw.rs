@@ -302,6 +302,10 @@ pub struct RawStorage {
     /// A PostgreSQL schema of its own for the tables (default: the user's).
     #[serde(default)]
     pub schema: Option<String>,
+    /// Wake replicas with LISTEN/NOTIFY (default true); false polls only,
+    /// for poolers that cannot LISTEN (PgBouncer in transaction mode).
+    #[serde(default)]
+    pub notify: Option<bool>,
 }
 
 /// `[embedding]`

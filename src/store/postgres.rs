@@ -111,6 +111,8 @@ pub struct PgStore {
     next: AtomicUsize,
     url: String,
     schema: Option<String>,
+    /// Whether [`Store::wait_for_change`] LISTENs (otherwise it only sleeps).
+    notify: bool,
 }
 
 struct Conns {
@@ -240,7 +242,15 @@ impl PgStore {
             next: AtomicUsize::new(0),
             url: url.to_string(),
             schema: schema.map(str::to_string),
+            notify: true,
         })
+    }
+
+    /// With `false`, replicas only poll the change log: for a pooler that
+    /// cannot hold a LISTEN (PgBouncer in transaction mode).
+    pub fn notify(mut self, on: bool) -> PgStore {
+        self.notify = on;
+        self
     }
 
     /// A connection that is closed (the database restarted or the network
@@ -651,6 +661,10 @@ impl Store for PgStore {
     }
 
     fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
+        if !self.notify {
+            std::thread::sleep(timeout);
+            return false;
+        }
         match self.listen(timeout) {
             Ok(woken) => woken,
             Err(e) => {
