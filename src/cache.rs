@@ -303,6 +303,16 @@ impl Core {
             .trim()
             .parse()
             .ok()?;
+        let floor = self.store.change_log_floor().ok()?;
+        if mark < floor {
+            tracing::info!(
+                tenant,
+                mark,
+                floor,
+                "the index snapshot is older than the change log; checking it against the table"
+            );
+            return None;
+        }
         let mut after = mark;
         let mut ids = Vec::new();
         loop {

@@ -368,6 +368,11 @@ pub trait Store: Send + Sync {
     fn last_change(&self) -> Result<i64, StoreError> {
         Ok(0)
     }
+    /// The newest change trimmed from a shared store's change log: a tail
+    /// read after an older id misses changes (0 when nothing was trimmed).
+    fn change_log_floor(&self) -> Result<i64, StoreError> {
+        Ok(0)
+    }
     /// Changes after `after`, oldest first (none for a store no other
     /// process writes).
     fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {

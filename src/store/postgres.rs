@@ -21,7 +21,7 @@ use super::{
 
 /// Schema versions, applied in order, each once (recorded in
 /// `schema_migrations`).
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE entries (
     id          BIGSERIAL PRIMARY KEY,
@@ -89,6 +89,13 @@ $$;
 CREATE TRIGGER change_log_notify AFTER INSERT ON change_log
     FOR EACH STATEMENT EXECUTE FUNCTION modelcache_change_notify();
 ",
+    "
+CREATE TABLE change_log_floor (
+    one   BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    up_to BIGINT NOT NULL
+);
+INSERT INTO change_log_floor (up_to) VALUES (0);
+",
 ];
 
 /// The channel every write to the change log notifies (the payload is the
@@ -103,6 +110,11 @@ const CHANGE_LOCK: &str = "SELECT pg_advisory_xact_lock(7204512)";
 /// Rows of the hit log kept; older ones are trimmed by the sweep.
 const HIT_LOG_KEEP: i64 = 100_000;
 
+/// Changes kept in the change log; older ones are trimmed by the sweep, and
+/// `change_log_floor` records up to where, so that a replica whose snapshot
+/// is older than that checks it against the table instead of a tail.
+const CHANGE_LOG_KEEP: i64 = 1_000_000;
+
 const COLUMNS: &str = "id, tenant, partition, exact_hash, endpoint, model, text, params, answer, created_at, expires_at, hits, last_hit_at, origin";
 
 /// The shared store, in one PostgreSQL database (or one schema of it).
@@ -113,6 +125,8 @@ pub struct PgStore {
     schema: Option<String>,
     /// Whether [`Store::wait_for_change`] LISTENs (otherwise it only sleeps).
     notify: bool,
+    /// Changes the sweep keeps in the change log.
+    keep_changes: i64,
 }
 
 struct Conns {
@@ -252,7 +266,14 @@ impl PgStore {
             url: url.to_string(),
             schema: schema.map(str::to_string),
             notify: true,
+            keep_changes: CHANGE_LOG_KEEP,
         })
+    }
+
+    /// Keeps `n` changes in the change log instead of a million (tests).
+    pub fn keep_changes(mut self, n: i64) -> PgStore {
+        self.keep_changes = n.max(1);
+        self
     }
 
     /// With `false`, replicas only poll the change log: for a pooler that
@@ -528,6 +549,14 @@ impl Store for PgStore {
                 &[&HIT_LOG_KEEP],
             )?;
             tx.execute(
+                "WITH gone AS (
+                    DELETE FROM change_log WHERE id <= (SELECT max(id) FROM change_log) - $1
+                    RETURNING id)
+                 UPDATE change_log_floor SET up_to = greatest(up_to, (SELECT max(id) FROM gone))
+                 WHERE EXISTS (SELECT 1 FROM gone)",
+                &[&self.keep_changes],
+            )?;
+            tx.execute(
                 "DELETE FROM entry_negatives n WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.id = n.entry_id)",
                 &[],
             )?;
@@ -719,6 +748,13 @@ impl Store for PgStore {
         PgStore::last_change(self)
     }
 
+    fn change_log_floor(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_one("SELECT up_to FROM change_log_floor", &[])
+                .map(|r| r.get(0))
+        })
+    }
+
     fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(|c| {
@@ -815,6 +851,7 @@ mod tests {
             vec![ChangeKind::Insert, ChangeKind::Negative]
         );
         assert_eq!(s.negatives_of(kept[0]).unwrap().len(), 1);
+        assert_eq!(s.change_log_floor().unwrap(), 0);
         // A second open of the same schema applies nothing again.
         let again = PgStore::open(&url(), 1, Some(&schema)).unwrap();
         assert_eq!(again.last_change().unwrap(), before + 4);
@@ -825,5 +862,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn the_sweep_trims_the_change_log_and_records_the_floor() {
+        let s = PgStore::open(&url(), 1, Some(&fresh_schema()))
+            .unwrap()
+            .keep_changes(2);
+        let entries: Vec<NewEntry> = (0..5)
+            .map(|i| crate::store::suite::entry("a", &format!("h{i}"), 1000, 1000))
+            .collect();
+        s.insert_batch(&entries).unwrap();
+        let last = s.last_change().unwrap();
+        let limits = Limits {
+            per_tenant: Default::default(),
+            default: 100,
+        };
+        s.sweep(1500, &limits).unwrap();
+        assert_eq!(s.change_log_floor().unwrap(), last - 2);
+        let kept = s.changes_since(0, 10).unwrap();
+        assert_eq!(
+            kept.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![last - 1, last]
+        );
+        assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 5)]);
     }
 }
