@@ -401,32 +401,34 @@ async fn bench() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let run = format!("{:08x}", rand::random::<u32>());
 
-    // 1. A write on A becomes a hit on B.
+    // 1. A write on A becomes a hit on B (BENCH_WRITES=0 skips it).
+    if writes > 0 {
+        write_then_hit(&client, &bin, tmp.path(), &pg, &run, writes).await?;
+    }
+    start_up_and_memory(&client, &bin, tmp.path(), &pg, &run, entries).await
+}
+
+async fn write_then_hit(
+    client: &HttpClient,
+    bin: &Path,
+    tmp: &Path,
+    pg: &str,
+    run: &str,
+    writes: usize,
+) -> Result<()> {
     println!("## Write on A, hit on B ({writes} writes per mode)\n");
     println!(
         "| mode | writes | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for notify in [true, false] {
         let schema = format!("bench_rep_{run}_{notify}");
-        let mut a = Replica::start(
-            &bin,
-            &tmp.path().join(format!("a{notify}")),
-            &pg,
-            &schema,
-            notify,
-        )?;
-        a.ready(&client).await?;
-        let mut b = Replica::start(
-            &bin,
-            &tmp.path().join(format!("b{notify}")),
-            &pg,
-            &schema,
-            notify,
-        )?;
-        b.ready(&client).await?;
+        let mut a = Replica::start(bin, &tmp.join(format!("a{notify}")), pg, &schema, notify)?;
+        a.ready(client).await?;
+        let mut b = Replica::start(bin, &tmp.join(format!("b{notify}")), pg, &schema, notify)?;
+        b.ready(client).await?;
         // Warm both (model, connections) before timing.
-        write_to_hit(&client, a.admin, b.admin, 20, "warm").await?;
-        let took = write_to_hit(&client, a.admin, b.admin, writes, "timed").await?;
+        write_to_hit(client, a.admin, b.admin, 20, "warm").await?;
+        let took = write_to_hit(client, a.admin, b.admin, writes, "timed").await?;
         print_latency(
             if notify {
                 "LISTEN/NOTIFY (default)"
@@ -437,17 +439,17 @@ async fn bench() -> Result<()> {
         );
         a.stop()?;
         b.stop()?;
-        drop_schema(&pg, &schema);
+        drop_schema(pg, &schema);
     }
     // What one dry-run lookup costs: the resolution of the figures above.
     {
         let schema = format!("bench_res_{run}");
-        let mut a = Replica::start(&bin, &tmp.path().join("res"), &pg, &schema, true)?;
-        a.ready(&client).await?;
+        let mut a = Replica::start(bin, &tmp.join("res"), pg, &schema, true)?;
+        a.ready(client).await?;
         let mut t = Vec::new();
         for i in 0..200 {
             let t0 = Instant::now();
-            indexed_on(&client, a.admin, &format!("resolution probe {}", i % 10)).await?;
+            indexed_on(client, a.admin, &format!("resolution probe {}", i % 10)).await?;
             t.push(t0.elapsed());
         }
         t.sort();
@@ -456,44 +458,54 @@ async fn bench() -> Result<()> {
             pct(&t, 0.5)
         );
         a.stop()?;
-        drop_schema(&pg, &schema);
+        drop_schema(pg, &schema);
     }
+    Ok(())
+}
 
-    // 2 and 3. Start-up and memory over a large table.
+/// 2 and 3. Start-up and memory over a large table.
+async fn start_up_and_memory(
+    client: &HttpClient,
+    bin: &Path,
+    tmp: &Path,
+    pg: &str,
+    run: &str,
+    entries: usize,
+) -> Result<()> {
     println!("\n## Start-up over {entries} entries\n");
     let empty_schema = format!("bench_empty_{run}");
     let (empty, empty_ready) =
-        start_ready(&client, &bin, &tmp.path().join("empty"), &pg, &empty_schema).await?;
+        start_ready(client, bin, &tmp.join("empty"), pg, &empty_schema).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let empty_rss = empty.rss_kb().unwrap_or(0);
     empty.stop()?;
-    drop_schema(&pg, &empty_schema);
+    drop_schema(pg, &empty_schema);
 
     let schema = format!("bench_big_{run}");
     let t0 = Instant::now();
-    tokio::task::block_in_place(|| seed(&pg, &schema, entries))?;
+    tokio::task::block_in_place(|| seed(pg, &schema, entries))?;
     eprintln!(
         "seeded {entries} entries in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let dir = tmp.path().join("big");
-    let (cold, cold_ready) = start_ready(&client, &bin, &dir, &pg, &schema).await?;
+    let dir = tmp.join("big");
+    let (cold, cold_ready) = start_ready(client, bin, &dir, pg, &schema).await?;
     let cold_ms = cold.index_open_ms();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let big_rss = cold.rss_kb().unwrap_or(0);
-    let index_bytes = index_bytes(&client, cold.admin).await?;
+    let index_bytes = index_bytes(client, cold.admin).await?;
     cold.stop()?;
     // A few changes after the snapshot: the tail the next start applies.
     tokio::task::block_in_place(|| -> Result<()> {
-        let store = modelcache::store::postgres::PgStore::open(&pg, 1, Some(&schema))?;
+        let store = modelcache::store::postgres::PgStore::open(pg, 1, Some(&schema))?;
         store.delete("default", &[1, 2, 3])?;
         Ok(())
     })?;
-    let (warm, warm_ready) = start_ready(&client, &bin, &dir, &pg, &schema).await?;
+    let (warm, warm_ready) = start_ready(client, bin, &dir, pg, &schema).await?;
     let warm_ms = warm.index_open_ms();
     let warm_log = warm.log_text();
     warm.stop()?;
-    drop_schema(&pg, &schema);
+    drop_schema(pg, &schema);
     if !warm_log.contains("rebuilt=false") {
         bail!("the second start did not use the snapshot:\n{warm_log}");
     }

@@ -267,7 +267,16 @@ impl Core {
             self.quantization,
             &rows,
             changed.as_deref().unwrap_or(&[]),
-            |id| self.store.embedding(id as i64).ok().flatten(),
+            |ids| {
+                let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+                match self.store.embeddings(&ids) {
+                    Ok(found) => found.into_iter().map(|(id, v)| (id as u64, v)).collect(),
+                    Err(e) => {
+                        tracing::warn!(tenant, error = %e, "reading stored embeddings failed");
+                        Vec::new()
+                    }
+                }
+            },
         )
         .map_err(|e| e.to_string())?;
         tracing::info!(

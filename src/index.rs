@@ -102,7 +102,8 @@ impl UsearchIndex {
     }
 
     /// Loads a snapshot, then reconciles it with `rows` (id, tag) from the
-    /// store: ids the snapshot lacks are added with `vector_of`. If the
+    /// store: ids the snapshot lacks are added with the vectors `vectors_of`
+    /// reads (it may leave out ids it has no vector for). If the
     /// snapshot is unreadable, of another shape, or holds ids the store no
     /// longer has, the index is rebuilt from the store instead. Returns the
     /// index and whether it was rebuilt.
@@ -116,7 +117,7 @@ impl UsearchIndex {
         q: Quantization,
         rows: &[(u64, u64)],
         changed: &[u64],
-        mut vector_of: impl FnMut(u64) -> Option<Vec<f32>>,
+        mut vectors_of: impl FnMut(&[u64]) -> Vec<(u64, Vec<f32>)>,
     ) -> Result<(Self, bool), IndexError> {
         let loaded = if path.exists() {
             let idx = Self::new(dims, q)?;
@@ -168,14 +169,55 @@ impl UsearchIndex {
             .copied()
             .collect();
         let mut wrong_dims = 0usize;
-        for (id, tag) in missing {
-            match vector_of(id) {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4);
+        if !missing.is_empty() {
+            idx.index
+                .reserve_capacity_and_threads(
+                    (idx.index.size() + missing.len() + 1).max(idx.index.capacity()),
+                    threads,
+                )
+                .map_err(native)?;
+        }
+        // NOTE: vectors are read a thousand at a time (one round trip each,
+        // not one per entry: a remote store pays per round trip), and added
+        // by several threads: usearch takes concurrent adds up to the
+        // threads reserved, and nothing searches this index yet.
+        for chunk in missing.chunks(1000) {
+            let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
+            let wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
+            let mut found = vectors_of(&ids);
+            found.retain(|(id, v)| {
                 // NOTE: vectors from another model (another size) cannot be
                 // searched; their entries still serve exact hits.
-                Some(v) if v.len() != dims => wrong_dims += 1,
-                Some(v) => idx.add(id, tag, &v)?,
-                None => {}
+                let fits = v.len() == dims;
+                wrong_dims += usize::from(!fits);
+                fits && wanted.contains(id)
+            });
+            if found.is_empty() {
+                continue;
             }
+            let per = found.len().div_ceil(threads);
+            let index = &idx.index;
+            std::thread::scope(|sc| {
+                let jobs: Vec<_> = found
+                    .chunks(per)
+                    .map(|part| {
+                        sc.spawn(move || {
+                            part.iter()
+                                .try_for_each(|(id, v)| index.add(*id, v).map_err(native))
+                        })
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join()
+                            .unwrap_or_else(|_| Err(native("index add panicked")))
+                    })
+                    .collect::<Result<Vec<()>, IndexError>>()
+            })?;
+            idx.dirty.store(true, Ordering::Release);
         }
         if wrong_dims > 0 {
             tracing::warn!(
@@ -391,36 +433,42 @@ mod tests {
         assert!(!u.save(&path).unwrap(), "nothing changed");
         let rows: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
         let (l, rebuilt) =
-            UsearchIndex::open(&path, 32, Quantization::F16, &rows, &[], |_| None).unwrap();
+            UsearchIndex::open(&path, 32, Quantization::F16, &rows, &[], |_| Vec::new()).unwrap();
         assert!(!rebuilt);
         assert_eq!(l.len(), 10);
         // The store gained a row: it is added from the store.
         let mut more = rows.clone();
         more.push((10, 1));
-        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &more, &[], |id| {
-            Some(vs[(id as usize) % 10].clone())
+        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &more, &[], |ids| {
+            ids.iter()
+                .map(|&id| (id, vs[(id as usize) % 10].clone()))
+                .collect()
         })
         .unwrap();
         assert_eq!(l.len(), 11);
         // The store lost a row: the snapshot is stale, rebuilt from the store.
         let fewer: Vec<(u64, u64)> = (0..5).map(|i| (i, 1)).collect();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |id| {
-            Some(vs[id as usize].clone())
+        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
+            ids.iter()
+                .map(|&id| (id, vs[id as usize].clone()))
+                .collect()
         })
         .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
         // A corrupt file is rebuilt too.
         std::fs::write(&path, b"garbage").unwrap();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |id| {
-            Some(vs[id as usize].clone())
+        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
+            ids.iter()
+                .map(|&id| (id, vs[id as usize].clone()))
+                .collect()
         })
         .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
         // Vectors of another size (another model) are skipped, not fatal.
-        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |_| {
-            Some(vec![1.0; 8])
+        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
+            ids.iter().map(|&id| (id, vec![1.0; 8])).collect()
         })
         .unwrap();
         assert_eq!(l.len(), 0);
@@ -441,9 +489,11 @@ mod tests {
         let rows: Vec<(u64, u64)> = (0..9).chain([10]).map(|i| (i, 1)).collect();
         let mut asked = Vec::new();
         let (l, rebuilt) =
-            UsearchIndex::open(&path, 32, Quantization::F32, &rows, &[9, 3, 10], |id| {
-                asked.push(id);
-                Some(vs[if id == 3 { 11 } else { id as usize }].clone())
+            UsearchIndex::open(&path, 32, Quantization::F32, &rows, &[9, 3, 10], |ids| {
+                asked.extend_from_slice(ids);
+                ids.iter()
+                    .map(|&id| (id, vs[if id == 3 { 11 } else { id as usize }].clone()))
+                    .collect()
             })
             .unwrap();
         assert!(!rebuilt, "the tail explains every difference");

@@ -329,6 +329,17 @@ pub trait Store: Send + Sync {
     fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError>;
     /// The stored embedding of an entry.
     fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError>;
+    /// The stored embeddings of `ids` (those that have one), in one read
+    /// where the store can.
+    fn embeddings(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<f32>)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(v) = self.embedding(id)? {
+                out.push((id, v));
+            }
+        }
+        Ok(out)
+    }
     /// Deletes expired entries, then in each tenant the least recently used
     /// past its cap.
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError>;
@@ -444,6 +455,11 @@ pub(crate) mod suite {
         assert_eq!(id2[0], ids[0]);
         assert_eq!(s.get(ids[0]).unwrap().unwrap().answer, "{\"a\":\"new\"}");
         assert_eq!(s.embedding(ids[0]).unwrap().unwrap(), vec![0.5, 0.5]);
+        assert_eq!(
+            s.embeddings(&[ids[0], 999_999]).unwrap(),
+            vec![(ids[0], vec![0.5, 0.5])],
+            "vectors read together; an unknown id is left out"
+        );
         assert_eq!(s.index_rows("a").unwrap().len(), 1);
         s.record_hits(&[HitRecord {
             entry_id: ids[0],

@@ -507,6 +507,18 @@ impl Store for PgStore {
         })
     }
 
+    fn embeddings(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<f32>)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT id, embedding FROM entries WHERE id = ANY($1) AND embedding IS NOT NULL",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| (r.get(0), blob_to_vec(r.get::<_, &[u8]>(1))))
+            .collect())
+        })
+    }
+
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
