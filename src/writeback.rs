@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     cache::Core,
-    store::{HitRecord, Limits, NewEntry, Removed},
+    store::{HitRecord, Limits, NewEntry, Removed, StoreError},
 };
 
 /// Which entries of a tenant a removal takes.
@@ -179,25 +179,65 @@ const HITS_KEEP: usize = 10_000;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Stores `entries` in one transaction and publishes them to the in-memory
-/// layers; counted either way.
-fn insert(core: &Core, entries: &[NewEntry]) -> Result<Vec<i64>, String> {
-    match core.store.insert_batch(entries) {
-        Ok(ids) => {
-            core.publish(entries, &ids);
-            core.metrics
-                .writeback
-                .with_label_values(&["written"])
-                .inc_by(ids.len() as u64);
-            Ok(ids)
+/// layers; counts what was written.
+fn store_batch(core: &Core, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
+    let ids = core.store.insert_batch(entries)?;
+    core.publish(entries, &ids);
+    core.metrics
+        .writeback
+        .with_label_values(&["written"])
+        .inc_by(ids.len() as u64);
+    Ok(ids)
+}
+
+fn count_failed(core: &Core, n: usize) {
+    core.metrics
+        .writeback
+        .with_label_values(&["failed"])
+        .inc_by(n as u64);
+}
+
+/// Stores `entries` (or fails), counted either way.
+fn insert(core: &Core, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
+    store_batch(core, entries).inspect_err(|e| {
+        tracing::error!(error = %e, count = entries.len(), "write-back failed");
+        count_failed(core, entries.len());
+    })
+}
+
+/// Stores background entries. If the store refuses the batch for its data
+/// (not for being away), each entry is tried alone, so that one it cannot
+/// hold is dropped instead of holding back the rest. Returns the entries to
+/// try again later (the store is away), if any.
+///
+/// Counts the entries dropped as failed; entries to try again are not
+/// counted here (their first failure is, by the caller).
+fn insert_sorting(core: &Core, entries: Vec<NewEntry>) -> Result<(), (Vec<NewEntry>, String)> {
+    match store_batch(core, &entries) {
+        Ok(_) => Ok(()),
+        Err(StoreError::Rejected(_)) => {
+            let mut again = Vec::new();
+            let mut away = String::new();
+            for e in entries {
+                match store_batch(core, std::slice::from_ref(&e)) {
+                    Ok(_) => {}
+                    Err(StoreError::Rejected(why)) => {
+                        tracing::error!(tenant = %e.tenant, %why, "the store refused an entry; dropped");
+                        count_failed(core, 1);
+                    }
+                    Err(e2) => {
+                        away = e2.to_string();
+                        again.push(e);
+                    }
+                }
+            }
+            if again.is_empty() {
+                Ok(())
+            } else {
+                Err((again, away))
+            }
         }
-        Err(e) => {
-            tracing::error!(error = %e, count = entries.len(), "write-back failed");
-            core.metrics
-                .writeback
-                .with_label_values(&["failed"])
-                .inc_by(entries.len() as u64);
-            Err(e.to_string())
-        }
+        Err(e) => Err((entries, e.to_string())),
     }
 }
 
@@ -261,19 +301,16 @@ impl Deferred {
         let mut wrote = false;
         while !self.entries.is_empty() {
             let n = self.entries.len().min(batch);
-            let chunk: Vec<NewEntry> = self.entries.iter().take(n).cloned().collect();
-            match core.store.insert_batch(&chunk) {
-                Ok(ids) => {
-                    core.publish(&chunk, &ids);
-                    core.metrics
-                        .writeback
-                        .with_label_values(&["written"])
-                        .inc_by(ids.len() as u64);
-                    self.entries.drain(..n);
-                    wrote = true;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, waiting = self.entries.len(), "deferred write failed again");
+            let chunk: Vec<NewEntry> = self.entries.drain(..n).collect();
+            let tried = chunk.len();
+            match insert_sorting(core, chunk) {
+                Ok(()) => wrote = true,
+                Err((again, error)) => {
+                    wrote |= again.len() < tried;
+                    tracing::debug!(%error, waiting = self.entries.len() + again.len(), "deferred write failed again");
+                    for e in again.into_iter().rev() {
+                        self.entries.push_front(e);
+                    }
                     self.next_try = Instant::now() + RETRY_EVERY;
                     break;
                 }
@@ -338,6 +375,13 @@ impl Hits {
                     .cache_errors
                     .with_label_values(&["record_hits"])
                     .inc();
+                if matches!(e, StoreError::Rejected(_)) {
+                    // NOTE: the store is up and refuses these rows: keeping
+                    // them would block every later hit.
+                    self.waiting.clear();
+                    self.since = None;
+                    return;
+                }
                 let over = self.waiting.len().saturating_sub(HITS_KEEP);
                 self.waiting.drain(..over);
                 self.since = Some(Instant::now());
@@ -414,10 +458,17 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
             if deferred.due().is_some() {
                 // NOTE: behind the entries already waiting, in order.
                 deferred.defer(&core, inserts);
-            } else if insert(&core, &inserts).is_ok() {
-                stale = true;
             } else {
-                deferred.defer(&core, inserts);
+                let tried = inserts.len();
+                match insert_sorting(&core, inserts) {
+                    Ok(()) => stale = true,
+                    Err((again, error)) => {
+                        tracing::error!(%error, count = again.len(), "write-back failed");
+                        count_failed(&core, again.len());
+                        stale |= again.len() < tried;
+                        deferred.defer(&core, again);
+                    }
+                }
             }
         }
         waiting_hits.add(hits);
@@ -465,7 +516,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                 WriteOp::InsertNow { entries, reply } => {
                     let result = insert(&core, &entries);
                     stale |= result.is_ok();
-                    let _ = reply.send(result);
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
                 WriteOp::AddNegative { negative, reply } => {
                     let _ = reply.send(core.add_negative(&negative));

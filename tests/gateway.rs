@@ -505,6 +505,52 @@ async fn entries_the_store_refuses_wait_in_a_bounded_queue_and_are_written_when_
 }
 
 #[tokio::test]
+async fn an_entry_the_store_cannot_hold_is_dropped_without_holding_back_the_rest() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::default());
+    store
+        .reject_poison
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = gateway_with(
+        settings(&up.url(), dir.path()),
+        modelcache::app::AppOptions {
+            embedder: Some(hash_embedder()),
+            store: Some(store.clone()),
+        },
+    )
+    .await;
+    // Asked together, so that the writer may take them in one batch.
+    let (x, y, z) = tokio::join!(
+        chat(app.proxy_addr, ask("first ordinary question")),
+        chat(app.proxy_addr, ask("a POISON question")),
+        chat(app.proxy_addr, ask("second ordinary question")),
+    );
+    assert_eq!((x.status, y.status, z.status), (200, 200, 200));
+    settle(&app).await;
+    for q in ["first ordinary question", "second ordinary question"] {
+        assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "hit", "{q}");
+    }
+    assert_eq!(
+        chat(app.proxy_addr, ask("a POISON question")).await.cache(),
+        "miss"
+    );
+    let m = metrics(&app).await;
+    assert_eq!(metric_sum(&m, "modelcache_writeback_deferred", &[]), 0.0);
+    assert!(metric_sum(&m, "modelcache_writeback_total", &["outcome=\"failed\""]) >= 1.0);
+    // Later writes are not held back either.
+    chat(app.proxy_addr, ask("third ordinary question")).await;
+    settle(&app).await;
+    assert_eq!(
+        chat(app.proxy_addr, ask("third ordinary question"))
+            .await
+            .cache(),
+        "hit"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_json_and_non_utf8_are_forwarded_untouched_and_not_cached() {
     let up = mock(Arc::new(|_s: &Seen, _n| {
         Reply::Full(

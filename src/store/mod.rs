@@ -22,6 +22,10 @@ pub enum StoreError {
     /// PostgreSQL reported an error (or is unreachable).
     #[error("postgres: {0}")]
     Postgres(String),
+    /// The store is up but refused this data (a value it cannot hold, a
+    /// broken constraint): trying again cannot help.
+    #[error("rejected: {0}")]
+    Rejected(String),
     /// A lock was poisoned by a panic elsewhere.
     #[error("store lock poisoned")]
     Poisoned,

@@ -149,7 +149,24 @@ impl Drop for PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        StoreError::Postgres(e.to_string())
+        // NOTE: SQLSTATE classes 22 (data exception), 23 (integrity) and 54
+        // (program limit) mean the database is up and refuses these values;
+        // anything else (a closed connection, a timeout) may pass later.
+        match e.code().map(|c| c.code().get(..2).unwrap_or("")) {
+            Some("22" | "23" | "54") => StoreError::Rejected(e.to_string()),
+            _ => StoreError::Postgres(e.to_string()),
+        }
+    }
+}
+
+/// `s` as PostgreSQL `text` can hold it: a NUL character (which a chat
+/// message may carry, JSON-escaped) becomes U+FFFD. Only stored text
+/// changes: lookups go by hash.
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -412,12 +429,24 @@ impl Store for PgStore {
             for e in entries {
                 let tag = crate::keying::partition_tag(&e.partition) as i64;
                 let blob = e.embedding.as_deref().map(vec_to_blob);
+                let (model, text) = (pg_text(&e.model), pg_text(&e.text));
+                let (params, answer) = (pg_text(&e.params), pg_text(&e.answer));
                 let id: i64 = tx
                     .query_one(
                         &st,
                         &[
-                            &e.tenant, &e.partition, &tag, &e.exact_hash, &e.endpoint, &e.model,
-                            &e.text, &e.params, &e.answer, &blob, &e.created_at, &e.expires_at,
+                            &e.tenant,
+                            &e.partition,
+                            &tag,
+                            &e.exact_hash,
+                            &e.endpoint,
+                            &model.as_ref(),
+                            &text.as_ref(),
+                            &params.as_ref(),
+                            &answer.as_ref(),
+                            &blob,
+                            &e.created_at,
+                            &e.expires_at,
                             &e.origin.as_str(),
                         ],
                     )?
@@ -472,7 +501,9 @@ impl Store for PgStore {
             )?;
             let tenants: Vec<&str> = hits.iter().map(|h| h.tenant.as_str()).collect();
             let entries: Vec<i64> = hits.iter().map(|h| h.entry_id).collect();
-            let probes: Vec<&str> = hits.iter().map(|h| h.probe.as_str()).collect();
+            let probes: Vec<std::borrow::Cow<'_, str>> =
+                hits.iter().map(|h| pg_text(&h.probe)).collect();
+            let probes: Vec<&str> = probes.iter().map(|p| p.as_ref()).collect();
             let sims: Vec<f32> = hits.iter().map(|h| h.similarity).collect();
             let ats: Vec<i64> = hits.iter().map(|h| h.at).collect();
             let rids: Vec<&str> = hits.iter().map(|h| h.request_id.as_str()).collect();
@@ -671,7 +702,13 @@ impl Store for PgStore {
             tx.batch_execute(CHANGE_LOCK)?;
             tx.execute(
                 "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES ($1, $2, $3, $4, $5)",
-                &[&n.entry_id, &n.tenant, &n.probe, &vec_to_blob(&n.embedding), &n.at],
+                &[
+                    &n.entry_id,
+                    &n.tenant,
+                    &pg_text(&n.probe).as_ref(),
+                    &vec_to_blob(&n.embedding),
+                    &n.at,
+                ],
             )?;
             // NOTE: other replicas reload this entry's negatives when they
             // read the change; the exact hash is not needed for that.
@@ -730,7 +767,7 @@ impl Store for PgStore {
             c.execute(
                 "INSERT INTO registered_models (tenant, model, created_at) VALUES ($1, $2, $3)
                  ON CONFLICT (tenant, model) DO NOTHING",
-                &[&tenant, &model, &now_ms],
+                &[&tenant, &pg_text(model).as_ref(), &now_ms],
             )
             .map(|n| n == 1)
         })
@@ -874,6 +911,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn refused_data_is_told_from_an_unreachable_database_and_nul_is_stored() {
+        let s = PgStore::open(&url(), 1, Some(&fresh_schema())).unwrap();
+        let refused = s.read(|c| c.query_one("SELECT 1 / 0", &[]).map(|_| ()));
+        assert!(
+            matches!(refused, Err(StoreError::Rejected(_))),
+            "{refused:?}"
+        );
+        let away = PgStore::open("postgres://nobody:x@127.0.0.1:1/none", 1, None);
+        assert!(matches!(away, Err(StoreError::Postgres(_))));
+        // A NUL in a question (PostgreSQL text cannot hold it) is stored as
+        // U+FFFD; the entry is found by its hash as before.
+        let mut e = crate::store::suite::entry("a", "nul", 1, 1000);
+        e.text = "user###a\0b".into();
+        let ids = s.insert_batch(&[e]).unwrap();
+        assert_eq!(s.get(ids[0]).unwrap().unwrap().text, "user###a\u{FFFD}b");
+        assert!(s.get_exact("a", "nul").unwrap().is_some());
+        s.record_hits(&[HitRecord {
+            entry_id: ids[0],
+            tenant: "a".into(),
+            probe: "x\0y".into(),
+            similarity: 1.0,
+            at: 5,
+            request_id: String::new(),
+        }])
+        .unwrap();
     }
 
     #[test]

@@ -646,6 +646,9 @@ pub struct FaultyStore {
     fail: std::sync::atomic::AtomicBool,
     /// The size of every batch of hits the gateway wrote.
     pub hit_batches: Mutex<Vec<usize>>,
+    /// Refuses (as a store that is up but cannot hold the data) any batch
+    /// with an entry whose text contains "POISON".
+    pub reject_poison: std::sync::atomic::AtomicBool,
 }
 
 type StoreResult<T> = Result<T, modelcache::store::StoreError>;
@@ -686,6 +689,12 @@ impl FaultyStore {
 impl modelcache::store::Store for FaultyStore {
     fn insert_batch(&self, e: &[modelcache::store::NewEntry]) -> StoreResult<Vec<i64>> {
         self.write()?;
+        if self.reject_poison.load(Ordering::SeqCst) && e.iter().any(|e| e.text.contains("POISON"))
+        {
+            return Err(modelcache::store::StoreError::Rejected(
+                "value out of range (test)".into(),
+            ));
+        }
         self.inner.insert_batch(e)
     }
     fn get(&self, id: i64) -> StoreResult<Option<modelcache::store::Entry>> {
