@@ -52,7 +52,7 @@ const WRITES: usize = 1_000;
 /// Dimensions of the default model (all-MiniLM-L6-v2).
 const DIMS: usize = 384;
 const TOKEN: &str = "bench-admin-token-0123456789";
-const READY_WITHIN: Duration = Duration::from_secs(600);
+const READY_WITHIN: Duration = Duration::from_secs(3600);
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -236,8 +236,10 @@ fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
         // NOTE: a schema of its own keeps test runs (or several gateways'
         // deployments) apart in one database.
         let quoted = format!("\"{}\"", s.replace('"', "\"\""));
+        // NOTE: notices ("already exists, skipping") are not worth a log
+        // line on every connection.
         c.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"
+            "SET client_min_messages TO warning; CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"
         ))?;
     }
     Ok(c)
