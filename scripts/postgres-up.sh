@@ -7,6 +7,9 @@ set -euo pipefail
 # Only the URL goes to stdout: the Makefile reads it. Everything the cluster
 # tools print (pg_ctlcluster says "Removed stale pid file." on stdout after an
 # unclean stop) goes to stderr.
+# The server started below must not inherit fd 3, or whoever reads this
+# script's stdout (the Makefile's $(...), a test's output()) waits for it
+# forever: every command that may leave a process behind gets 3>&-.
 exec 3>&1 1>&2
 
 url="postgres://modelcache:modelcache@127.0.0.1:5432/modelcache_test"
@@ -17,7 +20,7 @@ fi
 read -r ver name port status _ < <(pg_lsclusters --no-header | head -1) || true
 if [ -z "${ver:-}" ]; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
-  pg_createcluster "$ver" main >/dev/null
+  pg_createcluster "$ver" main >/dev/null 3>&-
   read -r ver name port status _ < <(pg_lsclusters --no-header | head -1)
 fi
 if [ "$status" != "online" ]; then
@@ -33,7 +36,7 @@ if [ "$status" != "online" ]; then
       rm -f "$lock"
     fi
   done
-  pg_ctlcluster "$ver" "$name" start
+  pg_ctlcluster "$ver" "$name" start 3>&-
 fi
 as_pg() { runuser -u postgres -- "$@"; }
 for _ in $(seq 1 50); do
