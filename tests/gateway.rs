@@ -377,14 +377,7 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
     s.cache.writeback_queue = 1;
     s.cache.writeback_batch = 1;
     let store = Arc::new(FaultyStore::held());
-    let app = gateway_with(
-        s,
-        modelcache::app::AppOptions {
-            embedder: Some(hash_embedder()),
-            store: Some(store.clone()),
-        },
-    )
-    .await;
+    let app = gateway_on(s, store.clone()).await;
     for i in 0..4 {
         let got = chat(app.proxy_addr, ask(&format!("question number {i}"))).await;
         assert_eq!(got.status, 200);
@@ -419,14 +412,7 @@ async fn hits_are_counted_in_batches_not_one_row_write_per_hit() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_with(
-        settings(&up.url(), dir.path()),
-        modelcache::app::AppOptions {
-            embedder: Some(hash_embedder()),
-            store: Some(store.clone()),
-        },
-    )
-    .await;
+    let app = gateway_on(settings(&up.url(), dir.path()), store.clone()).await;
     let q = "How many legs does a spider have?";
     assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
     settle(&app).await;
@@ -456,14 +442,7 @@ async fn entries_the_store_refuses_wait_in_a_bounded_queue_and_are_written_when_
     let mut s = settings(&up.url(), dir.path());
     s.cache.writeback_queue = 2;
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_with(
-        s,
-        modelcache::app::AppOptions {
-            embedder: Some(hash_embedder()),
-            store: Some(store.clone()),
-        },
-    )
-    .await;
+    let app = gateway_on(s, store.clone()).await;
     store.fail_writes(true);
     for i in 0..3 {
         let got = chat(
@@ -512,14 +491,7 @@ async fn an_entry_the_store_cannot_hold_is_dropped_without_holding_back_the_rest
     store
         .reject_poison
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let app = gateway_with(
-        settings(&up.url(), dir.path()),
-        modelcache::app::AppOptions {
-            embedder: Some(hash_embedder()),
-            store: Some(store.clone()),
-        },
-    )
-    .await;
+    let app = gateway_on(settings(&up.url(), dir.path()), store.clone()).await;
     // Asked together, so that the writer may take them in one batch.
     let (x, y, z) = tokio::join!(
         chat(app.proxy_addr, ask("first ordinary question")),

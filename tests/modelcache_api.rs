@@ -501,14 +501,7 @@ mode = "off"
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
     s.server.max_body_bytes = 64 * 1024;
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_with(
-        s,
-        AppOptions {
-            embedder: Some(hash_embedder()),
-            store: Some(store.clone()),
-        },
-    )
-    .await;
+    let app = gateway_on(s, store.clone()).await;
     let raw = |body: &'static str| {
         send(
             app.admin_addr,

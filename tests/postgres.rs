@@ -394,16 +394,10 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     let calls = up.calls();
     for i in 0..5 {
         let q = format!("asked during the outage {i}");
-        let mut hit = false;
-        for _ in 0..50 {
-            settle(&app).await;
-            if dry_run(&app, &q).await["verdict"] == "hit" {
-                hit = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(hit, "{q}: not written after PostgreSQL came back");
+        assert!(
+            stored(&app, &q).await,
+            "{q}: not written after PostgreSQL came back"
+        );
         assert_eq!(chat(app.proxy_addr, ask(&q)).await.cache(), "hit");
     }
     assert_eq!(up.calls(), calls);
@@ -421,6 +415,19 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     }
     assert!(stored, "writes did not resume after PostgreSQL came back");
     app.shutdown().await;
+}
+
+/// Whether `q` hits on `app` (a dry run) within 5 s, settling writes between
+/// tries: for answers written once the database is back.
+async fn stored(app: &modelcache::app::RunningApp, q: &str) -> bool {
+    for _ in 0..50 {
+        settle(app).await;
+        if dry_run(app, q).await["verdict"] == "hit" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Freezes (SIGSTOP) or thaws (SIGCONT) every PostgreSQL process: a database
@@ -485,16 +492,10 @@ async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
     drop(thaw);
     // Thawed: what was asked meanwhile is stored, and hits.
     let q = "asked while the database hangs 0";
-    let mut hit = false;
-    for _ in 0..50 {
-        settle(&app).await;
-        if dry_run(&app, q).await["verdict"] == "hit" {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(hit, "not stored after the database thawed");
+    assert!(
+        stored(&app, q).await,
+        "not stored after the database thawed"
+    );
     app.shutdown().await;
 }
 

@@ -393,6 +393,18 @@ pub async fn gateway_with(s: Settings, opts: AppOptions) -> RunningApp {
     app
 }
 
+/// Starts a gateway with the hashing embedder on `store` (a store test double).
+pub async fn gateway_on(s: Settings, store: Arc<dyn modelcache::store::Store>) -> RunningApp {
+    gateway_with(
+        s,
+        AppOptions {
+            embedder: Some(hash_embedder()),
+            store: Some(store),
+        },
+    )
+    .await
+}
+
 /// A plain HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
