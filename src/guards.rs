@@ -91,7 +91,7 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
     };
     if set.numbers {
         let (na, nb) = (a.numbers(), b.numbers());
-        let (ua, ub) = (a.members(UNITS), b.members(UNITS));
+        let (ua, ub) = (a.units(), b.units());
         let (oa, ob) = (a.operators(), b.operators());
         let diff = if na != nb {
             Some(format!("numbers {} vs {}", na.join(", "), nb.join(", ")))
@@ -124,6 +124,8 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
             ))
         } else if pa != pb {
             Some(format!("polarity {} vs {}", show(&pa), show(&pb)))
+        } else if let Some((x, y)) = a.opposite(&b) {
+            Some(format!("{x} vs {y}"))
         } else {
             None
         };
@@ -140,7 +142,11 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
     }
     if set.code {
         let (ca, cb) = (a.members_fuzzy(CODE), b.members_fuzzy(CODE));
-        let diff = (ca != cb).then(|| format!("{} vs {}", show(&ca), show(&cb)));
+        let diff = if ca != cb {
+            Some(format!("{} vs {}", show(&ca), show(&cb)))
+        } else {
+            code_blocks_differ(stored, probe)
+        };
         push("code", diff, &|| {
             format!("languages and platforms {}", show(&ca))
         });
@@ -229,11 +235,11 @@ const UNITS: &[Group] = &[
     &["kelvin"],
     &["second", "sec", "秒"],
     &["minute", "min", "分钟", "分間"],
-    &["hour", "hr", "小时", "時間"],
-    &["day", "天", "日間"],
-    &["week", "周", "週間"],
-    &["month", "个月", "ヶ月", "か月"],
-    &["year", "年"],
+    &["hour", "hr", "hourly", "小时", "時間"],
+    &["day", "daily", "天", "日間"],
+    &["week", "weekly", "周", "週間"],
+    &["month", "monthly", "个月", "ヶ月", "か月"],
+    &["year", "yearly", "annual", "annually", "年"],
     &["millisecond", "ms"],
     &["kilometer", "kilometre", "km", "公里", "キロメートル"],
     &["meter", "metre", "米", "メートル"],
@@ -332,9 +338,16 @@ const POLARITY: &[Group] = &[
     &["cold"],
     &["mount"],
     &["unmount"],
+    &["sumar", "suma", "sume", "sumen"],
+    &["restar", "resta", "reste", "resten", "subtract"],
     &["build time"],
     &["run time", "runtime"],
 ];
+
+/// Words that only conflict with their opposite: "after" against "within",
+/// not "after" against a text that says neither ("I was charged after I
+/// cancelled" is "I cancelled but still got charged").
+const OPPOSITES: &[(Group, Group)] = &[(&["before", "prior to", "within"], &["after"])];
 
 const CODE: &[Group] = &[
     &[
@@ -354,7 +367,15 @@ const CODE: &[Group] = &[
     &["kotlin"],
     &["c++", "cpp", ".cpp"],
     &["c#", "csharp", ".net", "dotnet"],
-    &["golang"],
+    &[
+        "golang",
+        "in go",
+        "using go",
+        "with go",
+        "go code",
+        "go program",
+        "go lang",
+    ],
     &["rust", ".rs"],
     &["ruby", "ruby on rails", ".rb"],
     &["php"],
@@ -384,7 +405,7 @@ const CODE: &[Group] = &[
     &["ubuntu"],
     &["debian"],
     &["windows"],
-    &["macos", "mac os", "os x"],
+    &["macos", "mac os", "os x", "mac", "macbook"],
     &["ios", "iphone"],
     &["android"],
 ];
@@ -515,6 +536,40 @@ impl Text {
             .collect()
     }
 
+    /// A pair of opposites, one in each text and not the other.
+    fn opposite(&self, other: &Text) -> Option<(&'static str, &'static str)> {
+        OPPOSITES.iter().find_map(|(x, y)| {
+            let has = |t: &Text, g: Group| g.iter().any(|w| t.has_word(w));
+            let (ax, ay, bx, by) = (has(self, x), has(self, y), has(other, x), has(other, y));
+            if ax && !ay && by && !bx {
+                Some((x[0], y[0]))
+            } else if ay && !ax && bx && !by {
+                Some((y[0], x[0]))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The units and currencies the text names. An age ("35 years old") is
+    /// not a unit: "I'm 35" says the same.
+    fn units(&self) -> BTreeSet<String> {
+        let mut units = self.members(UNITS);
+        let ages = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| *t == "year" || *t == "years")
+            .all(|(i, _)| self.tokens.get(i + 1).is_some_and(|n| n == "old"));
+        let other_years = ["年", "yearly", "annual"]
+            .iter()
+            .any(|w| self.lower.contains(w));
+        if ages && !other_years {
+            units.remove("year");
+        }
+        units
+    }
+
     /// Like [`Text::members`], forgiving a one-letter typo in names of six
     /// letters or more ("pyhton").
     fn members_fuzzy(&self, groups: &[Group]) -> BTreeSet<String> {
@@ -541,10 +596,12 @@ impl Text {
             "cannot", "nunca", "sin", "ningún", "ninguna",
         ];
         const CJK: [&str; 7] = ["不", "没", "別", "别", "无法", "ない", "ません"];
+        // NOTE: "gluten-free" is "without gluten".
         self.tokens
             .iter()
             .any(|t| WORDS.contains(&t.as_str()) || t.ends_with("n't"))
             || self.lower.contains("n't")
+            || self.lower.contains("-free")
             || CJK.iter().any(|w| self.lower.contains(w))
     }
 
@@ -567,6 +624,23 @@ impl Text {
         for (w, op) in WORDS {
             text = text.replace(w, &format!(" {op} "));
         }
+        // "Divide 1,250 by 25" is "1,250 divided by 25": the verb names the
+        // operator when a number follows it.
+        for (w, op) in [("divide ", '/'), ("multiply ", '*')] {
+            let mut from = 0;
+            while let Some(i) = text[from..].find(w) {
+                let start = from + i;
+                let end = start + w.len();
+                let word_start = text[..start]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !c.is_alphanumeric());
+                if word_start && text[end..].starts_with(|c: char| c.is_ascii_digit()) {
+                    text.replace_range(start..end, &format!(" {op} "));
+                }
+                from = end.min(text.len());
+            }
+        }
         let chars: Vec<char> = text.chars().collect();
         let mut out = String::new();
         for (i, c) in chars.iter().enumerate() {
@@ -574,12 +648,10 @@ impl Text {
             let next = chars.get(i + 1).copied();
             let spaced = |c: Option<char>| c.is_none_or(|c| c == ' ' || c.is_ascii_digit());
             match c {
-                '+' | '*' | '/' | '^' | '×' | '÷' => out.push(match c {
-                    '×' => '*',
-                    '÷' => '/',
-                    c => *c,
-                }),
-                '-' if spaced(prev) && spaced(next) => out.push('-'),
+                '×' | '÷' => out.push(if *c == '×' { '*' } else { '/' }),
+                '^' => out.push('^'),
+                '+' | '*' | '/' if operands(&chars, i) => out.push(*c),
+                '-' if spaced(prev) && spaced(next) && operands(&chars, i) => out.push('-'),
                 _ => {}
             }
         }
@@ -634,10 +706,60 @@ impl Text {
     }
 
     /// Every number, normalised and in order: `1,250` and `１２５０` are
-    /// `1250`, `1万` is `10000`, `一百` is `100`.
+    /// `1250`, `1万` is `10000`, `一百` is `100`. A list of three or more
+    /// ("4, 8, 15 and 16") is compared as a set of values, sorted; a `1`
+    /// before a unit is the article ("1 day" is "a day") and is left out.
     fn numbers(&self) -> Vec<String> {
-        let mut out = Vec::new();
         let chars: Vec<char> = self.lower.chars().collect();
+        let found = self.number_spans(&chars);
+        let mut out: Vec<String> = Vec::new();
+        let mut run: Vec<String> = Vec::new();
+        let mut run_open = false;
+        let flush = |run: &mut Vec<String>, out: &mut Vec<String>| {
+            if run.len() >= 3 {
+                run.sort();
+            }
+            out.append(run);
+        };
+        for (k, (start, end, v)) in found.iter().enumerate() {
+            let joined = k > 0 && {
+                let between: String = chars[found[k - 1].1..*start].iter().collect();
+                let between = between.trim();
+                matches!(
+                    between,
+                    "," | "and" | ", and" | "、" | "，" | "y" | "和" | "と"
+                )
+            };
+            if !joined {
+                flush(&mut run, &mut out);
+                let opener = chars[..*start]
+                    .iter()
+                    .rev()
+                    .find(|c| **c != ' ')
+                    .is_some_and(|c| matches!(c, '(' | '['));
+                run_open = !opener;
+            }
+            let after: String = chars[*end..]
+                .iter()
+                .skip_while(|c| **c == ' ')
+                .take_while(|c| c.is_alphabetic())
+                .collect();
+            if v == "1" && !joined && UNITS.iter().any(|g| g.contains(&after.as_str())) {
+                continue;
+            }
+            if run_open {
+                run.push(v.clone());
+            } else {
+                out.push(v.clone());
+            }
+        }
+        flush(&mut run, &mut out);
+        out
+    }
+
+    /// Each number of the text: its char range and normalised value.
+    fn number_spans(&self, chars: &[char]) -> Vec<(usize, usize, String)> {
+        let mut out = Vec::new();
         let mut i = 0;
         while i < chars.len() {
             let c = chars[i];
@@ -660,7 +782,7 @@ impl Text {
                     i += 1;
                 }
                 if let Some(v) = parse_number(&s) {
-                    out.push(v);
+                    out.push((start, i, v));
                 }
                 if i == start {
                     i += 1;
@@ -710,7 +832,8 @@ impl Text {
                 "es",
                 &[
                     "el", "la", "los", "las", "es", "qué", "cómo", "de", "en", "y", "mi", "un",
-                    "una", "por", "para", "puedo",
+                    "una", "por", "para", "puedo", "del", "al", "con", "que", "se", "lo", "cuál",
+                    "cuántos", "cuántas", "cuánto", "cuánta", "hay", "está", "son",
                 ],
             ),
             (
@@ -762,6 +885,75 @@ impl Text {
         }
         String::new()
     }
+}
+
+/// Fenced code (```) is compared token by token, not by meaning: `var` for
+/// `let` changes what a program does. White space is ignored, and so is a
+/// one-letter typo in a word of six letters or more (a comment's
+/// "inventroy").
+fn code_blocks_differ(a: &str, b: &str) -> Option<String> {
+    fn blocks(s: &str) -> Vec<Vec<String>> {
+        s.split("```")
+            .skip(1)
+            .step_by(2)
+            .map(|block| {
+                let mut out = Vec::new();
+                let mut word = String::new();
+                for c in block.chars() {
+                    if c.is_alphanumeric() || c == '_' {
+                        word.push(c);
+                        continue;
+                    }
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                    if !c.is_whitespace() {
+                        out.push(c.to_string());
+                    }
+                }
+                if !word.is_empty() {
+                    out.push(word);
+                }
+                out
+            })
+            .collect()
+    }
+    let (x, y) = (blocks(a), blocks(b));
+    let same = |p: &Vec<String>, q: &Vec<String>| {
+        p.len() == q.len()
+            && p.iter().zip(q).all(|(u, v)| {
+                u == v
+                    || u.chars().count() >= 6
+                        && v.chars().count() >= 6
+                        && crate::verify::one_edit(u, v)
+            })
+    };
+    if x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| same(p, q)) {
+        return None;
+    }
+    let first = x
+        .iter()
+        .zip(&y)
+        .flat_map(|(p, q)| p.iter().zip(q))
+        .find(|(u, v)| u != v)
+        .map(|(u, v)| format!(": {u} vs {v}"))
+        .unwrap_or_default();
+    Some(format!("the code blocks differ{first}"))
+}
+
+/// Whether the symbol at `i` stands between operands, not between words: in
+/// "22.04 - how" or "and/or" it is punctuation. A side whose nearest word is
+/// three or more letters without a digit is not an operand.
+fn operands(chars: &[char], i: usize) -> bool {
+    let word = |it: &mut dyn Iterator<Item = &char>| -> bool {
+        let w: Vec<char> = it
+            .skip_while(|c| **c == ' ')
+            .take_while(|c| c.is_alphanumeric())
+            .copied()
+            .collect();
+        !(w.len() >= 3 && w.iter().all(|c| c.is_alphabetic()))
+    };
+    word(&mut chars[..i].iter().rev()) && word(&mut chars[i + 1..].iter())
 }
 
 fn cjk_digit(c: char) -> Option<u64> {
@@ -970,6 +1162,95 @@ mod tests {
     }
 
     #[test]
+    fn punctuation_lists_articles_and_verbs_are_not_arithmetic() {
+        // A dash or slash between words is punctuation, not an operator.
+        assert!(fails(
+            "user###How do I install Node.js 18 on Ubuntu 22.04?",
+            "user###Install Node.js 18 on Ubuntu 22.04 - how?"
+        )
+        .is_empty());
+        assert!(fails("user###Cats and/or dogs?", "user###Cats or dogs?").is_empty());
+        // Between numbers it is still one.
+        assert_eq!(
+            fails("user###What is 9 - 4?", "user###What is 9 + 4?"),
+            ["numbers"]
+        );
+        // "Divide a by b" is "a divided by b"; the order still counts.
+        assert!(fails(
+            "user###What is 1,250 divided by 25?",
+            "user###Divide 1,250 by 25."
+        )
+        .is_empty());
+        assert_eq!(
+            fails("user###Divide 1,250 by 25.", "user###Multiply 1,250 by 25."),
+            ["numbers"]
+        );
+        // A list of three or more is compared as a set of values.
+        assert!(fails(
+            "user###What's the average of 4, 8, 15, 16, 23, 42?",
+            "user###What's the average of 42, 23, 16, 15, 8 and 4?"
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###What's the average of 4, 8, 15, 16, 23, 42?",
+                "user###What's the average of 4, 8, 15, 16, 23, 43?"
+            ),
+            ["numbers"]
+        );
+        // Two numbers, or a bracketed tuple, keep their order.
+        assert_eq!(
+            fails(
+                "user###Distance between (1, 2, 3) and the origin",
+                "user###Distance between (3, 2, 1) and the origin"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails("user###From 3 to 10", "user###From 10 to 3"),
+            ["numbers", "direction"]
+        );
+        // "1 day" is "a day"; "2 days" is not.
+        assert!(fails(
+            "user###How many seconds are in a day?",
+            "user###How many seconds in 1 day?"
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###How many seconds are in a day?",
+                "user###How many seconds in 2 days?"
+            ),
+            ["numbers"]
+        );
+    }
+
+    #[test]
+    fn ages_and_frequencies_are_not_new_units() {
+        assert!(fails(
+            "user###I'm 35 and I weigh 70 kg.",
+            "user###I am 35 years old and weigh 70 kg."
+        )
+        .is_empty());
+        assert!(fails(
+            "user###How much water should I drink per day?",
+            "user###How much water do I need daily?"
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###How much water should I drink per day?",
+                "user###How much water should I drink per week?"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails("user###A 35 year loan", "user###A 35 month loan"),
+            ["numbers"]
+        );
+    }
+
+    #[test]
     fn units_and_currencies_are_compared() {
         assert_eq!(
             fails(
@@ -1037,6 +1318,96 @@ mod tests {
             "user###How can I enable the dark mode?"
         )
         .is_empty());
+    }
+
+    #[test]
+    fn opposites_and_free_of() {
+        assert_eq!(
+            fails(
+                "user###Can I cancel within the cooling-off period?",
+                "user###Can I cancel after the cooling-off period?"
+            ),
+            ["negation"]
+        );
+        // "after" against a text that says neither is not an opposite.
+        assert!(fails(
+            "user###I was charged after I cancelled my free trial.",
+            "user###I cancelled my free trial but still got charged."
+        )
+        .is_empty());
+        assert!(fails(
+            "user###How can I make them gluten-free?",
+            "user###How do I make these cookies without gluten?"
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###How can I make them gluten-free?",
+                "user###How do I make these cookies with gluten?"
+            ),
+            ["negation"]
+        );
+        assert_eq!(
+            fails(
+                "user###Escribe una función que sume dos números.",
+                "user###Escribe una función que reste dos números."
+            ),
+            ["negation"]
+        );
+    }
+
+    #[test]
+    fn go_and_mac_by_their_short_names() {
+        assert!(fails(
+            "user###Now do the same in Go.",
+            "user###Now the same thing in Golang."
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###Now do the same in Go.",
+                "user###Now do the same in Rust."
+            ),
+            ["code"]
+        );
+        // "go" the verb is not the language.
+        assert!(fails("user###Where should I go?", "user###Where should I travel?").is_empty());
+        assert!(fails(
+            "user###macOS. What do you recommend?",
+            "user###Mac, please."
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###macOS. What do you recommend?",
+                "user###Windows, please."
+            ),
+            ["code"]
+        );
+    }
+
+    #[test]
+    fn spanish_with_few_stop_words_is_spanish() {
+        assert!(fails(
+            "user###¿A qué temperatura hierve el agua a nivel del mar en grados Celsius?",
+            "user###¿A cuántos grados Celsius hierve el agua al nivel del mar?"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn code_blocks_are_compared_token_by_token() {
+        let a = "user###Find the bug:\n```js\nfor (var i = 0; i < 5; i++) { f(i); }\n```";
+        let b = "user###Find the bug:\n```js\nfor (let i = 0; i < 5; i++) { f(i); }\n```";
+        assert_eq!(fails(a, b), ["code"]);
+        // White space and a typo in a long word are forgiven.
+        let c = "user###Find the bug:\n```js\nfor (var i=0; i<5; i++) {\n  f(i);\n}\n```";
+        assert!(fails(a, c).is_empty());
+        let d = "user###```py\n# check the inventory\nx = 1\n```";
+        let e = "user###```py\n# check the inventroy\nx = 1\n```";
+        assert!(fails(d, e).is_empty());
+        let f = "user###```py\n# check the inventory\nx = 1\n```\n```py\ny = z\n```";
+        assert_eq!(fails(d, f), ["code"]);
     }
 
     #[test]

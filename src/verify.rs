@@ -35,7 +35,7 @@ impl Default for Verifier {
         Verifier {
             enabled: true,
             same_words_threshold: 0.80,
-            small_edit_threshold: 0.96,
+            small_edit_threshold: 0.94,
             small_edit_words: 2,
         }
     }
@@ -426,7 +426,7 @@ mod tests {
             1
         );
         let v = Verifier::default();
-        assert_eq!(v.threshold(0.9, &d).0, 0.96);
+        assert_eq!(v.threshold(0.9, &d).0, 0.94);
         assert_eq!(v.threshold(0.9, &WordDiff::default()).0, 0.80);
         assert_eq!(v.floor(0.9), 0.80);
         let off = Verifier {

@@ -480,7 +480,7 @@ defaults! {
     d_storage_backend: String = "sqlite".into();
     d_e5_dir: String = "models/multilingual-e5-small".into();
     d_embedding_timeout: String = "2s".into();
-    d_small_edit_threshold: f32 = 0.96;
+    d_small_edit_threshold: f32 = 0.94;
 }
 
 macro_rules! default_from_serde {
