@@ -89,6 +89,21 @@ impl From<&Policy> for Thresholds {
     }
 }
 
+/// The long-text guard's verdict on one candidate.
+#[derive(Debug, Clone)]
+pub(crate) struct LongCheck {
+    passed: bool,
+    detail: String,
+}
+
+/// At most 120 characters of a sentence, for the dry run.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// Per-request lookup options.
 #[derive(Debug, Clone, Copy)]
 pub struct LookupOptions {
@@ -832,14 +847,21 @@ impl Cache {
         exact: bool,
         detail: bool,
         wrong_near: Option<f32>,
+        long: Option<&LongCheck>,
     ) -> (bool, Vec<Check>, f32) {
         let same_partition = e.tenant == tenant && e.partition == key.partition;
         // NOTE: an exact hit has the same text; guards compare texts that differ.
+        // The long-text guard needs embeddings: `long`, from `find`.
         let guards = if exact || !same_partition {
             (true, Vec::new())
         } else {
-            crate::guards::check(&e.text, &key.text, &opts.guards, detail)
+            let set = crate::guards::GuardSet {
+                long_text: false,
+                ..opts.guards
+            };
+            crate::guards::check(&e.text, &key.text, &set, detail)
         };
+        let long_ok = long.is_none_or(|l| l.passed);
         let fresh = e.expires_at > now;
         let young = opts
             .max_age
@@ -859,7 +881,14 @@ impl Cache {
         };
         let close = similarity >= threshold;
         let feedback_ok = wrong_near.is_none();
-        let ok = same_partition && fresh && young && origin_ok && guards.0 && feedback_ok && close;
+        let ok = same_partition
+            && fresh
+            && young
+            && origin_ok
+            && guards.0
+            && long_ok
+            && feedback_ok
+            && close;
         if !detail {
             return (ok, Vec::new(), threshold);
         }
@@ -904,6 +933,9 @@ impl Cache {
         for g in guards.1 {
             checks.push(check(g.name, g.passed, g.detail));
         }
+        if let Some(l) = long {
+            checks.push(check("long_text", l.passed, l.detail.clone()));
+        }
         if let Some(d) = wrong_near {
             checks.push(check(
                 "feedback",
@@ -932,6 +964,58 @@ impl Cache {
             ),
         ));
         (ok, checks, threshold)
+    }
+
+    /// The long-text guard for a candidate: past the embedding window, the
+    /// two texts must be the same, or differ by one short edit whose
+    /// sentences, embedded on their own, are as alike as a short question
+    /// must be (the tenant's short threshold, tiered by the verifier).
+    async fn long_text(&self, stored: &str, probe: &str, opts: &LookupOptions) -> LongCheck {
+        // NOTE: the sentences are short texts: the short threshold.
+        let threshold = opts.thresholds.short;
+        use crate::guards::LongText;
+        match crate::guards::long_text(stored, probe, opts.guards.window_words) {
+            LongText::Same(why) => LongCheck {
+                passed: true,
+                detail: why.to_string(),
+            },
+            LongText::Differs(why) => LongCheck {
+                passed: false,
+                detail: why,
+            },
+            LongText::Edit {
+                stored: a,
+                probe: b,
+            } => {
+                let (needed, why) = if opts.verifier.enabled {
+                    opts.verifier
+                        .threshold(threshold, &crate::verify::diff(&a, &b))
+                } else {
+                    (threshold, "threshold")
+                };
+                let needed = opts.min_similarity.map_or(needed, |m| needed.max(m));
+                let sim =
+                    match (self.embed(&a).await, self.embed(&b).await) {
+                        (Some(x), Some(y)) => x.iter().zip(&y).map(|(p, q)| p * q).sum::<f32>(),
+                        _ => return LongCheck {
+                            passed: false,
+                            detail:
+                                "one edit in a long text, and its sentences could not be embedded"
+                                    .into(),
+                        },
+                    };
+                let passed = sim >= needed;
+                LongCheck {
+                    passed,
+                    detail: format!(
+                        "one edit in a long text; its sentences {sim:.4} {} {needed:.4} ({why}): \"{}\" vs \"{}\"",
+                        if passed { ">=" } else { "<" },
+                        clip(&a),
+                        clip(&b)
+                    ),
+                }
+            }
+        }
     }
 
     async fn find(
@@ -969,6 +1053,7 @@ impl Cache {
                 probe.origin,
                 true,
                 explain,
+                None,
                 None,
             );
             if ok {
@@ -1056,6 +1141,15 @@ impl Cache {
                 continue;
             };
             let sim = sim.min(1.0);
+            // NOTE: the long-text guard may embed two sentences, so outside a
+            // dry run it runs only for a candidate that passed all else.
+            let long_needed =
+                opts.guards.long_text && e.tenant == tenant && e.partition == key.partition;
+            let long = if long_needed && explain {
+                Some(self.long_text(&e.text, &key.text, opts).await)
+            } else {
+                None
+            };
             // NOTE: the index only proposes; equality decides.
             let (ok, checks, needed) = Self::judge(
                 &e,
@@ -1069,7 +1163,12 @@ impl Cache {
                 false,
                 explain,
                 self.core.reported_wrong(e.id, v, sim),
+                long.as_ref(),
             );
+            let ok = ok
+                && (explain
+                    || !long_needed
+                    || self.long_text(&e.text, &key.text, opts).await.passed);
             let served = ok && out.hit.is_none();
             if served {
                 out.hit = Some(Hit {

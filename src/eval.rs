@@ -61,6 +61,8 @@ pub struct Prediction {
     pub score: f32,
     /// The checks that failed, by name.
     pub failed: Vec<String>,
+    /// Why each failed (`name: detail`), in the order of `failed`.
+    pub why: Vec<String>,
     /// The raw cosine similarity of the stored entry (0 if not found).
     pub similarity: f32,
     /// Content words that differ (the verifier's count).
@@ -217,6 +219,13 @@ pub async fn run(
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
         let similarity = mine.map_or(0.0, |c| c.similarity);
         let differing_words = crate::verify::diff(&cached.text, &probe.text).count();
+        let why: Vec<String> = mine.map_or_else(Vec::new, |c| {
+            c.checks
+                .iter()
+                .filter(|k| !k.passed)
+                .map(|k| format!("{}: {}", k.name, k.detail))
+                .collect()
+        });
         let (score, failed) = match mine {
             Some(c) => {
                 let failed: Vec<String> = c
@@ -241,6 +250,7 @@ pub async fn run(
             hit,
             score,
             failed,
+            why,
             similarity,
             differing_words,
             base: Cache::threshold_for(&probe, &opts),
@@ -560,6 +570,7 @@ mod tests {
             hit,
             score,
             failed: vec![],
+            why: vec![],
             similarity: score,
             differing_words: 0,
             base: 0.9,

@@ -199,6 +199,96 @@ async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
     app.shutdown().await;
 }
 
+/// The candidate of the dry run whose key text is `stored`.
+fn candidate(dry: &Value, stored: &str) -> Value {
+    dry["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["question"] == stored)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
+    let sentence = |topic: &str| {
+        format!("The store policy for {topic} says that customers should contact support with their order details before anything is shipped back to the warehouse. ")
+    };
+    let doc: String = [
+        "returns",
+        "refunds",
+        "exchanges",
+        "gift cards",
+        "warranties",
+        "repairs",
+        "deliveries",
+        "pickups",
+        "invoices",
+        "payments",
+        "coupons",
+        "memberships",
+        "bundles",
+        "preorders",
+        "backorders",
+        "rentals",
+    ]
+    .iter()
+    .map(|t| sentence(t))
+    .collect();
+    let task = "Summarize this policy in two sentences.";
+    let long = format!("{task}\n\n{doc}");
+    assert!(long.split_whitespace().count() > 300);
+    let key = format!("user###{long}");
+
+    // Another task with as many words, in front of the same document: the
+    // whole-text embedding cannot tell them apart, the sentence can.
+    let other = format!("List every policy topic as bullets.\n\n{doc}");
+    assert_eq!(
+        other.split_whitespace().count(),
+        long.split_whitespace().count()
+    );
+    let (served, dry) = probe(&app, &up, user(&long), user(&other)).await;
+    assert_eq!(served, "miss", "{dry}");
+    let cand = candidate(&dry, &key);
+    assert!(
+        cand["similarity"].as_f64().unwrap() > 0.95,
+        "the embedding alone would have served it: {cand}"
+    );
+    let f = failed(&dry, &key);
+    assert!(f.contains(&"long_text".to_string()), "{f:?}");
+    let why = cand["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "long_text")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("list every policy topic as bullets."), "{why}");
+
+    // The same task moved after the document is the same request.
+    let moved = format!("{doc}\n\n{task}");
+    let (served, dry) = probe(&app, &up, user(&long), user(&moved)).await;
+    assert_eq!(served, "hit", "{dry}");
+
+    // A typo deep inside the document: the sentence still means the same.
+    let at = long.rfind("warehouse").unwrap();
+    let typo = format!(
+        "{}warehuose{}",
+        &long[..at],
+        &long[at + "warehouse".len()..]
+    );
+    let (served, dry) = probe(&app, &up, user(&long), user(&typo)).await;
+    assert_eq!(served, "hit", "{dry}");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn guards_can_be_switched_off_per_tenant() {
     let up = mock(llm()).await;
