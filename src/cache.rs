@@ -512,7 +512,7 @@ impl Core {
         let negs = self.negatives.read().ok()?;
         negs.get(&entry)?
             .iter()
-            .map(|n| n.iter().zip(probe).map(|(a, b)| a * b).sum::<f32>())
+            .map(|n| crate::index::dot(n, probe))
             .filter(|d| *d >= similarity)
             .reduce(f32::max)
     }
@@ -994,9 +994,10 @@ impl Cache {
                     (threshold, "threshold")
                 };
                 let needed = opts.min_similarity.map_or(needed, |m| needed.max(m));
+                // NOTE: together, so that the embedder batches them.
                 let sim =
-                    match (self.embed(&a).await, self.embed(&b).await) {
-                        (Some(x), Some(y)) => x.iter().zip(&y).map(|(p, q)| p * q).sum::<f32>(),
+                    match tokio::join!(self.embed(&a), self.embed(&b)) {
+                        (Some(x), Some(y)) => crate::index::dot(&x, &y),
                         _ => return LongCheck {
                             passed: false,
                             detail:

@@ -184,7 +184,7 @@ pub async fn run(
             let v = cache
                 .embed_many(&[joined(&pair.cached), joined(&pair.probe)], 2)
                 .await?;
-            v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum::<f32>()
+            crate::index::dot(&v[0], &v[1])
         };
         let embedding = if cached.semantic {
             Some(

@@ -686,12 +686,8 @@ impl Text {
             .filter(|g| {
                 g.iter().any(|w| {
                     self.has_word(w)
-                        || w.len() >= 6
-                            && w.chars().all(|c| c.is_ascii_alphabetic())
-                            && self
-                                .tokens
-                                .iter()
-                                .any(|t| t.len() >= 6 && crate::verify::one_edit(t, w))
+                        || w.chars().all(|c| c.is_ascii_alphabetic())
+                            && self.tokens.iter().any(|t| typo(t, w))
                 })
             })
             .map(|g| g[0].to_string())
@@ -1068,13 +1064,7 @@ fn code_blocks_differ(a: &str, b: &str) -> Option<String> {
     }
     let (x, y) = (blocks(a), blocks(b));
     let same = |p: &Vec<String>, q: &Vec<String>| {
-        p.len() == q.len()
-            && p.iter().zip(q).all(|(u, v)| {
-                u == v
-                    || u.chars().count() >= 6
-                        && v.chars().count() >= 6
-                        && crate::verify::one_edit(u, v)
-            })
+        p.len() == q.len() && p.iter().zip(q).all(|(u, v)| u == v || typo(u, v))
     };
     if x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| same(p, q)) {
         return None;
@@ -1087,6 +1077,11 @@ fn code_blocks_differ(a: &str, b: &str) -> Option<String> {
         .map(|(u, v)| format!(": {u} vs {v}"))
         .unwrap_or_default();
     Some(format!("the code blocks differ{first}"))
+}
+
+/// Whether two words of six letters or more are one typo apart.
+fn typo(a: &str, b: &str) -> bool {
+    a.chars().count() >= 6 && b.chars().count() >= 6 && crate::verify::one_edit(a, b)
 }
 
 /// Whether the symbol at `i` stands between operands, not between words: in

@@ -32,6 +32,12 @@ pub enum IndexError {
     },
 }
 
+/// The dot product of two vectors: their cosine similarity when both are
+/// unit vectors, as every embedding here is.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// A nearest-neighbour index over unit vectors, each tagged with a partition.
 pub trait VectorIndex: Send + Sync {
     /// Adds (or replaces) `id`.
@@ -356,7 +362,7 @@ impl VectorIndex for BruteIndex {
         let mut out: Vec<(u64, f32)> = rows
             .iter()
             .filter(|(_, (t, _))| tag.is_none_or(|tag| *t == tag))
-            .map(|(id, (_, v))| (*id, v.iter().zip(vector).map(|(a, b)| a * b).sum()))
+            .map(|(id, (_, v))| (*id, dot(v, vector)))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out.truncate(k);

@@ -151,28 +151,7 @@ async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
 
     // A long document edited past token 256: the embedding barely moves,
     // the long-text guard sees the edit.
-    let sentence = |topic: &str| {
-        format!("The store policy for {topic} says that customers should contact support with their order details before anything is shipped back to the warehouse. ")
-    };
-    let topics = [
-        "returns",
-        "refunds",
-        "exchanges",
-        "gift cards",
-        "warranties",
-        "repairs",
-        "deliveries",
-        "pickups",
-        "invoices",
-        "payments",
-        "coupons",
-        "memberships",
-        "bundles",
-        "preorders",
-        "backorders",
-        "rentals",
-    ];
-    let doc: String = topics.iter().map(|t| sentence(t)).collect();
+    let doc = policy_doc();
     let question = "\n\nAccording to the policy above, who should customers contact?";
     let long = format!("{doc}{question}");
     assert!(long.split_whitespace().count() > 300);
@@ -199,27 +178,10 @@ async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
     app.shutdown().await;
 }
 
-/// The candidate of the dry run whose key text is `stored`.
-fn candidate(dry: &Value, stored: &str) -> Value {
-    dry["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["question"] == stored)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-#[tokio::test]
-async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
-    let sentence = |topic: &str| {
-        format!("The store policy for {topic} says that customers should contact support with their order details before anything is shipped back to the warehouse. ")
-    };
-    let doc: String = [
+/// A 300-word store policy, one sentence per topic, the sentences alike
+/// but for the topic.
+fn policy_doc() -> String {
+    [
         "returns",
         "refunds",
         "exchanges",
@@ -238,8 +200,28 @@ async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
         "rentals",
     ]
     .iter()
-    .map(|t| sentence(t))
-    .collect();
+    .map(|topic| format!("The store policy for {topic} says that customers should contact support with their order details before anything is shipped back to the warehouse. "))
+    .collect()
+}
+
+/// The candidate of the dry run whose key text is `stored`.
+fn candidate(dry: &Value, stored: &str) -> Value {
+    dry["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["question"] == stored)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
+    let doc = policy_doc();
     let task = "Summarize this policy in two sentences.";
     let long = format!("{task}\n\n{doc}");
     assert!(long.split_whitespace().count() > 300);
