@@ -452,6 +452,42 @@ const POLARITY: &[Group] = &[
     &["run time", "runtime"],
 ];
 
+/// What a list's order cannot change: a list of numbers in a text that asks
+/// for one of these compares as a set.
+const ORDER_FREE: &[&str] = &[
+    "average",
+    "mean",
+    "median",
+    "mode",
+    "sum",
+    "total",
+    "add up",
+    "product",
+    "largest",
+    "smallest",
+    "biggest",
+    "highest",
+    "lowest",
+    "maximum",
+    "minimum",
+    "max",
+    "min",
+    "sort",
+    "gcd",
+    "lcm",
+    "greatest common",
+    "least common",
+    "variance",
+    "standard deviation",
+    "range",
+    "平均",
+    "合計",
+    "总和",
+    "promedio",
+    "media",
+    "suma",
+];
+
 /// Words that only conflict with their opposite: "after" against "within",
 /// not "after" against a text that says neither ("I was charged after I
 /// cancelled" is "I cancelled but still got charged").
@@ -810,17 +846,21 @@ impl Text {
     }
 
     /// Every number, normalised and in order: `1,250` and `１２５０` are
-    /// `1250`, `1万` is `10000`, `一百` is `100`. A list of three or more
-    /// ("4, 8, 15 and 16") is compared as a set of values, sorted; a `1`
-    /// before a unit is the article ("1 day" is "a day") and is left out.
+    /// `1250`, `1万` is `10000`, `一百` is `100`. When the text asks for
+    /// something a list's order cannot change (an average, a sum, the
+    /// largest), a list of three or more ("4, 8, 15 and 16") is compared as
+    /// a set of values; a sequence ("the next number in 2, 4, 8") keeps its
+    /// order. A `1` before a unit is the article ("1 day" is "a day") and is
+    /// left out.
     fn numbers(&self) -> Vec<String> {
         let chars: Vec<char> = self.lower.chars().collect();
         let found = self.number_spans(&chars);
         let mut out: Vec<String> = Vec::new();
         let mut run: Vec<String> = Vec::new();
         let mut run_open = false;
+        let unordered = ORDER_FREE.iter().any(|w| self.has_word(w));
         let flush = |run: &mut Vec<String>, out: &mut Vec<String>| {
-            if run.len() >= 3 {
+            if unordered && run.len() >= 3 {
                 run.sort();
             }
             out.append(run);
@@ -1341,11 +1381,25 @@ mod tests {
             ),
             ["numbers"]
         );
-        // Two numbers, or a bracketed tuple, keep their order.
+        // A sequence keeps its order; so do two numbers, or a bracketed tuple.
         assert_eq!(
             fails(
-                "user###Distance between (1, 2, 3) and the origin",
-                "user###Distance between (3, 2, 1) and the origin"
+                "user###What is the next number in 2, 4, 8, 16?",
+                "user###What is the next number in 16, 8, 4, 2?"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###Reverse the list 1, 2, 3, 4",
+                "user###Reverse the list 4, 3, 2, 1"
+            ),
+            ["numbers"]
+        );
+        assert_eq!(
+            fails(
+                "user###Sum of the distances between (1, 2, 3) and the origin",
+                "user###Sum of the distances between (3, 2, 1) and the origin"
             ),
             ["numbers"]
         );
