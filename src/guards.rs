@@ -775,10 +775,13 @@ impl Text {
                     .chars()
                     .next_back()
                     .is_none_or(|c| !c.is_alphanumeric());
-                if word_start && text[end..].starts_with(|c: char| c.is_ascii_digit()) {
-                    text.replace_range(start..end, &format!(" {op} "));
-                }
-                from = end.min(text.len());
+                from = if word_start && text[end..].starts_with(|c: char| c.is_ascii_digit()) {
+                    let by = format!(" {op} ");
+                    text.replace_range(start..end, &by);
+                    start + by.len()
+                } else {
+                    end
+                };
             }
         }
         let chars: Vec<char> = text.chars().collect();
@@ -1368,6 +1371,12 @@ mod tests {
             fails("user###Divide 1,250 by 25.", "user###Multiply 1,250 by 25."),
             ["numbers"]
         );
+        // Multi-byte text after a rewritten verb is read safely.
+        assert!(fails(
+            "user###divide 8¥¥¥ by 2, divide 9 by 3",
+            "user###divide 8¥¥¥ by 2, divide 9 by 3"
+        )
+        .is_empty());
         // A list of three or more is compared as a set of values.
         assert!(fails(
             "user###What's the average of 4, 8, 15, 16, 23, 42?",
@@ -1420,6 +1429,67 @@ mod tests {
             ),
             ["numbers"]
         );
+    }
+
+    #[test]
+    fn no_text_makes_a_guard_panic() {
+        // Pieces that exercise every rewrite and slice: verbs rewritten
+        // before multi-byte text, operators, lists, fences, CJK numerals,
+        // full-width digits, sentence ends, turn separators.
+        let pieces = [
+            "divide ",
+            "multiply ",
+            "8",
+            "1,250",
+            "¥",
+            "é",
+            "一百",
+            "１２",
+            "万",
+            " - ",
+            "/",
+            "+",
+            "*",
+            "^",
+            ", ",
+            " and ",
+            "(",
+            "[",
+            "```",
+            "\n\n",
+            "|||",
+            "user###",
+            "years old",
+            "1 day",
+            "-free",
+            "after ",
+            "within ",
+            "in Go",
+            "Mac",
+            "。",
+            "？",
+            " ",
+            "x",
+            "word",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..1000 {
+            let mut text = |n: usize| -> String {
+                (0..n)
+                    .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                    .collect()
+            };
+            let (a, b) = (text(40), text(400));
+            let _ = check(&a, &b, &GuardSet::default(), true);
+            let _ = long_text(&a, &b, 20);
+            let _ = long_text(&b, &b.replace('8', "9"), 20);
+        }
     }
 
     #[test]
