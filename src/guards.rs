@@ -1489,6 +1489,7 @@ mod tests {
             let _ = check(&a, &b, &GuardSet::default(), true);
             let _ = long_text(&a, &b, 20);
             let _ = long_text(&b, &b.replace('8', "9"), 20);
+            let _ = crate::verify::diff(&a, &b);
         }
     }
 
