@@ -249,10 +249,7 @@ impl Core {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(tenant, error = %e, "cannot open the vector index");
-                self.metrics
-                    .cache_errors
-                    .with_label_values(&["index_open"])
-                    .inc();
+                self.metrics.cache_error("index_open");
                 return None;
             }
         };
@@ -375,10 +372,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "vector index save failed");
-                self.metrics
-                    .cache_errors
-                    .with_label_values(&["index_save"])
-                    .inc();
+                self.metrics.cache_error("index_save");
             }
         }
     }
@@ -402,10 +396,7 @@ impl Core {
                         idx.add(*id as u64, crate::keying::partition_tag(&e.partition), v)
                     {
                         tracing::warn!(error = %err, "index add failed");
-                        self.metrics
-                            .cache_errors
-                            .with_label_values(&["index_add"])
-                            .inc();
+                        self.metrics.cache_error("index_add");
                     }
                 }
             }
@@ -679,9 +670,7 @@ impl Cache {
                                 failing = true;
                             }
                             core.metrics
-                                .cache_errors
-                                .with_label_values(&["store_read"])
-                                .inc();
+                                .cache_error("store_read");
                         }
                     }
                 }
@@ -707,11 +696,7 @@ impl Cache {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(error = %e, "embedding failed");
-                self.core
-                    .metrics
-                    .cache_errors
-                    .with_label_values(&["embed"])
-                    .inc();
+                self.core.metrics.cache_error("embed");
                 None
             }
         }
@@ -732,21 +717,13 @@ impl Cache {
             Ok(Ok(Ok(found))) => found,
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "store read failed");
-                self.core
-                    .metrics
-                    .cache_errors
-                    .with_label_values(&["store_read"])
-                    .inc();
+                self.core.metrics.cache_error("store_read");
                 None
             }
             Ok(Err(_)) => None,
             Err(_) => {
                 tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
-                self.core
-                    .metrics
-                    .cache_errors
-                    .with_label_values(&["store_read"])
-                    .inc();
+                self.core.metrics.cache_error("store_read");
                 None
             }
         }
@@ -1116,11 +1093,7 @@ impl Cache {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "vector search failed");
-                self.core
-                    .metrics
-                    .cache_errors
-                    .with_label_values(&["ann"])
-                    .inc();
+                self.core.metrics.cache_error("ann");
                 return out;
             }
         };
@@ -1257,11 +1230,7 @@ impl Cache {
             let done = self.embedder.embed_all_waiting(chunk).await;
             for r in done {
                 out.push(r.map_err(|e| {
-                    self.core
-                        .metrics
-                        .cache_errors
-                        .with_label_values(&["embed"])
-                        .inc();
+                    self.core.metrics.cache_error("embed");
                     e.to_string()
                 })?);
             }

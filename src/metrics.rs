@@ -108,6 +108,11 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    /// Counts a cache-side failure at `stage` (one of [`CACHE_ERROR_STAGES`]).
+    pub fn cache_error(&self, stage: &str) {
+        self.cache_errors.with_label_values(&[stage]).inc();
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();

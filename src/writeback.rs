@@ -371,10 +371,7 @@ impl Hits {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "recording hits failed");
-                core.metrics
-                    .cache_errors
-                    .with_label_values(&["record_hits"])
-                    .inc();
+                core.metrics.cache_error("record_hits");
                 if matches!(e, StoreError::Rejected(_)) {
                     // NOTE: the store is up and refuses these rows: keeping
                     // them would block every later hit.
@@ -504,10 +501,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "sweep failed");
-                        core.metrics
-                            .cache_errors
-                            .with_label_values(&["sweep"])
-                            .inc();
+                        core.metrics.cache_error("sweep");
                     }
                 },
                 WriteOp::Flush(reply) => {
@@ -536,10 +530,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                         core.forget(removed);
                         stale = true;
                     } else {
-                        core.metrics
-                            .cache_errors
-                            .with_label_values(&["remove"])
-                            .inc();
+                        core.metrics.cache_error("remove");
                     }
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
