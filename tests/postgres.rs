@@ -15,15 +15,26 @@ use serde_json::{json, Value};
 /// Waits (up to 1 s) until a dry-run lookup of `q` on `app` gives `verdict`;
 /// returns how long it took.
 async fn until_verdict(app: &modelcache::app::RunningApp, q: &str, verdict: &str) -> Duration {
+    until_verdict_at(app.admin_addr, q, verdict, Duration::from_secs(1)).await
+}
+
+/// Waits until the dry run of `q` on the admin listener at `admin` gives
+/// `verdict`, for at most `within`; returns how long it took.
+async fn until_verdict_at(
+    admin: std::net::SocketAddr,
+    q: &str,
+    verdict: &str,
+    within: Duration,
+) -> Duration {
     let t0 = Instant::now();
     loop {
-        let v = dry_run(app, q).await;
+        let v = dry_run_at(admin, q).await;
         if v["verdict"] == verdict {
             return t0.elapsed();
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "{q}: still not {verdict} after 1 s: {v}"
+            t0.elapsed() < within,
+            "{q}: still not {verdict} after {within:?}: {v}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -190,27 +201,6 @@ fn pg_config(dir: &std::path::Path, schema: &str) -> std::path::PathBuf {
 
 /// Waits (up to `within`) until a dry-run lookup of `q` on the gateway
 /// process `run` gives `verdict`.
-async fn until_verdict_of(run: &Running, q: &str, verdict: &str, within: Duration) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let t0 = Instant::now();
-    loop {
-        let v = send(
-            run.admin,
-            "POST",
-            "/admin/lookup",
-            &[("authorization", auth.as_str())],
-            json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}).to_string(),
-        )
-        .await
-        .json();
-        if v["verdict"] == verdict {
-            return;
-        }
-        assert!(t0.elapsed() < within, "{q}: still not {verdict}: {v}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_written() {
     let _turn = TURN.lock().await;
@@ -232,7 +222,7 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
         assert_eq!(chat(a.proxy, ask(&question(i))).await.status, 200);
     }
     for i in 0..3 {
-        until_verdict_of(&b, &question(i), "hit", Duration::from_secs(5)).await;
+        until_verdict_at(b.admin, &question(i), "hit", Duration::from_secs(5)).await;
     }
 
     // B dies without a word; A keeps writing while B is down and while it
@@ -252,8 +242,8 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
     verify_key(b.proxy, &[]).await;
     let calls = up.calls();
     for i in 0..40 {
-        until_verdict_of(&a, &question(i), "hit", Duration::from_secs(5)).await;
-        until_verdict_of(&b, &question(i), "hit", Duration::from_secs(5)).await;
+        until_verdict_at(a.admin, &question(i), "hit", Duration::from_secs(5)).await;
+        until_verdict_at(b.admin, &question(i), "hit", Duration::from_secs(5)).await;
         let got = chat(b.proxy, ask(&question(i))).await;
         assert_eq!(got.cache(), "hit", "question {i} on B");
         assert!(
@@ -280,23 +270,23 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
             .status,
         200
     );
-    until_verdict_of(
-        &a,
+    until_verdict_at(
+        a.admin,
         "A new question about Porto",
         "hit",
         Duration::from_secs(5),
     )
     .await;
     let b = serve(&config, db.path(), &env).await;
-    until_verdict_of(
-        &b,
+    until_verdict_at(
+        b.admin,
         "A new question about Porto",
         "hit",
         Duration::from_secs(5),
     )
     .await;
-    until_verdict_of(&b, &question(0), "miss", Duration::from_secs(5)).await;
-    until_verdict_of(&b, &question(1), "hit", Duration::from_secs(5)).await;
+    until_verdict_at(b.admin, &question(0), "miss", Duration::from_secs(5)).await;
+    until_verdict_at(b.admin, &question(1), "hit", Duration::from_secs(5)).await;
     let log = b.stop().await;
     let opened = log
         .lines()

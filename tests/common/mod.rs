@@ -787,6 +787,11 @@ pub fn with_admin_token(s: &mut Settings) {
 
 /// A call to the admin listener with the test admin token.
 pub async fn admin(app: &RunningApp, method: &str, path: &str, body: Value) -> Got {
+    admin_at(app.admin_addr, method, path, body).await
+}
+
+/// [`admin`] on the admin listener at `addr` (a gateway process).
+pub async fn admin_at(addr: SocketAddr, method: &str, path: &str, body: Value) -> Got {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let body = if body.is_null() {
         String::new()
@@ -794,7 +799,7 @@ pub async fn admin(app: &RunningApp, method: &str, path: &str, body: Value) -> G
         body.to_string()
     };
     send(
-        app.admin_addr,
+        addr,
         method,
         path,
         &[
@@ -815,8 +820,13 @@ pub async fn modelcache_call(app: &RunningApp, body: Value, headers: &[(&str, &s
 
 /// `POST /admin/lookup` for one user message to `gpt-test`: the dry run's JSON.
 pub async fn dry_run(app: &RunningApp, q: &str) -> Value {
-    admin(
-        app,
+    dry_run_at(app.admin_addr, q).await
+}
+
+/// [`dry_run`] on the admin listener at `addr` (a gateway process).
+pub async fn dry_run_at(addr: SocketAddr, q: &str) -> Value {
+    admin_at(
+        addr,
         "POST",
         "/admin/lookup",
         json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]}),
