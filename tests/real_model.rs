@@ -81,9 +81,7 @@ async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
             )
             .map(|e| Box::new(e) as Box<dyn Embedder>)
         }),
-        1,
-        32,
-        16,
+        modelcache::embed::EmbedLimits::new(1, 32, 16),
         None,
     )
     .unwrap();

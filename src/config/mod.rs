@@ -89,6 +89,13 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Answer size cap for caching.
     pub max_answer_bytes: usize,
+    /// Longest wait for a connection's request headers (the first request's,
+    /// or the next one's on an idle keep-alive connection).
+    pub header_read_timeout: Duration,
+    /// Longest silence between two pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// Most client connections held open at once on the proxy listener.
+    pub max_connections: usize,
 }
 
 /// A secret read from the environment; never printed.
@@ -174,10 +181,20 @@ pub struct EmbeddingSettings {
     pub max_batch: usize,
     /// Token limit per chunk.
     pub max_length: usize,
+    /// Most chunks one text is embedded as; longer texts are matched exactly.
+    pub max_chunks: usize,
     /// Pending request cap.
     pub queue: usize,
     /// Where embeddings come from.
     pub backend: EmbeddingBackend,
+}
+
+impl EmbeddingSettings {
+    /// The embedding workers' limits these settings make.
+    pub fn limits(&self) -> crate::embed::EmbedLimits {
+        crate::embed::EmbedLimits::new(self.threads, self.max_batch, self.queue)
+            .with_chunks(self.max_chunks, self.max_length)
+    }
 }
 
 /// Where embeddings come from.
@@ -398,6 +415,8 @@ pub struct CacheSettings {
     pub writeback_queue: usize,
     /// Write-back batch size.
     pub writeback_batch: usize,
+    /// How long an identical miss waits for the one in flight (zero: never).
+    pub single_flight_wait: Duration,
     /// The default policy of every tenant.
     pub policy: Policy,
 }
@@ -1092,7 +1111,22 @@ fn settings_from_raw(
         drain_timeout: duration(&mut errs, "server.drain_timeout", &s.drain_timeout),
         max_body_bytes: s.max_body_bytes as usize,
         max_answer_bytes: s.max_answer_bytes as usize,
+        header_read_timeout: duration(
+            &mut errs,
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+        ),
+        body_read_timeout: duration(&mut errs, "server.body_read_timeout", &s.body_read_timeout),
+        max_connections: at_least_one(&mut errs, "server.max_connections", s.max_connections),
     };
+    for (key, d) in [
+        ("server.header_read_timeout", server.header_read_timeout),
+        ("server.body_read_timeout", server.body_read_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(key, "must be longer than 0");
+        }
+    }
     let u = &raw.upstream;
     let fallback_url = url::Url::parse("http://127.0.0.1/").expect("a valid URL");
     let upstream = UpstreamSettings {
@@ -1202,6 +1236,7 @@ fn settings_from_raw(
         intra_threads: at_least_one(&mut errs, "embedding.intra_threads", e.intra_threads),
         max_batch: at_least_one(&mut errs, "embedding.max_batch", e.max_batch),
         max_length: e.max_length,
+        max_chunks: at_least_one(&mut errs, "embedding.max_chunks", e.max_chunks),
         queue: at_least_one(&mut errs, "embedding.queue", e.queue),
         backend: match e.kind.as_str() {
             "local" => {
@@ -1284,6 +1319,7 @@ fn settings_from_raw(
         exact_capacity: c.exact_capacity,
         writeback_queue: at_least_one(&mut errs, "cache.writeback_queue", c.writeback_queue),
         writeback_batch: at_least_one(&mut errs, "cache.writeback_batch", c.writeback_batch),
+        single_flight_wait: duration(&mut errs, "cache.single_flight_wait", &c.single_flight_wait),
         policy: global_policy(&mut errs, c, e.max_length),
     };
     let a = &raw.auth;

@@ -254,6 +254,18 @@ pub struct RawServer {
     /// Largest upstream answer that is kept for the cache; larger ones are passed on uncached.
     #[serde(default = "d_max_answer_bytes")]
     pub max_answer_bytes: u64,
+    /// Longest wait for a new connection's first request line and headers
+    /// (and for the next request on an idle keep-alive connection).
+    #[serde(default = "d_header_read_timeout")]
+    pub header_read_timeout: String,
+    /// Longest silence between two pieces of a request body.
+    #[serde(default = "d_body_read_timeout")]
+    pub body_read_timeout: String,
+    /// Most client connections the proxy holds open at once; past this, new
+    /// ones wait in the listen backlog. Capped at start by the process's
+    /// file-descriptor limit.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[upstream]`
@@ -333,6 +345,10 @@ pub struct RawEmbedding {
     /// chunk embeddings averaged.
     #[serde(default = "d_max_length")]
     pub max_length: usize,
+    /// Most chunks of `max_length` tokens one text may be embedded as; a
+    /// longer text is matched exactly only.
+    #[serde(default = "d_max_chunks")]
+    pub max_chunks: usize,
     /// Pending embedding requests before lookups are skipped (counted, forwarded).
     #[serde(default = "d_queue")]
     pub queue: usize,
@@ -392,6 +408,10 @@ pub struct RawCache {
     /// Most writes committed in one transaction.
     #[serde(default = "d_writeback_batch")]
     pub writeback_batch: usize,
+    /// Longest an identical miss waits for the one already on its way
+    /// upstream, before it is forwarded itself; "0s" forwards every miss.
+    #[serde(default = "d_single_flight_wait")]
+    pub single_flight_wait: String,
     /// `finish_reason`s whose answers may be cached.
     #[serde(default = "d_finish_reasons")]
     pub cacheable_finish_reasons: Vec<String>,
@@ -442,6 +462,9 @@ defaults! {
     d_drain_timeout: String = "30s".into();
     d_max_body_bytes: u64 = 4 * 1024 * 1024;
     d_max_answer_bytes: u64 = 8 * 1024 * 1024;
+    d_header_read_timeout: String = "10s".into();
+    d_body_read_timeout: String = "30s".into();
+    d_max_connections: usize = 10_000;
     d_upstream_url: String = "https://api.openai.com".into();
     d_connect_timeout: String = "10s".into();
     d_header_timeout: String = "10m".into();
@@ -455,6 +478,7 @@ defaults! {
     d_intra_threads: usize = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     d_max_batch: usize = 32;
     d_max_length: usize = 256;
+    d_max_chunks: usize = 16;
     d_queue: usize = 256;
     d_true: bool = true;
     d_threshold: f32 = 0.90;
@@ -465,6 +489,7 @@ defaults! {
     d_exact_capacity: u64 = 100_000;
     d_writeback_queue: usize = 4096;
     d_writeback_batch: usize = 128;
+    d_single_flight_wait: String = "30s".into();
     d_finish_reasons: Vec<String> = vec!["stop".into(), "tool_calls".into()];
     d_mode: String = "read_write".into();
     d_text: String = "system_and_user".into();

@@ -10,6 +10,7 @@ pub mod e5;
 pub mod openai;
 
 use std::{
+    collections::VecDeque,
     path::Path,
     sync::{mpsc, Arc, Mutex, OnceLock},
     time::Instant,
@@ -29,6 +30,10 @@ pub enum EmbedError {
     /// Too many requests are waiting.
     #[error("embedding queue is full")]
     Busy,
+    /// The text is longer than `embedding.max_chunks` windows: it is matched
+    /// exactly only.
+    #[error("text too long to embed")]
+    TooLong,
     /// The workers have stopped.
     #[error("embedding workers stopped")]
     Stopped,
@@ -141,6 +146,8 @@ impl Embedder for FastEmbedder {
     }
 
     fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        // NOTE: the worker hands over a few windows at a time at most, so
+        // one run of the model never holds more than that in memory.
         let out = self
             .model
             .embed(texts, Some(texts.len().max(1)))
@@ -263,27 +270,77 @@ struct Job {
 /// Timing observer, called with (texts in batch, seconds) after each batch.
 pub type BatchObserver = Arc<dyn Fn(usize, f64) + Send + Sync>;
 
+/// How much work the embedding workers take on.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedLimits {
+    /// Worker threads, each with its own model.
+    pub threads: usize,
+    /// Most short texts embedded in one run of the model.
+    pub max_batch: usize,
+    /// Pending texts before [`EmbedService::embed`] answers [`EmbedError::Busy`].
+    pub queue: usize,
+    /// Most chunks one text may be embedded as; a longer one is
+    /// [`EmbedError::TooLong`].
+    pub max_chunks: usize,
+    /// Tokens per chunk (the model's window).
+    pub chunk_tokens: usize,
+}
+
+impl EmbedLimits {
+    /// Limits with the defaults of `[embedding]` for what is not given.
+    pub fn new(threads: usize, max_batch: usize, queue: usize) -> EmbedLimits {
+        EmbedLimits {
+            threads,
+            max_batch,
+            queue,
+            max_chunks: 16,
+            chunk_tokens: 256,
+        }
+    }
+
+    /// With at most `chunks` chunks of `tokens` tokens per text.
+    pub fn with_chunks(mut self, chunks: usize, tokens: usize) -> EmbedLimits {
+        self.max_chunks = chunks.max(1);
+        self.chunk_tokens = tokens.max(1);
+        self
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.max_chunks.saturating_mul(self.chunk_tokens)
+    }
+}
+
+/// Chunks of a long text run through the model at most this many at a time,
+/// so that its memory stays that of a few windows, and short texts queued
+/// meanwhile are embedded between two runs instead of after the whole text.
+const LONG_RUN: usize = 4;
+
+/// A text of more than this many bytes per token of the budget is judged too
+/// long without tokenizing it: the tokens of these models average a few bytes,
+/// so sixteen is a loose bound that keeps the tokenizer's own work bounded.
+const BYTES_PER_TOKEN_BOUND: usize = 16;
+
 /// Worker threads behind a bounded queue. Clones share the workers.
 #[derive(Clone)]
 pub struct EmbedService {
     tx: mpsc::SyncSender<Job>,
     dims: usize,
+    limits: EmbedLimits,
 }
 
 impl EmbedService {
-    /// Starts `threads` workers, each with its own embedder from `factory`,
-    /// and waits until they have loaded. Blocking: call it off the runtime.
+    /// Starts `limits.threads` workers, each with its own embedder from
+    /// `factory`, and waits until they have loaded. Blocking: call it off the
+    /// runtime.
     pub fn start(
         factory: EmbedderFactory,
-        threads: usize,
-        max_batch: usize,
-        queue: usize,
+        limits: EmbedLimits,
         observe: Option<BatchObserver>,
     ) -> Result<EmbedService, EmbedError> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let (tx, rx) = mpsc::sync_channel::<Job>(limits.queue);
         let rx = Arc::new(Mutex::new(rx));
         let (ready_tx, ready_rx) = mpsc::channel();
-        for i in 0..threads.max(1) {
+        for i in 0..limits.threads.max(1) {
             let rx = rx.clone();
             let factory = factory.clone();
             let ready_tx = ready_tx.clone();
@@ -302,7 +359,7 @@ impl EmbedService {
                         }
                     };
                     drop(ready_tx);
-                    worker(&mut *model, &rx, max_batch, observe);
+                    Worker::new(&mut *model, limits, observe).run(&rx);
                 })
                 .map_err(|e| EmbedError::Load(e.to_string()))?;
         }
@@ -314,7 +371,7 @@ impl EmbedService {
         if dims == 0 {
             return Err(EmbedError::Load("no embedding worker started".into()));
         }
-        Ok(EmbedService { tx, dims })
+        Ok(EmbedService { tx, dims, limits })
     }
 
     /// Vector size.
@@ -322,10 +379,24 @@ impl EmbedService {
         self.dims
     }
 
+    /// Whether `text` may be embedded: false when it is certainly longer than
+    /// `max_chunks` windows, judged by its words and bytes without
+    /// tokenizing it (every word is at least one token). A text that passes
+    /// may still be [`EmbedError::TooLong`] once tokenized.
+    pub fn may_fit(&self, text: &str) -> bool {
+        let max = self.limits.max_tokens();
+        text.len() <= max.saturating_mul(BYTES_PER_TOKEN_BOUND)
+            && text.split_whitespace().nth(max).is_none()
+    }
+
     /// Embeds one text. A text longer than the model's window is embedded
     /// piece by piece and the unit mean of the pieces is returned, so nothing
-    /// past the window is dropped.
+    /// past the window is dropped; one of more than `max_chunks` pieces is
+    /// [`EmbedError::TooLong`], at once when its size alone says so.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        if !self.may_fit(text) {
+            return Err(EmbedError::TooLong);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job {
@@ -346,12 +417,16 @@ impl EmbedService {
         let mut jobs = Vec::with_capacity(texts.len());
         let mut replies = Vec::with_capacity(texts.len());
         for t in texts {
+            if !self.may_fit(t) {
+                replies.push(None);
+                continue;
+            }
             let (reply, rx) = oneshot::channel();
             jobs.push(Job {
                 text: t.clone(),
                 reply,
             });
-            replies.push(rx);
+            replies.push(Some(rx));
         }
         let tx = self.tx.clone();
         let sent =
@@ -360,84 +435,180 @@ impl EmbedService {
                 .unwrap_or(false);
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
-            out.push(if sent {
-                rx.await.map_err(|_| EmbedError::Stopped).and_then(|r| r)
-            } else {
-                Err(EmbedError::Stopped)
+            out.push(match rx {
+                None => Err(EmbedError::TooLong),
+                Some(rx) if sent => rx.await.map_err(|_| EmbedError::Stopped).and_then(|r| r),
+                Some(_) => Err(EmbedError::Stopped),
             });
         }
         out
     }
 }
 
-/// The unit mean of `vecs`.
-fn mean(vecs: &[Vec<f32>], dims: usize) -> Vec<f32> {
-    let mut m = vec![0f32; dims];
-    for v in vecs {
-        for (a, x) in m.iter_mut().zip(v) {
-            *a += x;
-        }
-    }
-    normalized(m)
+/// A long text part way through the model: its pieces, how many are done,
+/// and the sum of their vectors so far.
+struct LongJob {
+    job: Job,
+    pieces: Vec<String>,
+    done: usize,
+    sum: Vec<f32>,
 }
 
-fn worker(
-    model: &mut dyn Embedder,
-    rx: &Mutex<mpsc::Receiver<Job>>,
-    max_batch: usize,
+/// One worker thread: short texts are batched together; a long text's
+/// chunks run a few at a time, with the short texts that arrived meanwhile
+/// served first.
+struct Worker<'a> {
+    model: &'a mut dyn Embedder,
+    limits: EmbedLimits,
     observe: Option<BatchObserver>,
-) {
-    loop {
-        // Each job with its pieces.
-        let mut jobs: Vec<(Job, Vec<String>)> = Vec::new();
-        {
-            let Ok(guard) = rx.lock() else { return };
-            let Ok(first) = guard.recv() else { return };
-            let pieces = model.split(&first.text);
-            let mut count = pieces.len();
-            jobs.push((first, pieces));
-            // NOTE: whatever queued up while the last batch ran goes into this one.
-            while count < max_batch {
-                match guard.try_recv() {
-                    Ok(j) => {
-                        let pieces = model.split(&j.text);
-                        count += pieces.len();
-                        jobs.push((j, pieces));
+    short: VecDeque<Job>,
+    long: VecDeque<LongJob>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        model: &'a mut dyn Embedder,
+        limits: EmbedLimits,
+        observe: Option<BatchObserver>,
+    ) -> Self {
+        Worker {
+            model,
+            limits,
+            observe,
+            short: VecDeque::new(),
+            long: VecDeque::new(),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.short.is_empty() && self.long.is_empty()
+    }
+
+    fn run(mut self, rx: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            let mut arrived = Vec::new();
+            {
+                // NOTE: with work in hand, never wait for the lock: another
+                // worker may hold it while it waits for a job.
+                let guard = if self.idle() {
+                    match rx.lock() {
+                        Ok(g) => Some(g),
+                        Err(_) => return,
                     }
-                    Err(_) => break,
+                } else {
+                    rx.try_lock().ok()
+                };
+                if let Some(guard) = guard {
+                    if self.idle() {
+                        let Ok(first) = guard.recv() else { return };
+                        arrived.push(first);
+                    }
+                    // NOTE: whatever queued up while the last run went goes
+                    // into this one, within the queue's bound.
+                    let room = self
+                        .limits
+                        .queue
+                        .saturating_sub(self.short.len() + self.long.len());
+                    while arrived.len() < room.min(self.limits.max_batch).max(1) {
+                        match guard.try_recv() {
+                            Ok(j) => arrived.push(j),
+                            Err(_) => break,
+                        }
+                    }
                 }
             }
+            for job in arrived {
+                self.take(job);
+            }
+            if !self.short.is_empty() {
+                self.run_short();
+            } else if !self.long.is_empty() {
+                self.run_long();
+            }
         }
-        let texts: Vec<String> = jobs.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+    }
+
+    /// Splits a new job and files it as short or long (or answers it).
+    fn take(&mut self, job: Job) {
+        let pieces = self.model.split(&job.text);
+        if pieces.len() > self.limits.max_chunks {
+            let _ = job.reply.send(Err(EmbedError::TooLong));
+        } else if pieces.len() <= 1 {
+            self.short.push_back(job);
+        } else {
+            let dims = self.model.dims();
+            self.long.push_back(LongJob {
+                job,
+                pieces,
+                done: 0,
+                sum: vec![0f32; dims],
+            });
+        }
+    }
+
+    fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let start = Instant::now();
-        let result = model.embed_batch(&texts);
-        if let Some(o) = &observe {
+        let result = self.model.embed_batch(texts);
+        if let Some(o) = &self.observe {
             o(texts.len(), start.elapsed().as_secs_f64());
         }
         match result {
-            Ok(vecs) if vecs.len() == texts.len() => {
-                let mut at = 0;
-                for (job, pieces) in jobs {
-                    let mine = &vecs[at..at + pieces.len()];
-                    at += pieces.len();
-                    let v = if mine.len() == 1 {
-                        mine[0].clone()
-                    } else {
-                        mean(mine, model.dims())
-                    };
+            Ok(v) if v.len() == texts.len() => Ok(v),
+            Ok(_) => Err(EmbedError::Model("wrong number of vectors".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn run_short(&mut self) {
+        let n = self.short.len().min(self.limits.max_batch.max(1));
+        let jobs: Vec<Job> = self.short.drain(..n).collect();
+        let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
+        match self.embed(&texts) {
+            Ok(vecs) => {
+                for (job, v) in jobs.into_iter().zip(vecs) {
                     let _ = job.reply.send(Ok(v));
                 }
             }
-            Ok(_) => {
-                for (job, _) in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(EmbedError::Model("wrong number of vectors".into())));
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_long(&mut self) {
+        let Some(front) = self.long.front_mut() else {
+            return;
+        };
+        if front.job.reply.is_closed() {
+            // NOTE: the caller gave up (its request ended): no need to finish.
+            self.long.pop_front();
+            return;
+        }
+        let end = (front.done + LONG_RUN).min(front.pieces.len());
+        let texts = front.pieces[front.done..end].to_vec();
+        let result = self.embed(&texts);
+        let Some(front) = self.long.front_mut() else {
+            return;
+        };
+        match result {
+            Ok(vecs) => {
+                for v in vecs {
+                    for (a, x) in front.sum.iter_mut().zip(&v) {
+                        *a += x;
+                    }
+                }
+                front.done = end;
+                if front.done >= front.pieces.len() {
+                    if let Some(done) = self.long.pop_front() {
+                        let _ = done.job.reply.send(Ok(normalized(done.sum)));
+                    }
                 }
             }
             Err(e) => {
-                for (job, _) in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
+                if let Some(failed) = self.long.pop_front() {
+                    let _ = failed.job.reply.send(Err(e));
                 }
             }
         }
@@ -453,9 +624,7 @@ mod tests {
             Arc::new(|| {
                 Ok(Box::new(HashEmbedder::new(64).with_chunk_words(4)) as Box<dyn Embedder>)
             }),
-            2,
-            8,
-            queue,
+            EmbedLimits::new(2, 8, queue).with_chunks(16, 4),
             None,
         )
         .unwrap()
@@ -499,9 +668,7 @@ mod tests {
     fn load_errors_are_reported() {
         let r = EmbedService::start(
             Arc::new(|| Err(EmbedError::Load("nope".into()))),
-            1,
-            1,
-            1,
+            EmbedLimits::new(1, 1, 1),
             None,
         );
         assert!(matches!(r, Err(EmbedError::Load(_))));

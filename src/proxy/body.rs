@@ -61,9 +61,10 @@ impl<B> IdleTimeout<B> {
     }
 }
 
-/// The error an idle upstream body ends with.
+/// The error an idle body (the upstream's answer, or a client's request
+/// streamed through) ends with.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body idle for longer than {0:?}")]
+#[error("body idle for longer than {0:?}")]
 pub struct IdleError(pub Duration);
 
 impl<B> Body for IdleTimeout<B>

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::{
     body::{boxed, full, BoxError, FirstByte, IdleTimeout, ProxyBody},
+    flight::{FlightGuard, Flights, Joined},
     replay,
     sse::storable_answer,
     tee::Tee,
@@ -49,6 +50,8 @@ pub enum Outcome {
     HitExact,
     /// Served from the semantic layer.
     HitSemantic,
+    /// Served the answer of an identical miss that was in flight.
+    HitCoalesced,
     /// Looked up, not found, forwarded.
     Miss,
     /// Forwarded without a lookup (`no-cache`), still written.
@@ -66,7 +69,8 @@ pub enum Outcome {
 impl Outcome {
     fn label(self) -> &'static str {
         match self {
-            Outcome::HitExact => "hit_exact",
+            // NOTE: an identical request, answered without the upstream.
+            Outcome::HitExact | Outcome::HitCoalesced => "hit_exact",
             Outcome::HitSemantic => "hit_semantic",
             // NOTE: the five results of the metrics; why a key was not served
             // from cache is counted apart, in modelcache_auth_total.
@@ -86,7 +90,7 @@ impl Outcome {
 
     fn header(self) -> &'static str {
         match self {
-            Outcome::HitExact | Outcome::HitSemantic => "hit",
+            Outcome::HitExact | Outcome::HitSemantic | Outcome::HitCoalesced => "hit",
             Outcome::Miss | Outcome::Refresh | Outcome::Unverified => "miss",
             Outcome::Bypass => "bypass",
             Outcome::Rejected => "rejected",
@@ -99,6 +103,7 @@ impl Outcome {
         match self {
             Outcome::HitExact => "modelcache; hit; detail=exact",
             Outcome::HitSemantic => "modelcache; hit; detail=semantic",
+            Outcome::HitCoalesced => "modelcache; hit; detail=coalesced",
             Outcome::Miss => "modelcache; fwd=uri-miss",
             Outcome::Refresh => "modelcache; fwd=request",
             Outcome::Bypass => "modelcache; fwd=bypass",
@@ -150,6 +155,8 @@ pub struct Gateway {
     verified: VerifiedKeys,
     cache: Arc<OnceLock<Arc<Cache>>>,
     metrics: Arc<Metrics>,
+    flights: Flights,
+    single_flight_wait: Duration,
 }
 
 enum BodyRead {
@@ -203,6 +210,7 @@ impl Gateway {
         tenants: Arc<RwLock<Arc<TenantSet>>>,
         cache: Arc<OnceLock<Arc<Cache>>>,
         metrics: Arc<Metrics>,
+        single_flight_wait: Duration,
     ) -> Gateway {
         Gateway {
             server,
@@ -210,6 +218,31 @@ impl Gateway {
             verified: VerifiedKeys::default(),
             cache,
             metrics,
+            flights: Flights::default(),
+            single_flight_wait,
+        }
+    }
+
+    /// Whether the upstream accepted `caller` for `tenant` within `ttl`: in
+    /// this process's memory, or else as the store remembers it (a restart,
+    /// or another replica, saw the acceptance).
+    async fn key_verified(
+        &self,
+        cache: &Cache,
+        tenant: &str,
+        caller: &[u8; 32],
+        ttl: Duration,
+    ) -> bool {
+        let now = now_ms();
+        if self.verified.is_verified(tenant, caller, ttl, now) {
+            return true;
+        }
+        match cache.verified_key_at(tenant, caller).await {
+            Some(at) if crate::tenants::fresh(at, ttl, now) => {
+                self.verified.verify(tenant, caller, at);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -276,7 +309,7 @@ impl Gateway {
     }
 
     /// Counts the tokens (and money, by the price table) a hit saved.
-    fn count_savings(&self, set: &TenantSet, tenant: &str, key: &CacheKey, hit: &Hit) {
+    fn count_savings(&self, set: &TenantSet, tenant: &str, key: &CacheKey, answer: &str) {
         #[derive(serde::Deserialize)]
         struct Usage {
             #[serde(default)]
@@ -288,7 +321,7 @@ impl Gateway {
         struct Answer {
             usage: Option<Usage>,
         }
-        let Some(u) = serde_json::from_str::<Answer>(&hit.entry.answer)
+        let Some(u) = serde_json::from_str::<Answer>(answer)
             .ok()
             .and_then(|a| a.usage)
         else {
@@ -332,19 +365,24 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > max as u64);
+        // NOTE: a client that stalls part way through its body is cut off
+        // after `body_read_timeout` of silence, whether its body is read here
+        // or streamed through.
+        let stall = self.server.body_read_timeout;
         let (bytes, streamed): (Option<Bytes>, Option<ProxyBody>) = match endpoint {
-            Some(_) if !declared_over => match read_bounded(body, max).await? {
+            Some(_) if !declared_over => match read_bounded(body, max, stall).await? {
                 BodyRead::All(b) => (Some(b), None),
                 BodyRead::Over(prefix, rest) => {
                     // NOTE: too large to key; forward what was read, then the rest.
                     let chained = stream::iter([Ok::<_, BoxError>(Frame::data(prefix))]).chain(
-                        rest.into_data_stream()
-                            .map(|r| r.map(Frame::data).map_err(BoxError::from)),
+                        IdleTimeout::new(rest, stall)
+                            .into_data_stream()
+                            .map(|r| r.map(Frame::data)),
                     );
                     (None, Some(StreamBody::new(chained).boxed_unsync()))
                 }
             },
-            _ => (None, Some(boxed(body))),
+            _ => (None, Some(boxed(IdleTimeout::new(body, stall)))),
         };
         let parsed: Option<Value> = bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok());
         let tenant = known
@@ -403,8 +441,8 @@ impl Gateway {
         };
         let reads = policy.mode.reads() && !cc.no_cache;
         let verified = self
-            .verified
-            .is_verified(tenant.name(), &caller, set.verified_key_ttl);
+            .key_verified(cache, tenant.name(), &caller, set.verified_key_ttl)
+            .await;
         let mut embedding = None;
         if reads && verified {
             let opts = LookupOptions {
@@ -446,7 +484,7 @@ impl Gateway {
                         resp.headers_mut().insert("x-modelcache-request-id", v);
                     }
                     cache.record_hit(tenant.name(), &hit, &key.text, &request_id);
-                    self.count_savings(&set, tenant.name(), &key, &hit);
+                    self.count_savings(&set, tenant.name(), &key, &hit.entry.answer);
                     let outcome = match hit.kind {
                         HitKind::Exact => Outcome::HitExact,
                         HitKind::Semantic => Outcome::HitSemantic,
@@ -455,6 +493,24 @@ impl Gateway {
                 }
             }
             embedding = found.embedding;
+        }
+        // NOTE: an identical miss already on its way upstream answers this
+        // one too (single flight). Only a request that may read the cache
+        // follows; one that may write leads, so that its answer is shared.
+        let mut flight = None;
+        if policy.mode.writes() && !self.single_flight_wait.is_zero() {
+            match self.flights.join(tenant.name(), &key.exact_hash) {
+                Joined::Leader(guard) => flight = Some(guard),
+                Joined::Follower(f) if reads && verified => {
+                    if let Some(answer) = f.answer(self.single_flight_wait).await {
+                        if let Some(resp) = self.answer_response(&key, &answer) {
+                            self.count_savings(&set, tenant.name(), &key, &answer);
+                            return Ok((resp, Outcome::HitCoalesced));
+                        }
+                    }
+                }
+                Joined::Follower(_) => {}
+            }
         }
         let write = policy.mode.writes().then(|| {
             let ttl = parts
@@ -470,6 +526,7 @@ impl Gateway {
                 key,
                 embedding,
                 ttl,
+                flight,
             }
         });
         let resp = self
@@ -513,10 +570,19 @@ impl Gateway {
             .with_label_values(&[class])
             .inc();
         if let Some(v) = verify {
+            let cache = self.cache.get();
             if status.is_success() {
-                self.verified.verify(v.tenant.name(), &v.caller);
+                let now = now_ms();
+                if self.verified.verify(v.tenant.name(), &v.caller, now) {
+                    if let Some(c) = cache {
+                        c.record_verified_key(v.tenant.name(), &v.caller, now);
+                    }
+                }
             } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 self.verified.revoke(v.tenant.name(), &v.caller);
+                if let Some(c) = cache {
+                    c.revoke_verified_key(v.tenant.name(), &v.caller);
+                }
             }
         }
         let (mut rparts, rbody) = resp.into_parts();
@@ -551,9 +617,11 @@ impl Gateway {
         Ok(Response::from_parts(rparts, body))
     }
 
-    fn hit_response(&self, key: &CacheKey, hit: &Hit) -> Option<Response<ProxyBody>> {
+    /// A stored answer as the response `key` asks for: JSON, or SSE events;
+    /// None when it cannot be replayed faithfully.
+    fn answer_response(&self, key: &CacheKey, answer: &str) -> Option<Response<ProxyBody>> {
         let mut resp = if key.stream {
-            let events = replay::sse_events(key.endpoint, &hit.entry.answer, key.include_usage)?;
+            let events = replay::sse_events(key.endpoint, answer, key.include_usage)?;
             let frames = stream::iter(
                 events
                     .into_iter()
@@ -568,7 +636,7 @@ impl Gateway {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
         } else {
-            let body = replay::json_body(key.endpoint, &hit.entry.answer)?;
+            let body = replay::json_body(key.endpoint, answer)?;
             let mut r = Response::new(full(body));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -576,6 +644,15 @@ impl Gateway {
             );
             r
         };
+        resp.headers_mut().insert(
+            "x-modelcache-similarity",
+            HeaderValue::from_static("1.0000"),
+        );
+        Some(resp)
+    }
+
+    fn hit_response(&self, key: &CacheKey, hit: &Hit) -> Option<Response<ProxyBody>> {
+        let mut resp = self.answer_response(key, &hit.entry.answer)?;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", hit.similarity)) {
             h.insert("x-modelcache-similarity", v);
@@ -598,6 +675,9 @@ struct PendingWrite {
     key: CacheKey,
     embedding: Option<Vec<f32>>,
     ttl: Duration,
+    /// Identical misses waiting for this answer; dropped unfinished (no
+    /// storable answer), it sends them upstream on their own.
+    flight: Option<FlightGuard>,
 }
 
 impl PendingWrite {
@@ -611,7 +691,12 @@ impl PendingWrite {
             cap,
             &self.tenant.policy().cacheable_finish_reasons,
         ) {
-            Ok(a) => a,
+            Ok(a) => {
+                if let Some(f) = self.flight {
+                    f.finish(&a.to_string());
+                }
+                a
+            }
             Err(reason) => {
                 tracing::debug!(%reason, "answer not cached");
                 metrics.writeback.with_label_values(&["rejected"]).inc();
@@ -641,9 +726,17 @@ impl PendingWrite {
     }
 }
 
-async fn read_bounded(mut body: Incoming, max: usize) -> Result<BodyRead, GatewayError> {
+async fn read_bounded(
+    mut body: Incoming,
+    max: usize,
+    stall: Duration,
+) -> Result<BodyRead, GatewayError> {
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(GatewayError::RequestTimeout(stall));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| GatewayError::BadRequestBody(e.to_string()))?;
         if let Some(d) = frame.data_ref() {
             buf.extend_from_slice(d);

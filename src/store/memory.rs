@@ -19,6 +19,7 @@ struct Inner {
     hit_log: Vec<HitRecord>,
     models: std::collections::BTreeSet<(String, String)>,
     negatives: Vec<Negative>,
+    verified: std::collections::HashMap<(String, [u8; 32]), i64>,
 }
 
 impl Inner {
@@ -149,6 +150,36 @@ impl Store for MemoryStore {
             .lock()?
             .models
             .insert((tenant.to_string(), model.to_string())))
+    }
+
+    fn record_verified_key(
+        &self,
+        tenant: &str,
+        key_hash: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let at = g
+            .verified
+            .entry((tenant.to_string(), *key_hash))
+            .or_insert(at_ms);
+        *at = (*at).max(at_ms);
+        Ok(())
+    }
+
+    fn verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .lock()?
+            .verified
+            .get(&(tenant.to_string(), *key_hash))
+            .copied())
+    }
+
+    fn revoke_verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.lock()?
+            .verified
+            .remove(&(tenant.to_string(), *key_hash));
+        Ok(())
     }
 
     fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {

@@ -373,6 +373,19 @@ pub trait Store: Send + Sync {
     }
     /// Entries and hits per tenant.
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
+    /// Records that the upstream accepted the caller key with (hashed)
+    /// `key_hash` for `tenant` at `at_ms`, replacing an older record, so that
+    /// a restarted gateway and every replica honour it.
+    fn record_verified_key(
+        &self,
+        tenant: &str,
+        key_hash: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// When the upstream last accepted `key_hash` for `tenant`, if it has.
+    fn verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<Option<i64>, StoreError>;
+    /// Forgets `key_hash` for `tenant` (the upstream refused it).
+    fn revoke_verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<(), StoreError>;
     /// Whether other processes write this store too (replicas follow its
     /// change log).
     fn shared(&self) -> bool {
@@ -553,6 +566,25 @@ pub(crate) mod suite {
         let later = s.insert_batch(&[entry("a", "h9", 4000, 100)]).unwrap();
         assert!(later[0] > more[1]);
         admin_ops(s);
+        verified_keys(s);
+    }
+
+    /// Verified caller keys: recorded by hash per tenant, newest time kept,
+    /// revoked.
+    fn verified_keys(s: &dyn Store) {
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
+        s.record_verified_key("a", &k1, 1_000).unwrap();
+        s.record_verified_key("a", &k1, 3_000).unwrap();
+        // An older record arriving late does not move the time back.
+        s.record_verified_key("a", &k1, 2_000).unwrap();
+        assert_eq!(s.verified_key("a", &k1).unwrap(), Some(3_000));
+        // Per tenant and per key.
+        assert_eq!(s.verified_key("b", &k1).unwrap(), None);
+        assert_eq!(s.verified_key("a", &k2).unwrap(), None);
+        s.revoke_verified_key("a", &k1).unwrap();
+        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
+        s.revoke_verified_key("a", &k2).unwrap();
     }
 
     /// Deletes, truncates, listing, the hit log and stats.

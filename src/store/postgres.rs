@@ -21,7 +21,7 @@ use super::{
 
 /// Schema versions, applied in order, each once (recorded in
 /// `schema_migrations`).
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
 CREATE TABLE entries (
     id          BIGSERIAL PRIMARY KEY,
@@ -95,6 +95,14 @@ CREATE TABLE change_log_floor (
     up_to BIGINT NOT NULL
 );
 INSERT INTO change_log_floor (up_to) VALUES (0);
+",
+    "
+CREATE TABLE verified_keys (
+    tenant      TEXT NOT NULL,
+    key_hash    BYTEA NOT NULL,
+    verified_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, key_hash)
+);
 ",
 ];
 
@@ -772,6 +780,43 @@ impl Store for PgStore {
                 &[&tenant, &pg_text(model).as_ref(), &now_ms],
             )
             .map(|n| n == 1)
+        })
+    }
+
+    fn record_verified_key(
+        &self,
+        tenant: &str,
+        key_hash: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO verified_keys (tenant, key_hash, verified_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, key_hash) DO UPDATE
+                 SET verified_at = greatest(verified_keys.verified_at, excluded.verified_at)",
+                &[&tenant, &&key_hash[..], &at_ms],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.query_opt(
+                "SELECT verified_at FROM verified_keys WHERE tenant = $1 AND key_hash = $2",
+                &[&tenant, &&key_hash[..]],
+            )
+            .map(|r| r.map(|r| r.get(0)))
+        })
+    }
+
+    fn revoke_verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM verified_keys WHERE tenant = $1 AND key_hash = $2",
+                &[&tenant, &&key_hash[..]],
+            )
+            .map(|_| ())
         })
     }
 

@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS registered_models (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (tenant, model)
 );
+CREATE TABLE IF NOT EXISTS verified_keys (
+    tenant      TEXT NOT NULL,
+    key_hash    BLOB NOT NULL,
+    verified_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key_hash)
+);
 ";
 
 /// Rows of the hit log kept; older ones are trimmed by the sweep.
@@ -470,6 +476,44 @@ impl Store for SqliteStore {
                 params![tenant, model, now_ms],
             )
             .map(|n| n == 1)
+        })
+    }
+
+    fn record_verified_key(
+        &self,
+        tenant: &str,
+        key_hash: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO verified_keys (tenant, key_hash, verified_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(tenant, key_hash) DO UPDATE
+                 SET verified_at = max(verified_at, excluded.verified_at)",
+                params![tenant, &key_hash[..], at_ms],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT verified_at FROM verified_keys WHERE tenant = ?1 AND key_hash = ?2",
+                params![tenant, &key_hash[..]],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn revoke_verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM verified_keys WHERE tenant = ?1 AND key_hash = ?2",
+                params![tenant, &key_hash[..]],
+            )
+            .map(|_| ())
         })
     }
 

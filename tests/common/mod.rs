@@ -699,6 +699,17 @@ impl FaultyStore {
 }
 
 impl modelcache::store::Store for FaultyStore {
+    fn record_verified_key(&self, t: &str, k: &[u8; 32], at: i64) -> StoreResult<()> {
+        self.write()?;
+        self.inner.record_verified_key(t, k, at)
+    }
+    fn verified_key(&self, t: &str, k: &[u8; 32]) -> StoreResult<Option<i64>> {
+        self.inner.verified_key(t, k)
+    }
+    fn revoke_verified_key(&self, t: &str, k: &[u8; 32]) -> StoreResult<()> {
+        self.write()?;
+        self.inner.revoke_verified_key(t, k)
+    }
     fn insert_batch(&self, e: &[modelcache::store::NewEntry]) -> StoreResult<Vec<i64>> {
         self.write()?;
         if self.reject_poison.load(Ordering::SeqCst) && e.iter().any(|e| e.text.contains("POISON"))
