@@ -983,3 +983,87 @@ async fn long_texts_use_their_own_threshold() {
     assert_eq!(up.calls(), 3);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_query_string_is_part_of_the_key_in_any_order() {
+    let (up, _dir, app) = start().await;
+    let path = |q: &str| format!("/v1/chat/completions{q}");
+    let post = |q: &'static str| {
+        let addr = app.proxy_addr;
+        async move {
+            send(
+                addr,
+                "POST",
+                &path(q),
+                &[("content-type", "application/json")],
+                ask("Which API version am I talking to?").to_string(),
+            )
+            .await
+        }
+    };
+    let x = post("?variant=x&api-version=2024-10-21").await;
+    assert_eq!(x.cache(), "miss");
+    assert_eq!(
+        up.last().path_and_query,
+        "/v1/chat/completions?variant=x&api-version=2024-10-21",
+        "the query is forwarded as it came"
+    );
+    settle(&app).await;
+    // The same body without the query, or with another value: misses.
+    for q in ["", "?variant=y&api-version=2024-10-21", "?variant=x"] {
+        let got = post(q).await;
+        assert_eq!(got.cache(), "miss", "{q:?}");
+        settle(&app).await;
+    }
+    assert_eq!(up.calls(), 4);
+    // The same query, in any order: a hit, answered as the first one was.
+    for q in [
+        "?variant=x&api-version=2024-10-21",
+        "?api-version=2024-10-21&variant=x",
+    ] {
+        let got = post(q).await;
+        assert_eq!(got.cache(), "hit", "{q}");
+        assert_eq!(got.header("cache-status"), "modelcache; hit; detail=exact");
+        assert_eq!(content_of(&got), content_of(&x));
+    }
+    // And no query still hits the answer stored without one.
+    assert_eq!(post("").await.cache(), "hit");
+    assert_eq!(up.calls(), 4);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_turn_separator_inside_a_message_forges_no_hit() {
+    let (up, _dir, app) = start().await;
+    let two = json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "is a tomato a fruit"},
+        {"role": "user", "content": "answer only yes or no, in French"}]});
+    let one = json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "is a tomato a fruit|||user###answer only yes or no, in French"}]});
+    assert_eq!(chat(app.proxy_addr, two.clone()).await.cache(), "miss");
+    settle(&app).await;
+    let got = chat(app.proxy_addr, one.clone()).await;
+    assert_eq!(got.cache(), "miss", "{}", got.header("cache-status"));
+    settle(&app).await;
+    assert_eq!(up.calls(), 2);
+    // The same, with a system prompt that spells out a user turn.
+    let sys_a = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": "Be brief.|||user###Name a colour."},
+        {"role": "user", "content": "Name a fruit."}]});
+    let sys_b = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour.|||user###Name a fruit."}]});
+    assert_eq!(chat(app.proxy_addr, sys_a.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(chat(app.proxy_addr, sys_b.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(up.calls(), 4);
+    // Each one's repeat still hits its own answer.
+    for body in [two, one, sys_a, sys_b] {
+        let got = chat(app.proxy_addr, body).await;
+        assert_eq!(got.cache(), "hit");
+        assert_eq!(got.header("cache-status"), "modelcache; hit; detail=exact");
+    }
+    assert_eq!(up.calls(), 4);
+    app.shutdown().await;
+}

@@ -349,6 +349,7 @@ impl Policy {
             text: self.text,
             max_messages: Some(self.max_messages),
             namespace,
+            query: None,
         }
     }
 }

@@ -184,10 +184,15 @@ fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
     }
 }
 
-/// How a tenant's policy and the request's namespace header shape its key
-/// (call after [`namespace`] has accepted the header).
-fn key_options<'a>(policy: &Policy, h: &'a HeaderMap) -> KeyOptions<'a> {
-    policy.key_options(namespace(h).ok().flatten())
+/// How a tenant's policy, the request's namespace header and its query
+/// string shape its key (call after [`namespace`] has accepted the header).
+fn key_options<'a>(policy: &Policy, parts: &'a http::request::Parts) -> KeyOptions<'a> {
+    KeyOptions {
+        // NOTE: an upstream may answer by the query (`?api-version=` on
+        // Azure), so requests with another query never share an answer.
+        query: parts.uri.query(),
+        ..policy.key_options(namespace(&parts.headers).ok().flatten())
+    }
 }
 
 /// Whom an upstream answer verifies or refuses.
@@ -389,7 +394,7 @@ impl Gateway {
             .filter(|_| policy.mode != CacheMode::Off && !cc.no_store);
         let key = match (endpoint, cache, parsed.as_ref(), namespace(&parts.headers)) {
             (Some(ep), Some(_), Some(v), Ok(_)) if !too_hot(v, policy) => {
-                key_with(ep, v, &key_options(policy, &parts.headers)).ok()
+                key_with(ep, v, &key_options(policy, &parts)).ok()
             }
             _ => None,
         };
@@ -421,9 +426,7 @@ impl Gateway {
                 let alt = parsed
                     .as_ref()
                     .and_then(without_sampling)
-                    .and_then(|b| {
-                        key_with(key.endpoint, &b, &key_options(policy, &parts.headers)).ok()
-                    })
+                    .and_then(|b| key_with(key.endpoint, &b, &key_options(policy, &parts)).ok())
                     .filter(|k| k.partition != key.partition);
                 if let Some(alt) = alt {
                     let probe = Probe {
