@@ -1067,3 +1067,44 @@ async fn a_turn_separator_inside_a_message_forges_no_hit() {
     assert_eq!(up.calls(), 4);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_with_an_event_typed_error_is_passed_on_and_not_cached() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        let mut c = sse_chunks(&answer_for(&question(seen), n), "stop", false);
+        // NOTE: the error is flagged by the event's type alone; its data has
+        // no `error` member, and the stream goes on to [DONE].
+        c.insert(
+            2,
+            Bytes::from("event: error\ndata: {\"message\":\"overloaded, retrying\"}\n\n"),
+        );
+        Reply::Chunks(vec![], c, Duration::from_millis(1))
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let mut r = ask("Stream me something");
+    r["stream"] = json!(true);
+    let first = chat(app.proxy_addr, r.clone()).await;
+    assert_eq!(first.status, 200);
+    let mut sent = sse_chunks(&answer_for("Stream me something", 1), "stop", false);
+    sent.insert(
+        2,
+        Bytes::from("event: error\ndata: {\"message\":\"overloaded, retrying\"}\n\n"),
+    );
+    assert_eq!(
+        first.body,
+        sent.concat(),
+        "the client gets the bytes untouched"
+    );
+    settle(&app).await;
+    let again = chat(app.proxy_addr, r).await;
+    assert_eq!(again.cache(), "miss");
+    assert_eq!(up.calls(), 2, "nothing was stored");
+    let m = metrics(&app).await;
+    assert_eq!(
+        metric_sum(&m, "modelcache_writeback_total", &["outcome=\"rejected\""]),
+        2.0
+    );
+    app.shutdown().await;
+}
