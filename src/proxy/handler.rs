@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{
-    body::{boxed, full, BoxError, FirstByte, IdleTimeout, ProxyBody},
+    body::{boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody},
     replay,
     sse::storable_answer,
     tee::Tee,
@@ -522,9 +522,18 @@ impl Gateway {
                 self.verified.revoke(v.tenant.name(), &v.caller);
             }
         }
-        let (mut rparts, rbody) = resp.into_parts();
+        let (mut rparts, mut rbody) = resp.into_parts();
+        // NOTE: a body that has already failed (a broken chunk-size line
+        // right after the head) is the gateway's 502 while no head has gone
+        // to the client; a failure found later cuts the connection after the
+        // upstream's head (`FlushBeforeError`). Neither is ever cached.
+        let first = match rbody.frame().now_or_never() {
+            Some(Some(Err(e))) => return Err(GatewayError::UpstreamBody(e.to_string())),
+            Some(Some(Ok(frame))) => Some(frame),
+            Some(None) | None => None,
+        };
         strip_hop_by_hop(&mut rparts.headers);
-        let body = IdleTimeout::new(rbody, upstream.idle_timeout());
+        let body = IdleTimeout::new(Peeked::new(first, rbody), upstream.idle_timeout());
         let body = match write {
             Some(w) if status == StatusCode::OK => {
                 let ct = rparts
@@ -551,7 +560,10 @@ impl Gateway {
             }
             _ => boxed(body),
         };
-        Ok(Response::from_parts(rparts, body))
+        Ok(Response::from_parts(
+            rparts,
+            boxed(FlushBeforeError::new(body)),
+        ))
     }
 
     fn hit_response(&self, key: &CacheKey, hit: &Hit) -> Option<Response<ProxyBody>> {
