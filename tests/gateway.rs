@@ -704,6 +704,12 @@ async fn cache_control_and_request_headers() {
         .cache(),
         "hit"
     );
+    // A huge max-age is no limit: it saturates, it never wraps to a negative age.
+    for huge in ["max-age=9300000000000000", "max-age=18446744073709551615"] {
+        let got = chat_h(app.proxy_addr, q.clone(), &[("cache-control", huge)]).await;
+        assert_eq!(got.cache(), "hit", "{huge}");
+    }
+    assert_eq!(up.calls(), 4);
     // A stricter threshold turns a semantic hit into a miss; a looser one is ignored.
     let ten = "one two three four five six seven eight nine ten";
     chat(app.proxy_addr, ask(ten)).await;
