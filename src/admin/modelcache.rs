@@ -292,10 +292,13 @@ impl Admin {
             Ok(x) => x,
             Err(r) => return *r,
         };
-        let namespace = match h.get("x-modelcache-namespace").map(|v| v.to_str()) {
+        let namespace = match h
+            .get("x-modelcache-namespace")
+            .map(|v| crate::keying::namespace(v.as_bytes()))
+        {
             None => None,
-            Some(Ok(s)) if !s.trim().is_empty() && s.len() <= 256 => Some(s.trim().to_string()),
-            Some(_) => {
+            Some(Some(s)) => Some(s.to_string()),
+            Some(None) => {
                 return ok(query_shape(
                     103,
                     "x-modelcache-namespace must be 1 to 256 bytes of visible ASCII",

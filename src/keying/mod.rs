@@ -194,6 +194,17 @@ impl TextMode {
     }
 }
 
+/// Longest namespace accepted (`x-modelcache-namespace`), in bytes.
+pub const MAX_NAMESPACE_BYTES: usize = 256;
+
+/// A namespace as the header gives it, if usable: 1 to
+/// [`MAX_NAMESPACE_BYTES`] bytes of visible ASCII (no space, no tab).
+pub fn namespace(raw: &[u8]) -> Option<&str> {
+    let ok =
+        !raw.is_empty() && raw.len() <= MAX_NAMESPACE_BYTES && raw.iter().all(u8::is_ascii_graphic);
+    ok.then(|| std::str::from_utf8(raw).ok()).flatten()
+}
+
 /// Tenant policy and request headers that shape a key.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KeyOptions<'a> {
@@ -792,6 +803,23 @@ mod tests {
             },
         );
         assert_ne!(ns.partition, x.partition);
+    }
+
+    #[test]
+    fn namespaces_are_visible_ascii_only() {
+        assert_eq!(namespace(b"customer-42"), Some("customer-42"));
+        assert_eq!(namespace(&[b'x'; 256]).map(str::len), Some(256));
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"a\tb",
+            b" a",
+            b"a\x7f",
+            "caf\u{e9}".as_bytes(),
+            &[b'x'; 257],
+        ] {
+            assert_eq!(namespace(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

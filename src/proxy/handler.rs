@@ -39,9 +39,6 @@ use crate::{
 /// start with `_`).
 pub const UNKNOWN_TENANT: &str = "_unknown";
 
-/// Longest `x-modelcache-namespace` accepted; a longer one bypasses the cache.
-const MAX_NAMESPACE_BYTES: usize = 256;
-
 /// What happened to a request, for headers and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -173,14 +170,12 @@ fn too_hot(body: &Value, policy: &Policy) -> bool {
     })
 }
 
-/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable.
+/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable
+/// (the request then bypasses the cache).
 fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
     match h.get("x-modelcache-namespace") {
         None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(s) if !s.trim().is_empty() && s.len() <= MAX_NAMESPACE_BYTES => Ok(Some(s.trim())),
-            _ => Err(()),
-        },
+        Some(v) => crate::keying::namespace(v.as_bytes()).map(Some).ok_or(()),
     }
 }
 
