@@ -248,8 +248,12 @@ impl Gateway {
     fn spawn(bin: &Path, upstream: SocketAddr) -> Result<(Gateway, mpsc::Receiver<String>)> {
         let dir = tempfile::tempdir().context("creating a temp dir")?;
         let config = dir.path().join("config.toml");
-        // Defaults for everything, except a short drain so that the stop is quick.
-        std::fs::write(&config, "[server]\ndrain_timeout = \"5s\"\n")?;
+        // Defaults for everything, except a short drain so that the stop is
+        // quick, and keyless writes to /modelcache for the insert timings.
+        std::fs::write(
+            &config,
+            "[server]\ndrain_timeout = \"5s\"\n[admin]\nmodelcache_writes_without_key = true\n",
+        )?;
         let proxy = free_addr()?;
         let admin = free_addr()?;
         let log = dir.path().join("gateway.log");

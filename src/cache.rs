@@ -852,9 +852,11 @@ impl Cache {
         };
         let long_ok = long.is_none_or(|l| l.passed);
         let fresh = e.expires_at > now;
-        let young = opts
-            .max_age
-            .is_none_or(|m| now - e.created_at <= m.as_millis() as i64);
+        // NOTE: saturating: a max-age past i64 milliseconds (about 9.2e15 s)
+        // must not wrap to a negative age limit.
+        let young = opts.max_age.is_none_or(|m| {
+            now.saturating_sub(e.created_at) <= i64::try_from(m.as_millis()).unwrap_or(i64::MAX)
+        });
         let origin_ok = origin.is_none_or(|o| e.origin == o);
         // NOTE: the verifier chooses the threshold of a semantic candidate by
         // how many content words differ; a request's stricter threshold

@@ -16,6 +16,10 @@ pub enum GatewayError {
     /// The upstream could not be reached (DNS, connect, TLS, reset).
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
+    /// The upstream's body failed before the response head went to the client
+    /// (broken framing, a reset right after the head).
+    #[error("the upstream's answer broke off before it could be relayed: {0}")]
+    UpstreamBody(String),
     /// The upstream took too long to send headers.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
@@ -37,7 +41,9 @@ impl GatewayError {
     /// HTTP status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamBody(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -48,7 +54,9 @@ impl GatewayError {
     /// OpenAI error `type`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout(_) => "api_error",
+            GatewayError::UpstreamUnreachable(_)
+            | GatewayError::UpstreamBody(_)
+            | GatewayError::UpstreamTimeout(_) => "api_error",
             GatewayError::BadRequestBody(_)
             | GatewayError::RequestTimeout(_)
             | GatewayError::BadTarget(_)
@@ -60,6 +68,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
+            GatewayError::UpstreamBody(_) => "upstream_body",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadRequestBody(_) => "bad_request_body",
             GatewayError::RequestTimeout(_) => "request_timeout",

@@ -18,7 +18,9 @@ fn ask_model(model: &str, q: &str) -> Value {
 async fn insert(app: &modelcache::app::RunningApp, model: &str, pairs: &[(&str, &str)]) {
     let body = json!({"type": "insert", "scope": {"model": model},
         "chat_info": pairs.iter().map(|(q, a)| json!({"query": msgs(q), "answer": a})).collect::<Vec<_>>()});
-    let got = modelcache_call(app, body, &[]).await;
+    // NOTE: a keyless caller may only query (admin.modelcache_writes_without_key).
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let got = modelcache_call(app, body, &[("authorization", &auth)]).await;
     assert_eq!(got.json()["writeStatus"], "success", "{}", got.text());
 }
 
@@ -100,11 +102,46 @@ async fn admin_routes_need_the_token() {
         .unwrap()
         .contains("MODELCACHE_ADMIN_TOKEN"));
     app.shutdown().await;
-    // ... unless loopback callers are trusted by configuration.
+    // ... unless loopback callers are trusted by configuration: to read.
     s.admin.loopback_without_token = true;
-    let app = gateway(s).await;
+    let app = gateway(s.clone()).await;
     let got = send(app.admin_addr, "GET", "/admin/tenants", &[], "").await;
     assert_eq!(got.status, 200);
+    let dry = json!({"model": "gpt-test", "messages": msgs("q")}).to_string();
+    let got = send(app.admin_addr, "POST", "/admin/lookup", &[], dry).await;
+    assert_eq!(got.status, 200, "a dry run only reads: {}", got.text());
+    // Writing routes still need the token.
+    let writes = [
+        ("DELETE", "/admin/entries/1", String::new()),
+        (
+            "POST",
+            "/admin/flush",
+            json!({"tenant": "default"}).to_string(),
+        ),
+        (
+            "POST",
+            "/admin/feedback",
+            json!({"entry_id": 1, "request_id": "mc-0", "correct": false}).to_string(),
+        ),
+    ];
+    for (method, path, body) in &writes {
+        let got = send(app.admin_addr, method, path, &[], body.clone()).await;
+        assert_eq!(got.status, 403, "{method} {path}: {}", got.text());
+        assert_eq!(got.json()["error"]["code"], "admin_token_required");
+        assert!(got.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loopback_writes_without_token = true"));
+    }
+    app.shutdown().await;
+    // ... and to write only with a second opt-in.
+    s.admin.loopback_writes_without_token = true;
+    let app = gateway(s).await;
+    for (method, path, body) in &writes {
+        let got = send(app.admin_addr, method, path, &[], body.clone()).await;
+        assert_ne!(got.status, 403, "{method} {path}: {}", got.text());
+        assert_ne!(got.status, 401, "{method} {path}: {}", got.text());
+    }
     app.shutdown().await;
 }
 
@@ -604,7 +641,7 @@ async fn mutations_are_logged_with_who_made_them_and_never_the_token() {
         ("x-modelcache-actor", "alice@ops"),
     ];
     let ins = json!({"type": "insert", "scope": {"model": "m"}, "chat_info": [{"query": msgs("q1"), "answer": "a1"}, {"query": msgs("q2"), "answer": "a2"}]});
-    let got = send(run.admin, "POST", "/modelcache", &[], ins.to_string()).await;
+    let got = send(run.admin, "POST", "/modelcache", &h, ins.to_string()).await;
     assert_eq!(got.json()["writeStatus"], "success");
     let list = send(run.admin, "GET", "/admin/entries", &h, "")
         .await

@@ -40,7 +40,13 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     let body = json!({"type": "insert", "scope": {"model": "gpt-4o-mini"},
         "chat_info": pairs.iter().map(|(q, a)| json!({"query": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], "answer": a})).collect::<Vec<_>>()});
     assert_eq!(
-        modelcache_call(&app, body, &[]).await.json()["writeStatus"],
+        modelcache_call(
+            &app,
+            body,
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))]
+        )
+        .await
+        .json()["writeStatus"],
         "success"
     );
     // Hits through the proxy, for the hit log.

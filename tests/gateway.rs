@@ -704,6 +704,12 @@ async fn cache_control_and_request_headers() {
         .cache(),
         "hit"
     );
+    // A huge max-age is no limit: it saturates, it never wraps to a negative age.
+    for huge in ["max-age=9300000000000000", "max-age=18446744073709551615"] {
+        let got = chat_h(app.proxy_addr, q.clone(), &[("cache-control", huge)]).await;
+        assert_eq!(got.cache(), "hit", "{huge}");
+    }
+    assert_eq!(up.calls(), 4);
     // A stricter threshold turns a semantic hit into a miss; a looser one is ignored.
     let ten = "one two three four five six seven eight nine ten";
     chat(app.proxy_addr, ask(ten)).await;
@@ -981,5 +987,246 @@ async fn long_texts_use_their_own_threshold() {
     let long = chat(app.proxy_addr, ask(&format!("{ten} eleven"))).await;
     assert_eq!(long.cache(), "miss", "a long text needs the long threshold");
     assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_query_string_is_part_of_the_key_in_any_order() {
+    let (up, _dir, app) = start().await;
+    let path = |q: &str| format!("/v1/chat/completions{q}");
+    let post = |q: &'static str| {
+        let addr = app.proxy_addr;
+        async move {
+            send(
+                addr,
+                "POST",
+                &path(q),
+                &[("content-type", "application/json")],
+                ask("Which API version am I talking to?").to_string(),
+            )
+            .await
+        }
+    };
+    let x = post("?variant=x&api-version=2024-10-21").await;
+    assert_eq!(x.cache(), "miss");
+    assert_eq!(
+        up.last().path_and_query,
+        "/v1/chat/completions?variant=x&api-version=2024-10-21",
+        "the query is forwarded as it came"
+    );
+    settle(&app).await;
+    // The same body without the query, or with another value: misses.
+    for q in ["", "?variant=y&api-version=2024-10-21", "?variant=x"] {
+        let got = post(q).await;
+        assert_eq!(got.cache(), "miss", "{q:?}");
+        settle(&app).await;
+    }
+    assert_eq!(up.calls(), 4);
+    // The same query, in any order: a hit, answered as the first one was.
+    for q in [
+        "?variant=x&api-version=2024-10-21",
+        "?api-version=2024-10-21&variant=x",
+    ] {
+        let got = post(q).await;
+        assert_eq!(got.cache(), "hit", "{q}");
+        assert_eq!(got.header("cache-status"), "modelcache; hit; detail=exact");
+        assert_eq!(content_of(&got), content_of(&x));
+    }
+    // And no query still hits the answer stored without one.
+    assert_eq!(post("").await.cache(), "hit");
+    assert_eq!(up.calls(), 4);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_turn_separator_inside_a_message_forges_no_hit() {
+    let (up, _dir, app) = start().await;
+    let two = json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "is a tomato a fruit"},
+        {"role": "user", "content": "answer only yes or no, in French"}]});
+    let one = json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "is a tomato a fruit|||user###answer only yes or no, in French"}]});
+    assert_eq!(chat(app.proxy_addr, two.clone()).await.cache(), "miss");
+    settle(&app).await;
+    let got = chat(app.proxy_addr, one.clone()).await;
+    assert_eq!(got.cache(), "miss", "{}", got.header("cache-status"));
+    settle(&app).await;
+    assert_eq!(up.calls(), 2);
+    // The same, with a system prompt that spells out a user turn.
+    let sys_a = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": "Be brief.|||user###Name a colour."},
+        {"role": "user", "content": "Name a fruit."}]});
+    let sys_b = json!({"model": "gpt-test", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour.|||user###Name a fruit."}]});
+    assert_eq!(chat(app.proxy_addr, sys_a.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(chat(app.proxy_addr, sys_b.clone()).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(up.calls(), 4);
+    // Each one's repeat still hits its own answer.
+    for body in [two, one, sys_a, sys_b] {
+        let got = chat(app.proxy_addr, body).await;
+        assert_eq!(got.cache(), "hit");
+        assert_eq!(got.header("cache-status"), "modelcache; hit; detail=exact");
+    }
+    assert_eq!(up.calls(), 4);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_with_an_event_typed_error_is_passed_on_and_not_cached() {
+    let up = mock(Arc::new(|seen: &Seen, n| {
+        let mut c = sse_chunks(&answer_for(&question(seen), n), "stop", false);
+        // NOTE: the error is flagged by the event's type alone; its data has
+        // no `error` member, and the stream goes on to [DONE].
+        c.insert(
+            2,
+            Bytes::from("event: error\ndata: {\"message\":\"overloaded, retrying\"}\n\n"),
+        );
+        Reply::Chunks(vec![], c, Duration::from_millis(1))
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    let mut r = ask("Stream me something");
+    r["stream"] = json!(true);
+    let first = chat(app.proxy_addr, r.clone()).await;
+    assert_eq!(first.status, 200);
+    let mut sent = sse_chunks(&answer_for("Stream me something", 1), "stop", false);
+    sent.insert(
+        2,
+        Bytes::from("event: error\ndata: {\"message\":\"overloaded, retrying\"}\n\n"),
+    );
+    assert_eq!(
+        first.body,
+        sent.concat(),
+        "the client gets the bytes untouched"
+    );
+    settle(&app).await;
+    let again = chat(app.proxy_addr, r).await;
+    assert_eq!(again.cache(), "miss");
+    assert_eq!(up.calls(), 2, "nothing was stored");
+    let m = metrics(&app).await;
+    assert_eq!(
+        metric_sum(&m, "modelcache_writeback_total", &["outcome=\"rejected\""]),
+        2.0
+    );
+    app.shutdown().await;
+}
+
+/// An upstream on raw TCP that answers every request with a 200 whose
+/// chunked framing is broken (a chunk-size line that is no number): on odd
+/// calls in the same write as the head, on even ones 50 ms after it.
+async fn broken_chunking_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // Read the request: the head, then content-length bytes.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                let bad = b"zz\r\n{\"choices\":[]}\r\n0\r\n\r\n";
+                if n % 2 == 1 {
+                    let _ = sock.write_all(&[&head[..], &bad[..]].concat()).await;
+                } else {
+                    let _ = sock.write_all(head).await;
+                    let _ = sock.flush().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = sock.write_all(bad).await;
+                }
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test]
+async fn broken_chunked_framing_gives_a_502_or_a_cut_200_and_is_never_cached() {
+    use std::sync::atomic::Ordering;
+    let (addr, calls) = broken_chunking_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&format!("http://{addr}"), dir.path())).await;
+    let body = ask("Frame this, please").to_string();
+    let (mut clean_502, mut cut_200) = (0, 0);
+    for i in 0..20 {
+        let mut sock = tokio::net::TcpStream::connect(app.proxy_addr)
+            .await
+            .unwrap();
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut got))
+            .await
+            .expect("the gateway answers or closes")
+            .ok();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if text.starts_with("HTTP/1.1 502") {
+            let json = &text[text.find("\r\n\r\n").unwrap() + 4..];
+            let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(v["error"]["type"], "api_error", "{text}");
+            assert_eq!(v["error"]["code"], "modelcache_upstream_body", "{text}");
+            assert!(v["error"]["param"].is_null() && v["error"]["message"].is_string());
+            clean_502 += 1;
+        } else if text.starts_with("HTTP/1.1 200") {
+            assert!(
+                !text.ends_with("0\r\n\r\n"),
+                "a 200 whose body broke is cut, never ended cleanly: {text:?}"
+            );
+            cut_200 += 1;
+        } else {
+            panic!("request {i}: no status line: {text:?}");
+        }
+    }
+    assert_eq!(clean_502 + cut_200, 20);
+    // NOTE: a broken chunk in the head's own write is found before the head
+    // goes out (502); one that comes 50 ms later is not (a cut 200). Both
+    // happen every run: ten tries each.
+    assert!(
+        clean_502 > 0 && cut_200 > 0,
+        "{clean_502} 502s, {cut_200} cut 200s"
+    );
+    settle(&app).await;
+    // NOTE: twenty times the same question, each one upstream: none was
+    // served from the cache, so none was stored.
+    assert_eq!(calls.load(Ordering::SeqCst), 20, "nothing was cached");
     app.shutdown().await;
 }

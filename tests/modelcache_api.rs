@@ -35,6 +35,23 @@ fn query(model: &str, q: Value) -> Value {
     json!({"type": "query", "scope": {"model": model}, "query": q})
 }
 
+/// Test settings whose keyless callers (loopback, the default) may also
+/// write, as ModelCache's own clients expect:
+/// `[admin] modelcache_writes_without_key = true`.
+fn open_settings(upstream: &str, dir: &std::path::Path) -> modelcache::config::Settings {
+    let mut s = settings(upstream, dir);
+    s.admin.modelcache_writes_without_key = true;
+    s
+}
+
+/// [`start`] with [`open_settings`].
+async fn start_open() -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(open_settings(&up.url(), dir.path())).await;
+    (up, dir, app)
+}
+
 async fn call(app: &modelcache::app::RunningApp, body: Value) -> Value {
     let got = modelcache_call(app, body, &[]).await;
     assert_eq!(got.status, 200, "{}", got.text());
@@ -48,7 +65,17 @@ async fn readme_snippets_work_unchanged_on_the_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("MODELCACHE_UPSTREAM_URL", up.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = serve(&repo_root().join("config.toml"), dir.path(), &env).await;
+    // NOTE: the shipped config, with the one opt-in the README's insert and
+    // remove need: by default a caller without a key may only query.
+    let shipped = std::fs::read_to_string(repo_root().join("config.toml")).unwrap();
+    let opt_in = shipped.replace(
+        "modelcache_writes_without_key = false",
+        "modelcache_writes_without_key = true",
+    );
+    assert_ne!(opt_in, shipped, "the shipped config names the opt-in");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, opt_in).unwrap();
+    let run = serve(&config, dir.path(), &env).await;
     let admin = run.admin.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
@@ -108,7 +135,7 @@ async fn readme_snippets_work_unchanged_on_the_shipped_config() {
 
 #[tokio::test]
 async fn plain_json_welcome_register_and_the_json_string_encoding() {
-    let (_up, _dir, app) = start().await;
+    let (_up, _dir, app) = start_open().await;
     let got = send(app.admin_addr, "GET", "/welcome", &[], "").await;
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "hello, modelcache!");
@@ -146,7 +173,7 @@ async fn plain_json_welcome_register_and_the_json_string_encoding() {
 
 #[tokio::test]
 async fn entries_are_shared_with_proxied_traffic_both_ways() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = start_open().await;
     // Hits go only to keys the upstream has accepted: one request proves it.
     verify_key(app.proxy_addr, &[]).await;
     let question = "Which HTTP status means Too Many Requests?";
@@ -199,7 +226,7 @@ async fn entries_are_shared_with_proxied_traffic_both_ways() {
 async fn any_sampling_params_lets_inserted_entries_answer_sampled_requests() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&up.url(), dir.path());
+    let mut s = open_settings(&up.url(), dir.path());
     policy(&mut s, |p| {
         p.api_entries_match = modelcache::config::ApiEntriesMatch::AnySamplingParams
     });
@@ -246,7 +273,7 @@ async fn bulk_inserts_are_embedded_in_batches() {
             as Box<dyn modelcache::embed::Embedder>)
     });
     let app = gateway_with(
-        settings(&up.url(), dir.path()),
+        open_settings(&up.url(), dir.path()),
         AppOptions {
             embedder: Some(slow),
             store: None,
@@ -324,7 +351,7 @@ async fn admin_entries(app: &modelcache::app::RunningApp, model: &str) -> Vec<Va
 async fn removes_by_id_and_by_model_take_effect_everywhere() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = gateway(open_settings(&up.url(), dir.path())).await;
     verify_key(app.proxy_addr, &[]).await;
     let ins = insert(
         "model-a",
@@ -489,6 +516,8 @@ async fn every_error_code_has_a_request_that_triggers_it() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = r#"
+[admin]
+modelcache_writes_without_key = true
 [[tenants]]
 name = "main"
 [[tenants]]
@@ -618,7 +647,7 @@ mode = "off"
 
     // 201: the cache is not available at all (its model failed to load).
     let dir = tempfile::tempdir().unwrap();
-    let s = settings(&up.url(), dir.path());
+    let s = open_settings(&up.url(), dir.path());
     let app = modelcache::app::start(
         s,
         AppOptions {
@@ -639,5 +668,74 @@ mode = "off"
     assert_eq!(code(&v), 301);
     // The proxy still forwards.
     assert_eq!(chat(app.proxy_addr, ask("still served?")).await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn keyless_writes_are_refused_by_default_and_nothing_is_served_from_them() {
+    // The defaults (the shipped config): keyless callers on loopback may query.
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
+    let question = "What is the default port of PostgreSQL?";
+    let poison = insert("gpt-test", &[(msgs(None, question), "Port 80, always.")]);
+    for body in [
+        poison.clone(),
+        json!({"type": "remove", "scope": {"model": "gpt-test"}, "remove_type": "truncate_by_model"}),
+        json!({"type": "register", "scope": {"model": "gpt-test"}}),
+    ] {
+        // Both encodings, as ModelCache's clients send them.
+        for body in [body.clone(), Value::String(body.to_string())] {
+            let got = modelcache_call(&app, body.clone(), &[]).await;
+            assert_eq!(got.status, 401, "{body}: {}", got.text());
+            let v = got.json();
+            assert_eq!(code(&v), 100, "{v}");
+            assert_eq!(v["writeStatus"], "exception");
+            assert!(
+                v["errorDesc"]
+                    .as_str()
+                    .unwrap()
+                    .contains("modelcache_writes_without_key = true"),
+                "the refusal says what to configure: {v}"
+            );
+        }
+    }
+    // Nothing was stored: the proxy forwards the question, and the answer
+    // is the upstream's.
+    let got = chat(app.proxy_addr, ask(question)).await;
+    assert_eq!(got.cache(), "miss");
+    assert_eq!(content_of(&got), answer_for(question, 2));
+    assert_eq!(up.calls(), 2);
+    // Reads still work without a key.
+    settle(&app).await;
+    let v = call(&app, query("gpt-test", msgs(None, question))).await;
+    assert_eq!(v["cacheHit"], true, "{v}");
+    assert_eq!(v["answer"], answer_for(question, 2));
+    // The admin token (or a tenant key) may write.
+    let admin_auth = format!("Bearer {ADMIN_TOKEN}");
+    let other = "What is the default port of Redis?";
+    let got = modelcache_call(
+        &app,
+        insert("gpt-test", &[(msgs(None, other), "6379.")]),
+        &[("authorization", &admin_auth)],
+    )
+    .await;
+    assert_eq!(got.json()["writeStatus"], "success", "{}", got.text());
+    assert_eq!(content_of(&chat(app.proxy_addr, ask(other)).await), "6379.");
+    assert_eq!(up.calls(), 2);
+    app.shutdown().await;
+
+    // With [admin] modelcache_writes_without_key = true, a keyless insert
+    // works, and the proxy serves it.
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = gateway(open_settings(&up.url(), dir.path())).await;
+    verify_key(app.proxy_addr, &[]).await;
+    assert_eq!(call(&app, poison).await["writeStatus"], "success");
+    let got = chat(app.proxy_addr, ask(question)).await;
+    assert_eq!(got.cache(), "hit");
+    assert_eq!(content_of(&got), "Port 80, always.");
+    assert_eq!(up.calls(), 1, "only the key check");
     app.shutdown().await;
 }

@@ -162,6 +162,40 @@ async fn namespaces_are_isolated_inside_a_tenant() {
 }
 
 #[tokio::test]
+async fn a_namespace_with_a_space_or_a_tab_bypasses_the_cache() {
+    let (up, _dir, app) = start().await;
+    let q = "Summarise my last three orders please";
+    verify_key(app.proxy_addr, &[]).await;
+    for bad in ["user 1", "user\t1"] {
+        for _ in 0..2 {
+            let got = chat_h(app.proxy_addr, ask(q), &[("x-modelcache-namespace", bad)]).await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.cache(), "bypass", "{bad:?}");
+        }
+    }
+    assert_eq!(up.calls(), 5, "every request went upstream");
+    // The ModelCache API refuses it too.
+    let got = modelcache_call(
+        &app,
+        json!({"type": "query", "scope": {"model": "gpt-test"}, "query": [{"role": "user", "content": q}]}),
+        &[("x-modelcache-namespace", "user 1")],
+    )
+    .await;
+    assert_eq!(got.json()["errorCode"], 103, "{}", got.text());
+    assert!(got.json()["errorDesc"]
+        .as_str()
+        .unwrap()
+        .contains("visible ASCII"));
+    // A visible-ASCII namespace is cached as before.
+    let ok = [("x-modelcache-namespace", "user-1")];
+    assert_eq!(chat_h(app.proxy_addr, ask(q), &ok).await.cache(), "miss");
+    settle(&app).await;
+    assert_eq!(chat_h(app.proxy_addr, ask(q), &ok).await.cache(), "hit");
+    assert_eq!(up.calls(), 6);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn unknown_keys_in_passthrough_are_forwarded_and_never_cached() {
     let (tenant_up, open_up) = (
         mock(llm_tagged("[T] ")).await,

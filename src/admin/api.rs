@@ -525,8 +525,14 @@ impl Admin {
         };
         let namespace = match o.get("namespace") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.as_str()),
-            Some(_) => return Err(bad("namespace must be a string of 1 to 256 bytes")),
+            Some(Value::String(s)) if crate::keying::namespace(s.as_bytes()).is_some() => {
+                Some(s.as_str())
+            }
+            Some(_) => {
+                return Err(bad(
+                    "namespace must be a string of 1 to 256 bytes of visible ASCII",
+                ))
+            }
         };
         let min_similarity = match o.get("threshold") {
             None | Some(Value::Null) => None,

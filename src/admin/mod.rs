@@ -3,10 +3,12 @@
 //!
 //! Owns every route that is not proxied, and who may call each one. It listens
 //! on its own address so that it is never reachable through the proxy port.
-//! `/admin/*` needs the admin token; `/modelcache` is scoped to the caller's
-//! tenant exactly as the proxy is; `/ui` is a static page that asks for the
-//! token. It must never expose secrets, and never let a caller reach another
-//! tenant's entries.
+//! `/admin/*` needs the admin token (loopback callers may be trusted to read,
+//! and only by a second opt-in to write); `/modelcache` is scoped to the
+//! caller's tenant exactly as the proxy is, and a caller without a tenant key
+//! may only query unless configured otherwise; `/ui` is a static page that
+//! asks for the token. It must never expose secrets, and never let a caller
+//! reach another tenant's entries.
 
 mod api;
 mod console;
@@ -95,6 +97,15 @@ fn actor_label(h: &HeaderMap) -> Option<String> {
         .take(64)
         .collect();
     (!clean.is_empty()).then_some(clean)
+}
+
+/// Whether an `/admin/*` request may change the cache: anything but a read
+/// (`GET`, `HEAD`) or the dry-run lookup.
+fn writes(method: &Method, path: &str) -> bool {
+    let read = method == Method::GET
+        || method == Method::HEAD
+        || (method == Method::POST && path.trim_end_matches('/') == "/admin/lookup");
+    !read
 }
 
 enum Body {
@@ -203,11 +214,13 @@ impl Admin {
         }
     }
 
-    /// Who is calling `/admin/*`, for the audit log; or the refusal.
+    /// Who is calling `/admin/*` (on a route that `writes`, or only reads),
+    /// for the audit log; or the refusal.
     fn authorize(
         &self,
         h: &HeaderMap,
         peer: SocketAddr,
+        writes: bool,
     ) -> Result<String, Box<Response<ProxyBody>>> {
         let label = actor_label(h)
             .map(|l| format!(" ({l})"))
@@ -221,7 +234,20 @@ impl Admin {
             }
         }
         if self.settings.loopback_without_token && peer.ip().is_loopback() {
-            return Ok(format!("loopback {peer}{label}"));
+            if !writes || self.settings.loopback_writes_without_token {
+                return Ok(format!("loopback {peer}{label}"));
+            }
+            // NOTE: trusting every local process to read is not trusting it
+            // to delete, flush or report answers wrong.
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "admin_token_required",
+                format!(
+                    "this route changes the cache: send the admin token ({}) as Authorization: Bearer <token>, \
+                     or set [admin] loopback_writes_without_token = true to let local callers without one write",
+                    self.settings.token_env
+                ),
+            )));
         }
         if self.settings.token.is_none() {
             return Err(Box::new(error(
@@ -285,7 +311,7 @@ impl Admin {
             (&Method::GET, "/ui" | "/ui/") => console::page(),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
                 let (parts, body) = req.into_parts();
-                let actor = match self.authorize(&parts.headers, peer) {
+                let actor = match self.authorize(&parts.headers, peer, writes(&parts.method, p)) {
                     Ok(a) => a,
                     Err(r) => return *r,
                 };
@@ -338,6 +364,17 @@ mod tests {
         let f = fingerprint("a-long-admin-token");
         assert_eq!(f.len(), 12);
         assert!(!f.contains("admin"));
+    }
+
+    #[test]
+    fn only_reads_and_the_dry_run_do_not_write() {
+        assert!(!writes(&Method::GET, "/admin/entries/1"));
+        assert!(!writes(&Method::POST, "/admin/lookup"));
+        assert!(!writes(&Method::POST, "/admin/lookup/"));
+        assert!(writes(&Method::DELETE, "/admin/entries/1"));
+        assert!(writes(&Method::POST, "/admin/flush"));
+        assert!(writes(&Method::POST, "/admin/feedback"));
+        assert!(writes(&Method::PUT, "/admin/tenants"));
     }
 
     #[test]

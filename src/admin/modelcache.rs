@@ -105,6 +105,23 @@ fn unauthorized(desc: impl Into<String>) -> Resp {
     )
 }
 
+/// 401 for a write (`insert`, `remove`, `register`) by a caller without a
+/// tenant key: the query shape, plus the write status a writer reads.
+fn keyless_write(kind: &str) -> Resp {
+    let mut v = query_shape(
+        100,
+        format!(
+            "{kind} needs a tenant's key (Authorization: Bearer <key>) or the admin token: \
+             callers without one may only query. To let them write, set \
+             [admin] modelcache_writes_without_key = true (anyone they reach can then \
+             change the answers the proxy serves)"
+        ),
+        Instant::now(),
+    );
+    v["writeStatus"] = json!("exception");
+    json_response(StatusCode::UNAUTHORIZED, &v)
+}
+
 /// Checks a ModelCache message list: a non-empty array of objects, each with
 /// a string `role`.
 fn messages<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a Vec<Value>, String> {
@@ -145,14 +162,15 @@ fn completion(model: &str, answer: &str, now: i64) -> String {
 }
 
 impl Admin {
-    /// The tenant a `/modelcache` caller addresses, and who it is for the
-    /// audit log; or the refusal.
+    /// The tenant a `/modelcache` caller addresses for a call of type
+    /// `kind`, and who it is for the audit log; or the refusal.
     fn modelcache_tenant(
         &self,
         set: &TenantSet,
         h: &HeaderMap,
         peer: SocketAddr,
         model: &str,
+        kind: &str,
     ) -> Result<(Arc<Tenant>, String), Box<Resp>> {
         let cred = credential(h).filter(|c| !c.is_empty());
         if let (Some(c), Some(token)) = (cred, &self.settings.token) {
@@ -186,6 +204,12 @@ impl Admin {
             return Err(Box::new(unauthorized(
                 "send a tenant's key as Authorization: Bearer <key>: callers without one are not accepted here (admin.modelcache_without_key)",
             )));
+        }
+        // NOTE: an inserted answer is served by the proxy to every caller of
+        // the tenant, so a caller that proved nothing may read, never write,
+        // unless the operator says so.
+        if kind != "query" && !self.settings.modelcache_writes_without_key {
+            return Err(Box::new(keyless_write(kind)));
         }
         set.by_key_or_header(h, &caller)
             .or_else(|| set.by_model(model))
@@ -264,14 +288,17 @@ impl Admin {
             }
         };
         let set = self.snapshot();
-        let (tenant, actor) = match self.modelcache_tenant(&set, h, peer, &model) {
+        let (tenant, actor) = match self.modelcache_tenant(&set, h, peer, &model, kind) {
             Ok(x) => x,
             Err(r) => return *r,
         };
-        let namespace = match h.get("x-modelcache-namespace").map(|v| v.to_str()) {
+        let namespace = match h
+            .get("x-modelcache-namespace")
+            .map(|v| crate::keying::namespace(v.as_bytes()))
+        {
             None => None,
-            Some(Ok(s)) if !s.trim().is_empty() && s.len() <= 256 => Some(s.trim().to_string()),
-            Some(_) => {
+            Some(Some(s)) => Some(s.to_string()),
+            Some(None) => {
                 return ok(query_shape(
                     103,
                     "x-modelcache-namespace must be 1 to 256 bytes of visible ASCII",

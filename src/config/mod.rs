@@ -366,6 +366,7 @@ impl Policy {
             text: self.text,
             max_messages: Some(self.max_messages),
             namespace,
+            query: None,
         }
     }
 }
@@ -400,10 +401,18 @@ pub struct AdminSettings {
     pub token: Option<Secret>,
     /// The variable it is read from (named in errors).
     pub token_env: String,
-    /// Whether `/admin/*` needs no token from a loopback address.
+    /// Whether `/admin/*` needs no token from a loopback address, for the
+    /// routes that only read (`GET`, and the dry-run `POST /admin/lookup`).
     pub loopback_without_token: bool,
+    /// Whether loopback callers without a token may also write: delete,
+    /// flush, feedback. Needs `loopback_without_token`.
+    pub loopback_writes_without_token: bool,
     /// Who may call `/modelcache` without a tenant key.
     pub modelcache_without_key: KeylessAccess,
+    /// Whether a caller without a tenant key (admitted by
+    /// `modelcache_without_key`) may also `insert`, `remove` and `register`;
+    /// otherwise it may only `query`.
+    pub modelcache_writes_without_key: bool,
 }
 
 /// Process-wide cache settings.
@@ -1348,6 +1357,8 @@ fn settings_from_raw(
             .map(|v| Secret(v.to_string())),
         token_env: ad.token_env.clone(),
         loopback_without_token: ad.loopback_without_token,
+        loopback_writes_without_token: ad.loopback_writes_without_token,
+        modelcache_writes_without_key: ad.modelcache_writes_without_key,
         modelcache_without_key: match ad.modelcache_without_key.as_str() {
             "loopback" => KeylessAccess::Loopback,
             "any" => KeylessAccess::Any,
@@ -1361,6 +1372,20 @@ fn settings_from_raw(
             }
         },
     };
+    // NOTE: a write opt-in widens a read opt-in; alone it would do nothing,
+    // and a reader of the file would think it did.
+    if admin.loopback_writes_without_token && !admin.loopback_without_token {
+        errs.push(
+            "admin.loopback_writes_without_token",
+            "needs admin.loopback_without_token = true",
+        );
+    }
+    if admin.modelcache_writes_without_key && admin.modelcache_without_key == KeylessAccess::Never {
+        errs.push(
+            "admin.modelcache_writes_without_key",
+            "needs admin.modelcache_without_key = \"loopback\" or \"any\"",
+        );
+    }
     if admin.token.as_ref().is_some_and(|t| t.expose().len() < 16) {
         errs.push(
             "admin.token_env",
@@ -1499,6 +1524,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cache.threshold"), "{err}");
+    }
+
+    #[test]
+    fn keyless_and_tokenless_writes_are_opt_in_and_widen_a_read_opt_in() {
+        let d = from_str("").unwrap().admin;
+        assert_eq!(d.modelcache_without_key, KeylessAccess::Loopback);
+        assert!(!d.modelcache_writes_without_key);
+        assert!(!d.loopback_without_token && !d.loopback_writes_without_token);
+        let s = from_str(
+            "[admin]\nloopback_without_token = true\nloopback_writes_without_token = true\nmodelcache_writes_without_key = true\n",
+        )
+        .unwrap()
+        .admin;
+        assert!(s.loopback_writes_without_token && s.modelcache_writes_without_key);
+        let err = from_str("[admin]\nloopback_writes_without_token = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("admin.loopback_writes_without_token")
+                && err.contains("loopback_without_token = true"),
+            "{err}"
+        );
+        let err = from_str(
+            "[admin]\nmodelcache_without_key = \"never\"\nmodelcache_writes_without_key = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("admin.modelcache_writes_without_key"),
+            "{err}"
+        );
     }
 
     #[test]

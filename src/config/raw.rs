@@ -89,12 +89,19 @@ pub struct RawAdmin {
     /// The environment variable holding the admin token.
     #[serde(default = "d_admin_token_env")]
     pub token_env: String,
-    /// Whether `/admin/*` needs no token from a loopback address.
+    /// Whether `/admin/*` needs no token from a loopback address, for the
+    /// routes that only read.
     #[serde(default)]
     pub loopback_without_token: bool,
+    /// Whether those loopback callers may also delete, flush and send feedback.
+    #[serde(default)]
+    pub loopback_writes_without_token: bool,
     /// Who may call `/modelcache` without a tenant key: `loopback`, `any` or `never`.
     #[serde(default = "d_modelcache_without_key")]
     pub modelcache_without_key: String,
+    /// Whether those keyless callers may also insert, remove and register.
+    #[serde(default)]
+    pub modelcache_writes_without_key: bool,
 }
 
 /// `[[tenants]]`

@@ -149,3 +149,111 @@ where
         self.inner.size_hint()
     }
 }
+
+/// A body whose first frame was already taken from `inner` (to see whether
+/// the upstream body fails before the response head goes out), put back in
+/// front.
+pub struct Peeked<B> {
+    first: Option<Frame<Bytes>>,
+    inner: B,
+}
+
+impl<B> Peeked<B> {
+    /// `inner`, with `first` (if any) served before it.
+    pub fn new(first: Option<Frame<Bytes>>, inner: B) -> Self {
+        Peeked { first, inner }
+    }
+}
+
+impl<B> Body for Peeked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        match this.first.take() {
+            Some(f) => Poll::Ready(Some(Ok(f))),
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(extra));
+        if let Some(u) = inner.upper() {
+            hint.set_upper(u.saturating_add(extra));
+        }
+        hint
+    }
+}
+
+/// Holds a body's error back by one poll, so that the response head (and any
+/// bytes already written) reach the client before the connection is cut.
+///
+/// NOTE: hyper's HTTP/1 server drops the connection on a body error without
+/// flushing what it has buffered; when the error is the first thing the body
+/// yields, the client would get no status line at all. A `Pending` (with a
+/// wake-up) first makes hyper flush, then the error cuts the connection.
+pub struct FlushBeforeError<B> {
+    inner: B,
+    held: Option<BoxError>,
+}
+
+impl<B> FlushBeforeError<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        FlushBeforeError { inner, held: None }
+    }
+}
+
+impl<B> Body for FlushBeforeError<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(e) = this.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.held = Some(e.into());
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

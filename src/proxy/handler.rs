@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{
-    body::{boxed, full, BoxError, FirstByte, IdleTimeout, ProxyBody},
+    body::{boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody},
     flight::{FlightGuard, Flights, Joined},
     replay,
     sse::storable_answer,
@@ -39,9 +39,6 @@ use crate::{
 /// The metrics label of callers that match no tenant (tenant names cannot
 /// start with `_`).
 pub const UNKNOWN_TENANT: &str = "_unknown";
-
-/// Longest `x-modelcache-namespace` accepted; a longer one bypasses the cache.
-const MAX_NAMESPACE_BYTES: usize = 256;
 
 /// What happened to a request, for headers and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,21 +177,24 @@ fn too_hot(body: &Value, policy: &Policy) -> bool {
     })
 }
 
-/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable.
+/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable
+/// (the request then bypasses the cache).
 fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
     match h.get("x-modelcache-namespace") {
         None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(s) if !s.trim().is_empty() && s.len() <= MAX_NAMESPACE_BYTES => Ok(Some(s.trim())),
-            _ => Err(()),
-        },
+        Some(v) => crate::keying::namespace(v.as_bytes()).map(Some).ok_or(()),
     }
 }
 
-/// How a tenant's policy and the request's namespace header shape its key
-/// (call after [`namespace`] has accepted the header).
-fn key_options<'a>(policy: &Policy, h: &'a HeaderMap) -> KeyOptions<'a> {
-    policy.key_options(namespace(h).ok().flatten())
+/// How a tenant's policy, the request's namespace header and its query
+/// string shape its key (call after [`namespace`] has accepted the header).
+fn key_options<'a>(policy: &Policy, parts: &'a http::request::Parts) -> KeyOptions<'a> {
+    KeyOptions {
+        // NOTE: an upstream may answer by the query (`?api-version=` on
+        // Azure), so requests with another query never share an answer.
+        query: parts.uri.query(),
+        ..policy.key_options(namespace(&parts.headers).ok().flatten())
+    }
 }
 
 /// Whom an upstream answer verifies or refuses.
@@ -427,7 +427,7 @@ impl Gateway {
             .filter(|_| policy.mode != CacheMode::Off && !cc.no_store);
         let key = match (endpoint, cache, parsed.as_ref(), namespace(&parts.headers)) {
             (Some(ep), Some(_), Some(v), Ok(_)) if !too_hot(v, policy) => {
-                key_with(ep, v, &key_options(policy, &parts.headers)).ok()
+                key_with(ep, v, &key_options(policy, &parts)).ok()
             }
             _ => None,
         };
@@ -459,9 +459,7 @@ impl Gateway {
                 let alt = parsed
                     .as_ref()
                     .and_then(without_sampling)
-                    .and_then(|b| {
-                        key_with(key.endpoint, &b, &key_options(policy, &parts.headers)).ok()
-                    })
+                    .and_then(|b| key_with(key.endpoint, &b, &key_options(policy, &parts)).ok())
                     .filter(|k| k.partition != key.partition);
                 if let Some(alt) = alt {
                     let probe = Probe {
@@ -585,9 +583,18 @@ impl Gateway {
                 }
             }
         }
-        let (mut rparts, rbody) = resp.into_parts();
+        let (mut rparts, mut rbody) = resp.into_parts();
+        // NOTE: a body that has already failed (a broken chunk-size line
+        // right after the head) is the gateway's 502 while no head has gone
+        // to the client; a failure found later cuts the connection after the
+        // upstream's head (`FlushBeforeError`). Neither is ever cached.
+        let first = match rbody.frame().now_or_never() {
+            Some(Some(Err(e))) => return Err(GatewayError::UpstreamBody(e.to_string())),
+            Some(Some(Ok(frame))) => Some(frame),
+            Some(None) | None => None,
+        };
         strip_hop_by_hop(&mut rparts.headers);
-        let body = IdleTimeout::new(rbody, upstream.idle_timeout());
+        let body = IdleTimeout::new(Peeked::new(first, rbody), upstream.idle_timeout());
         let body = match write {
             Some(w) if status == StatusCode::OK => {
                 let ct = rparts
@@ -614,7 +621,10 @@ impl Gateway {
             }
             _ => boxed(body),
         };
-        Ok(Response::from_parts(rparts, body))
+        Ok(Response::from_parts(
+            rparts,
+            boxed(FlushBeforeError::new(body)),
+        ))
     }
 
     /// A stored answer as the response `key` asks for: JSON, or SSE events;

@@ -3,8 +3,9 @@
 //! Owns decoding (gzip, deflate), Server-Sent Events parsing, the assembly of
 //! streamed chunks into one `chat.completion` or `text_completion`, and the
 //! checks that decide whether an answer is clean and complete. It must never
-//! accept a partial answer: no `[DONE]`, an error event, a truncated body or a
-//! disallowed `finish_reason` all mean "do not cache".
+//! accept a partial answer: no `[DONE]`, an error event (an `error` member, or
+//! an event of type `error`), a truncated body or a disallowed
+//! `finish_reason` all mean "do not cache".
 
 use std::{collections::BTreeMap, io::Read};
 
@@ -55,33 +56,60 @@ pub fn decode(encoding: Option<&str>, body: &[u8], cap: usize) -> Result<Vec<u8>
     }
 }
 
-/// The `data` payloads of an SSE body, in order.
-pub fn data_events(body: &str) -> Vec<String> {
+/// One Server-Sent Event: its type (the `event:` field) and its data, each
+/// if present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// The `event:` field.
+    pub kind: Option<String>,
+    /// The `data:` lines, joined with `\n`.
+    pub data: Option<String>,
+}
+
+impl Event {
+    /// Whether the upstream flagged this event as an error (`event: error`).
+    pub fn is_error(&self) -> bool {
+        self.kind
+            .as_deref()
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("error"))
+    }
+}
+
+/// The events of an SSE body, in order: every block with a `data:` or an
+/// `event:` line.
+pub fn events(body: &str) -> Vec<Event> {
     let mut out = Vec::new();
-    let mut cur: Option<String> = None;
+    let mut cur = Event::default();
     for line in body.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
-            if let Some(d) = cur.take() {
-                out.push(d);
+            if cur.kind.is_some() || cur.data.is_some() {
+                out.push(std::mem::take(&mut cur));
             }
             continue;
         }
         if let Some(rest) = line.strip_prefix("data:") {
             let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut cur {
+            match &mut cur.data {
                 Some(d) => {
                     d.push('\n');
                     d.push_str(rest);
                 }
-                None => cur = Some(rest.to_string()),
+                None => cur.data = Some(rest.to_string()),
             }
+        } else if let Some(rest) = line.strip_prefix("event:") {
+            cur.kind = Some(rest.strip_prefix(' ').unwrap_or(rest).to_string());
         }
     }
-    if let Some(d) = cur {
-        out.push(d);
+    if cur.kind.is_some() || cur.data.is_some() {
+        out.push(cur);
     }
     out
+}
+
+/// The `data` payloads of an SSE body, in order.
+pub fn data_events(body: &str) -> Vec<String> {
+    events(body).into_iter().filter_map(|e| e.data).collect()
 }
 
 #[derive(Default)]
@@ -113,7 +141,14 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
     let mut done = false;
     let mut top = Map::new();
     let mut choices: BTreeMap<u64, ChoiceAcc> = BTreeMap::new();
-    for data in data_events(body) {
+    for event in events(body) {
+        // NOTE: an upstream may flag an error by the event's type alone, with
+        // data that has no `error` member; the client gets it untouched, the
+        // cache never does.
+        if event.is_error() {
+            return Err(Reject::ErrorEvent);
+        }
+        let Some(data) = event.data else { continue };
         if data.trim() == "[DONE]" {
             done = true;
             continue;
@@ -402,6 +437,35 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]
             decode(Some("br"), b"x", 10),
             Err(Reject::Encoding(_))
         ));
+    }
+
+    #[test]
+    fn an_event_typed_error_rejects_the_stream_whatever_its_data() {
+        let body = STREAM.replacen(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}",
+            "event: error\ndata: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}",
+            1,
+        );
+        assert_ne!(body, STREAM);
+        assert_eq!(
+            assemble(Endpoint::Chat, &body).unwrap_err(),
+            Reject::ErrorEvent
+        );
+        // With data that is no JSON at all, or with no data.
+        for extra in [
+            "event: error\ndata: upstream overloaded\n\n",
+            "event:error\r\n\r\n",
+        ] {
+            let body = format!("{extra}{STREAM}");
+            assert_eq!(
+                assemble(Endpoint::Chat, &body).unwrap_err(),
+                Reject::ErrorEvent,
+                "{extra:?}"
+            );
+        }
+        // Other event types are read as before.
+        let typed = format!("event: message\n{STREAM}");
+        assert!(assemble(Endpoint::Chat, &typed).is_ok());
     }
 
     #[test]
