@@ -16,11 +16,6 @@ use std::{
 
 use tokio::sync::watch;
 
-/// How long a finished flight's answer is still handed to new identical
-/// misses: the time its write takes to reach the cache, so that a request
-/// arriving between the two is not sent upstream again.
-const LINGER: Duration = Duration::from_secs(2);
-
 #[derive(Clone, Debug)]
 enum State {
     Running,
@@ -115,22 +110,14 @@ fn remove(table: &Mutex<Table>, key: &Key, id: u64) {
 
 impl FlightGuard {
     /// Hands `answer` (the stored form: one JSON document) to the followers.
+    ///
+    /// NOTE: the flight ends here, before the answer's write reaches the
+    /// cache: an identical miss in between is forwarded again. Handing the
+    /// answer on for longer would outlive an admin delete or flush of it.
     pub fn finish(mut self, answer: &str) {
         self.done = true;
         let _ = self.tx.send(State::Done(Arc::from(answer)));
-        let (table, key, id) = (self.table.clone(), self.key.clone(), self.id);
-        // NOTE: the answer lingers while its write reaches the cache; a
-        // runtime is always there (the proxy calls this from a task), but a
-        // caller without one just removes the flight at once.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    tokio::time::sleep(LINGER).await;
-                    remove(&table, &key, id);
-                });
-            }
-            Err(_) => remove(&table, &key, id),
-        }
+        remove(&self.table, &self.key, self.id);
     }
 }
 
@@ -179,11 +166,9 @@ mod tests {
         let waiting = tokio::spawn(a.answer(Duration::from_secs(5)));
         lead.finish("{\"answer\":1}");
         assert_eq!(waiting.await.unwrap().as_deref(), Some("{\"answer\":1}"));
-        // While it lingers, a late identical miss is served too.
-        let Joined::Follower(late) = f.join("t", "h") else {
-            panic!("a finished flight lingers")
-        };
-        assert!(late.answer(Duration::from_secs(1)).await.is_some());
+        // A finished flight is over: the next identical miss leads anew.
+        assert!(f.is_empty());
+        assert!(matches!(f.join("t", "h"), Joined::Leader(_)));
     }
 
     #[tokio::test]
