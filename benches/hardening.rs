@@ -21,6 +21,10 @@ const ALONE: usize = 30;
 /// Rounds per long-message size.
 const ROUNDS: usize = 8;
 
+/// A message size: its label and how to make a message of it (the salt
+/// makes each one new, so each is a miss).
+type Size = (&'static str, Box<dyn Fn(usize) -> String>);
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -109,7 +113,7 @@ async fn main() {
         "| message | long request p50 | short beside it p50 | max | p50 / alone | peak RSS | RSS over idle |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let sizes: [(&str, Box<dyn Fn(usize) -> String>); 5] = [
+    let sizes: [Size; 5] = [
         ("500 words", Box::new(|s| words(500, s))),
         ("1,500 words", Box::new(|s| words(1_500, s))),
         ("8,000 words", Box::new(|s| words(8_000, s))),
