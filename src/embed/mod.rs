@@ -509,7 +509,7 @@ impl<'a> Worker<'a> {
                         .limits
                         .queue
                         .saturating_sub(self.short.len() + self.long.len());
-                    while arrived.len() < room.min(self.limits.max_batch).max(1) {
+                    while arrived.len() < room.min(self.limits.max_batch) {
                         match guard.try_recv() {
                             Ok(j) => arrived.push(j),
                             Err(_) => break,
@@ -662,6 +662,98 @@ mod tests {
         for (a, b) in v.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6);
         }
+    }
+
+    /// A hashing embedder that takes `per_piece` for every text it embeds,
+    /// like a model does.
+    struct Slow(HashEmbedder, std::time::Duration);
+
+    impl Embedder for Slow {
+        fn dims(&self) -> usize {
+            self.0.dims()
+        }
+        fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+            std::thread::sleep(self.1 * texts.len() as u32);
+            self.0.embed_batch(texts)
+        }
+        fn split(&self, text: &str) -> Vec<String> {
+            self.0.split(text)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_text_is_not_held_behind_a_long_one() {
+        let s = EmbedService::start(
+            Arc::new(|| {
+                Ok(Box::new(Slow(
+                    HashEmbedder::new(64).with_chunk_words(4),
+                    std::time::Duration::from_millis(20),
+                )) as Box<dyn Embedder>)
+            }),
+            EmbedLimits::new(1, 8, 16).with_chunks(16, 4),
+            None,
+        )
+        .unwrap();
+        // Sixteen windows: 320 ms of model time, four windows per run.
+        let long: String = (0..64).map(|i| format!("w{i} ")).collect();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (s1, o1) = (s.clone(), order.clone());
+        let first = tokio::spawn(async move {
+            s1.embed(&long).await.unwrap();
+            o1.lock().unwrap().push("long");
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        s.embed("a short question").await.unwrap();
+        order.lock().unwrap().push("short");
+        first.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec!["short", "long"]);
+    }
+
+    #[tokio::test]
+    async fn a_text_past_max_chunks_is_too_long_and_costs_no_model_time() {
+        /// One window per character: a text can be many windows in few words,
+        /// as a dense text is in tokens.
+        struct PerChar(HashEmbedder);
+        impl Embedder for PerChar {
+            fn dims(&self) -> usize {
+                self.0.dims()
+            }
+            fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+                self.0.embed_batch(texts)
+            }
+            fn split(&self, text: &str) -> Vec<String> {
+                text.chars().map(String::from).collect()
+            }
+        }
+        let dense = EmbedService::start(
+            Arc::new(|| Ok(Box::new(PerChar(HashEmbedder::new(64))) as Box<dyn Embedder>)),
+            EmbedLimits::new(1, 8, 8).with_chunks(16, 4),
+            None,
+        )
+        .unwrap();
+        // One word of 17 windows: it passes the size check, then the worker
+        // refuses it once split.
+        let long = "abcdefghijklmnopq";
+        assert!(dense.may_fit(long));
+        assert!(matches!(dense.embed(long).await, Err(EmbedError::TooLong)));
+        assert!(
+            dense.embed("abcdefghijklmnop").await.is_ok(),
+            "16 windows fit"
+        );
+
+        let s = service(8);
+        // Past 16 x 4 words: refused by its size alone, without queueing.
+        let huge = "word ".repeat(1_000);
+        assert!(!s.may_fit(&huge));
+        assert!(matches!(s.embed(&huge).await, Err(EmbedError::TooLong)));
+        // A byte budget too: one long "word" of 16 x 4 x 16 + 1 bytes.
+        assert!(!s.may_fit(&"x".repeat(16 * 4 * 16 + 1)));
+        // Sixteen windows still fit, and are averaged.
+        let fits: String = (0..64).map(|i| format!("w{i} ")).collect();
+        assert_eq!(s.embed(&fits).await.unwrap().len(), 64);
+        let all = s.embed_all_waiting(&[huge, "short".into()]).await;
+        assert!(matches!(all[0], Err(EmbedError::TooLong)));
+        assert!(all[1].is_ok());
     }
 
     #[test]
