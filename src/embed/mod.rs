@@ -2,15 +2,16 @@
 //!
 //! Owns the [`Embedder`] seam (fastembed in production, a hashing embedder in
 //! tests), the worker threads that run it, the batching of concurrent requests
-//! and the chunk-and-average treatment of long texts. It must never block a
-//! runtime thread: callers await a reply over a channel, and a full queue is an
-//! immediate error, not a wait.
+//! and the chunk-and-average treatment of long texts (on a lane of their own,
+//! up to `max_chunks` windows). It must never block a runtime thread: callers
+//! await a reply over a channel, and a full queue is an immediate error, not a
+//! wait. It must never let one text hold the model for long: a text past the
+//! budget is refused by its size, before it is tokenized.
 
 pub mod e5;
 pub mod openai;
 
 use std::{
-    collections::VecDeque,
     path::Path,
     sync::{mpsc, Arc, Mutex, OnceLock},
     time::Instant,
@@ -310,9 +311,8 @@ impl EmbedLimits {
     }
 }
 
-/// Chunks of a long text run through the model at most this many at a time,
-/// so that its memory stays that of a few windows, and short texts queued
-/// meanwhile are embedded between two runs instead of after the whole text.
+/// Windows of a long text run through the model at most this many at a
+/// time, so that its memory stays that of a few windows.
 const LONG_RUN: usize = 4;
 
 /// A text of more than this many bytes per token of the budget is judged too
@@ -320,7 +320,10 @@ const LONG_RUN: usize = 4;
 /// so sixteen is a loose bound that keeps the tokenizer's own work bounded.
 const BYTES_PER_TOKEN_BOUND: usize = 16;
 
-/// Worker threads behind a bounded queue. Clones share the workers.
+/// Worker threads behind bounded queues, in two lanes: short texts (one
+/// window) are batched on `limits.threads` workers; texts of several windows
+/// go to one worker of their own, with its own model, so that a long text
+/// never holds a short question behind it. Clones share the workers.
 #[derive(Clone)]
 pub struct EmbedService {
     tx: mpsc::SyncSender<Job>,
@@ -328,41 +331,63 @@ pub struct EmbedService {
     limits: EmbedLimits,
 }
 
+/// Starts one worker thread named `name` with its own model from `factory`;
+/// it reports the model's size (or its load error) on `ready`, then runs
+/// `work`.
+fn spawn_worker(
+    name: String,
+    factory: &EmbedderFactory,
+    ready: &mpsc::Sender<Result<usize, EmbedError>>,
+    work: impl FnOnce(&mut dyn Embedder) + Send + 'static,
+) -> Result<(), EmbedError> {
+    let factory = factory.clone();
+    let ready = ready.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut model = match factory() {
+                Ok(m) => {
+                    let _ = ready.send(Ok(m.dims()));
+                    m
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            drop(ready);
+            work(&mut *model);
+        })
+        .map(|_| ())
+        .map_err(|e| EmbedError::Load(e.to_string()))
+}
+
 impl EmbedService {
-    /// Starts `limits.threads` workers, each with its own embedder from
-    /// `factory`, and waits until they have loaded. Blocking: call it off the
-    /// runtime.
+    /// Starts the workers (`limits.threads` for short texts, one for long
+    /// ones), each with its own embedder from `factory`, and waits until the
+    /// short ones have loaded (the long one loads on its first text).
+    /// Blocking: call it off the runtime.
     pub fn start(
         factory: EmbedderFactory,
         limits: EmbedLimits,
         observe: Option<BatchObserver>,
     ) -> Result<EmbedService, EmbedError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(limits.queue);
+        let (long_tx, long_rx) = mpsc::sync_channel::<LongJob>(limits.queue);
         let rx = Arc::new(Mutex::new(rx));
         let (ready_tx, ready_rx) = mpsc::channel();
         for i in 0..limits.threads.max(1) {
-            let rx = rx.clone();
-            let factory = factory.clone();
-            let ready_tx = ready_tx.clone();
-            let observe = observe.clone();
-            std::thread::Builder::new()
-                .name(format!("embed-{i}"))
-                .spawn(move || {
-                    let mut model = match factory() {
-                        Ok(m) => {
-                            let _ = ready_tx.send(Ok(m.dims()));
-                            m
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    drop(ready_tx);
-                    Worker::new(&mut *model, limits, observe).run(&rx);
-                })
-                .map_err(|e| EmbedError::Load(e.to_string()))?;
+            let (rx, long_tx, observe) = (rx.clone(), long_tx.clone(), observe.clone());
+            spawn_worker(format!("embed-{i}"), &factory, &ready_tx, move |model| {
+                short_worker(model, &rx, &long_tx, limits, observe.as_ref())
+            })?;
         }
+        drop(long_tx);
+        let (long_factory, observe_long) = (factory.clone(), observe.clone());
+        std::thread::Builder::new()
+            .name("embed-long".into())
+            .spawn(move || long_worker(&long_factory, &long_rx, observe_long.as_ref()))
+            .map_err(|e| EmbedError::Load(e.to_string()))?;
         drop(ready_tx);
         let mut dims = 0;
         for r in ready_rx.iter() {
@@ -445,173 +470,142 @@ impl EmbedService {
     }
 }
 
-/// A long text part way through the model: its pieces, how many are done,
-/// and the sum of their vectors so far.
+/// A text of several windows, split, on its way to the long lane.
 struct LongJob {
     job: Job,
     pieces: Vec<String>,
-    done: usize,
-    sum: Vec<f32>,
 }
 
-/// One worker thread: short texts are batched together; a long text's
-/// chunks run a few at a time, with the short texts that arrived meanwhile
-/// served first.
-struct Worker<'a> {
-    model: &'a mut dyn Embedder,
+/// Runs the model on `texts`, tells `observe`, and checks the count.
+fn run_model(
+    model: &mut dyn Embedder,
+    texts: &[String],
+    observe: Option<&BatchObserver>,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let start = Instant::now();
+    let result = model.embed_batch(texts);
+    if let Some(o) = observe {
+        o(texts.len(), start.elapsed().as_secs_f64());
+    }
+    match result {
+        Ok(v) if v.len() == texts.len() => Ok(v),
+        Ok(_) => Err(EmbedError::Model("wrong number of vectors".into())),
+        Err(e) => Err(e),
+    }
+}
+
+/// A short-lane worker: batches whatever queued up while the last batch ran.
+/// A text that turns out to be several windows goes to the long lane (or is
+/// [`EmbedError::TooLong`]), so the batch never waits for it.
+fn short_worker(
+    model: &mut dyn Embedder,
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    long: &mpsc::SyncSender<LongJob>,
     limits: EmbedLimits,
-    observe: Option<BatchObserver>,
-    short: VecDeque<Job>,
-    long: VecDeque<LongJob>,
-}
-
-impl<'a> Worker<'a> {
-    fn new(
-        model: &'a mut dyn Embedder,
-        limits: EmbedLimits,
-        observe: Option<BatchObserver>,
-    ) -> Self {
-        Worker {
-            model,
-            limits,
-            observe,
-            short: VecDeque::new(),
-            long: VecDeque::new(),
-        }
-    }
-
-    fn idle(&self) -> bool {
-        self.short.is_empty() && self.long.is_empty()
-    }
-
-    fn run(mut self, rx: &Mutex<mpsc::Receiver<Job>>) {
-        loop {
-            let mut arrived = Vec::new();
-            {
-                // NOTE: with work in hand, never wait for the lock: another
-                // worker may hold it while it waits for a job.
-                let guard = if self.idle() {
-                    match rx.lock() {
-                        Ok(g) => Some(g),
-                        Err(_) => return,
-                    }
-                } else {
-                    rx.try_lock().ok()
-                };
-                if let Some(guard) = guard {
-                    if self.idle() {
-                        let Ok(first) = guard.recv() else { return };
-                        arrived.push(first);
-                    }
-                    // NOTE: whatever queued up while the last run went goes
-                    // into this one, within the queue's bound.
-                    let room = self
-                        .limits
-                        .queue
-                        .saturating_sub(self.short.len() + self.long.len());
-                    while arrived.len() < room.min(self.limits.max_batch) {
-                        match guard.try_recv() {
-                            Ok(j) => arrived.push(j),
-                            Err(_) => break,
-                        }
-                    }
+    observe: Option<&BatchObserver>,
+) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let Ok(guard) = rx.lock() else { return };
+            let Ok(first) = guard.recv() else { return };
+            jobs.push(first);
+            while jobs.len() < limits.max_batch.max(1) {
+                match guard.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
                 }
             }
-            for job in arrived {
-                self.take(job);
+        }
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // NOTE: a token covers at least one byte, so a text of fewer
+            // bytes than a window holds tokens (less room for the special
+            // tokens) is one window without tokenizing it.
+            if job.text.len() + 8 <= limits.chunk_tokens {
+                batch.push(job);
+                continue;
             }
-            if !self.short.is_empty() {
-                self.run_short();
-            } else if !self.long.is_empty() {
-                self.run_long();
+            let pieces = model.split(&job.text);
+            if pieces.len() <= 1 {
+                batch.push(job);
+            } else if pieces.len() > limits.max_chunks {
+                let _ = job.reply.send(Err(EmbedError::TooLong));
+            } else if let Err(e) = long.try_send(LongJob { job, pieces }) {
+                let (mpsc::TrySendError::Full(j) | mpsc::TrySendError::Disconnected(j)) = e;
+                let _ = j.job.reply.send(Err(EmbedError::Busy));
             }
         }
-    }
-
-    /// Splits a new job and files it as short or long (or answers it).
-    fn take(&mut self, job: Job) {
-        let pieces = self.model.split(&job.text);
-        if pieces.len() > self.limits.max_chunks {
-            let _ = job.reply.send(Err(EmbedError::TooLong));
-        } else if pieces.len() <= 1 {
-            self.short.push_back(job);
-        } else {
-            let dims = self.model.dims();
-            self.long.push_back(LongJob {
-                job,
-                pieces,
-                done: 0,
-                sum: vec![0f32; dims],
-            });
+        if batch.is_empty() {
+            continue;
         }
-    }
-
-    fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let start = Instant::now();
-        let result = self.model.embed_batch(texts);
-        if let Some(o) = &self.observe {
-            o(texts.len(), start.elapsed().as_secs_f64());
-        }
-        match result {
-            Ok(v) if v.len() == texts.len() => Ok(v),
-            Ok(_) => Err(EmbedError::Model("wrong number of vectors".into())),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn run_short(&mut self) {
-        let n = self.short.len().min(self.limits.max_batch.max(1));
-        let jobs: Vec<Job> = self.short.drain(..n).collect();
-        let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
-        match self.embed(&texts) {
+        let texts: Vec<String> = batch.iter().map(|j| j.text.clone()).collect();
+        match run_model(model, &texts, observe) {
             Ok(vecs) => {
-                for (job, v) in jobs.into_iter().zip(vecs) {
+                for (job, v) in batch.into_iter().zip(vecs) {
                     let _ = job.reply.send(Ok(v));
                 }
             }
             Err(e) => {
-                for job in jobs {
+                for job in batch {
                     let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
 
-    fn run_long(&mut self) {
-        let Some(front) = self.long.front_mut() else {
-            return;
-        };
-        if front.job.reply.is_closed() {
-            // NOTE: the caller gave up (its request ended): no need to finish.
-            self.long.pop_front();
-            return;
-        }
-        let end = (front.done + LONG_RUN).min(front.pieces.len());
-        let texts = front.pieces[front.done..end].to_vec();
-        let result = self.embed(&texts);
-        let Some(front) = self.long.front_mut() else {
-            return;
-        };
-        match result {
-            Ok(vecs) => {
-                for v in vecs {
-                    for (a, x) in front.sum.iter_mut().zip(&v) {
-                        *a += x;
-                    }
-                }
-                front.done = end;
-                if front.done >= front.pieces.len() {
-                    if let Some(done) = self.long.pop_front() {
-                        let _ = done.job.reply.send(Ok(normalized(done.sum)));
-                    }
-                }
-            }
-            Err(e) => {
-                if let Some(failed) = self.long.pop_front() {
-                    let _ = failed.job.reply.send(Err(e));
+/// The long-lane worker: one text at a time, [`LONG_RUN`] windows per run of
+/// the model, their unit mean as the answer.
+///
+/// NOTE: its model is loaded when the first long text arrives: a copy of the
+/// model costs about 150 MiB, which a deployment of short questions only
+/// should not pay.
+fn long_worker(
+    factory: &EmbedderFactory,
+    rx: &mpsc::Receiver<LongJob>,
+    observe: Option<&BatchObserver>,
+) {
+    let mut loaded: Option<Box<dyn Embedder>> = None;
+    while let Ok(LongJob { job, pieces }) = rx.recv() {
+        if loaded.is_none() {
+            match factory() {
+                Ok(m) => loaded = Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the long-text embedding model failed to load");
+                    let _ = job.reply.send(Err(e));
+                    continue;
                 }
             }
         }
+        let Some(model) = loaded.as_deref_mut() else {
+            continue;
+        };
+        let mut sum = vec![0f32; model.dims()];
+        let mut failed = None;
+        for run in pieces.chunks(LONG_RUN) {
+            if job.reply.is_closed() {
+                // NOTE: the caller gave up (its request ended): stop here.
+                break;
+            }
+            match run_model(model, run, observe) {
+                Ok(vecs) => {
+                    for v in vecs {
+                        for (a, x) in sum.iter_mut().zip(&v) {
+                            *a += x;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let _ = job.reply.send(match failed {
+            Some(e) => Err(e),
+            None => Ok(normalized(sum)),
+        });
     }
 }
 
