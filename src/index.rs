@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         RwLock,
@@ -72,6 +72,73 @@ pub struct UsearchIndex {
     dims: usize,
     tags: RwLock<HashMap<u64, u64>>,
     dirty: AtomicBool,
+    /// Whose snapshot this is (see [`UsearchIndex::open`]); written into the
+    /// seal beside every snapshot saved.
+    owner: String,
+}
+
+/// The file beside an index snapshot that ties it to the store it was built
+/// from and holds its checksum: a snapshot without a matching seal is never
+/// loaded.
+pub fn seal_path(path: &Path) -> PathBuf {
+    path.with_extension("usearch.seal")
+}
+
+/// The first line of a seal (its format).
+const SEAL_HEAD: &str = "modelcache index snapshot 1";
+
+/// The SHA-256 of a file, in hex, read in pieces.
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The seal of a snapshot: its owner and checksum.
+fn render_seal(owner: &str, sha256: &str) -> String {
+    format!("{SEAL_HEAD}\nowner {owner}\nsha256 {sha256}\n")
+}
+
+/// Why the snapshot at `path` may not be loaded for `owner`, if it may not.
+fn seal_refuses(path: &Path, owner: &str) -> Option<String> {
+    let seal = match std::fs::read_to_string(seal_path(path)) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("no seal beside it ({e})")),
+    };
+    let mut lines = seal.lines();
+    if lines.next() != Some(SEAL_HEAD) {
+        return Some("its seal is of an unknown format".into());
+    }
+    let mut field = |name: &str| {
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix(name))
+            .and_then(|l| l.strip_prefix(' '))
+            .map(str::to_string)
+    };
+    let (Some(sealed_owner), Some(sum)) = (field("owner"), field("sha256")) else {
+        return Some("its seal is incomplete".into());
+    };
+    if sealed_owner != owner {
+        return Some(format!(
+            "it was built from another store or tenant ({sealed_owner}, not {owner})"
+        ));
+    }
+    match file_sha256(path) {
+        Ok(actual) if actual == sum => None,
+        Ok(_) => Some("its checksum does not match its seal (the file changed)".into()),
+        Err(e) => Some(format!("it cannot be read ({e})")),
+    }
 }
 
 fn native(e: impl std::fmt::Display) -> IndexError {
@@ -104,21 +171,55 @@ impl UsearchIndex {
             dims,
             tags: RwLock::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            owner: String::new(),
         })
+    }
+
+    /// The first stored id whose vector in the index is not finite (NaN or
+    /// infinite bytes written into a snapshot), if any.
+    fn first_non_finite(&self, ids: impl Iterator<Item = u64>) -> Option<u64> {
+        let mut buf = vec![0f32; self.dims];
+        ids.filter(|id| self.index.contains(*id)).find(|id| {
+            // NOTE: an id that cannot be read back is as bad as NaN.
+            self.index.get(*id, &mut buf).is_err() || !buf.iter().all(|x| x.is_finite())
+        })
+    }
+
+    /// Loads the snapshot at `path` if its seal says it belongs to `owner`
+    /// and matches its bytes; otherwise says why not.
+    fn load_sealed(path: &Path, owner: &str, dims: usize, q: Quantization) -> Result<Self, String> {
+        if let Some(why) = seal_refuses(path, owner) {
+            return Err(why);
+        }
+        let idx = Self::new(dims, q).map_err(|e| e.to_string())?;
+        path.to_str()
+            .ok_or_else(|| native("non-UTF-8 path"))
+            .and_then(|p| idx.index.load(p).map_err(native))
+            .map_err(|e| format!("it is unreadable ({e})"))?;
+        if idx.index.dimensions() != dims {
+            return Err(format!(
+                "it holds vectors of {} dimensions, not {dims}",
+                idx.index.dimensions()
+            ));
+        }
+        Ok(idx)
     }
 
     /// Loads a snapshot, then reconciles it with `rows` (id, tag) from the
     /// store: ids the snapshot lacks are added with the vectors `vectors_of`
-    /// reads (it may leave out ids it has no vector for). If the
-    /// snapshot is unreadable, of another shape, or holds ids the store no
-    /// longer has, the index is rebuilt from the store instead. Returns the
-    /// index and whether it was rebuilt.
+    /// reads (it may leave out ids it has no vector for). If the snapshot is
+    /// not sealed for `owner` (built from another store or tenant, or changed
+    /// since it was saved: see [`seal_path`]), unreadable, of another shape,
+    /// holds a vector that is not finite, or holds ids the store no longer
+    /// has, a warning is logged and the index is rebuilt from the store
+    /// instead. Returns the index and whether it was rebuilt.
     ///
     /// `changed` are ids the store changed since the snapshot was taken (a
     /// shared store's change log tail): they are dropped from the snapshot
     /// first, and the ones still stored come back with their stored vector.
     pub fn open(
         path: &Path,
+        owner: &str,
         dims: usize,
         q: Quantization,
         rows: &[(u64, u64)],
@@ -126,23 +227,17 @@ impl UsearchIndex {
         mut vectors_of: impl FnMut(&[u64]) -> Vec<(u64, Vec<f32>)>,
     ) -> Result<(Self, bool), IndexError> {
         let loaded = if path.exists() {
-            let idx = Self::new(dims, q)?;
-            match path
-                .to_str()
-                .ok_or_else(|| native("non-UTF-8 path"))
-                .and_then(|p| idx.index.load(p).map_err(native))
-            {
-                Ok(()) if idx.index.dimensions() == dims => Some(idx),
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "index snapshot unreadable; rebuilding");
+            match Self::load_sealed(path, owner, dims, q) {
+                Ok(idx) => Some(idx),
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), why, "index snapshot refused; rebuilding it from the store");
                     None
                 }
             }
         } else {
             None
         };
-        let (idx, rebuilt) = match loaded {
+        let (mut idx, rebuilt) = match loaded {
             Some(idx) => {
                 for id in changed {
                     if idx.index.contains(*id) {
@@ -154,15 +249,19 @@ impl UsearchIndex {
                     .iter()
                     .filter(|(id, _)| idx.index.contains(*id))
                     .count();
-                if present == idx.index.size() {
-                    (idx, false)
-                } else {
-                    tracing::warn!(path = %path.display(), "index snapshot is stale; rebuilding");
+                if present != idx.index.size() {
+                    tracing::warn!(path = %path.display(), "index snapshot is stale; rebuilding it from the store");
                     (Self::new(dims, q)?, true)
+                } else if let Some(id) = idx.first_non_finite(rows.iter().map(|r| r.0)) {
+                    tracing::warn!(path = %path.display(), id, "index snapshot holds a vector that is not finite; rebuilding it from the store");
+                    (Self::new(dims, q)?, true)
+                } else {
+                    (idx, false)
                 }
             }
             None => (Self::new(dims, q)?, path.exists() || !rows.is_empty()),
         };
+        idx.owner = owner.to_string();
         {
             let mut tags = idx.tags.write().map_err(native)?;
             for (id, tag) in rows {
@@ -320,11 +419,20 @@ impl VectorIndex for UsearchIndex {
             return Ok(false);
         }
         let tmp = path.with_extension("usearch.tmp");
+        let seal_tmp = path.with_extension("usearch.seal.tmp");
+        // NOTE: the snapshot and its seal are each renamed into place; a
+        // crash between the two renames leaves a seal that does not match,
+        // and the next start rebuilds from the store.
         let result = tmp
             .to_str()
             .ok_or_else(|| native("non-UTF-8 path"))
             .and_then(|p| self.index.save(p).map_err(native))
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(native));
+            .and_then(|()| file_sha256(&tmp).map_err(native))
+            .and_then(|sum| {
+                std::fs::write(&seal_tmp, render_seal(&self.owner, &sum)).map_err(native)
+            })
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(native))
+            .and_then(|()| std::fs::rename(&seal_tmp, seal_path(path)).map_err(native));
         if result.is_err() {
             self.dirty.store(true, Ordering::Release);
         }
@@ -402,6 +510,95 @@ mod tests {
         e.embed_batch(&texts).unwrap()
     }
 
+    const OWNER: &str = "store-a 74";
+
+    /// Writes NaN bytes over every vector of the snapshot at `path` (usearch
+    /// writes the vectors first: rows and bytes per row as two u32, then the
+    /// rows).
+    pub(crate) fn poison_vectors(path: &Path) {
+        let mut b = std::fs::read(path).unwrap();
+        let rows = u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+        let cols = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        assert!(rows > 0 && 8 + rows * cols <= b.len());
+        b[8..8 + rows * cols].fill(0xFF);
+        std::fs::write(path, b).unwrap();
+    }
+
+    /// Saves ten vectors of tag 1 under `owner` at `path`.
+    fn saved(path: &Path, owner: &str, vs: &[Vec<f32>]) {
+        let rows: Vec<(u64, u64)> = (0..vs.len() as u64).map(|i| (i, 1)).collect();
+        let (u, _) = UsearchIndex::open(path, owner, 32, Quantization::F16, &rows, &[], |ids| {
+            ids.iter()
+                .map(|&id| (id, vs[id as usize].clone()))
+                .collect()
+        })
+        .unwrap();
+        assert!(u.save(path).unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_of_another_store_or_changed_since_its_seal_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.usearch");
+        let vs = vecs(10);
+        // Another store's snapshot: same ids, other vectors.
+        let foreign: Vec<Vec<f32>> = vecs(20).split_off(10);
+        saved(&path, "store-b 74", &foreign);
+        let rows: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
+        let read = |ids: &[u64]| -> Vec<(u64, Vec<f32>)> {
+            ids.iter()
+                .map(|&id| (id, vs[id as usize].clone()))
+                .collect()
+        };
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], read).unwrap();
+        assert!(rebuilt, "the seal names another store");
+        let own = l.search(&vs[3], Some(1), 1).unwrap();
+        assert_eq!(own[0].0, 3);
+        assert!(own[0].1 > 0.99, "the store's own vector: {own:?}");
+        // The rebuilt index was saved under this store's seal: it loads.
+        assert!(l.save(&path).unwrap());
+        let (_, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], read).unwrap();
+        assert!(!rebuilt);
+        // A snapshot without a seal (an older release's, or a copied file).
+        std::fs::remove_file(seal_path(&path)).unwrap();
+        let (_, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], read).unwrap();
+        assert!(rebuilt);
+        // NaN bytes written into a sealed snapshot: the checksum refuses it.
+        saved(&path, OWNER, &vs);
+        poison_vectors(&path);
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], read).unwrap();
+        assert!(rebuilt);
+        assert_eq!(l.search(&vs[4], Some(1), 1).unwrap()[0].0, 4);
+    }
+
+    #[test]
+    fn a_snapshot_holding_non_finite_vectors_is_rebuilt_even_when_its_seal_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.usearch");
+        let vs = vecs(10);
+        saved(&path, OWNER, &vs);
+        poison_vectors(&path);
+        // The seal rewritten to match the poisoned bytes.
+        let sum = file_sha256(&path).unwrap();
+        std::fs::write(seal_path(&path), render_seal(OWNER, &sum)).unwrap();
+        let rows: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], |ids| {
+                ids.iter()
+                    .map(|&id| (id, vs[id as usize].clone()))
+                    .collect()
+            })
+            .unwrap();
+        assert!(rebuilt, "NaN vectors are never loaded");
+        let got = l.search(&vs[7], Some(1), 3).unwrap();
+        assert_eq!(got[0].0, 7);
+        assert!(got.iter().all(|(_, sim)| sim.is_finite()));
+    }
+
     #[test]
     fn usearch_agrees_with_brute_force_and_filters_by_tag() {
         let u = UsearchIndex::new(32, Quantization::F32).unwrap();
@@ -431,7 +628,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.usearch");
         let vs = vecs(10);
-        let u = UsearchIndex::new(32, Quantization::F16).unwrap();
+        let mut u = UsearchIndex::new(32, Quantization::F16).unwrap();
+        u.owner = OWNER.into();
         for (i, v) in vs.iter().enumerate() {
             u.add(i as u64, 1, v).unwrap();
         }
@@ -439,13 +637,16 @@ mod tests {
         assert!(!u.save(&path).unwrap(), "nothing changed");
         let rows: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
         let (l, rebuilt) =
-            UsearchIndex::open(&path, 32, Quantization::F16, &rows, &[], |_| Vec::new()).unwrap();
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &rows, &[], |_| {
+                Vec::new()
+            })
+            .unwrap();
         assert!(!rebuilt);
         assert_eq!(l.len(), 10);
         // The store gained a row: it is added from the store.
         let mut more = rows.clone();
         more.push((10, 1));
-        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &more, &[], |ids| {
+        let (l, _) = UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &more, &[], |ids| {
             ids.iter()
                 .map(|&id| (id, vs[(id as usize) % 10].clone()))
                 .collect()
@@ -454,26 +655,28 @@ mod tests {
         assert_eq!(l.len(), 11);
         // The store lost a row: the snapshot is stale, rebuilt from the store.
         let fewer: Vec<(u64, u64)> = (0..5).map(|i| (i, 1)).collect();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
-            ids.iter()
-                .map(|&id| (id, vs[id as usize].clone()))
-                .collect()
-        })
-        .unwrap();
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &fewer, &[], |ids| {
+                ids.iter()
+                    .map(|&id| (id, vs[id as usize].clone()))
+                    .collect()
+            })
+            .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
         // A corrupt file is rebuilt too.
         std::fs::write(&path, b"garbage").unwrap();
-        let (l, rebuilt) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
-            ids.iter()
-                .map(|&id| (id, vs[id as usize].clone()))
-                .collect()
-        })
-        .unwrap();
+        let (l, rebuilt) =
+            UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &fewer, &[], |ids| {
+                ids.iter()
+                    .map(|&id| (id, vs[id as usize].clone()))
+                    .collect()
+            })
+            .unwrap();
         assert!(rebuilt);
         assert_eq!(l.len(), 5);
         // Vectors of another size (another model) are skipped, not fatal.
-        let (l, _) = UsearchIndex::open(&path, 32, Quantization::F16, &fewer, &[], |ids| {
+        let (l, _) = UsearchIndex::open(&path, OWNER, 32, Quantization::F16, &fewer, &[], |ids| {
             ids.iter().map(|&id| (id, vec![1.0; 8])).collect()
         })
         .unwrap();
@@ -485,7 +688,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.usearch");
         let vs = vecs(12);
-        let u = UsearchIndex::new(32, Quantization::F32).unwrap();
+        let mut u = UsearchIndex::new(32, Quantization::F32).unwrap();
+        u.owner = OWNER.into();
         for (i, v) in vs.iter().take(10).enumerate() {
             u.add(i as u64, 1, v).unwrap();
         }
@@ -494,14 +698,21 @@ mod tests {
         // added.
         let rows: Vec<(u64, u64)> = (0..9).chain([10]).map(|i| (i, 1)).collect();
         let mut asked = Vec::new();
-        let (l, rebuilt) =
-            UsearchIndex::open(&path, 32, Quantization::F32, &rows, &[9, 3, 10], |ids| {
+        let (l, rebuilt) = UsearchIndex::open(
+            &path,
+            OWNER,
+            32,
+            Quantization::F32,
+            &rows,
+            &[9, 3, 10],
+            |ids| {
                 asked.extend_from_slice(ids);
                 ids.iter()
                     .map(|&id| (id, vs[if id == 3 { 11 } else { id as usize }].clone()))
                     .collect()
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert!(!rebuilt, "the tail explains every difference");
         asked.sort();
         assert_eq!(asked, vec![3, 10], "only changed entries are read");
