@@ -66,11 +66,62 @@ pub trait VectorIndex: Send + Sync {
     fn save(&self, path: &Path) -> Result<bool, IndexError>;
 }
 
+/// Each id's partition tag, and each partition's ids.
+#[derive(Default)]
+struct Tags {
+    of: HashMap<u64, u64>,
+    members: HashMap<u64, std::collections::HashSet<u64>>,
+}
+
+impl Tags {
+    fn insert(&mut self, id: u64, tag: u64) {
+        if let Some(old) = self.of.insert(id, tag) {
+            if old != tag {
+                self.leave(id, old);
+            }
+        }
+        self.members.entry(tag).or_default().insert(id);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<u64> {
+        let tag = self.of.remove(&id)?;
+        self.leave(id, tag);
+        Some(tag)
+    }
+
+    fn leave(&mut self, id: u64, tag: u64) {
+        if let Some(m) = self.members.get_mut(&tag) {
+            m.remove(&id);
+            if m.is_empty() {
+                self.members.remove(&tag);
+            }
+        }
+    }
+}
+
+/// Whether a partition of `members` entries, in an index of `total`, is
+/// searched exactly (every vector of the partition compared) rather than
+/// through the HNSW graph: up to 256 entries, or up to √(32 × total).
+///
+/// NOTE: a filtered HNSW search misses entries the graph cannot reach, and
+/// the same question stored under many partitions (other models, other
+/// parameters) is one vector many times over: HNSW's neighbour pruning keeps
+/// at most one link into a group of equal vectors, and some of them end up
+/// with no way in. On 6,000 templated questions over 150 partitions
+/// (`recall_experiment`), 1.8% of rewordings missed a stored twin, at any
+/// expansion and in f32 too. The graph search is also slow for a small
+/// partition: until it has found `expansion` members it walks most of the
+/// index, so its cost grows with total / members, while a scan costs about
+/// 1.1 µs per member. Measured, the two cross near √(30 × total).
+pub fn scans_exactly(members: usize, total: usize) -> bool {
+    members <= 256 || members.saturating_mul(members) <= total.saturating_mul(32)
+}
+
 /// usearch HNSW index.
 pub struct UsearchIndex {
     index: usearch::Index,
     dims: usize,
-    tags: RwLock<HashMap<u64, u64>>,
+    tags: RwLock<Tags>,
     dirty: AtomicBool,
     /// Whose snapshot this is (see [`UsearchIndex::open`]); written into the
     /// seal beside every snapshot saved.
@@ -169,10 +220,32 @@ impl UsearchIndex {
         Ok(UsearchIndex {
             index,
             dims,
-            tags: RwLock::new(HashMap::new()),
+            tags: RwLock::new(Tags::default()),
             dirty: AtomicBool::new(false),
             owner: String::new(),
         })
+    }
+
+    /// The `k` members nearest to `vector`, by comparing each (best first).
+    /// A vector that is not finite is left out.
+    fn scan(
+        &self,
+        vector: &[f32],
+        members: &std::collections::HashSet<u64>,
+        k: usize,
+    ) -> Vec<(u64, f32)> {
+        let mut buf = vec![0f32; self.dims];
+        let mut out: Vec<(u64, f32)> = members
+            .iter()
+            .filter_map(|&id| match self.index.get(id, &mut buf) {
+                Ok(n) if n > 0 => Some((id, dot(&buf, vector))),
+                _ => None,
+            })
+            .filter(|(_, sim)| sim.is_finite())
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        out
     }
 
     /// The first stored id whose vector in the index is not finite (NaN or
@@ -362,7 +435,7 @@ impl VectorIndex for UsearchIndex {
 
     fn remove(&self, id: u64) -> Result<(), IndexError> {
         let mut tags = self.tags.write().map_err(native)?;
-        if tags.remove(&id).is_some() || self.index.contains(id) {
+        if tags.remove(id).is_some() || self.index.contains(id) {
             self.index.remove(id).map_err(native)?;
             self.dirty.store(true, Ordering::Release);
         }
@@ -382,23 +455,40 @@ impl VectorIndex for UsearchIndex {
             });
         }
         let tags = self.tags.read().map_err(native)?;
-        if tags.is_empty() {
+        if tags.of.is_empty() {
             return Ok(Vec::new());
         }
+        let members = match tag {
+            Some(t) => match tags.members.get(&t) {
+                Some(m) => Some(m),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        if let Some(m) = members.filter(|m| scans_exactly(m.len(), tags.of.len())) {
+            return Ok(self.scan(vector, m, k));
+        }
         let wanted = |key: &u64| match tag {
-            Some(t) => tags.get(key) == Some(&t),
-            None => tags.contains_key(key),
+            Some(t) => tags.of.get(key) == Some(&t),
+            None => tags.of.contains_key(key),
         };
         let m = self
             .index
             .filtered_search(vector, k, |key| wanted(&key))
             .map_err(native)?;
-        Ok(m.keys
+        let found: Vec<(u64, f32)> = m
+            .keys
             .into_iter()
             .zip(m.distances)
             .filter(|(key, _)| wanted(key))
             .map(|(key, d)| (key, 1.0 - d))
-            .collect())
+            .collect();
+        // NOTE: fewer than asked from a partition that holds more: the
+        // graph lost its way; the partition is scanned instead.
+        match members {
+            Some(m) if found.len() < k.min(m.len()) => Ok(self.scan(vector, m, k)),
+            _ => Ok(found),
+        }
     }
 
     fn len(&self) -> usize {
@@ -732,5 +822,235 @@ mod tests {
         u.remove(1).unwrap();
         assert!(u.search(&vs[1], Some(1), 3).unwrap().is_empty());
         assert!(matches!(u.add(2, 1, &[1.0]), Err(IndexError::Dims { .. })));
+    }
+}
+
+#[cfg(test)]
+mod recall {
+    //! Filtered search over many partitions of templated near-duplicates.
+    use super::*;
+    use crate::embed::{Embedder, HashEmbedder};
+    use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
+
+    const VERBS: [&str; 16] = [
+        "reverse", "sort", "copy", "merge", "split", "filter", "print", "parse", "join", "count",
+        "shuffle", "flatten", "compare", "encode", "compress", "validate",
+    ];
+    const OBJECTS: [&str; 20] = [
+        "list",
+        "string",
+        "dictionary",
+        "array",
+        "file",
+        "tuple",
+        "set",
+        "date",
+        "number",
+        "matrix",
+        "stream",
+        "queue",
+        "map",
+        "vector",
+        "buffer",
+        "record",
+        "table",
+        "tree",
+        "graph",
+        "column",
+    ];
+    const PLACES: [&str; 12] = [
+        "Python", "Rust", "Go", "Java", "Ruby", "Kotlin", "Swift", "Haskell", "Elixir", "Scala",
+        "Bash", "SQL",
+    ];
+
+    /// Stored rows (id, tag, vector) and probes (tag, vector).
+    type Templated = (Vec<(u64, u64, Vec<f32>)>, Vec<(u64, Vec<f32>)>);
+
+    /// (id, tag, vector) of `tags` partitions, each holding `per_tag`
+    /// questions of one template drawn from a shared pool (so that the same
+    /// question sits in many partitions), and probes: a rewording of a
+    /// stored question with its tag.
+    pub(crate) fn templated(tags: u64, per_tag: usize, probes: usize, seed: u64) -> Templated {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut e = HashEmbedder::new(384);
+        // NOTE: a pool a little larger than a partition, so that every
+        // question sits in many partitions, as one vector each time (the
+        // partition is not embedded).
+        let pool: Vec<String> = (0..per_tag + per_tag / 2)
+            .map(|_| {
+                format!(
+                    "how do i {} a {} in {}",
+                    VERBS.choose(&mut rng).unwrap(),
+                    OBJECTS.choose(&mut rng).unwrap(),
+                    PLACES.choose(&mut rng).unwrap()
+                )
+            })
+            .collect();
+        let mut texts = Vec::new();
+        let mut rows = Vec::new();
+        for tag in 0..tags {
+            for q in pool.choose_multiple(&mut rng, per_tag) {
+                rows.push((rows.len() as u64 + 1, tag));
+                texts.push(q.clone());
+            }
+        }
+        let vs = e.embed_batch(&texts).unwrap();
+        let mut probe_texts = Vec::new();
+        let mut probe_tags = Vec::new();
+        for _ in 0..probes {
+            let i = rng.random_range(0..texts.len());
+            let extra = ["please", "quickly", "easily", "properly"]
+                .choose(&mut rng)
+                .unwrap();
+            probe_texts.push(format!("{} {extra}", texts[i]));
+            probe_tags.push(rows[i].1);
+        }
+        let pv = e.embed_batch(&probe_texts).unwrap();
+        (
+            rows.into_iter()
+                .zip(vs)
+                .map(|((id, tag), v)| (id, tag, v))
+                .collect(),
+            probe_tags.into_iter().zip(pv).collect(),
+        )
+    }
+
+    /// Probes whose nearest neighbour in their partition is not brute
+    /// force's (by exact similarity: ties count as equal), and the search
+    /// time per probe.
+    pub(crate) fn misses(
+        u: &dyn VectorIndex,
+        b: &BruteIndex,
+        vectors: &HashMap<u64, Vec<f32>>,
+        probes: &[(u64, Vec<f32>)],
+        k: usize,
+    ) -> (usize, std::time::Duration) {
+        let mut missed = 0;
+        let started = std::time::Instant::now();
+        let got: Vec<_> = probes
+            .iter()
+            .map(|(tag, v)| u.search(v, Some(*tag), k).unwrap())
+            .collect();
+        let spent = started.elapsed() / probes.len().max(1) as u32;
+        for ((tag, v), got) in probes.iter().zip(got) {
+            let want = b.search(v, Some(*tag), 1).unwrap()[0].1;
+            let have = got.first().map_or(-1.0, |(id, _)| dot(&vectors[id], v));
+            if have < want - 1e-6 {
+                missed += 1;
+            }
+        }
+        (missed, spent)
+    }
+
+    /// The search as it was before partitions were scanned: the filtered
+    /// HNSW search alone.
+    struct GraphOnly<'a>(&'a UsearchIndex);
+
+    impl VectorIndex for GraphOnly<'_> {
+        fn add(&self, _: u64, _: u64, _: &[f32]) -> Result<(), IndexError> {
+            unreachable!()
+        }
+        fn remove(&self, _: u64) -> Result<(), IndexError> {
+            unreachable!()
+        }
+        fn search(
+            &self,
+            v: &[f32],
+            tag: Option<u64>,
+            k: usize,
+        ) -> Result<Vec<(u64, f32)>, IndexError> {
+            let tags = self.0.tags.read().map_err(native)?;
+            let wanted = |key: u64| tag.is_none_or(|t| tags.of.get(&key) == Some(&t));
+            let m = self.0.index.filtered_search(v, k, wanted).map_err(native)?;
+            Ok(m.keys
+                .into_iter()
+                .zip(m.distances)
+                .map(|(key, d)| (key, 1.0 - d))
+                .collect())
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn contains(&self, id: u64) -> bool {
+            self.0.contains(id)
+        }
+        fn memory_bytes(&self) -> usize {
+            0
+        }
+        fn save(&self, _: &Path) -> Result<bool, IndexError> {
+            Ok(false)
+        }
+    }
+
+    /// An f16 index and brute force over `templated(tags, per_tag, ..)`,
+    /// with its probes and vectors.
+    #[allow(clippy::type_complexity)]
+    fn built(
+        tags: u64,
+        per_tag: usize,
+        probes: usize,
+    ) -> (
+        UsearchIndex,
+        BruteIndex,
+        HashMap<u64, Vec<f32>>,
+        Vec<(u64, Vec<f32>)>,
+    ) {
+        let (rows, probes) = templated(tags, per_tag, probes, 7);
+        let u = UsearchIndex::new(384, Quantization::F16).unwrap();
+        let b = BruteIndex::default();
+        for (id, tag, v) in &rows {
+            u.add(*id, *tag, v).unwrap();
+            b.add(*id, *tag, v).unwrap();
+        }
+        let vectors = rows.into_iter().map(|(id, _, v)| (id, v)).collect();
+        (u, b, vectors, probes)
+    }
+
+    #[test]
+    fn recall_at_1_equals_brute_force_over_many_partitions_of_near_duplicates() {
+        // 150 partitions of 40 questions drawn from one pool of 60: each
+        // question is stored in about a hundred partitions.
+        for (tags, per_tag) in [(150u64, 40usize), (40, 150)] {
+            let (u, b, vectors, probes) = built(tags, per_tag, 600);
+            let (missed, _) = misses(&u, &b, &vectors, &probes, 8);
+            // NOTE: the filtered graph search alone (the search before the
+            // partition scan) misses some here; printed, not asserted: it
+            // is usearch's behaviour, not ours.
+            let (graph, _) = misses(&GraphOnly(&u), &b, &vectors, &probes, 8);
+            println!(
+                "{tags} partitions of {per_tag}: the graph alone missed {graph} of {}",
+                probes.len()
+            );
+            assert_eq!(missed, 0, "{tags} partitions of {per_tag}");
+        }
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --lib recall_experiment -- --ignored --nocapture"]
+    fn recall_experiment() {
+        for (tags, per_tag) in [
+            (150u64, 40usize),
+            (40, 150),
+            (20, 300),
+            (8, 750),
+            (4, 1500),
+            (2, 3000),
+        ] {
+            let (u, b, vectors, probes) = built(tags, per_tag, 1000);
+            for (name, idx) in [
+                ("graph only (before)", &GraphOnly(&u) as &dyn VectorIndex),
+                ("search (after)", &u as &dyn VectorIndex),
+                ("brute force", &b as &dyn VectorIndex),
+            ] {
+                let (missed, per) = misses(idx, &b, &vectors, &probes, 8);
+                println!(
+                    "{tags:4} partitions x {per_tag:4} = {:5}, f16, {name:20}: recall@1 {:.1}% ({missed} of {} missed), {:?} per search",
+                    vectors.len(),
+                    100.0 * (probes.len() - missed) as f64 / probes.len() as f64,
+                    probes.len(),
+                    per
+                );
+            }
+        }
     }
 }
