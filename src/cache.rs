@@ -205,12 +205,28 @@ pub struct Explanation {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// An entry read for the semantic layer, with its stored embedding: the
+/// similarity that decides a semantic hit is computed from it, never taken
+/// from the index.
+#[derive(Debug, Clone)]
+struct Known {
+    entry: Arc<Entry>,
+    embedding: Option<Arc<[f32]>>,
+}
+
+/// How far below the lowest threshold the index's similarity of a candidate
+/// may be and the candidate still be judged (on its recomputed similarity):
+/// room for the index's quantization (f16, i8).
+const INDEX_SLACK: f32 = 0.02;
+
 /// State shared by lookups and the write-back thread.
 pub struct Core {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<Metrics>,
     exact: moka::sync::Cache<String, Arc<Entry>>,
-    by_id: moka::sync::Cache<i64, Arc<Entry>>,
+    by_id: moka::sync::Cache<i64, Known>,
+    /// The store's identity, sealed into every index snapshot.
+    store_id: String,
     indexes: RwLock<HashMap<String, Arc<dyn VectorIndex>>>,
     index_dir: Option<PathBuf>,
     dims: usize,
@@ -283,8 +299,12 @@ impl Core {
         };
         let started = Instant::now();
         let changed = self.changed_since_snapshot(tenant, &path);
+        // NOTE: a snapshot belongs to one store and one tenant; the file name
+        // says the tenant too, but a copied file keeps its name.
+        let owner = format!("{} {}", self.store_id, hex::encode(tenant));
         let (idx, rebuilt) = UsearchIndex::open(
             &path,
+            &owner,
             self.dims,
             self.quantization,
             &rows,
@@ -413,7 +433,13 @@ impl Core {
             let entry = Arc::new(e.to_entry(*id, 0));
             self.exact
                 .insert(exact_key(&e.tenant, &e.exact_hash), entry.clone());
-            self.by_id.insert(*id, entry);
+            self.by_id.insert(
+                *id,
+                Known {
+                    entry,
+                    embedding: e.embedding.as_deref().map(Arc::from),
+                },
+            );
         }
     }
 
@@ -585,11 +611,13 @@ impl Cache {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         let followed = store_last_change(&store)?;
+        let store_id = store.store_id().map_err(|e| e.to_string())?;
         let core = Arc::new(Core {
             store,
             metrics,
             exact: moka::sync::Cache::new(settings.exact_capacity),
             by_id: moka::sync::Cache::new(settings.exact_capacity),
+            store_id,
             indexes: RwLock::new(HashMap::new()),
             index_dir,
             dims: embedder.dims(),
@@ -741,16 +769,22 @@ impl Cache {
         }
     }
 
-    async fn entry_by_id(&self, id: i64) -> Option<Arc<Entry>> {
-        if let Some(e) = self.core.by_id.get(&id) {
-            return Some(e);
+    /// A semantic candidate with its stored embedding, from memory or in
+    /// one store read.
+    async fn entry_by_id(&self, id: i64) -> Option<Known> {
+        if let Some(k) = self.core.by_id.get(&id) {
+            return Some(k);
         }
         let generation = self.core.generation();
-        let e = Arc::new(self.read_store(move |s| s.get(id)).await?);
+        let (e, v) = self.read_store(move |s| s.get_with_embedding(id)).await?;
+        let k = Known {
+            entry: Arc::new(e),
+            embedding: v.map(Arc::from),
+        };
         if self.core.generation() == generation {
-            self.core.by_id.insert(id, e.clone());
+            self.core.by_id.insert(id, k.clone());
         }
-        Some(e)
+        Some(k)
     }
 
     async fn exact(&self, tenant: &str, key: &CacheKey) -> Option<Arc<Entry>> {
@@ -1111,24 +1145,49 @@ impl Cache {
                 return out;
             }
         };
-        let best = cands.first().map(|(_, sim)| *sim);
         // The lowest threshold the verifier may choose for any candidate.
         let floor = opts
             .min_similarity
             .map_or(opts.verifier.floor(threshold), |m| {
                 opts.verifier.floor(threshold).max(m)
             });
-        for (id, sim) in cands {
-            if !explain && (sim < floor || out.hit.is_some()) {
+        // The best recomputed similarity seen, for the histogram.
+        let mut best: Option<f32> = None;
+        for (i, (id, proposed)) in cands.into_iter().enumerate() {
+            // NOTE: the nearest candidate is always read, so that the
+            // histogram shows its true similarity, not the index's.
+            if !explain && (out.hit.is_some() || (i > 0 && proposed < floor - INDEX_SLACK)) {
                 break;
             }
             if out.candidates.iter().any(|c| c.entry.id == id as i64) {
                 continue;
             }
-            let Some(e) = self.entry_by_id(id as i64).await else {
+            let Some(Known {
+                entry: e,
+                embedding,
+            }) = self.entry_by_id(id as i64).await
+            else {
                 continue;
             };
+            // NOTE: the index only proposes. The similarity that decides is
+            // recomputed from the embedding the store keeps: a snapshot of
+            // another store, a vector gone stale, or NaN bytes in the index
+            // can then cost a hit, never serve a wrong one. A candidate with
+            // no usable stored embedding is not served semantically.
+            let sim = match embedding.as_deref() {
+                Some(stored) if stored.len() == v.len() => crate::index::dot(stored, v),
+                _ => f32::NAN,
+            };
+            if !sim.is_finite() {
+                tracing::debug!(
+                    entry = e.id,
+                    proposed,
+                    "a candidate without a usable stored embedding is not served"
+                );
+                continue;
+            }
             let sim = sim.min(1.0);
+            best = Some(best.map_or(sim, |b| b.max(sim)));
             // NOTE: the long-text guard may embed two sentences, so outside a
             // dry run it runs only for a candidate that passed all else.
             let long_needed =
@@ -1414,5 +1473,118 @@ impl Cache {
     pub fn close(&self) {
         self.writeback.close();
         self.core.save_indexes();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::{Embedder, EmbedderFactory, HashEmbedder};
+    use serde_json::json;
+
+    fn open() -> (Cache, crate::config::Settings) {
+        let settings =
+            crate::config::load(None, Vec::new(), &crate::config::Overrides::default()).unwrap();
+        let factory: EmbedderFactory =
+            Arc::new(|| Ok(Box::new(HashEmbedder::new(64)) as Box<dyn Embedder>));
+        let embedder =
+            EmbedService::start(factory, crate::embed::EmbedLimits::new(1, 8, 64), None).unwrap();
+        let cache = Cache::open(
+            settings.cache.clone(),
+            Arc::new(crate::store::memory::MemoryStore::default()),
+            embedder,
+            Arc::new(Metrics::new().unwrap()),
+            None,
+            Quantization::F16,
+            &[],
+        )
+        .unwrap();
+        (cache, settings)
+    }
+
+    fn key(q: &str) -> CacheKey {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": q}]});
+        crate::keying::key_for(crate::keying::Endpoint::Chat, &body).unwrap()
+    }
+
+    fn entry(k: &CacheKey, embedding: Vec<f32>) -> NewEntry {
+        NewEntry {
+            tenant: "t".into(),
+            partition: k.partition.clone(),
+            exact_hash: k.exact_hash.clone(),
+            endpoint: "chat".into(),
+            model: "m".into(),
+            text: k.text.clone(),
+            params: k.params.clone(),
+            answer: "{}".into(),
+            embedding: Some(embedding),
+            created_at: now_ms(),
+            expires_at: now_ms() + 3_600_000,
+            origin: Origin::Proxy,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_the_index_proposes_on_a_stale_vector_is_judged_on_its_stored_embedding() {
+        let (cache, settings) = open();
+        let opts = LookupOptions::for_policy(&settings.cache.policy);
+        let stored = key("Name three prime numbers");
+        let probe = key("What is the capital of France?");
+        let e = cache.embed(&stored.embed_text).await.unwrap();
+        let p = cache.embed(&probe.embed_text).await.unwrap();
+        let ids = cache
+            .insert_now(vec![entry(&stored, e.clone())])
+            .await
+            .unwrap();
+        // The index's vector of the entry goes stale: it is now the probe's.
+        let idx = cache.core().index("t").unwrap();
+        idx.add(ids[0] as u64, stored.partition_tag(), &p).unwrap();
+        let proposed = idx.search(&p, Some(stored.partition_tag()), 1).unwrap();
+        assert_eq!(proposed[0].0, ids[0] as u64);
+        assert!(
+            proposed[0].1 > 0.99,
+            "the index calls it a twin: {proposed:?}"
+        );
+        for from_store in [false, true] {
+            if from_store {
+                // Not in memory: read with its embedding from the store.
+                cache.core.by_id.invalidate_all();
+            }
+            assert!(
+                cache.lookup("t", &probe, &opts).await.hit.is_none(),
+                "the stored embedding refuses it (from the store: {from_store})"
+            );
+            let ex = cache.explain("t", &probe, &opts, Probe::default()).await;
+            let c = ex.candidates.iter().find(|c| c.entry.id == ids[0]).unwrap();
+            assert!((c.similarity - crate::index::dot(&e, &p)).abs() < 1e-5);
+            assert!(c.similarity < 0.5 && !c.served);
+        }
+        // The stored question's own words in another order hit on the
+        // stored embedding, although the index's vector is another's.
+        let reordered = key("three prime numbers name");
+        let hit = cache.lookup("t", &reordered, &opts).await.hit.unwrap();
+        assert_eq!((hit.entry.id, hit.kind), (ids[0], HitKind::Semantic));
+        assert!(hit.similarity > 0.999, "{}", hit.similarity);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_without_a_stored_embedding_is_not_served_semantically() {
+        let (cache, settings) = open();
+        let opts = LookupOptions::for_policy(&settings.cache.policy);
+        let stored = key("Name three prime numbers");
+        let e = cache.embed(&stored.embed_text).await.unwrap();
+        let mut new = entry(&stored, e.clone());
+        new.embedding = None;
+        let ids = cache.insert_now(vec![new]).await.unwrap();
+        // Only the index has a vector for it.
+        let idx = cache.core().index("t").unwrap();
+        idx.add(ids[0] as u64, stored.partition_tag(), &e).unwrap();
+        let reordered = key("three prime numbers name");
+        assert!(cache.lookup("t", &reordered, &opts).await.hit.is_none());
+        cache.core.by_id.invalidate_all();
+        assert!(cache.lookup("t", &reordered, &opts).await.hit.is_none());
+        // Its exact text still hits exactly.
+        let hit = cache.lookup("t", &stored, &opts).await.hit.unwrap();
+        assert_eq!(hit.kind, HitKind::Exact);
     }
 }

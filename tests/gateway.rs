@@ -199,6 +199,113 @@ async fn entries_survive_a_restart() {
     app.shutdown().await;
 }
 
+/// Ten questions of one template, each with its own answer-worthy detail.
+fn templated(noun: &str) -> Vec<String> {
+    [
+        "Python", "Rust", "Go", "Java", "Ruby", "Kotlin", "Swift", "Haskell", "Elixir", "Scala",
+    ]
+    .iter()
+    .map(|lang| format!("How do I reverse a {noun} in {lang}?"))
+    .collect()
+}
+
+/// A gateway on `dir` that asks `questions` (after the warm-up), then stops
+/// and saves its index.
+async fn fill(up: &Mock, dir: &std::path::Path, questions: &[String]) {
+    let app = gateway(settings(&up.url(), dir)).await;
+    verify_key(app.proxy_addr, &[]).await;
+    for q in questions {
+        assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
+    }
+    settle(&app).await;
+    app.shutdown().await;
+}
+
+/// The index snapshot of the default tenant under `dir`.
+fn snapshot_of(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("index")
+        .join(format!("{}.usearch", hex::encode("default")))
+}
+
+/// Each never-seen question is a miss answered by the upstream, and each
+/// question of `own` in other words a hit with its own answer.
+async fn only_own_answers(
+    up: &Mock,
+    app: &modelcache::app::RunningApp,
+    never_seen: &[String],
+    own: &[String],
+) {
+    for q in never_seen {
+        let before = up.calls();
+        let got = chat(app.proxy_addr, ask(q)).await;
+        assert_eq!(got.cache(), "miss", "{q:?} was never asked here");
+        assert_eq!(up.calls(), before + 1);
+        assert!(
+            content_of(&got).ends_with(q.as_str()),
+            "{}",
+            content_of(&got)
+        );
+    }
+    for q in own {
+        let other = q.trim_end_matches('?').to_lowercase();
+        let got = chat(app.proxy_addr, ask(&other)).await;
+        assert_eq!(got.cache(), "hit", "{other:?} is {q:?} in other words");
+        assert!(got.header("cache-status").contains("semantic"));
+        assert!(
+            content_of(&got).ends_with(q.as_str()),
+            "{}",
+            content_of(&got)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_of_another_store_is_rebuilt_and_never_answers_for_it() {
+    let up = mock(llm()).await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Two gateways, the same entry ids, other questions.
+    let (asked_a, asked_b) = (templated("list"), templated("string"));
+    fill(&up, a.path(), &asked_a).await;
+    fill(&up, b.path(), &asked_b).await;
+    // A's snapshot, with its seal, copied over B's.
+    for f in std::fs::read_dir(a.path().join("index")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, b.path().join("index").join(f.file_name().unwrap())).unwrap();
+    }
+    let foreign = std::fs::read(snapshot_of(a.path())).unwrap();
+    let app = gateway(settings(&up.url(), b.path())).await;
+    assert_ne!(
+        std::fs::read(snapshot_of(b.path())).unwrap(),
+        foreign,
+        "the foreign snapshot was refused and rebuilt from B's store"
+    );
+    verify_key(app.proxy_addr, &[]).await;
+    only_own_answers(&up, &app, &asked_a, &asked_b[..3]).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_with_nan_bytes_in_its_vectors_is_rebuilt() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let asked = templated("list");
+    fill(&up, dir.path(), &asked).await;
+    // NaN over every vector: usearch writes rows and bytes per row as two
+    // u32, then the rows.
+    let path = snapshot_of(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let rows = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let cols = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    assert_eq!(rows, asked.len() + 1, "the questions and the warm-up");
+    bytes[8..8 + rows * cols].fill(0xFF);
+    std::fs::write(&path, &bytes).unwrap();
+    let app = gateway(settings(&up.url(), dir.path())).await;
+    assert_ne!(std::fs::read(&path).unwrap(), bytes, "rebuilt and saved");
+    verify_key(app.proxy_addr, &[]).await;
+    only_own_answers(&up, &app, &templated("string"), &asked[..3]).await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_200_kib_body_is_forwarded_byte_for_byte() {
     let (up, dir, app) = start().await;

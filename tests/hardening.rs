@@ -254,8 +254,11 @@ async fn one_huge_message_neither_exhausts_memory_nor_is_cached_wrong() {
         assert_eq!(got.cache(), "miss", "message {i}");
         peak = peak.max(rss_mib(pid));
     }
+    // NOTE: the peak includes the long-text lane's copy of the model (about
+    // 170 MiB, loaded by the first long message); the gateway grew
+    // by gigabytes here.
     assert!(
-        peak - idle < 300.0,
+        peak - idle < 400.0,
         "RSS grew from {idle:.0} MiB to {peak:.0} MiB"
     );
     // Each was forwarded once; an exact repeat of the longest is a hit.

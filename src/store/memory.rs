@@ -45,6 +45,7 @@ impl Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    id: std::sync::OnceLock<String>,
 }
 
 impl MemoryStore {
@@ -260,6 +261,18 @@ impl Store for MemoryStore {
 
     fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError> {
         Ok(self.lock()?.rows.get(&id).and_then(|r| r.1.clone()))
+    }
+
+    fn get_with_embedding(&self, id: i64) -> Result<Option<super::WithEmbedding>, StoreError> {
+        Ok(self
+            .lock()?
+            .rows
+            .get(&id)
+            .map(|r| (r.0.clone(), r.1.clone())))
+    }
+
+    fn store_id(&self) -> Result<String, StoreError> {
+        Ok(self.id.get_or_init(super::new_store_id).clone())
     }
 
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {

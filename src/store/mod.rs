@@ -319,6 +319,9 @@ impl Limits {
     }
 }
 
+/// An entry and its stored embedding (`None` when it has none).
+pub type WithEmbedding = (Entry, Option<Vec<f32>>);
+
 /// Durable entry storage.
 pub trait Store: Send + Sync {
     /// Inserts or replaces entries in one transaction; returns their ids.
@@ -333,6 +336,18 @@ pub trait Store: Send + Sync {
     fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError>;
     /// The stored embedding of an entry.
     fn embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError>;
+    /// One entry by id with its stored embedding (`None` when it has none):
+    /// what a semantic candidate needs, in one read where the store can.
+    fn get_with_embedding(&self, id: i64) -> Result<Option<WithEmbedding>, StoreError> {
+        let Some(e) = self.get(id)? else {
+            return Ok(None);
+        };
+        Ok(Some((e, self.embedding(id)?)))
+    }
+    /// This store's identity: a random id made once, when the store was
+    /// created, and kept in it. An index snapshot names the store it was
+    /// built from, so that a snapshot of another store is never loaded.
+    fn store_id(&self) -> Result<String, StoreError>;
     /// The stored embeddings of `ids` (those that have one), in one read
     /// where the store can.
     fn embeddings(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<f32>)>, StoreError> {
@@ -422,6 +437,12 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// A fresh random store id (128 bits, hex).
+pub fn new_store_id() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
 /// f32 vector to little-endian bytes.
 pub fn vec_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -478,6 +499,12 @@ pub(crate) mod suite {
             "vectors read together; an unknown id is left out"
         );
         assert_eq!(s.index_rows("a").unwrap().len(), 1);
+        let (e, v) = s.get_with_embedding(ids[0]).unwrap().unwrap();
+        assert_eq!((e.id, v), (ids[0], Some(vec![0.5, 0.5])));
+        assert!(s.get_with_embedding(999_999).unwrap().is_none());
+        let id = s.store_id().unwrap();
+        assert!(id.len() >= 16, "a store id: {id:?}");
+        assert_eq!(s.store_id().unwrap(), id, "the id is kept");
         s.record_hits(&[HitRecord {
             entry_id: ids[0],
             tenant: "a".into(),

@@ -21,7 +21,7 @@ use super::{
 
 /// Schema versions, applied in order, each once (recorded in
 /// `schema_migrations`).
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
 CREATE TABLE entries (
     id          BIGSERIAL PRIMARY KEY,
@@ -97,6 +97,14 @@ CREATE TABLE change_log_floor (
 INSERT INTO change_log_floor (up_to) VALUES (0);
 ",
     "
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO store_meta (key, value)
+    VALUES ('store_id', md5(random()::text || clock_timestamp()::text || current_schema()));
+",
+    "
 CREATE TABLE verified_keys (
     tenant      TEXT NOT NULL,
     key_hash    BYTEA NOT NULL,
@@ -135,6 +143,8 @@ pub struct PgStore {
     notify: bool,
     /// Changes the sweep keeps in the change log.
     keep_changes: i64,
+    /// `store_meta.store_id`, made by the migration that created the table.
+    id: String,
 }
 
 struct Conns {
@@ -279,6 +289,9 @@ impl PgStore {
     pub fn open(url: &str, readers: usize, schema: Option<&str>) -> Result<PgStore, StoreError> {
         let mut writer = connect(url, schema)?;
         migrate(&mut writer)?;
+        let id: String = writer
+            .query_one("SELECT value FROM store_meta WHERE key = 'store_id'", &[])?
+            .get(0);
         let mut rs = Vec::new();
         for _ in 0..readers.max(1) {
             rs.push(Mutex::new(connect(url, schema)?));
@@ -294,6 +307,7 @@ impl PgStore {
             schema: schema.map(str::to_string),
             notify: true,
             keep_changes: CHANGE_LOG_KEEP,
+            id,
         })
     }
 
@@ -546,6 +560,23 @@ impl Store for PgStore {
                     .map(|b| blob_to_vec(&b)),
             )
         })
+    }
+
+    fn get_with_embedding(&self, id: i64) -> Result<Option<super::WithEmbedding>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {COLUMNS}, embedding FROM entries WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| {
+                let v = r.get::<_, Option<&[u8]>>(14).map(blob_to_vec);
+                (row_to_entry(&r), v)
+            }))
+        })
+    }
+
+    fn store_id(&self) -> Result<String, StoreError> {
+        Ok(self.id.clone())
     }
 
     fn embeddings(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<f32>)>, StoreError> {
@@ -958,6 +989,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(applied, MIGRATIONS.len() as i64);
+        assert_eq!(again.store_id().unwrap(), s.store_id().unwrap());
+        let other = PgStore::open(&url(), 1, Some(&fresh_schema())).unwrap();
+        assert_ne!(other.store_id().unwrap(), s.store_id().unwrap());
     }
 
     #[test]

@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS entry_negatives (
     at         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entry_negatives_entry ON entry_negatives(entry_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS registered_models (
     tenant     TEXT NOT NULL,
     model      TEXT NOT NULL,
@@ -90,6 +94,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
+    /// `meta.store_id`, made when the database was created.
+    id: String,
 }
 
 fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -168,6 +174,16 @@ impl SqliteStore {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
         migrate(&writer)?;
+        // NOTE: made once; a database copied elsewhere keeps its id, and
+        // with it the index snapshots built from it.
+        writer.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+            [super::new_store_id()],
+        )?;
+        let id: String =
+            writer.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })?;
         let mut rs = Vec::new();
         for _ in 0..readers.max(1) {
             let c = Connection::open_with_flags(
@@ -181,6 +197,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: rs,
             next: AtomicUsize::new(0),
+            id,
         })
     }
 
@@ -308,6 +325,23 @@ impl Store for SqliteStore {
                 .optional()
                 .map(|o| o.flatten().map(|b| blob_to_vec(&b)))
         })
+    }
+
+    fn get_with_embedding(&self, id: i64) -> Result<Option<super::WithEmbedding>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS}, embedding FROM entries WHERE id = ?1"
+            ))?
+            .query_row([id], |r| {
+                let v: Option<Vec<u8>> = r.get(14)?;
+                Ok((row_to_entry(r)?, v.map(|b| blob_to_vec(&b))))
+            })
+            .optional()
+        })
+    }
+
+    fn store_id(&self) -> Result<String, StoreError> {
+        Ok(self.id.clone())
     }
 
     fn sweep(&self, now_ms: i64, limits: &Limits) -> Result<Vec<Removed>, StoreError> {
@@ -565,6 +599,11 @@ mod tests {
         };
         let s = SqliteStore::open(&p, 1).unwrap();
         assert_eq!(s.get(id).unwrap().unwrap().exact_hash, "h");
+        let kept = s.store_id().unwrap();
+        drop(s);
+        assert_eq!(SqliteStore::open(&p, 1).unwrap().store_id().unwrap(), kept);
+        let other = SqliteStore::open(&dir.path().join("other.db"), 1).unwrap();
+        assert_ne!(other.store_id().unwrap(), kept, "each store has its own id");
     }
 
     #[test]

@@ -737,6 +737,9 @@ impl modelcache::store::Store for FaultyStore {
     fn embedding(&self, id: i64) -> StoreResult<Option<Vec<f32>>> {
         self.inner.embedding(id)
     }
+    fn store_id(&self) -> StoreResult<String> {
+        self.inner.store_id()
+    }
     fn sweep(
         &self,
         now: i64,
