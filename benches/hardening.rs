@@ -79,8 +79,22 @@ async fn timed(addr: std::net::SocketAddr, q: &str) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // NOTE: `cargo test --all-targets` (make test) builds and runs benches too,
+    // without `--bench`; there the bench only proves it compiles.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("hardening bench: built; run it with `cargo bench --bench hardening`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(bench());
+}
+
+async fn bench() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().expect("a temporary folder");
     let config = dir.path().join("config.toml");
