@@ -102,22 +102,8 @@ async fn half_sent_connections_are_closed_after_the_read_timeouts() {
 /// Starts the binary with `config` and at most `nofile` open files (soft and
 /// hard), so that it cannot raise its own limit.
 async fn serve_limited(config: &Path, dir: &Path, nofile: u64) -> Running {
-    let log = dir.join("log");
-    let mut cmd = std::process::Command::new(bin());
-    cmd.current_dir(repo_root())
-        .args(["serve", "--config"])
-        .arg(config)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
+    let mut cmd = serve_command(config, dir, &[]);
+    cmd.env("RUST_LOG", "info");
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(move || {
@@ -131,14 +117,7 @@ async fn serve_limited(config: &Path, dir: &Path, nofile: u64) -> Running {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let (proxy, admin) = listening(&mut child).await;
-    Running {
-        child,
-        proxy,
-        admin,
-        log,
-    }
+    spawn_served(cmd, dir).await
 }
 
 /// CPU seconds (user and system) the process `pid` has used.

@@ -580,11 +580,12 @@ impl Running {
     }
 }
 
-/// Starts `modelcache serve --config config` with debug logs into `dir/log`.
-pub async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
-    let log = dir.join("log");
-    let mut child = std::process::Command::new(bin())
-        .current_dir(repo_root())
+/// The command `modelcache serve --config config` on ephemeral ports with
+/// data under `dir/data`, its stdout piped (for [`listening`]) and its logs
+/// in `dir/log`, at `RUST_LOG=debug`; the caller may add to it.
+pub fn serve_command(config: &Path, dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.current_dir(repo_root())
         .args(["serve", "--config"])
         .arg(config)
         .args([
@@ -598,16 +599,25 @@ pub async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
         .envs(env.iter().copied())
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.join("log")).unwrap());
+    cmd
+}
+
+/// Spawns `cmd` (from [`serve_command`] with `dir`) and waits until it is ready.
+pub async fn spawn_served(mut cmd: std::process::Command, dir: &Path) -> Running {
+    let mut child = cmd.spawn().unwrap();
     let (proxy, admin) = listening(&mut child).await;
     Running {
         child,
         proxy,
         admin,
-        log,
+        log: dir.join("log"),
     }
+}
+
+/// Starts `modelcache serve --config config` with debug logs into `dir/log`.
+pub async fn serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
+    spawn_served(serve_command(config, dir, env), dir).await
 }
 
 /// Every file below `dir`, recursively.
