@@ -325,8 +325,7 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn passes_the_store_suite() {
-        crate::store::suite::run(&super::MemoryStore::default());
-    }
+    use super::MemoryStore;
+
+    crate::store::store_suite!(MemoryStore::default);
 }

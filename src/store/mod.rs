@@ -455,10 +455,79 @@ pub fn blob_to_vec(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// Instantiates the shared store suite: one `#[test]` per behaviour, in a
+/// module `store_suite`, each on a fresh store made by calling `$make` (a
+/// function or closure returning a [`Store`], or a `(store, guard)` pair
+/// whose guard, such as a temporary directory, must outlive the store).
+///
+/// Adding a backend is: implement [`Store`], then add one line to its test
+/// module, e.g. `crate::store::store_suite!(MemoryStore::default);`.
+#[cfg(test)]
+macro_rules! store_suite {
+    ($make:expr) => {
+        $crate::store::store_suite!(@tests $make;
+            insert_and_get,
+            upsert_by_exact_hash,
+            embeddings_are_read_back,
+            store_id_is_kept,
+            record_hits_counts_a_batch,
+            sweep_expires_and_evicts_lru,
+            caps_are_per_tenant,
+            ids_are_never_reused,
+            origin_is_kept,
+            hit_log_and_stats,
+            negatives,
+            list_pages_newest_first,
+            delete_is_scoped_to_the_tenant,
+            truncate_by_model,
+            register_model_once,
+            verified_keys,
+        );
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        mod store_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let fixture = ($make)();
+                    $crate::store::suite::$name($crate::store::suite::Fixture::store(&fixture));
+                }
+            )*
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use store_suite;
+
 #[cfg(test)]
 pub(crate) mod suite {
-    //! One behavioural suite, run against every implementation.
+    //! One behavioural suite, run against every implementation: one function
+    //! per behaviour, each on a fresh store, instantiated per backend by
+    //! [`store_suite!`](crate::store::store_suite).
     use super::*;
+
+    /// What a backend's test hands the suite: a store, or a store and a guard
+    /// kept alive beside it (dropped after the store).
+    pub trait Fixture {
+        /// The store under test.
+        fn store(&self) -> &dyn Store;
+    }
+
+    impl<S: Store> Fixture for S {
+        fn store(&self) -> &dyn Store {
+            self
+        }
+    }
+
+    // NOTE: the store comes first so that it is dropped before its guard
+    // (tuple fields drop in order), e.g. before its temporary directory goes.
+    impl<S: Store, G> Fixture for (S, G) {
+        fn store(&self) -> &dyn Store {
+            &self.0
+        }
+    }
 
     pub fn entry(tenant: &str, hash: &str, created: i64, ttl: i64) -> NewEntry {
         NewEntry {
@@ -477,21 +546,54 @@ pub(crate) mod suite {
         }
     }
 
-    pub fn run(s: &dyn Store) {
-        let ids = s
-            .insert_batch(&[entry("a", "h1", 1000, 100), entry("b", "h1", 1000, 100)])
-            .unwrap();
+    fn cap(n: u64) -> Limits {
+        Limits {
+            per_tenant: Default::default(),
+            default: n,
+        }
+    }
+
+    /// `h1` in tenants `a` and `b`, both created at 1000 for 100.
+    fn two_tenants(s: &dyn Store) -> Vec<i64> {
+        s.insert_batch(&[entry("a", "h1", 1000, 100), entry("b", "h1", 1000, 100)])
+            .unwrap()
+    }
+
+    /// [`two_tenants`], then `a`'s `h1` upserted: re-created at 2000, with a
+    /// new answer.
+    fn two_tenants_upserted(s: &dyn Store) -> Vec<i64> {
+        let ids = two_tenants(s);
+        let mut again = entry("a", "h1", 2000, 100);
+        again.answer = "{\"a\":\"new\"}".into();
+        let id2 = s.insert_batch(&[again]).unwrap();
+        assert_eq!(id2[0], ids[0]);
+        ids
+    }
+
+    /// Two tenants' entries are two entries, each found by its own tenant.
+    pub fn insert_and_get(s: &dyn Store) {
+        let ids = two_tenants(s);
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1], "same hash in two tenants is two entries");
         let a = s.get_exact("a", "h1").unwrap().unwrap();
         assert_eq!(a.tenant, "a");
         assert!(s.get_exact("c", "h1").unwrap().is_none());
-        // Upsert keeps the id and replaces the answer.
+    }
+
+    /// Upsert by exact hash keeps the id and replaces the answer.
+    pub fn upsert_by_exact_hash(s: &dyn Store) {
+        let ids = two_tenants(s);
         let mut again = entry("a", "h1", 2000, 100);
         again.answer = "{\"a\":\"new\"}".into();
         let id2 = s.insert_batch(&[again]).unwrap();
         assert_eq!(id2[0], ids[0]);
         assert_eq!(s.get(ids[0]).unwrap().unwrap().answer, "{\"a\":\"new\"}");
+        assert_eq!(s.index_rows("a").unwrap().len(), 1);
+    }
+
+    /// Vectors are read back alone, together and with their entry.
+    pub fn embeddings_are_read_back(s: &dyn Store) {
+        let ids = two_tenants_upserted(s);
         assert_eq!(s.embedding(ids[0]).unwrap().unwrap(), vec![0.5, 0.5]);
         assert_eq!(
             s.embeddings(&[ids[0], 999_999]).unwrap(),
@@ -502,9 +604,21 @@ pub(crate) mod suite {
         let (e, v) = s.get_with_embedding(ids[0]).unwrap().unwrap();
         assert_eq!((e.id, v), (ids[0], Some(vec![0.5, 0.5])));
         assert!(s.get_with_embedding(999_999).unwrap().is_none());
+    }
+
+    /// A store has an id, and keeps it.
+    pub fn store_id_is_kept(s: &dyn Store) {
+        two_tenants(s);
         let id = s.store_id().unwrap();
         assert!(id.len() >= 16, "a store id: {id:?}");
         assert_eq!(s.store_id().unwrap(), id, "the id is kept");
+    }
+
+    /// Hits are counted; a batch with several hits of one entry (and one of
+    /// another tenant's id, ignored) is counted by its number, the latest
+    /// time kept, every hit logged.
+    pub fn record_hits_counts_a_batch(s: &dyn Store) {
+        let ids = two_tenants_upserted(s);
         s.record_hits(&[HitRecord {
             entry_id: ids[0],
             tenant: "a".into(),
@@ -515,9 +629,6 @@ pub(crate) mod suite {
         }])
         .unwrap();
         assert_eq!(s.get(ids[0]).unwrap().unwrap().hits, 1);
-        // A batch with several hits of one entry (and one of another
-        // tenant's id, ignored): counted by its number, the latest time kept,
-        // every hit logged.
         let hit = |at: i64, tenant: &str| HitRecord {
             entry_id: ids[0],
             tenant: tenant.into(),
@@ -537,16 +648,26 @@ pub(crate) mod suite {
         assert_eq!((got.hits, got.last_hit_at), (4, Some(2700)));
         assert_eq!(s.hit_by_request("r2600").unwrap().unwrap().entry_id, ids[0]);
         assert_eq!(s.hit_log(Some("a"), 10).unwrap().len(), 4);
-        let cap = |n: u64| Limits {
-            per_tenant: Default::default(),
-            default: n,
-        };
+    }
+
+    /// A sweep removes expired entries, then evicts the least recently used
+    /// past a cap: the entry hit most recently survives a cap of one.
+    pub fn sweep_expires_and_evicts_lru(s: &dyn Store) {
+        let ids = two_tenants_upserted(s);
+        s.record_hits(&[HitRecord {
+            entry_id: ids[0],
+            tenant: "a".into(),
+            probe: "x".into(),
+            similarity: 0.9,
+            at: 2700,
+            request_id: String::new(),
+        }])
+        .unwrap();
         // b expires at 1100; a (re-created at 2000) at 2100.
         let removed = s.sweep(1500, &cap(100)).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].tenant, "b");
         assert!(s.get(ids[1]).unwrap().is_none());
-        // LRU: the entry hit most recently survives a cap of one.
         let more = s
             .insert_batch(&[
                 entry("a", "h2", 2000, 10_000),
@@ -566,8 +687,12 @@ pub(crate) mod suite {
         assert_eq!(removed.len(), 2);
         assert!(s.get(more[0]).unwrap().is_some());
         assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 1)]);
-        // Caps are per tenant: a full tenant never evicts another's entries.
+    }
+
+    /// Caps are per tenant: a full tenant never evicts another's entries.
+    pub fn caps_are_per_tenant(s: &dyn Store) {
         s.insert_batch(&[
+            entry("a", "h2", 2000, 10_000),
             entry("b", "b1", 2100, 10_000),
             entry("b", "b2", 2101, 10_000),
             entry("c", "c1", 2102, 10_000),
@@ -589,33 +714,34 @@ pub(crate) mod suite {
                 ("c".to_string(), 1)
             ]
         );
-        // Ids are never reused.
+    }
+
+    /// Ids are never reused, even once the newest entry has been evicted.
+    pub fn ids_are_never_reused(s: &dyn Store) {
+        let more = s
+            .insert_batch(&[
+                entry("a", "h2", 2000, 10_000),
+                entry("a", "h3", 2001, 10_000),
+            ])
+            .unwrap();
+        s.record_hits(&[HitRecord {
+            entry_id: more[0],
+            tenant: "a".into(),
+            probe: "x".into(),
+            similarity: 1.0,
+            at: 3000,
+            request_id: String::new(),
+        }])
+        .unwrap();
+        let removed = s.sweep(2050, &cap(1)).unwrap();
+        assert_eq!(removed.iter().map(|r| r.id).collect::<Vec<_>>(), [more[1]]);
         let later = s.insert_batch(&[entry("a", "h9", 4000, 100)]).unwrap();
         assert!(later[0] > more[1]);
-        admin_ops(s);
-        verified_keys(s);
     }
 
-    /// Verified caller keys: recorded by hash per tenant, newest time kept,
-    /// revoked.
-    fn verified_keys(s: &dyn Store) {
-        let (k1, k2) = ([1u8; 32], [2u8; 32]);
-        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
-        s.record_verified_key("a", &k1, 1_000).unwrap();
-        s.record_verified_key("a", &k1, 3_000).unwrap();
-        // An older record arriving late does not move the time back.
-        s.record_verified_key("a", &k1, 2_000).unwrap();
-        assert_eq!(s.verified_key("a", &k1).unwrap(), Some(3_000));
-        // Per tenant and per key.
-        assert_eq!(s.verified_key("b", &k1).unwrap(), None);
-        assert_eq!(s.verified_key("a", &k2).unwrap(), None);
-        s.revoke_verified_key("a", &k1).unwrap();
-        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
-        s.revoke_verified_key("a", &k2).unwrap();
-    }
-
-    /// Deletes, truncates, listing, the hit log and stats.
-    fn admin_ops(s: &dyn Store) {
+    /// Tenant `t`: `x1` (model m1, from the API), `x2` (m2), `x3` (m1);
+    /// tenant `u`: `x1`.
+    fn admin_entries(s: &dyn Store) -> Vec<i64> {
         let mut api = entry("t", "x1", 10_000, 1_000_000);
         api.model = "m1".into();
         api.text = "user###How do I sort a list?".into();
@@ -626,12 +752,22 @@ pub(crate) mod suite {
         let mut third = entry("t", "x3", 10_002, 1_000_000);
         third.model = "m1".into();
         third.text = "user###SORT descending".into();
-        let ids = s
-            .insert_batch(&[api, other, third, entry("u", "x1", 10_003, 1_000_000)])
-            .unwrap();
+        s.insert_batch(&[api, other, third, entry("u", "x1", 10_003, 1_000_000)])
+            .unwrap()
+    }
+
+    /// An entry keeps its origin, and has no last hit until it is hit.
+    pub fn origin_is_kept(s: &dyn Store) {
+        let ids = admin_entries(s);
         let got = s.get(ids[0]).unwrap().unwrap();
         assert_eq!(got.origin, Origin::Api);
         assert_eq!(got.last_hit_at, None);
+    }
+
+    /// A hit is logged with its probe, the matched text, the model, the
+    /// similarity and the request id, per tenant, and counted in the stats.
+    pub fn hit_log_and_stats(s: &dyn Store) {
+        let ids = admin_entries(s);
         s.record_hits(&[HitRecord {
             entry_id: ids[0],
             tenant: "t".into(),
@@ -655,7 +791,15 @@ pub(crate) mod suite {
         let by_req = s.hit_by_request("req-1").unwrap().unwrap();
         assert_eq!((by_req.entry_id, by_req.tenant.as_str()), (ids[0], "t"));
         assert!(s.hit_by_request("req-2").unwrap().is_none());
-        // Negatives: kept for entries that exist.
+        assert!(s.hit_log(Some("u"), 10).unwrap().is_empty());
+        let stats = s.stats().unwrap();
+        let t = stats.iter().find(|x| x.tenant == "t").unwrap();
+        assert_eq!((t.entries, t.hits), (3, 1));
+    }
+
+    /// Negatives are kept for entries that exist, and go with their entry.
+    pub fn negatives(s: &dyn Store) {
+        let ids = admin_entries(s);
         s.add_negative(&Negative {
             entry_id: ids[1],
             tenant: "t".into(),
@@ -670,8 +814,14 @@ pub(crate) mod suite {
             (negs[0].entry_id, negs[0].embedding.clone()),
             (ids[1], vec![1.0, 0.0])
         );
-        assert!(s.hit_log(Some("u"), 10).unwrap().is_empty());
-        // Listing: newest first, by tenant, model and text, in pages.
+        s.truncate("t", None).unwrap();
+        assert!(s.negatives().unwrap().is_empty(), "gone with its entry");
+    }
+
+    /// Listing: newest first, by tenant, model and text, in pages; without a
+    /// tenant, every tenant's entries are searched.
+    pub fn list_pages_newest_first(s: &dyn Store) {
+        let ids = admin_entries(s);
         let q = |tenant: Option<&str>,
                  model: Option<&str>,
                  text: Option<&str>,
@@ -708,15 +858,15 @@ pub(crate) mod suite {
             ids_of(s.list(&q(Some("t"), None, None, Some(ids[1]), 2)).unwrap()),
             vec![ids[0]]
         );
-        // Without a tenant, every tenant's entries are searched.
         assert_eq!(
             ids_of(s.list(&q(None, None, Some("###X1"), None, 10)).unwrap()),
             vec![ids[3]]
         );
-        let stats = s.stats().unwrap();
-        let t = stats.iter().find(|x| x.tenant == "t").unwrap();
-        assert_eq!((t.entries, t.hits), (3, 1));
-        // Deletes are scoped by tenant.
+    }
+
+    /// Deletes are scoped by tenant.
+    pub fn delete_is_scoped_to_the_tenant(s: &dyn Store) {
+        let ids = admin_entries(s);
         assert!(s.delete("u", &[ids[0]]).unwrap().is_empty());
         let removed = s.delete("t", &[ids[0]]).unwrap();
         assert_eq!(
@@ -730,7 +880,13 @@ pub(crate) mod suite {
         assert!(s.get(ids[0]).unwrap().is_none());
         assert!(s.get_exact("t", "x1").unwrap().is_none());
         assert!(s.get_exact("u", "x1").unwrap().is_some());
-        // Truncating one model leaves the others; a tenant truncate leaves other tenants.
+    }
+
+    /// Truncating one model leaves the others; a tenant truncate leaves other
+    /// tenants.
+    pub fn truncate_by_model(s: &dyn Store) {
+        let ids = admin_entries(s);
+        s.delete("t", &[ids[0]]).unwrap();
         let removed = s.truncate("t", Some("m1")).unwrap();
         assert_eq!(
             removed.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -739,12 +895,32 @@ pub(crate) mod suite {
         assert!(s.get(ids[1]).unwrap().is_some());
         let removed = s.truncate("t", None).unwrap();
         assert_eq!(removed.len(), 1);
-        assert!(s.negatives().unwrap().is_empty(), "gone with its entry");
         assert!(s.index_rows("t").unwrap().is_empty());
         assert!(s.get(ids[3]).unwrap().is_some());
-        // Registration is idempotent and per tenant.
+    }
+
+    /// Registration is idempotent and per tenant.
+    pub fn register_model_once(s: &dyn Store) {
         assert!(s.register_model("t", "m1", 1).unwrap());
         assert!(!s.register_model("t", "m1", 2).unwrap());
         assert!(s.register_model("u", "m1", 3).unwrap());
+    }
+
+    /// Verified caller keys: recorded by hash per tenant, newest time kept,
+    /// revoked.
+    pub fn verified_keys(s: &dyn Store) {
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
+        s.record_verified_key("a", &k1, 1_000).unwrap();
+        s.record_verified_key("a", &k1, 3_000).unwrap();
+        // An older record arriving late does not move the time back.
+        s.record_verified_key("a", &k1, 2_000).unwrap();
+        assert_eq!(s.verified_key("a", &k1).unwrap(), Some(3_000));
+        // Per tenant and per key.
+        assert_eq!(s.verified_key("b", &k1).unwrap(), None);
+        assert_eq!(s.verified_key("a", &k2).unwrap(), None);
+        s.revoke_verified_key("a", &k1).unwrap();
+        assert_eq!(s.verified_key("a", &k1).unwrap(), None);
+        s.revoke_verified_key("a", &k2).unwrap();
     }
 }

@@ -934,11 +934,7 @@ mod tests {
         format!("test_{:016x}", rand::random::<u64>())
     }
 
-    #[test]
-    fn passes_the_store_suite() {
-        let s = PgStore::open(&url(), 2, Some(&fresh_schema())).unwrap();
-        crate::store::suite::run(&s);
-    }
+    crate::store::store_suite!(|| PgStore::open(&url(), 2, Some(&fresh_schema())).unwrap());
 
     #[test]
     fn migrations_apply_once_and_changes_are_logged() {

@@ -581,12 +581,11 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn passes_the_store_suite() {
+    crate::store::store_suite!(|| {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db"), 2).unwrap();
-        crate::store::suite::run(&s);
-    }
+        (s, dir)
+    });
 
     #[test]
     fn survives_reopen() {
