@@ -702,8 +702,9 @@ impl PendingWrite {
             &self.tenant.policy().cacheable_finish_reasons,
         ) {
             Ok(a) => {
+                let a = a.to_string();
                 if let Some(f) = self.flight {
-                    f.finish(&a.to_string());
+                    f.finish(&a);
                 }
                 a
             }
@@ -727,7 +728,7 @@ impl PendingWrite {
             model: self.key.model,
             text: self.key.text,
             params: self.key.params,
-            answer: answer.to_string(),
+            answer,
             embedding,
             created_at: now,
             expires_at: now.saturating_add(self.ttl.as_millis() as i64),
