@@ -1,0 +1,557 @@
+//! `[cache]` (the policy every tenant starts from, with `[cache.guards]`) and
+//! its per-tenant overrides `[tenants.cache]`.
+//!
+//! Owns the raw sections, the typed [`Policy`] and [`CacheSettings`] and their
+//! `load()`. It must never look anything up: it only says how the cache will.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{at_least_one, duration, Errors, TextMode};
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// `false` makes "off" every tenant's default mode (a tenant may still turn
+    /// its own cache on); with no tenant caching, no model is loaded.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Cosine similarity needed for a semantic hit on a short text.
+    #[serde(default = "d_threshold")]
+    pub threshold: f32,
+    /// Cosine similarity needed for a semantic hit on a long text.
+    #[serde(default = "d_long_threshold")]
+    pub long_threshold: f32,
+    /// A text with more words than this is "long".
+    #[serde(default = "d_long_text_words")]
+    pub long_text_words: usize,
+    /// How long an entry may be served.
+    #[serde(default = "d_ttl")]
+    pub ttl: String,
+    /// Most entries kept; the least recently hit go first.
+    #[serde(default = "d_max_entries")]
+    pub max_entries: u64,
+    /// Entries kept in memory for exact hits.
+    #[serde(default = "d_exact_capacity")]
+    pub exact_capacity: u64,
+    /// Write-back queue length; a full queue drops the write and counts it.
+    #[serde(default = "d_writeback_queue")]
+    pub writeback_queue: usize,
+    /// Most writes committed in one transaction.
+    #[serde(default = "d_writeback_batch")]
+    pub writeback_batch: usize,
+    /// Longest an identical miss waits for the one already on its way
+    /// upstream, before it is forwarded itself; "0s" forwards every miss.
+    #[serde(default = "d_single_flight_wait")]
+    pub single_flight_wait: String,
+    /// `finish_reason`s whose answers may be cached.
+    #[serde(default = "d_finish_reasons")]
+    pub cacheable_finish_reasons: Vec<String>,
+    /// `read_write`, `read_only`, `write_only` or `off`.
+    #[serde(default = "d_mode")]
+    pub mode: String,
+    /// Which turns are compared by meaning.
+    #[serde(default = "d_text")]
+    pub text: String,
+    /// Chats with more messages than this are matched exactly only.
+    #[serde(default = "d_max_messages")]
+    pub max_messages: usize,
+    /// Requests with a higher temperature neither read nor write the cache.
+    #[serde(default)]
+    pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer:
+    /// `default_params` or `any_sampling_params`.
+    #[serde(default = "d_api_entries_match")]
+    pub api_entries_match: String,
+    /// Structural guards.
+    #[serde(default)]
+    pub guards: RawGuards,
+    /// Whether the word-by-word verifier chooses each candidate's threshold.
+    #[serde(default = "d_true")]
+    pub verifier: bool,
+    /// Similarity needed when no content word differs.
+    #[serde(default = "d_same_words_threshold")]
+    pub same_words_threshold: f32,
+    /// Similarity needed when one or two content words differ.
+    #[serde(default = "d_small_edit_threshold")]
+    pub small_edit_threshold: f32,
+    /// The largest share of wrong answers accepted; thresholds are calibrated
+    /// to it on `calibration_pairs` at start.
+    #[serde(default)]
+    pub max_wrong_rate: Option<f64>,
+    /// Labelled pairs (the `modelcache eval` format) to calibrate on.
+    #[serde(default)]
+    pub calibration_pairs: Option<String>,
+}
+
+/// `[cache.guards]`: structural checks of every semantic candidate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuards {
+    /// Numbers and units must match.
+    #[serde(default = "d_true")]
+    pub numbers: bool,
+    /// Negation and polarity words must match.
+    #[serde(default = "d_true")]
+    pub negation: bool,
+    /// Programming languages and platforms must match.
+    #[serde(default = "d_true")]
+    pub code: bool,
+    /// The natural language must match.
+    #[serde(default = "d_true")]
+    pub language: bool,
+    /// Text past the embedding window must be equal.
+    #[serde(default = "d_true")]
+    pub long_text: bool,
+}
+
+/// `[tenants.cache]`: every key defaults to `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantCache {
+    /// `false` is `mode = "off"`.
+    pub enabled: Option<bool>,
+    /// `read_write`, `read_only`, `write_only` or `off`.
+    pub mode: Option<String>,
+    /// Short-text threshold.
+    pub threshold: Option<f32>,
+    /// Long-text threshold.
+    pub long_threshold: Option<f32>,
+    /// Words above which a text is long.
+    pub long_text_words: Option<usize>,
+    /// Entry lifetime.
+    pub ttl: Option<String>,
+    /// Entry cap, least recently hit evicted first.
+    pub max_entries: Option<u64>,
+    /// `system_and_user`, `last_user` or `all`.
+    pub text: Option<String>,
+    /// Chats with more messages are matched exactly only.
+    pub max_messages: Option<usize>,
+    /// Cacheable finish reasons.
+    pub cacheable_finish_reasons: Option<Vec<String>>,
+    /// Requests with a higher temperature skip the cache.
+    pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer.
+    pub api_entries_match: Option<String>,
+    /// Overrides of `[cache.guards]`.
+    #[serde(default)]
+    pub guards: RawTenantGuards,
+    /// Whether the word-by-word verifier chooses each candidate's threshold.
+    pub verifier: Option<bool>,
+    /// Similarity needed when no content word differs.
+    pub same_words_threshold: Option<f32>,
+    /// Similarity needed when one or two content words differ.
+    pub small_edit_threshold: Option<f32>,
+    /// The largest share of wrong answers the tenant accepts; its thresholds
+    /// are calibrated to it on `calibration_pairs` at start.
+    pub max_wrong_rate: Option<f64>,
+    /// Labelled pairs (the `modelcache eval` format) to calibrate on.
+    pub calibration_pairs: Option<String>,
+}
+
+/// `[tenants.cache.guards]`: each key defaults to `[cache.guards]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantGuards {
+    /// Numbers and units must match.
+    pub numbers: Option<bool>,
+    /// Negation and polarity words must match.
+    pub negation: Option<bool>,
+    /// Programming languages and platforms must match.
+    pub code: Option<bool>,
+    /// The natural language must match.
+    pub language: Option<bool>,
+    /// Text past the embedding window must be equal.
+    pub long_text: Option<bool>,
+}
+
+defaults! {
+    d_true: bool = true;
+    d_threshold: f32 = 0.90;
+    d_long_threshold: f32 = 0.98;
+    d_long_text_words: usize = 150;
+    d_ttl: String = "7d".into();
+    d_max_entries: u64 = 1_000_000;
+    d_exact_capacity: u64 = 100_000;
+    d_writeback_queue: usize = 4096;
+    d_writeback_batch: usize = 128;
+    d_single_flight_wait: String = "30s".into();
+    d_finish_reasons: Vec<String> = vec!["stop".into(), "tool_calls".into()];
+    d_mode: String = "read_write".into();
+    d_text: String = "system_and_user".into();
+    d_max_messages: usize = 20;
+    d_api_entries_match: String = "default_params".into();
+    d_same_words_threshold: f32 = 0.80;
+    d_small_edit_threshold: f32 = 0.94;
+}
+
+default_from_serde!(RawCache, RawGuards);
+
+/// Process-wide cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// In-memory exact layer size.
+    pub exact_capacity: u64,
+    /// Write-back queue length.
+    pub writeback_queue: usize,
+    /// Write-back batch size.
+    pub writeback_batch: usize,
+    /// How long an identical miss waits for the one in flight (zero: never).
+    pub single_flight_wait: Duration,
+    /// The default policy of every tenant.
+    pub policy: Policy,
+}
+
+/// What a tenant does with its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Look up and store.
+    ReadWrite,
+    /// Look up; never store.
+    ReadOnly,
+    /// Store; never serve (warming a cache).
+    WriteOnly,
+    /// Plain proxy.
+    Off,
+}
+
+impl CacheMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::ReadWrite => "read_write",
+            CacheMode::ReadOnly => "read_only",
+            CacheMode::WriteOnly => "write_only",
+            CacheMode::Off => "off",
+        }
+    }
+
+    /// Whether lookups happen.
+    pub fn reads(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::ReadOnly)
+    }
+    /// Whether answers are stored.
+    pub fn writes(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::WriteOnly)
+    }
+}
+
+/// A tenant's cache policy (`[cache]` is every tenant's default).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Read, write, both or neither.
+    pub mode: CacheMode,
+    /// Short-text similarity threshold.
+    pub threshold: f32,
+    /// Long-text similarity threshold.
+    pub long_threshold: f32,
+    /// Word count above which a text is long.
+    pub long_text_words: usize,
+    /// Entry lifetime (and the cap of `x-modelcache-ttl`).
+    pub ttl: Duration,
+    /// Entry cap; least recently hit evicted first.
+    pub max_entries: u64,
+    /// Which turns are compared by meaning.
+    pub text: TextMode,
+    /// Chats with more messages are matched exactly only.
+    pub max_messages: usize,
+    /// Cacheable finish reasons.
+    pub cacheable_finish_reasons: Vec<String>,
+    /// Requests with a higher temperature skip the cache.
+    pub skip_when_temperature_above: Option<f64>,
+    /// Which requests entries inserted through `/modelcache` answer.
+    pub api_entries_match: ApiEntriesMatch,
+    /// Structural guards run on every semantic candidate.
+    pub guards: crate::guards::GuardSet,
+    /// The word-by-word verifier.
+    pub verifier: crate::verify::Verifier,
+    /// Calibrate the thresholds to a wrong-answer rate on labelled pairs.
+    pub calibration: Option<Calibrate>,
+}
+
+impl Policy {
+    /// How this policy shapes a request's key, within `namespace`.
+    pub fn key_options<'a>(&self, namespace: Option<&'a str>) -> crate::keying::KeyOptions<'a> {
+        crate::keying::KeyOptions {
+            text: self.text,
+            max_messages: Some(self.max_messages),
+            namespace,
+            query: None,
+        }
+    }
+}
+
+/// A tenant's stated wrong-answer rate and the pairs that measure it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibrate {
+    /// The largest share of must-miss pairs that may be served.
+    pub max_wrong_rate: f64,
+    /// Labelled pairs, one JSON object per line.
+    pub pairs: PathBuf,
+}
+
+/// Which chat requests an entry inserted through `/modelcache` may answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiEntriesMatch {
+    /// Only requests with no answer-shaping parameters, like the insert.
+    #[default]
+    DefaultParams,
+    /// Also requests that differ only in sampling parameters (temperature,
+    /// top_p, seed, presence and frequency penalties).
+    AnySamplingParams,
+}
+
+fn calibrate(
+    errs: &mut Errors,
+    prefix: &str,
+    rate: Option<f64>,
+    pairs: Option<&str>,
+) -> Option<Calibrate> {
+    match (rate, pairs) {
+        (None, None) => None,
+        (Some(r), Some(p)) => {
+            if !(0.0..=1.0).contains(&r) {
+                errs.push(
+                    &format!("{prefix}max_wrong_rate"),
+                    "must be between 0 and 1",
+                );
+            }
+            let path = PathBuf::from(p);
+            if !path.is_file() {
+                errs.push(
+                    &format!("{prefix}calibration_pairs"),
+                    format!("{p}: no such file"),
+                );
+            }
+            Some(Calibrate {
+                max_wrong_rate: r,
+                pairs: path,
+            })
+        }
+        (Some(_), None) => {
+            errs.push(
+                &format!("{prefix}calibration_pairs"),
+                "max_wrong_rate needs labelled pairs to calibrate on",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                &format!("{prefix}max_wrong_rate"),
+                "calibration_pairs needs the wrong-answer rate to calibrate to",
+            );
+            None
+        }
+    }
+}
+
+fn fraction(errs: &mut Errors, key: &str, v: f32) -> f32 {
+    if !(0.0..=1.0).contains(&v) {
+        errs.push(key, "must be between 0 and 1");
+    }
+    v
+}
+
+fn cache_mode(errs: &mut Errors, key: &str, s: &str) -> CacheMode {
+    match s {
+        "read_write" => CacheMode::ReadWrite,
+        "read_only" => CacheMode::ReadOnly,
+        "write_only" => CacheMode::WriteOnly,
+        "off" => CacheMode::Off,
+        other => {
+            errs.push(
+                key,
+                format!("`{other}`: expected read_write, read_only, write_only or off"),
+            );
+            CacheMode::Off
+        }
+    }
+}
+
+fn text_mode(errs: &mut Errors, key: &str, s: &str) -> TextMode {
+    TextMode::parse(s).unwrap_or_else(|| {
+        errs.push(
+            key,
+            format!("`{s}`: expected system_and_user, last_user or all"),
+        );
+        TextMode::default()
+    })
+}
+
+fn temperature(errs: &mut Errors, key: &str, t: Option<f64>) -> Option<f64> {
+    if t.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        errs.push(key, "must be between 0 and 2");
+    }
+    t
+}
+
+fn api_entries_match(errs: &mut Errors, key: &str, s: &str) -> ApiEntriesMatch {
+    match s {
+        "default_params" => ApiEntriesMatch::DefaultParams,
+        "any_sampling_params" => ApiEntriesMatch::AnySamplingParams,
+        other => {
+            errs.push(
+                key,
+                format!("`{other}`: expected default_params or any_sampling_params"),
+            );
+            ApiEntriesMatch::DefaultParams
+        }
+    }
+}
+
+fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
+    let mode = cache_mode(errs, "cache.mode", &c.mode);
+    let g = &c.guards;
+    Policy {
+        // NOTE: `enabled = false` is every tenant's default mode "off"; a
+        // tenant may still turn its own cache on.
+        mode: if c.enabled { mode } else { CacheMode::Off },
+        threshold: fraction(errs, "cache.threshold", c.threshold),
+        long_threshold: fraction(errs, "cache.long_threshold", c.long_threshold),
+        long_text_words: c.long_text_words,
+        ttl: duration(errs, "cache.ttl", &c.ttl),
+        max_entries: c.max_entries,
+        text: text_mode(errs, "cache.text", &c.text),
+        max_messages: at_least_one(errs, "cache.max_messages", c.max_messages),
+        cacheable_finish_reasons: c.cacheable_finish_reasons.clone(),
+        skip_when_temperature_above: temperature(
+            errs,
+            "cache.skip_when_temperature_above",
+            c.skip_when_temperature_above,
+        ),
+        api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
+        guards: crate::guards::GuardSet {
+            numbers: g.numbers,
+            negation: g.negation,
+            code: g.code,
+            language: g.language,
+            long_text: g.long_text,
+            // NOTE: about 1.3 tokens a word in English; two thirds of the
+            // window in words stays inside it.
+            window_words: (max_length * 2 / 3).max(8),
+        },
+        verifier: crate::verify::Verifier {
+            enabled: c.verifier,
+            same_words_threshold: fraction(
+                errs,
+                "cache.same_words_threshold",
+                c.same_words_threshold,
+            ),
+            small_edit_threshold: fraction(
+                errs,
+                "cache.small_edit_threshold",
+                c.small_edit_threshold,
+            ),
+            ..Default::default()
+        },
+        calibration: calibrate(
+            errs,
+            "cache.",
+            c.max_wrong_rate,
+            c.calibration_pairs.as_deref(),
+        ),
+    }
+}
+
+/// `[cache]` into [`CacheSettings`]; `max_length` is `[embedding]`'s, which
+/// sizes the long-text guard's window.
+pub(super) fn load(errs: &mut Errors, c: &RawCache, max_length: usize) -> CacheSettings {
+    CacheSettings {
+        exact_capacity: c.exact_capacity,
+        writeback_queue: at_least_one(errs, "cache.writeback_queue", c.writeback_queue),
+        writeback_batch: at_least_one(errs, "cache.writeback_batch", c.writeback_batch),
+        single_flight_wait: duration(errs, "cache.single_flight_wait", &c.single_flight_wait),
+        policy: global_policy(errs, c, max_length),
+    }
+}
+
+/// `[tenants.cache]`: each key set replaces the one of `base`.
+pub(super) fn tenant_policy(
+    errs: &mut Errors,
+    p: &str,
+    base: &Policy,
+    c: &RawTenantCache,
+) -> Policy {
+    let k = |name: &str| format!("{p}.cache.{name}");
+    let mut mode = match &c.mode {
+        Some(m) => cache_mode(errs, &k("mode"), m),
+        None => base.mode,
+    };
+    if c.enabled == Some(false) {
+        mode = CacheMode::Off;
+    } else if c.enabled == Some(true) && c.mode.is_none() && mode == CacheMode::Off {
+        mode = CacheMode::ReadWrite;
+    }
+    Policy {
+        mode,
+        threshold: c
+            .threshold
+            .map_or(base.threshold, |v| fraction(errs, &k("threshold"), v)),
+        long_threshold: c.long_threshold.map_or(base.long_threshold, |v| {
+            fraction(errs, &k("long_threshold"), v)
+        }),
+        long_text_words: c.long_text_words.unwrap_or(base.long_text_words),
+        ttl: c
+            .ttl
+            .as_deref()
+            .map_or(base.ttl, |v| duration(errs, &k("ttl"), v)),
+        max_entries: c.max_entries.unwrap_or(base.max_entries),
+        text: c
+            .text
+            .as_deref()
+            .map_or(base.text, |v| text_mode(errs, &k("text"), v)),
+        max_messages: c.max_messages.map_or(base.max_messages, |v| {
+            at_least_one(errs, &k("max_messages"), v)
+        }),
+        cacheable_finish_reasons: c
+            .cacheable_finish_reasons
+            .clone()
+            .unwrap_or_else(|| base.cacheable_finish_reasons.clone()),
+        skip_when_temperature_above: match c.skip_when_temperature_above {
+            Some(t) => temperature(errs, &k("skip_when_temperature_above"), Some(t)),
+            None => base.skip_when_temperature_above,
+        },
+        api_entries_match: c
+            .api_entries_match
+            .as_deref()
+            .map_or(base.api_entries_match, |v| {
+                api_entries_match(errs, &k("api_entries_match"), v)
+            }),
+        guards: {
+            let (g, b) = (&c.guards, &base.guards);
+            crate::guards::GuardSet {
+                numbers: g.numbers.unwrap_or(b.numbers),
+                negation: g.negation.unwrap_or(b.negation),
+                code: g.code.unwrap_or(b.code),
+                language: g.language.unwrap_or(b.language),
+                long_text: g.long_text.unwrap_or(b.long_text),
+                window_words: b.window_words,
+            }
+        },
+        verifier: crate::verify::Verifier {
+            enabled: c.verifier.unwrap_or(base.verifier.enabled),
+            same_words_threshold: c
+                .same_words_threshold
+                .map_or(base.verifier.same_words_threshold, |v| {
+                    fraction(errs, &k("same_words_threshold"), v)
+                }),
+            small_edit_threshold: c
+                .small_edit_threshold
+                .map_or(base.verifier.small_edit_threshold, |v| {
+                    fraction(errs, &k("small_edit_threshold"), v)
+                }),
+            ..base.verifier
+        },
+        calibration: match (c.max_wrong_rate, c.calibration_pairs.as_deref()) {
+            (None, None) => base.calibration.clone(),
+            (rate, pairs) => calibrate(
+                errs,
+                &k(""),
+                rate.or(base.calibration.as_ref().map(|b| b.max_wrong_rate)),
+                pairs.or(base.calibration.as_ref().and_then(|b| b.pairs.to_str())),
+            ),
+        },
+    }
+}
