@@ -39,6 +39,61 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A failure of the cache facade: the store, an index, the embedder or the
+/// writer thread. Callers log it and count it; a lookup never returns one.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A vector index failed.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    /// The vector index of a tenant could not be opened.
+    #[error("cannot open the vector index of tenant {0}")]
+    IndexUnavailable(String),
+    /// The embedder failed.
+    #[error(transparent)]
+    Embedding(#[from] crate::embed::EmbedError),
+    /// The write-back thread has stopped (the cache is closing).
+    #[error("the write-back thread has stopped")]
+    Stopped,
+    /// No such entry in that tenant.
+    #[error("no entry {entry} in tenant {tenant}")]
+    NoEntry {
+        /// The entry asked for.
+        entry: i64,
+        /// The tenant it was asked in.
+        tenant: String,
+    },
+    /// A file or folder of the cache could not be made.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl CacheError {
+    /// A low-cardinality name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Store(_) => "store",
+            CacheError::Index(_) | CacheError::IndexUnavailable(_) => "index",
+            CacheError::Embedding(_) => "embedding",
+            CacheError::Stopped => "stopped",
+            CacheError::NoEntry { .. } => "not_found",
+            CacheError::Io { .. } => "io",
+            CacheError::Task(_) => "task",
+        }
+    }
+}
+
 /// How a hit was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HitKind {
@@ -291,10 +346,10 @@ impl Core {
             .map(|d| d.join(format!("{}.usearch", hex::encode(tenant))))
     }
 
-    fn open_index(&self, tenant: &str) -> Result<Arc<dyn VectorIndex>, String> {
-        let rows = self.store.index_rows(tenant).map_err(|e| e.to_string())?;
+    fn open_index(&self, tenant: &str) -> Result<Arc<dyn VectorIndex>, CacheError> {
+        let rows = self.store.index_rows(tenant)?;
         let Some(path) = self.index_path(tenant) else {
-            let idx = UsearchIndex::new(self.dims, self.quantization).map_err(|e| e.to_string())?;
+            let idx = UsearchIndex::new(self.dims, self.quantization)?;
             return Ok(Arc::new(idx));
         };
         let started = Instant::now();
@@ -319,8 +374,7 @@ impl Core {
                     }
                 }
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         tracing::info!(
             tenant,
             entries = idx.len(),
@@ -523,8 +577,8 @@ impl Core {
     }
 
     /// Records a probe `entry` answered wrongly.
-    pub(crate) fn add_negative(&self, n: &crate::store::Negative) -> Result<(), String> {
-        self.store.add_negative(n).map_err(|e| e.to_string())?;
+    pub(crate) fn add_negative(&self, n: &crate::store::Negative) -> Result<(), CacheError> {
+        self.store.add_negative(n)?;
         if let Ok(mut negs) = self.negatives.write() {
             negs.entry(n.entry_id)
                 .or_default()
@@ -572,9 +626,9 @@ impl Core {
     }
 }
 
-fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, String> {
+fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, CacheError> {
     if store.shared() {
-        store.last_change().map_err(|e| e.to_string())
+        Ok(store.last_change()?)
     } else {
         Ok(0)
     }
@@ -606,12 +660,15 @@ impl Cache {
         index_dir: Option<PathBuf>,
         quantization: Quantization,
         tenants: &[String],
-    ) -> Result<Cache, String> {
+    ) -> Result<Cache, CacheError> {
         if let Some(d) = &index_dir {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|source| CacheError::Io {
+                path: d.clone(),
+                source,
+            })?;
         }
         let followed = store_last_change(&store)?;
-        let store_id = store.store_id().map_err(|e| e.to_string())?;
+        let store_id = store.store_id()?;
         let core = Arc::new(Core {
             store,
             metrics,
@@ -631,7 +688,7 @@ impl Cache {
             followed: std::sync::atomic::AtomicI64::new(followed),
         });
         {
-            let negs = core.store.negatives().map_err(|e| e.to_string())?;
+            let negs = core.store.negatives()?;
             if let Ok(mut map) = core.negatives.write() {
                 for n in negs {
                     map.entry(n.entry_id).or_default().push(n.embedding);
@@ -639,12 +696,12 @@ impl Cache {
             }
         }
         let mut all: Vec<String> = tenants.to_vec();
-        all.extend(core.store.tenants().map_err(|e| e.to_string())?);
+        all.extend(core.store.tenants()?);
         all.sort();
         all.dedup();
         for t in &all {
             if core.index(t).is_none() {
-                return Err(format!("cannot open the vector index of tenant {t}"));
+                return Err(CacheError::IndexUnavailable(t.clone()));
             }
         }
         for t in &all {
@@ -1249,7 +1306,11 @@ impl Cache {
     /// Removes entries of `tenant` from the store, the exact layer and the
     /// vector index, through the writer (so that no write in flight brings
     /// them back). Waits for it; never dropped, even when the queue is full.
-    pub async fn remove(&self, tenant: &str, target: RemoveTarget) -> Result<Vec<Removed>, String> {
+    pub async fn remove(
+        &self,
+        tenant: &str,
+        target: RemoveTarget,
+    ) -> Result<Vec<Removed>, CacheError> {
         let (reply, rx) = oneshot::channel();
         let op = WriteOp::Remove {
             tenant: tenant.to_string(),
@@ -1257,25 +1318,23 @@ impl Cache {
             reply,
         };
         if !self.writeback.send_waiting(op).await {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())?
+        rx.await.map_err(|_| CacheError::Stopped)?
     }
 
     /// Stores entries now, through the writer, and waits until they can hit.
     /// Never dropped, even when the queue is full.
-    pub async fn insert_now(&self, entries: Vec<NewEntry>) -> Result<Vec<i64>, String> {
+    pub async fn insert_now(&self, entries: Vec<NewEntry>) -> Result<Vec<i64>, CacheError> {
         let (reply, rx) = oneshot::channel();
         if !self
             .writeback
             .send_waiting(WriteOp::InsertNow { entries, reply })
             .await
         {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())?
+        rx.await.map_err(|_| CacheError::Stopped)?
     }
 
     /// Runs a store call off the runtime (reads, or writes that need no
@@ -1283,12 +1342,9 @@ impl Cache {
     pub async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, CacheError> {
         let store = self.core.store.clone();
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
     }
 
     /// When the upstream last accepted `caller` (a key hash) for `tenant`,
@@ -1336,15 +1392,12 @@ impl Cache {
         &self,
         texts: &[String],
         batch: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch.max(1)) {
             let done = self.embedder.embed_all_waiting(chunk).await;
             for r in done {
-                out.push(r.map_err(|e| {
-                    self.core.metrics.cache_error("embed");
-                    e.to_string()
-                })?);
+                out.push(r.inspect_err(|_| self.core.metrics.cache_error("embed"))?);
             }
         }
         Ok(out)
@@ -1388,12 +1441,15 @@ impl Cache {
         tenant: &str,
         entry_id: i64,
         probe: &str,
-    ) -> Result<&'static str, String> {
+    ) -> Result<&'static str, CacheError> {
         let entry = self
             .with_store(move |s| s.get(entry_id))
             .await?
             .filter(|e| e.tenant == tenant)
-            .ok_or_else(|| format!("no entry {entry_id} in tenant {tenant}"))?;
+            .ok_or_else(|| CacheError::NoEntry {
+                entry: entry_id,
+                tenant: tenant.to_string(),
+            })?;
         if entry.text == probe {
             self.remove(tenant, RemoveTarget::Ids(vec![entry_id]))
                 .await?;
@@ -1416,10 +1472,9 @@ impl Cache {
             .send_waiting(WriteOp::AddNegative { negative: n, reply })
             .await
         {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())??;
+        rx.await.map_err(|_| CacheError::Stopped)??;
         Ok("negative")
     }
 

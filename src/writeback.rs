@@ -17,7 +17,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    cache::Core,
+    cache::{CacheError, Core},
     store::{HitRecord, Limits, NewEntry, Removed, StoreError},
 };
 
@@ -40,14 +40,14 @@ pub enum WriteOp {
         /// The entries.
         entries: Vec<NewEntry>,
         /// Their ids, or the store's error.
-        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+        reply: oneshot::Sender<Result<Vec<i64>, CacheError>>,
     },
     /// Record a probe an entry answered wrongly.
     AddNegative {
         /// The negative.
         negative: crate::store::Negative,
         /// Done, or the store's error.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CacheError>>,
     },
     /// Remove entries from the store and every in-memory layer.
     Remove {
@@ -56,7 +56,7 @@ pub enum WriteOp {
         /// Which entries.
         target: RemoveTarget,
         /// What was removed, or the store's error.
-        reply: oneshot::Sender<Result<Vec<Removed>, String>>,
+        reply: oneshot::Sender<Result<Vec<Removed>, CacheError>>,
     },
     /// Store a new entry.
     Insert(NewEntry),
@@ -510,7 +510,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                 WriteOp::InsertNow { entries, reply } => {
                     let result = insert(&core, &entries);
                     stale |= result.is_ok();
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map_err(CacheError::from));
                 }
                 WriteOp::AddNegative { negative, reply } => {
                     let _ = reply.send(core.add_negative(&negative));
@@ -532,7 +532,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                     } else {
                         core.metrics.cache_error("remove");
                     }
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map_err(CacheError::from));
                 }
                 WriteOp::Stop => stop = true,
                 WriteOp::Insert(_) | WriteOp::Hit(_) => {}
