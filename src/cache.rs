@@ -18,7 +18,7 @@ use crate::{
     embed::EmbedService,
     index::{UsearchIndex, VectorIndex},
     keying::CacheKey,
-    metrics::Metrics,
+    metrics::{CacheStage, Metrics},
     store::{Entry, HitRecord, Limits, NewEntry, Origin, Removed, Store},
     writeback::{RemoveTarget, WriteOp, Writeback},
 };
@@ -330,7 +330,7 @@ impl Core {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(tenant, error = %e, "cannot open the vector index");
-                self.metrics.cache_error("index_open");
+                self.metrics.cache_error(CacheStage::IndexOpen);
                 return None;
             }
         };
@@ -456,7 +456,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "vector index save failed");
-                self.metrics.cache_error("index_save");
+                self.metrics.cache_error(CacheStage::IndexSave);
             }
         }
     }
@@ -480,7 +480,7 @@ impl Core {
                         idx.add(*id as u64, crate::keying::partition_tag(&e.partition), v)
                     {
                         tracing::warn!(error = %err, "index add failed");
-                        self.metrics.cache_error("index_add");
+                        self.metrics.cache_error(CacheStage::IndexAdd);
                     }
                 }
             }
@@ -765,7 +765,7 @@ impl Cache {
                                 failing = true;
                             }
                             core.metrics
-                                .cache_error("store_read");
+                                .cache_error(CacheStage::StoreRead);
                         }
                     }
                 }
@@ -793,7 +793,7 @@ impl Cache {
             Err(crate::embed::EmbedError::TooLong) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "embedding failed");
-                self.core.metrics.cache_error("embed");
+                self.core.metrics.cache_error(CacheStage::Embed);
                 None
             }
         }
@@ -814,13 +814,13 @@ impl Cache {
             Ok(Ok(Ok(found))) => found,
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "store read failed");
-                self.core.metrics.cache_error("store_read");
+                self.core.metrics.cache_error(CacheStage::StoreRead);
                 None
             }
             Ok(Err(_)) => None,
             Err(_) => {
                 tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
-                self.core.metrics.cache_error("store_read");
+                self.core.metrics.cache_error(CacheStage::StoreRead);
                 None
             }
         }
@@ -1198,7 +1198,7 @@ impl Cache {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "vector search failed");
-                self.core.metrics.cache_error("ann");
+                self.core.metrics.cache_error(CacheStage::Ann);
                 return out;
             }
         };
@@ -1360,7 +1360,7 @@ impl Cache {
     /// known to this process only.
     pub fn record_verified_key(&self, tenant: &str, caller: &[u8; 32], at_ms: i64) {
         let (t, k) = (tenant.to_string(), stored_key_hash(caller));
-        self.store_in_background("verified_key", move |s| {
+        self.store_in_background(CacheStage::VerifiedKey, move |s| {
             s.record_verified_key(&t, &k, at_ms)
         });
     }
@@ -1368,19 +1368,21 @@ impl Cache {
     /// Forgets, in the background, that the upstream accepted `caller`.
     pub fn revoke_verified_key(&self, tenant: &str, caller: &[u8; 32]) {
         let (t, k) = (tenant.to_string(), stored_key_hash(caller));
-        self.store_in_background("verified_key", move |s| s.revoke_verified_key(&t, &k));
+        self.store_in_background(CacheStage::VerifiedKey, move |s| {
+            s.revoke_verified_key(&t, &k)
+        });
     }
 
     fn store_in_background(
         &self,
-        stage: &'static str,
+        stage: CacheStage,
         f: impl FnOnce(&dyn Store) -> Result<(), crate::store::StoreError> + Send + 'static,
     ) {
         let store = self.core.store.clone();
         let metrics = self.core.metrics.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = f(store.as_ref()) {
-                tracing::warn!(error = %e, stage, "store write failed");
+                tracing::warn!(error = %e, stage = stage.as_str(), "store write failed");
                 metrics.cache_error(stage);
             }
         });
@@ -1397,7 +1399,7 @@ impl Cache {
         for chunk in texts.chunks(batch.max(1)) {
             let done = self.embedder.embed_all_waiting(chunk).await;
             for r in done {
-                out.push(r.inspect_err(|_| self.core.metrics.cache_error("embed"))?);
+                out.push(r.inspect_err(|_| self.core.metrics.cache_error(CacheStage::Embed))?);
             }
         }
         Ok(out)

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     cache::{CacheError, Core},
+    metrics::CacheStage,
     store::{HitRecord, Limits, NewEntry, Removed, StoreError},
 };
 
@@ -371,7 +372,7 @@ impl Hits {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "recording hits failed");
-                core.metrics.cache_error("record_hits");
+                core.metrics.cache_error(CacheStage::RecordHits);
                 if matches!(e, StoreError::Rejected(_)) {
                     // NOTE: the store is up and refuses these rows: keeping
                     // them would block every later hit.
@@ -501,7 +502,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "sweep failed");
-                        core.metrics.cache_error("sweep");
+                        core.metrics.cache_error(CacheStage::Sweep);
                     }
                 },
                 WriteOp::Flush(reply) => {
@@ -530,7 +531,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                         core.forget(removed);
                         stale = true;
                     } else {
-                        core.metrics.cache_error("remove");
+                        core.metrics.cache_error(CacheStage::Remove);
                     }
                     let _ = reply.send(result.map_err(CacheError::from));
                 }
