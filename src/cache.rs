@@ -18,7 +18,7 @@ use crate::{
     embed::EmbedService,
     index::{UsearchIndex, VectorIndex},
     keying::CacheKey,
-    metrics::Metrics,
+    metrics::{CacheStage, Metrics},
     store::{Entry, HitRecord, Limits, NewEntry, Origin, Removed, Store},
     writeback::{RemoveTarget, WriteOp, Writeback},
 };
@@ -37,6 +37,61 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A failure of the cache facade: the store, an index, the embedder or the
+/// writer thread. Callers log it and count it; a lookup never returns one.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A vector index failed.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    /// The vector index of a tenant could not be opened.
+    #[error("cannot open the vector index of tenant {0}")]
+    IndexUnavailable(String),
+    /// The embedder failed.
+    #[error(transparent)]
+    Embedding(#[from] crate::embed::EmbedError),
+    /// The write-back thread has stopped (the cache is closing).
+    #[error("the write-back thread has stopped")]
+    Stopped,
+    /// No such entry in that tenant.
+    #[error("no entry {entry} in tenant {tenant}")]
+    NoEntry {
+        /// The entry asked for.
+        entry: i64,
+        /// The tenant it was asked in.
+        tenant: String,
+    },
+    /// A file or folder of the cache could not be made.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl CacheError {
+    /// A low-cardinality name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Store(_) => "store",
+            CacheError::Index(_) | CacheError::IndexUnavailable(_) => "index",
+            CacheError::Embedding(_) => "embedding",
+            CacheError::Stopped => "stopped",
+            CacheError::NoEntry { .. } => "not_found",
+            CacheError::Io { .. } => "io",
+            CacheError::Task(_) => "task",
+        }
+    }
 }
 
 /// How a hit was found.
@@ -275,7 +330,7 @@ impl Core {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(tenant, error = %e, "cannot open the vector index");
-                self.metrics.cache_error("index_open");
+                self.metrics.cache_error(CacheStage::IndexOpen);
                 return None;
             }
         };
@@ -291,10 +346,10 @@ impl Core {
             .map(|d| d.join(format!("{}.usearch", hex::encode(tenant))))
     }
 
-    fn open_index(&self, tenant: &str) -> Result<Arc<dyn VectorIndex>, String> {
-        let rows = self.store.index_rows(tenant).map_err(|e| e.to_string())?;
+    fn open_index(&self, tenant: &str) -> Result<Arc<dyn VectorIndex>, CacheError> {
+        let rows = self.store.index_rows(tenant)?;
         let Some(path) = self.index_path(tenant) else {
-            let idx = UsearchIndex::new(self.dims, self.quantization).map_err(|e| e.to_string())?;
+            let idx = UsearchIndex::new(self.dims, self.quantization)?;
             return Ok(Arc::new(idx));
         };
         let started = Instant::now();
@@ -319,8 +374,7 @@ impl Core {
                     }
                 }
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         tracing::info!(
             tenant,
             entries = idx.len(),
@@ -402,7 +456,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "vector index save failed");
-                self.metrics.cache_error("index_save");
+                self.metrics.cache_error(CacheStage::IndexSave);
             }
         }
     }
@@ -426,7 +480,7 @@ impl Core {
                         idx.add(*id as u64, crate::keying::partition_tag(&e.partition), v)
                     {
                         tracing::warn!(error = %err, "index add failed");
-                        self.metrics.cache_error("index_add");
+                        self.metrics.cache_error(CacheStage::IndexAdd);
                     }
                 }
             }
@@ -523,8 +577,8 @@ impl Core {
     }
 
     /// Records a probe `entry` answered wrongly.
-    pub(crate) fn add_negative(&self, n: &crate::store::Negative) -> Result<(), String> {
-        self.store.add_negative(n).map_err(|e| e.to_string())?;
+    pub(crate) fn add_negative(&self, n: &crate::store::Negative) -> Result<(), CacheError> {
+        self.store.add_negative(n)?;
         if let Ok(mut negs) = self.negatives.write() {
             negs.entry(n.entry_id)
                 .or_default()
@@ -572,9 +626,9 @@ impl Core {
     }
 }
 
-fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, String> {
+fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, CacheError> {
     if store.shared() {
-        store.last_change().map_err(|e| e.to_string())
+        Ok(store.last_change()?)
     } else {
         Ok(0)
     }
@@ -606,12 +660,15 @@ impl Cache {
         index_dir: Option<PathBuf>,
         quantization: Quantization,
         tenants: &[String],
-    ) -> Result<Cache, String> {
+    ) -> Result<Cache, CacheError> {
         if let Some(d) = &index_dir {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|source| CacheError::Io {
+                path: d.clone(),
+                source,
+            })?;
         }
         let followed = store_last_change(&store)?;
-        let store_id = store.store_id().map_err(|e| e.to_string())?;
+        let store_id = store.store_id()?;
         let core = Arc::new(Core {
             store,
             metrics,
@@ -631,7 +688,7 @@ impl Cache {
             followed: std::sync::atomic::AtomicI64::new(followed),
         });
         {
-            let negs = core.store.negatives().map_err(|e| e.to_string())?;
+            let negs = core.store.negatives()?;
             if let Ok(mut map) = core.negatives.write() {
                 for n in negs {
                     map.entry(n.entry_id).or_default().push(n.embedding);
@@ -639,12 +696,12 @@ impl Cache {
             }
         }
         let mut all: Vec<String> = tenants.to_vec();
-        all.extend(core.store.tenants().map_err(|e| e.to_string())?);
+        all.extend(core.store.tenants()?);
         all.sort();
         all.dedup();
         for t in &all {
             if core.index(t).is_none() {
-                return Err(format!("cannot open the vector index of tenant {t}"));
+                return Err(CacheError::IndexUnavailable(t.clone()));
             }
         }
         for t in &all {
@@ -708,7 +765,7 @@ impl Cache {
                                 failing = true;
                             }
                             core.metrics
-                                .cache_error("store_read");
+                                .cache_error(CacheStage::StoreRead);
                         }
                     }
                 }
@@ -736,7 +793,7 @@ impl Cache {
             Err(crate::embed::EmbedError::TooLong) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "embedding failed");
-                self.core.metrics.cache_error("embed");
+                self.core.metrics.cache_error(CacheStage::Embed);
                 None
             }
         }
@@ -757,13 +814,13 @@ impl Cache {
             Ok(Ok(Ok(found))) => found,
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "store read failed");
-                self.core.metrics.cache_error("store_read");
+                self.core.metrics.cache_error(CacheStage::StoreRead);
                 None
             }
             Ok(Err(_)) => None,
             Err(_) => {
                 tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
-                self.core.metrics.cache_error("store_read");
+                self.core.metrics.cache_error(CacheStage::StoreRead);
                 None
             }
         }
@@ -1141,7 +1198,7 @@ impl Cache {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "vector search failed");
-                self.core.metrics.cache_error("ann");
+                self.core.metrics.cache_error(CacheStage::Ann);
                 return out;
             }
         };
@@ -1249,7 +1306,11 @@ impl Cache {
     /// Removes entries of `tenant` from the store, the exact layer and the
     /// vector index, through the writer (so that no write in flight brings
     /// them back). Waits for it; never dropped, even when the queue is full.
-    pub async fn remove(&self, tenant: &str, target: RemoveTarget) -> Result<Vec<Removed>, String> {
+    pub async fn remove(
+        &self,
+        tenant: &str,
+        target: RemoveTarget,
+    ) -> Result<Vec<Removed>, CacheError> {
         let (reply, rx) = oneshot::channel();
         let op = WriteOp::Remove {
             tenant: tenant.to_string(),
@@ -1257,25 +1318,23 @@ impl Cache {
             reply,
         };
         if !self.writeback.send_waiting(op).await {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())?
+        rx.await.map_err(|_| CacheError::Stopped)?
     }
 
     /// Stores entries now, through the writer, and waits until they can hit.
     /// Never dropped, even when the queue is full.
-    pub async fn insert_now(&self, entries: Vec<NewEntry>) -> Result<Vec<i64>, String> {
+    pub async fn insert_now(&self, entries: Vec<NewEntry>) -> Result<Vec<i64>, CacheError> {
         let (reply, rx) = oneshot::channel();
         if !self
             .writeback
             .send_waiting(WriteOp::InsertNow { entries, reply })
             .await
         {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())?
+        rx.await.map_err(|_| CacheError::Stopped)?
     }
 
     /// Runs a store call off the runtime (reads, or writes that need no
@@ -1283,12 +1342,9 @@ impl Cache {
     pub async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, CacheError> {
         let store = self.core.store.clone();
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
     }
 
     /// When the upstream last accepted `caller` (a key hash) for `tenant`,
@@ -1304,7 +1360,7 @@ impl Cache {
     /// known to this process only.
     pub fn record_verified_key(&self, tenant: &str, caller: &[u8; 32], at_ms: i64) {
         let (t, k) = (tenant.to_string(), stored_key_hash(caller));
-        self.store_in_background("verified_key", move |s| {
+        self.store_in_background(CacheStage::VerifiedKey, move |s| {
             s.record_verified_key(&t, &k, at_ms)
         });
     }
@@ -1312,19 +1368,21 @@ impl Cache {
     /// Forgets, in the background, that the upstream accepted `caller`.
     pub fn revoke_verified_key(&self, tenant: &str, caller: &[u8; 32]) {
         let (t, k) = (tenant.to_string(), stored_key_hash(caller));
-        self.store_in_background("verified_key", move |s| s.revoke_verified_key(&t, &k));
+        self.store_in_background(CacheStage::VerifiedKey, move |s| {
+            s.revoke_verified_key(&t, &k)
+        });
     }
 
     fn store_in_background(
         &self,
-        stage: &'static str,
+        stage: CacheStage,
         f: impl FnOnce(&dyn Store) -> Result<(), crate::store::StoreError> + Send + 'static,
     ) {
         let store = self.core.store.clone();
         let metrics = self.core.metrics.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = f(store.as_ref()) {
-                tracing::warn!(error = %e, stage, "store write failed");
+                tracing::warn!(error = %e, stage = stage.as_str(), "store write failed");
                 metrics.cache_error(stage);
             }
         });
@@ -1336,15 +1394,12 @@ impl Cache {
         &self,
         texts: &[String],
         batch: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch.max(1)) {
             let done = self.embedder.embed_all_waiting(chunk).await;
             for r in done {
-                out.push(r.map_err(|e| {
-                    self.core.metrics.cache_error("embed");
-                    e.to_string()
-                })?);
+                out.push(r.inspect_err(|_| self.core.metrics.cache_error(CacheStage::Embed))?);
             }
         }
         Ok(out)
@@ -1388,12 +1443,15 @@ impl Cache {
         tenant: &str,
         entry_id: i64,
         probe: &str,
-    ) -> Result<&'static str, String> {
+    ) -> Result<&'static str, CacheError> {
         let entry = self
             .with_store(move |s| s.get(entry_id))
             .await?
             .filter(|e| e.tenant == tenant)
-            .ok_or_else(|| format!("no entry {entry_id} in tenant {tenant}"))?;
+            .ok_or_else(|| CacheError::NoEntry {
+                entry: entry_id,
+                tenant: tenant.to_string(),
+            })?;
         if entry.text == probe {
             self.remove(tenant, RemoveTarget::Ids(vec![entry_id]))
                 .await?;
@@ -1416,10 +1474,9 @@ impl Cache {
             .send_waiting(WriteOp::AddNegative { negative: n, reply })
             .await
         {
-            return Err("the write-back thread has stopped".into());
+            return Err(CacheError::Stopped);
         }
-        rx.await
-            .map_err(|_| "the write-back thread has stopped".to_string())??;
+        rx.await.map_err(|_| CacheError::Stopped)??;
         Ok("negative")
     }
 

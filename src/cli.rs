@@ -1,7 +1,9 @@
-//! The command line: `modelcache serve` and `modelcache check-config`.
+//! The command line: `modelcache serve`, `modelcache eval` and
+//! `modelcache check-config`.
 //!
 //! Owns flag parsing and turning flags into config overrides. It must never
-//! hold logic of its own beyond that: `app` runs, `config` validates.
+//! hold logic of its own beyond that: `app` runs, `eval` measures, `config`
+//! validates.
 
 use std::path::PathBuf;
 

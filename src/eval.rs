@@ -150,6 +150,7 @@ pub fn open_cache_on(settings: &Settings, service: EmbedService) -> Result<Cache
         settings.storage.index_quantization,
         &[],
     )
+    .map_err(|e| e.to_string())
 }
 
 /// Runs every pair through `cache` under `policy`, one at a time, each in an
@@ -182,14 +183,16 @@ pub async fn run(
             };
             let v = cache
                 .embed_many(&[joined(&pair.cached), joined(&pair.probe)], 2)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             crate::index::dot(&v[0], &v[1])
         };
         let embedding = if cached.semantic {
             Some(
                 cache
                     .embed_many(std::slice::from_ref(&cached.embed_text), 1)
-                    .await?
+                    .await
+                    .map_err(|e| e.to_string())?
                     .remove(0),
             )
         } else {
@@ -213,7 +216,8 @@ pub async fn run(
                 expires_at: now + 3_600_000,
                 origin: Origin::Proxy,
             }])
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let found = cache.explain(tenant, &probe, &opts, Probe::default()).await;
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
         let similarity = mine.map_or(0.0, |c| c.similarity);
@@ -255,7 +259,10 @@ pub async fn run(
             base: Cache::threshold_for(&probe, &opts),
             plain_cosine: plain,
         });
-        cache.remove(tenant, RemoveTarget::Ids(ids)).await?;
+        cache
+            .remove(tenant, RemoveTarget::Ids(ids))
+            .await
+            .map_err(|e| e.to_string())?;
         progress(i + 1);
     }
     Ok(out)

@@ -188,7 +188,12 @@ pub enum LongText {
     Same(&'static str),
     /// One short edit, in one place: the sentences around it, from each
     /// text. They must be compared by meaning, on their own.
-    Edit { stored: String, probe: String },
+    Edit {
+        /// The sentences around the edit, from the stored text.
+        stored: String,
+        /// The sentences around the edit, from the probe.
+        probe: String,
+    },
     /// More than one short edit: why.
     Differs(String),
 }

@@ -13,17 +13,63 @@ use prometheus::{
 pub const ROUTES: [&str; 3] = ["chat", "completions", "other"];
 /// Request results, as labelled.
 pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
-/// Stages of `modelcache_cache_errors_total`.
-pub const CACHE_ERROR_STAGES: [&str; 9] = [
-    "embed",
-    "store_read",
-    "ann",
-    "index_open",
-    "index_add",
-    "index_save",
-    "record_hits",
-    "sweep",
-    "remove",
+/// A cache stage that can fail: the `stage` label of
+/// `modelcache_cache_errors_total`, so that the label set is bounded by this
+/// type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStage {
+    /// Embedding a text.
+    Embed,
+    /// Reading the store on the request path (or the change log).
+    StoreRead,
+    /// Searching a vector index.
+    Ann,
+    /// Opening (loading or rebuilding) a tenant's vector index.
+    IndexOpen,
+    /// Adding vectors to an index.
+    IndexAdd,
+    /// Saving an index snapshot.
+    IndexSave,
+    /// Writing the hit log and hit counts.
+    RecordHits,
+    /// Sweeping expired and over-cap entries.
+    Sweep,
+    /// Removing entries.
+    Remove,
+    /// Recording or revoking a verified key.
+    VerifiedKey,
+}
+
+impl CacheStage {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheStage::Embed => "embed",
+            CacheStage::StoreRead => "store_read",
+            CacheStage::Ann => "ann",
+            CacheStage::IndexOpen => "index_open",
+            CacheStage::IndexAdd => "index_add",
+            CacheStage::IndexSave => "index_save",
+            CacheStage::RecordHits => "record_hits",
+            CacheStage::Sweep => "sweep",
+            CacheStage::Remove => "remove",
+            CacheStage::VerifiedKey => "verified_key",
+        }
+    }
+}
+
+/// Stages of `modelcache_cache_errors_total` exported at zero from the start
+/// (`verified_key` appears on its first failure).
+pub const CACHE_ERROR_STAGES: [CacheStage; 9] = [
+    CacheStage::Embed,
+    CacheStage::StoreRead,
+    CacheStage::Ann,
+    CacheStage::IndexOpen,
+    CacheStage::IndexAdd,
+    CacheStage::IndexSave,
+    CacheStage::RecordHits,
+    CacheStage::Sweep,
+    CacheStage::Remove,
 ];
 /// The model label of a model the price table does not name.
 pub const OTHER_MODEL: &str = "other";
@@ -108,9 +154,9 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
-    /// Counts a cache-side failure at `stage` (one of [`CACHE_ERROR_STAGES`]).
-    pub fn cache_error(&self, stage: &str) {
-        self.cache_errors.with_label_values(&[stage]).inc();
+    /// Counts a cache-side failure at `stage`.
+    pub fn cache_error(&self, stage: CacheStage) {
+        self.cache_errors.with_label_values(&[stage.as_str()]).inc();
     }
 
     /// Registers every metric in a fresh registry.
@@ -275,7 +321,7 @@ impl Metrics {
             writeback.with_label_values(&[outcome]);
         }
         for stage in CACHE_ERROR_STAGES {
-            cache_errors.with_label_values(&[stage]);
+            cache_errors.with_label_values(&[stage.as_str()]);
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             upstream_responses.with_label_values(&[class]);

@@ -17,7 +17,8 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    cache::Core,
+    cache::{CacheError, Core},
+    metrics::CacheStage,
     store::{HitRecord, Limits, NewEntry, Removed, StoreError},
 };
 
@@ -40,14 +41,14 @@ pub enum WriteOp {
         /// The entries.
         entries: Vec<NewEntry>,
         /// Their ids, or the store's error.
-        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+        reply: oneshot::Sender<Result<Vec<i64>, CacheError>>,
     },
     /// Record a probe an entry answered wrongly.
     AddNegative {
         /// The negative.
         negative: crate::store::Negative,
         /// Done, or the store's error.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CacheError>>,
     },
     /// Remove entries from the store and every in-memory layer.
     Remove {
@@ -56,7 +57,7 @@ pub enum WriteOp {
         /// Which entries.
         target: RemoveTarget,
         /// What was removed, or the store's error.
-        reply: oneshot::Sender<Result<Vec<Removed>, String>>,
+        reply: oneshot::Sender<Result<Vec<Removed>, CacheError>>,
     },
     /// Store a new entry.
     Insert(NewEntry),
@@ -371,7 +372,7 @@ impl Hits {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "recording hits failed");
-                core.metrics.cache_error("record_hits");
+                core.metrics.cache_error(CacheStage::RecordHits);
                 if matches!(e, StoreError::Rejected(_)) {
                     // NOTE: the store is up and refuses these rows: keeping
                     // them would block every later hit.
@@ -501,7 +502,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "sweep failed");
-                        core.metrics.cache_error("sweep");
+                        core.metrics.cache_error(CacheStage::Sweep);
                     }
                 },
                 WriteOp::Flush(reply) => {
@@ -510,7 +511,7 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                 WriteOp::InsertNow { entries, reply } => {
                     let result = insert(&core, &entries);
                     stale |= result.is_ok();
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map_err(CacheError::from));
                 }
                 WriteOp::AddNegative { negative, reply } => {
                     let _ = reply.send(core.add_negative(&negative));
@@ -530,9 +531,9 @@ fn run(core: Arc<Core>, rx: mpsc::Receiver<WriteOp>, batch: usize, keep: usize) 
                         core.forget(removed);
                         stale = true;
                     } else {
-                        core.metrics.cache_error("remove");
+                        core.metrics.cache_error(CacheStage::Remove);
                     }
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map_err(CacheError::from));
                 }
                 WriteOp::Stop => stop = true,
                 WriteOp::Insert(_) | WriteOp::Hit(_) => {}

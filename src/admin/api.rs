@@ -140,7 +140,7 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, Fail> {
     }
 }
 
-fn store_failed(e: String) -> Fail {
+fn store_failed(e: crate::cache::CacheError) -> Fail {
     fail(
         StatusCode::INTERNAL_SERVER_ERROR,
         "store_failed",

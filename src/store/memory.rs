@@ -1,6 +1,8 @@
-//! In-memory store for tests: the same behaviour as SQLite, nothing durable.
+//! In-memory store: the same behaviour as SQLite, nothing durable.
 //!
-//! Owns nothing but a map. It must never be used in production.
+//! Owns nothing but a map. Unit tests use it, and so does `eval`, which
+//! measures lookups in a throwaway cache. It must never back a serving
+//! gateway: nothing in it survives a restart, and no other process sees it.
 
 use std::{collections::BTreeMap, sync::Mutex};
 

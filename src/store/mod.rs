@@ -1,10 +1,13 @@
 //! The durable store of cache entries: the source of truth.
 //!
-//! Owns the [`Store`] seam and the entry types. The embedded implementation is
-//! SQLite ([`sqlite::SqliteStore`]); a map-backed one serves tests. Every query
-//! is scoped by tenant with an equality filter. Implementations are blocking:
-//! callers run them on the write-back thread or under `spawn_blocking`, never
-//! on a runtime thread.
+//! Owns the [`Store`] seam, the entry types, and the shared suite every
+//! backend passes (`store_suite!`). The implementations are SQLite
+//! ([`sqlite::SqliteStore`], embedded, the default), PostgreSQL
+//! ([`postgres::PgStore`], shared by replicas, with a change log) and a
+//! map ([`memory::MemoryStore`], for tests and `eval`). Every query is scoped
+//! by tenant with an equality filter. A store must never judge a candidate or
+//! touch the vector index, and must never run on a runtime thread: callers
+//! use the write-back thread or `spawn_blocking`.
 
 pub mod memory;
 pub mod postgres;

@@ -1,11 +1,15 @@
 //! PostgreSQL store: the shared store of several gateway replicas.
 //!
-//! Owns the PostgreSQL schema, its versioned migrations (applied at open),
-//! and every statement. Entries, answers, embeddings (`bytea`), hit counts,
-//! the hit log, negatives, and an append-only change log of inserts and
-//! removals with a monotonically increasing id. The replicas' catch-up from
-//! that log comes in a later slice. Like every store it is blocking: call it
-//! off the runtime (the write-back thread, `spawn_blocking`).
+//! Owns the PostgreSQL schema, its versioned migrations (applied once, at
+//! open), and every statement: entries, answers, embeddings (`bytea`), hit
+//! counts, the hit log, negatives, verified keys, `store_meta` (the store's
+//! id), and an append-only change log of inserts and removals with a
+//! monotonically increasing id. It provides the replication capability
+//! (`shared()`, `changes_since()`, `wait_for_change()` by LISTEN/NOTIFY, or
+//! by polling where no LISTEN can be held); replicas apply that log in
+//! `cache`, not here. It must never decide what a hit is, and never be
+//! called on a runtime thread: it blocks (call it from the write-back
+//! thread, the follow thread, or under `spawn_blocking`).
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
