@@ -60,7 +60,7 @@ impl CacheStage {
 
 /// Stages of `modelcache_cache_errors_total` exported at zero from the start
 /// (`verified_key` appears on its first failure).
-pub const CACHE_ERROR_STAGES: [CacheStage; 9] = [
+pub const CACHE_ERROR_STAGES: [CacheStage; 10] = [
     CacheStage::Embed,
     CacheStage::StoreRead,
     CacheStage::Ann,
@@ -70,6 +70,7 @@ pub const CACHE_ERROR_STAGES: [CacheStage; 9] = [
     CacheStage::RecordHits,
     CacheStage::Sweep,
     CacheStage::Remove,
+    CacheStage::VerifiedKey,
 ];
 /// The model label of a model the price table does not name.
 pub const OTHER_MODEL: &str = "other";
