@@ -498,9 +498,9 @@ impl Core {
     }
 
     /// Applies other replicas' changes of a shared store to this replica's
-    /// memory: a new or replaced entry goes into the vector index (and
-    /// leaves the exact layers, which reload it from the store); a removed
-    /// one is forgotten everywhere.
+    /// memory: a new or replaced entry goes into the vector index (and is
+    /// refreshed in the exact layer if held there; the id layer reloads it
+    /// from the store); a removed one is forgotten everywhere.
     pub(crate) fn follow(&self, changes: &[crate::store::Change]) {
         use crate::store::ChangeKind;
         let mut removed = Vec::new();
@@ -535,13 +535,25 @@ impl Core {
                 }
                 ChangeKind::Insert => {}
             }
+            let generation = self.generation();
             let Ok(Some(e)) = self.store.get(c.entry_id) else {
                 continue; // removed since: a later change says so
             };
             if e.tenant != c.tenant {
                 continue;
             }
-            self.exact.invalidate(&exact_key(&e.tenant, &e.exact_hash));
+            // NOTE: an entry this replica holds in its exact layer is
+            // replaced by what the store has now (another replica may have
+            // replaced its answer), not dropped: this replica's own writes
+            // come back through the log too, and dropping them would leave
+            // nothing to answer from while the store is down. A removal
+            // between the read and here wins.
+            let k = exact_key(&e.tenant, &e.exact_hash);
+            if self.exact.contains_key(&k) && self.generation() == generation {
+                self.exact.insert(k, Arc::new(e.clone()));
+            } else {
+                self.exact.invalidate(&k);
+            }
             self.by_id.invalidate(&e.id);
             if let (Ok(Some(v)), Some(idx)) = (self.store.embedding(e.id), self.index(&e.tenant)) {
                 if v.len() == self.dims {
