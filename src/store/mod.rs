@@ -671,6 +671,16 @@ pub(crate) mod suite {
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].tenant, "b");
         assert!(s.get(ids[1]).unwrap().is_none());
+        let more = two_in_a_first_hit(s);
+        let removed = s.sweep(2050, &cap(1)).unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(s.get(more[0]).unwrap().is_some());
+        assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 1)]);
+    }
+
+    /// Tenant `a`: `h2`, then `h3`, and a hit on `h2` at 3000 (so `h3` is
+    /// the least recently used); their ids.
+    fn two_in_a_first_hit(s: &dyn Store) -> Vec<i64> {
         let more = s
             .insert_batch(&[
                 entry("a", "h2", 2000, 10_000),
@@ -686,10 +696,7 @@ pub(crate) mod suite {
             request_id: String::new(),
         }])
         .unwrap();
-        let removed = s.sweep(2050, &cap(1)).unwrap();
-        assert_eq!(removed.len(), 2);
-        assert!(s.get(more[0]).unwrap().is_some());
-        assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 1)]);
+        more
     }
 
     /// Caps are per tenant: a full tenant never evicts another's entries.
@@ -721,21 +728,7 @@ pub(crate) mod suite {
 
     /// Ids are never reused, even once the newest entry has been evicted.
     pub fn ids_are_never_reused(s: &dyn Store) {
-        let more = s
-            .insert_batch(&[
-                entry("a", "h2", 2000, 10_000),
-                entry("a", "h3", 2001, 10_000),
-            ])
-            .unwrap();
-        s.record_hits(&[HitRecord {
-            entry_id: more[0],
-            tenant: "a".into(),
-            probe: "x".into(),
-            similarity: 1.0,
-            at: 3000,
-            request_id: String::new(),
-        }])
-        .unwrap();
+        let more = two_in_a_first_hit(s);
         let removed = s.sweep(2050, &cap(1)).unwrap();
         assert_eq!(removed.iter().map(|r| r.id).collect::<Vec<_>>(), [more[1]]);
         let later = s.insert_batch(&[entry("a", "h9", 4000, 100)]).unwrap();
