@@ -129,10 +129,16 @@ fn calibrate_all(settings: Arc<Settings>, cache: Arc<Cache>) {
 /// that match none) at zero.
 fn init_metrics(metrics: &Metrics, settings: &Settings) {
     let models = settings.prices.patterns();
-    for t in &settings.tenants {
-        metrics.init_tenant(&t.name, &models);
+    let reasons = crate::proxy::handler::SkipReason::ALL.map(|r| r.as_str());
+    for name in settings
+        .tenants
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain([UNKNOWN_TENANT])
+    {
+        metrics.init_tenant(name, &models);
+        metrics.init_bypass(name, &reasons);
     }
-    metrics.init_tenant(UNKNOWN_TENANT, &models);
 }
 
 impl Reloader {

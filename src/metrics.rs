@@ -109,6 +109,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Key checks by tenant and outcome: `unverified` or `rejected`.
     pub auth: IntCounterVec,
+    /// Requests forwarded without a cache read or write, by tenant and why.
+    pub bypass: IntCounterVec,
     /// Time to the first body byte of SSE responses, by result.
     pub stream_first_byte_seconds: HistogramVec,
     /// Whole-request latency (to response headers) by route and result.
@@ -176,6 +178,13 @@ impl Metrics {
                 "Requests whose key was not served from cache: unverified (forwarded until the upstream accepts it) or rejected (matches no tenant).",
             ),
             &["tenant", "outcome"],
+        )?;
+        let bypass = IntCounterVec::new(
+            Opts::new(
+                "modelcache_bypass_total",
+                "Requests forwarded without a cache read or write, by why: route, unknown_caller, cache_off, no_store, not_loaded, body_too_large, not_json, bad_namespace, too_hot, or a request that cannot be keyed (not_an_object, no_model, bad_messages, prompt_not_string).",
+            ),
+            &["tenant", "reason"],
         )?;
         let stream_first_byte_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -296,6 +305,7 @@ impl Metrics {
         registry.register(Box::new(feedback.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth.clone()))?;
+        registry.register(Box::new(bypass.clone()))?;
         registry.register(Box::new(stream_first_byte_seconds.clone()))?;
         registry.register(Box::new(index_bytes.clone()))?;
         registry.register(Box::new(saved_tokens.clone()))?;
@@ -337,6 +347,7 @@ impl Metrics {
             registry,
             requests,
             auth,
+            bypass,
             stream_first_byte_seconds,
             index_bytes,
             saved_tokens,
@@ -357,6 +368,14 @@ impl Metrics {
             upstream_responses,
             feedback,
         })
+    }
+
+    /// Creates the bypass series of `tenant` for every one of `reasons`
+    /// (the proxy's skip reasons; this module names none of its own).
+    pub fn init_bypass(&self, tenant: &str, reasons: &[&str]) {
+        for reason in reasons {
+            self.bypass.with_label_values(&[tenant, reason]);
+        }
     }
 
     /// Creates every series of `tenant` at zero, so that rates and ratios

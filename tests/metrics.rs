@@ -168,3 +168,91 @@ async fn no_label_value_comes_from_a_request() {
     assert!(!m.contains("7731"), "a request value became a label:\n{m}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_bypass_is_counted_with_its_reason() {
+    let (up, _dir, app) = start().await;
+    let bypassed = |m: &str, reason: &str| {
+        metric_sum(
+            m,
+            "modelcache_bypass_total",
+            &["tenant=\"default\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    let m = metrics(&app).await;
+    // Every reason exists at zero before any request.
+    for reason in [
+        "route",
+        "unknown_caller",
+        "cache_off",
+        "no_store",
+        "not_loaded",
+        "body_too_large",
+        "not_json",
+        "bad_namespace",
+        "too_hot",
+        "not_an_object",
+        "no_model",
+        "bad_messages",
+        "prompt_not_string",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "modelcache_bypass_total{{reason=\"{reason}\",tenant=\"default\"}} 0"
+            )),
+            "{reason} is not exported at zero"
+        );
+    }
+    let json = [("content-type", "application/json")];
+    let got = send(
+        app.proxy_addr,
+        "GET",
+        "/v1/models",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.cache(), "bypass");
+    let got = send(
+        app.proxy_addr,
+        "POST",
+        "/v1/chat/completions",
+        &json,
+        "{not json",
+    )
+    .await;
+    assert_eq!(got.cache(), "bypass");
+    let got = chat_h(
+        app.proxy_addr,
+        ask("Never stored"),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(got.cache(), "bypass");
+    let got = chat(app.proxy_addr, json!({"model": "gpt-test"})).await;
+    assert_eq!(got.cache(), "bypass");
+    let got = chat_h(
+        app.proxy_addr,
+        ask("A namespace with a space"),
+        &[("x-modelcache-namespace", "a b")],
+    )
+    .await;
+    assert_eq!(got.cache(), "bypass");
+    let m = metrics(&app).await;
+    for reason in [
+        "route",
+        "not_json",
+        "no_store",
+        "bad_messages",
+        "bad_namespace",
+    ] {
+        assert_eq!(bypassed(&m, reason), 1.0, "{reason}");
+    }
+    assert_eq!(bypassed(&m, "too_hot"), 0.0);
+    assert_eq!(
+        metric_sum(&m, "modelcache_requests_total", &["result=\"bypass\""]),
+        5.0
+    );
+    assert_eq!(up.calls(), 5, "each was forwarded");
+    app.shutdown().await;
+}

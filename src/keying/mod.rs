@@ -36,7 +36,7 @@ impl Endpoint {
 }
 
 /// Why a request on a cacheable route is still not cached.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Uncacheable {
     /// The body is not a JSON object.
     #[error("body is not a JSON object")]
@@ -50,6 +50,18 @@ pub enum Uncacheable {
     /// A completions prompt that is not one string.
     #[error("prompt is not a single string")]
     PromptNotString,
+}
+
+impl Uncacheable {
+    /// A short stable name, for a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Uncacheable::NotAnObject => "not_an_object",
+            Uncacheable::NoModel => "no_model",
+            Uncacheable::BadMessages => "bad_messages",
+            Uncacheable::PromptNotString => "prompt_not_string",
+        }
+    }
 }
 
 /// Everything the cache needs to know about one request.

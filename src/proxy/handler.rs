@@ -30,7 +30,7 @@ use crate::{
     cache::{now_ms, Cache, Hit, HitKind, LookupOptions, Probe},
     config::{ApiEntriesMatch, CacheMode, Policy, ServerSettings, UnknownKeys},
     error::GatewayError,
-    keying::{key_with, without_sampling, CacheKey, Endpoint, KeyOptions},
+    keying::{key_with, without_sampling, CacheKey, Endpoint, KeyOptions, Uncacheable},
     metrics::{Metrics, OTHER_MODEL},
     store::{NewEntry, Origin},
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
@@ -54,7 +54,7 @@ pub enum Outcome {
     /// Forwarded without a lookup (`no-cache`), still written.
     Refresh,
     /// Not cacheable, or the cache was skipped: forwarded untouched.
-    Bypass,
+    Bypass(SkipReason),
     /// The caller's key has no recent upstream success: forwarded, still written.
     Unverified,
     /// The caller matches no tenant and unknown keys are rejected.
@@ -72,7 +72,7 @@ impl Outcome {
             // NOTE: the five results of the metrics; why a key was not served
             // from cache is counted apart, in modelcache_auth_total.
             Outcome::Miss | Outcome::Refresh | Outcome::Unverified => "miss",
-            Outcome::Bypass => "bypass",
+            Outcome::Bypass(_) => "bypass",
             Outcome::Rejected | Outcome::Error => "error",
         }
     }
@@ -89,7 +89,7 @@ impl Outcome {
         match self {
             Outcome::HitExact | Outcome::HitSemantic | Outcome::HitCoalesced => "hit",
             Outcome::Miss | Outcome::Refresh | Outcome::Unverified => "miss",
-            Outcome::Bypass => "bypass",
+            Outcome::Bypass(_) => "bypass",
             Outcome::Rejected => "rejected",
             Outcome::Error => "error",
         }
@@ -103,10 +103,71 @@ impl Outcome {
             Outcome::HitCoalesced => "modelcache; hit; detail=coalesced",
             Outcome::Miss => "modelcache; fwd=uri-miss",
             Outcome::Refresh => "modelcache; fwd=request",
-            Outcome::Bypass => "modelcache; fwd=bypass",
+            Outcome::Bypass(_) => "modelcache; fwd=bypass",
             Outcome::Unverified => "modelcache; fwd=request; detail=unverified-key",
             Outcome::Rejected => "modelcache; detail=unknown-key",
             Outcome::Error => "modelcache; fwd=bypass; detail=error",
+        }
+    }
+}
+
+/// Why a request was forwarded without a cache read or write: one bounded
+/// metric label (`modelcache_bypass_total{reason}`) and a log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Not a cacheable route (or method).
+    Route,
+    /// The caller matches no tenant, and unknown keys pass through.
+    UnknownCaller,
+    /// The tenant's cache is off.
+    CacheOff,
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// The cache has not loaded (or failed to).
+    NotLoaded,
+    /// The body is over `server.max_body_bytes`.
+    BodyTooLarge,
+    /// The body is not JSON.
+    NotJson,
+    /// An unusable `x-modelcache-namespace`.
+    BadNamespace,
+    /// A temperature above the tenant's `skip_when_temperature_above`.
+    TooHot,
+    /// The request cannot be keyed.
+    Uncacheable(Uncacheable),
+}
+
+impl SkipReason {
+    /// Every reason, for metrics created at zero.
+    pub const ALL: [SkipReason; 13] = [
+        SkipReason::Route,
+        SkipReason::UnknownCaller,
+        SkipReason::CacheOff,
+        SkipReason::NoStore,
+        SkipReason::NotLoaded,
+        SkipReason::BodyTooLarge,
+        SkipReason::NotJson,
+        SkipReason::BadNamespace,
+        SkipReason::TooHot,
+        SkipReason::Uncacheable(Uncacheable::NotAnObject),
+        SkipReason::Uncacheable(Uncacheable::NoModel),
+        SkipReason::Uncacheable(Uncacheable::BadMessages),
+        SkipReason::Uncacheable(Uncacheable::PromptNotString),
+    ];
+
+    /// A short stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Route => "route",
+            SkipReason::UnknownCaller => "unknown_caller",
+            SkipReason::CacheOff => "cache_off",
+            SkipReason::NoStore => "no_store",
+            SkipReason::NotLoaded => "not_loaded",
+            SkipReason::BodyTooLarge => "body_too_large",
+            SkipReason::NotJson => "not_json",
+            SkipReason::BadNamespace => "bad_namespace",
+            SkipReason::TooHot => "too_hot",
+            SkipReason::Uncacheable(u) => u.as_str(),
         }
     }
 }
@@ -281,6 +342,12 @@ impl Gateway {
             .requests
             .with_label_values(&[tenant, route, outcome.label()])
             .inc();
+        if let Outcome::Bypass(reason) = outcome {
+            self.metrics
+                .bypass
+                .with_label_values(&[tenant, reason.as_str()])
+                .inc();
+        }
         if let Some(a) = outcome.auth_label() {
             self.metrics.auth.with_label_values(&[tenant, a]).inc();
         }
@@ -408,7 +475,7 @@ impl Gateway {
                 UnknownKeys::Passthrough => Ok((
                     self.forward(&set.fallback, &parts, body, None, None)
                         .await?,
-                    Outcome::Bypass,
+                    Outcome::Bypass(SkipReason::UnknownCaller),
                 )),
             };
         };
@@ -421,23 +488,49 @@ impl Gateway {
         });
         let policy = tenant.policy();
         let cc = CacheControl::parse(&parts.headers);
-        let cache = self
-            .cache
-            .get()
-            .filter(|_| policy.mode != CacheMode::Off && !cc.no_store);
-        let key = match (endpoint, cache, parsed.as_ref(), namespace(&parts.headers)) {
-            (Some(ep), Some(_), Some(v), Ok(_)) if !too_hot(v, policy) => {
-                key_with(ep, v, &key_options(policy, &parts)).ok()
+        // NOTE: the first reason that applies, in the order a reader would
+        // check them; the label says why no cache was read or written.
+        let planned = 'plan: {
+            let Some(ep) = endpoint else {
+                break 'plan Err(SkipReason::Route);
+            };
+            if policy.mode == CacheMode::Off {
+                break 'plan Err(SkipReason::CacheOff);
             }
-            _ => None,
+            if cc.no_store {
+                break 'plan Err(SkipReason::NoStore);
+            }
+            let Some(cache) = self.cache.get() else {
+                break 'plan Err(SkipReason::NotLoaded);
+            };
+            let Some(v) = parsed.as_ref() else {
+                break 'plan Err(if bytes.is_some() {
+                    SkipReason::NotJson
+                } else {
+                    SkipReason::BodyTooLarge
+                });
+            };
+            if namespace(&parts.headers).is_err() {
+                break 'plan Err(SkipReason::BadNamespace);
+            }
+            if too_hot(v, policy) {
+                break 'plan Err(SkipReason::TooHot);
+            }
+            key_with(ep, v, &key_options(policy, &parts))
+                .map(|k| (k, cache))
+                .map_err(SkipReason::Uncacheable)
         };
-        let (Some(key), Some(cache)) = (key, cache) else {
-            // Not cacheable, malformed, or the cache is skipped: the upstream decides.
-            return Ok((
-                self.forward(&tenant.upstream, &parts, body, None, verify)
-                    .await?,
-                Outcome::Bypass,
-            ));
+        let (key, cache) = match planned {
+            Ok(p) => p,
+            Err(reason) => {
+                // Not cacheable, malformed, or the cache is skipped: the upstream decides.
+                tracing::debug!(reason = reason.as_str(), "bypassing the cache");
+                return Ok((
+                    self.forward(&tenant.upstream, &parts, body, None, verify)
+                        .await?,
+                    Outcome::Bypass(reason),
+                ));
+            }
         };
         let reads = policy.mode.reads() && !cc.no_cache;
         let verified = self
