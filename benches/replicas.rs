@@ -345,7 +345,7 @@ fn vector(seed: u64) -> Vec<f32> {
 /// transaction.
 fn seed(pg: &str, schema: &str, n: usize) -> Result<()> {
     let store = modelcache::store::postgres::PgStore::open(pg, 1, Some(schema))?;
-    let now = modelcache::cache::now_ms();
+    let now = modelcache::clock::now_ms();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let batch: Vec<NewEntry> = chunk
             .iter()

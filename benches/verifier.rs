@@ -8,10 +8,12 @@
 use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
 
 use modelcache::{
+    cache::{
+        guards::{self, GuardSet},
+        verify,
+    },
     embed::{Embedder, FastEmbedder},
-    guards::{self, GuardSet},
     keying::{key_for, Endpoint},
-    verify,
 };
 use serde_json::{json, Value};
 

@@ -7,8 +7,11 @@ Usage: scripts/module-graph.py [--top] [SRC_DIR]
 A module is a file (src/proxy/handler.rs is `proxy::handler`, a mod.rs is its
 folder), or with --top a file or folder directly under src/. A use is any
 `crate::a::b` path in a module's code, resolved to the longest module it
-names; `super::` is not counted. Comments are ignored, tests are not (a test's
-import is an import too).
+names; `super::` and `self::` paths are resolved against the file's place
+(`super::x` in src/cache/judge.rs is `cache::x`), so a relative path hides
+nothing. A module's use of its own child, or of its parent's facade, counts
+like any other. Comments are ignored, tests are not (a test's import is an
+import too).
 """
 
 import re
@@ -56,15 +59,31 @@ def expand(group: str, prefix: str = "") -> list[str]:
     return out
 
 
-def crate_paths(code: str) -> list[str]:
-    """Every `crate::...` path in `code`, `use crate::{...}` groups expanded."""
-    paths = re.findall(r"crate::(\w+(?:::\w+)*)(?!::\{)", code)
-    for m in re.finditer(r"crate::((?:\w+::)*)\{", code):
-        depth, i = 1, m.end()
-        while i < len(code) and depth:
-            depth += {"{": 1, "}": -1}.get(code[i], 0)
-            i += 1
-        paths += expand(code[m.end():i - 1], m.group(1))
+def crate_paths(code: str, here: list[str], is_mod: bool) -> list[str]:
+    """Every `crate::...` path in `code`, `use crate::{...}` groups expanded,
+    with `super::` and `self::` paths made absolute; `here` is the file's
+    module path (`["cache", "judge"]`), `is_mod` whether it is a mod.rs."""
+    # The module a `self::` names, and the one a `super::` names.
+    own = here if is_mod else here
+    parent = here[:-1]
+    bases = {"crate": [], "self": own, "super": parent}
+    paths = []
+    for kw, base in bases.items():
+        prefix = "::".join(base)
+        prefix = prefix + "::" if prefix else ""
+        rx = rf"(?<![\w:]){kw}::((?:super::)*)"
+        for m in re.finditer(rx + r"(\w+(?:::\w+)*)(?!::\{)", code):
+            b = base[: len(base) - m.group(1).count("super::")] if m.group(1) else base
+            pre = "::".join(b) + "::" if b else ""
+            paths.append(pre + m.group(2))
+        for m in re.finditer(rx + r"((?:\w+::)*)\{", code):
+            b = base[: len(base) - m.group(1).count("super::")] if m.group(1) else base
+            pre = "::".join(b) + "::" if b else ""
+            depth, i = 1, m.end()
+            while i < len(code) and depth:
+                depth += {"{": 1, "}": -1}.get(code[i], 0)
+                i += 1
+            paths += expand(code[m.end():i - 1], pre + m.group(2))
     return paths
 
 
@@ -76,7 +95,16 @@ def graph(src: Path) -> dict[str, set[str]]:
         m = module_of(p, src)
         if m not in uses:
             continue
-        for path in crate_paths(strip_comments(p.read_text())):
+        rel = p.relative_to(src)
+        here = list(rel.parts)
+        here[-1] = here[-1].removesuffix(".rs")
+        is_mod = here[-1] == "mod"
+        if is_mod or here[-1] in ("lib", "main"):
+            here.pop()
+        code = strip_comments(p.read_text())
+        # NOTE: a file's own `mod tests` says `super::*` for the file itself.
+        code = re.sub(r"use super::\*;", "", code)
+        for path in crate_paths(code, here, is_mod):
             parts = path.split("::")
             name = next(
                 ("::".join(parts[:i]) for i in range(len(parts), 0, -1)

@@ -129,7 +129,7 @@ fn calibrate_all(settings: Arc<Settings>, cache: Arc<Cache>) {
 /// that match none) at zero.
 fn init_metrics(metrics: &Metrics, settings: &Settings) {
     let models = settings.prices.patterns();
-    let reasons = crate::proxy::handler::SkipReason::ALL.map(|r| r.as_str());
+    let reasons = crate::cache::SkipReason::ALL.map(|r| r.as_str());
     for name in settings
         .tenants
         .iter()
@@ -560,7 +560,7 @@ async fn accept_loop<S, F>(
     F: Fn(SocketAddr) -> S,
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<crate::proxy::body::ProxyBody>,
+            Response = hyper::Response<crate::http::body::ProxyBody>,
             Error = Infallible,
         > + Send
         + 'static,

@@ -8,18 +8,28 @@
 //! false-positive rate, and a threshold sweep. It must never tune anything
 //! itself: it measures a configuration, and recommends.
 
-use std::{collections::BTreeMap, io::Write, path::Path, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
-    cache::{now_ms, Cache, LookupOptions, Probe},
+    cache::{
+        judge,
+        plan::{plan, Facts, Plan},
+        writeback::RemoveTarget,
+        Cache, LookupOptions, Probe,
+    },
+    clock::now_ms,
     config::{Policy, Settings},
     embed::{EmbedService, EmbedderFactory},
-    keying::{key_with, Endpoint},
-    store::{memory::MemoryStore, NewEntry, Origin},
-    writeback::RemoveTarget,
+    store::{memory::MemoryStore, Origin},
 };
 
 /// One labelled pair.
@@ -153,6 +163,20 @@ pub fn open_cache_on(settings: &Settings, service: EmbedService) -> Result<Cache
     .map_err(|e| e.to_string())
 }
 
+/// The key the proxy would build for a chat `body` of a tenant with
+/// `policy`: its plan's key (a pair the plan skips is an error).
+fn planned_key(policy: &Policy, body: &Value) -> Result<crate::keying::CacheKey, String> {
+    match plan(Some(policy), true, &Facts::chat(body)) {
+        Plan::Lookup(l) => Ok(l.key),
+        Plan::Skip(reason) => Err(reason.describe()),
+    }
+}
+
+/// The similarity a request keyed `key` needs before any verifier tier.
+fn base_threshold(key: &crate::keying::CacheKey, opts: &LookupOptions) -> f32 {
+    judge::needed(key.embed_text.split_whitespace().count(), opts, None).value
+}
+
 /// Runs every pair through `cache` under `policy`, one at a time, each in an
 /// empty cache: store `cached`, look up `probe`, remove the entry.
 pub async fn run(
@@ -166,10 +190,9 @@ pub async fn run(
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         let model = pair.model.as_deref().unwrap_or(MODEL);
-        let ko = policy.key_options(None);
-        let cached = key_with(Endpoint::Chat, &body(model, &pair.cached), &ko)
+        let cached = planned_key(policy, &body(model, &pair.cached))
             .map_err(|e| format!("pair {}: cached: {e}", pair.id))?;
-        let probe = key_with(Endpoint::Chat, &body(model, &pair.probe), &ko)
+        let probe = planned_key(policy, &body(model, &pair.probe))
             .map_err(|e| format!("pair {}: probe: {e}", pair.id))?;
         // The reference of shared/eval/README.md: one cosine over the joined
         // system and user text, no partition, no guard.
@@ -199,50 +222,48 @@ pub async fn run(
             None
         };
         let now = now_ms();
+        let answer = json!({"object": "chat.completion", "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached answer"}, "finish_reason": "stop"}]})
+        .to_string();
         let ids = cache
-            .insert_now(vec![NewEntry {
-                tenant: tenant.to_string(),
-                partition: cached.partition.clone(),
-                exact_hash: cached.exact_hash.clone(),
-                endpoint: "chat".into(),
-                model: model.to_string(),
-                text: cached.text.clone(),
-                params: cached.params.clone(),
-                answer: json!({"object": "chat.completion", "model": model,
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached answer"}, "finish_reason": "stop"}]})
-                .to_string(),
+            .insert_now(vec![Cache::row(
+                tenant,
+                &cached,
+                answer,
                 embedding,
-                created_at: now,
-                expires_at: now + 3_600_000,
-                origin: Origin::Proxy,
-            }])
+                now,
+                Duration::from_secs(3600),
+                Origin::Proxy,
+            )])
             .await
             .map_err(|e| e.to_string())?;
         let found = cache.explain(tenant, &probe, &opts, Probe::default()).await;
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
         let similarity = mine.map_or(0.0, |c| c.similarity);
-        let differing_words = crate::verify::diff(&cached.text, &probe.text).count();
+        let differing_words = crate::cache::verify::diff(&cached.text, &probe.text).count();
         let why: Vec<String> = mine.map_or_else(Vec::new, |c| {
-            c.checks
+            c.verdict
+                .checks
                 .iter()
-                .filter(|k| !k.passed)
-                .map(|k| format!("{}: {}", k.name, k.detail))
+                .filter(|k| !k.passed())
+                .map(|k| format!("{}: {}", k.name(), k.describe()))
                 .collect()
         });
         let (score, failed) = match mine {
             Some(c) => {
                 let failed: Vec<String> = c
+                    .verdict
                     .checks
                     .iter()
-                    .filter(|k| !k.passed)
-                    .map(|k| k.name.to_string())
+                    .filter(|k| !k.passed())
+                    .map(|k| k.name().to_string())
                     .collect();
                 let gated = failed.iter().any(|f| f != "similarity");
                 // NOTE: the score is the similarity's margin over what this
                 // candidate needed, moved to the tenant's threshold, so that a
                 // sweep moves every verifier tier together.
-                let base = Cache::threshold_for(&probe, &opts);
-                let score = (c.similarity - c.needed + base).clamp(0.0001, 1.5);
+                let base = base_threshold(&probe, &opts);
+                let score = (c.similarity - c.verdict.needed.value + base).clamp(0.0001, 1.5);
                 (if gated { 0.0 } else { score }, failed)
             }
             None => (0.0, vec!["not_found".to_string()]),
@@ -256,7 +277,7 @@ pub async fn run(
             why,
             similarity,
             differing_words,
-            base: Cache::threshold_for(&probe, &opts),
+            base: base_threshold(&probe, &opts),
             plain_cosine: plain,
         });
         cache

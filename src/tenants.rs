@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderName};
 
 use crate::{
     config::{key_hash, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
-    proxy::upstream::Upstream,
+    http::upstream::Upstream,
     store::Limits,
 };
 

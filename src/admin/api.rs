@@ -14,12 +14,13 @@ use serde_json::{json, Map, Value};
 
 use super::{answer_text, error, json_response, request_body, request_key, Admin};
 use crate::{
-    cache::{Cache, Candidate, LookupOptions, Probe},
-    config::ApiEntriesMatch,
-    keying::{key_with, without_sampling, Endpoint},
-    proxy::body::ProxyBody,
-    store::{Entry, ListQuery, Origin},
-    writeback::RemoveTarget,
+    cache::{
+        plan::{plan, Facts, Namespace, Plan},
+        writeback::RemoveTarget,
+        Cache, Considered, Explanation, LookupOptions, Probe,
+    },
+    http::body::ProxyBody,
+    store::{Entry, ListQuery},
 };
 
 type Resp = http::Response<ProxyBody>;
@@ -74,7 +75,9 @@ fn entry_json(e: &Entry, full: bool) -> Value {
     v
 }
 
-fn candidate_json(c: &Candidate, via: &str) -> Value {
+fn candidate_json(c: &Considered, of: &Explanation, via: &str) -> Value {
+    // NOTE: served means the one the lookup serves: the first that passes.
+    let served = of.hit.as_ref().is_some_and(|h| h.entry.id == c.entry.id);
     json!({
         "entry_id": c.entry.id,
         "question": c.entry.text,
@@ -84,8 +87,9 @@ fn candidate_json(c: &Candidate, via: &str) -> Value {
         "similarity": score(c.similarity),
         "kind": match c.kind { crate::cache::HitKind::Exact => "exact", crate::cache::HitKind::Semantic => "semantic" },
         "via": via,
-        "served": c.served,
-        "checks": c.checks.iter().map(|k| json!({"name": k.name, "passed": k.passed, "detail": k.detail})).collect::<Vec<_>>(),
+        "served": served,
+        "needed": score(c.verdict.needed.value),
+        "checks": c.verdict.checks.iter().map(|k| json!({"name": k.name(), "passed": k.passed(), "detail": k.describe()})).collect::<Vec<_>>(),
     })
 }
 
@@ -542,30 +546,37 @@ impl Admin {
             },
         };
         let policy = tenant.policy();
-        let key = request_key(policy, model, msgs, params, namespace).map_err(|e| bad(&e))?;
         let cache = self.loaded()?;
-        let opts = LookupOptions {
-            min_similarity,
-            ..LookupOptions::for_policy(policy)
-        };
-        let mut notes = Vec::new();
-        if !policy.mode.reads() {
-            notes.push(format!(
-                "cache mode {}: requests are never served from cache",
-                policy.mode.as_str()
-            ));
-        }
         let body = request_body(model, msgs, params);
-        if policy.skip_when_temperature_above.is_some_and(|max| {
-            body.get("temperature")
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0)
-                > max
-        }) {
-            notes.push(
-                "the temperature is above skip_when_temperature_above: the cache is skipped".into(),
-            );
-        }
+        let facts = Facts {
+            namespace: namespace.map_or(Namespace::None, Namespace::Named),
+            min_similarity,
+            ..Facts::chat(&body)
+        };
+        // NOTE: the proxy's own plan; a skipped request still shows what is
+        // stored near it, under the key the proxy would build.
+        let mut notes = Vec::new();
+        let (key, api_key, opts, reads) = match plan(Some(policy), true, &facts) {
+            Plan::Lookup(l) => {
+                if !l.reads {
+                    notes.push(format!(
+                        "cache mode {}: requests are never served from cache",
+                        policy.mode.as_str()
+                    ));
+                }
+                (l.key, l.api_key, l.options, l.reads)
+            }
+            Plan::Skip(reason) => {
+                notes.push(reason.describe());
+                let key =
+                    request_key(policy, model, msgs, params, namespace).map_err(|e| bad(&e))?;
+                let opts = LookupOptions {
+                    min_similarity,
+                    ..LookupOptions::for_policy(policy)
+                };
+                (key, None, opts, false)
+            }
+        };
         if !key.semantic {
             notes.push("this request is matched exactly only (non-text content, tool turns, or more than max_messages messages)".into());
         }
@@ -575,34 +586,25 @@ impl Admin {
         let mut candidates: Vec<Value> = found
             .candidates
             .iter()
-            .map(|c| candidate_json(c, "request"))
+            .map(|c| candidate_json(c, &found, "request"))
             .collect();
         let mut hit = found.hit.clone();
         // The second lookup of the proxy: entries inserted through the
         // ModelCache API, for a request that differs only in sampling.
-        if policy.api_entries_match == ApiEntriesMatch::AnySamplingParams {
-            if let Some(alt) = without_sampling(&body)
-                .and_then(|b| key_with(Endpoint::Chat, &b, &policy.key_options(namespace)).ok())
-                .filter(|k| k.partition != key.partition)
-            {
-                let probe = Probe {
-                    embedding: found.embedding.clone(),
-                    origin: Some(Origin::Api),
-                };
-                let alt_found = cache.explain(tenant.name(), &alt, &opts, probe).await;
-                if hit.is_none() {
-                    hit = alt_found.hit.clone();
-                }
-                candidates.extend(
-                    alt_found
-                        .candidates
-                        .iter()
-                        .map(|c| candidate_json(c, "api_entries_any_sampling")),
-                );
+        if let Some(alt) = api_key {
+            let probe = Probe::api_entries(found.embedding.clone());
+            let alt_found = cache.explain(tenant.name(), &alt, &opts, probe).await;
+            if hit.is_none() {
+                hit = alt_found.hit.clone();
             }
+            candidates.extend(
+                alt_found
+                    .candidates
+                    .iter()
+                    .map(|c| candidate_json(c, &alt_found, "api_entries_any_sampling")),
+            );
         }
-        let would_serve =
-            hit.is_some() && policy.mode.reads() && !notes.iter().any(|n| n.contains("skip"));
+        let would_serve = hit.is_some() && reads;
         Ok(json_response(
             StatusCode::OK,
             &json!({

@@ -8,7 +8,7 @@
 use http::{header, HeaderValue, StatusCode};
 
 use super::text;
-use crate::proxy::body::ProxyBody;
+use crate::http::body::ProxyBody;
 
 const PAGE: &str = include_str!("console.html");
 

@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     cache::Cache,
     config::AdminSettings,
+    http::body::{full, ProxyBody},
     metrics::Metrics,
-    proxy::body::{full, ProxyBody},
     tenants::{credential, TenantSet},
 };
 

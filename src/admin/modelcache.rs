@@ -17,13 +17,13 @@ use serde_json::{json, Map, Value};
 
 use super::{answer_text, fingerprint, json_response, same_secret, Admin};
 use crate::{
-    cache::{now_ms, LookupOptions},
+    cache::{writeback::RemoveTarget, LookupOptions},
+    clock::now_ms,
     config::{CacheMode, KeylessAccess},
+    http::body::ProxyBody,
     keying::CacheKey,
-    proxy::body::ProxyBody,
     store::{NewEntry, Origin},
     tenants::{caller_hash, credential, Tenant, TenantSet},
-    writeback::RemoveTarget,
 };
 
 type Resp = http::Response<ProxyBody>;
@@ -147,7 +147,7 @@ fn messages<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a Vec<Value>, Stri
 /// The `chat.completion` an entry inserted through the API replays.
 fn completion(model: &str, answer: &str, now: i64) -> String {
     json!({
-        "id": crate::proxy::replay::fresh_id(crate::keying::Endpoint::Chat),
+        "id": crate::clock::completion_id(crate::keying::Endpoint::Chat),
         "object": "chat.completion",
         "created": now / 1000,
         "model": model,
@@ -368,7 +368,7 @@ impl Admin {
         let found = cache.lookup(tenant.name(), &key, &opts).await;
         match found.hit {
             Some(hit) => {
-                let request_id = crate::cache::new_request_id();
+                let request_id = crate::clock::new_request_id();
                 cache.record_hit(tenant.name(), &hit, &key.text, &request_id);
                 let mut r = ok(json!({
                     "errorCode": 0,

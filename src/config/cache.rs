@@ -264,9 +264,9 @@ pub struct Policy {
     /// Which requests entries inserted through `/modelcache` answer.
     pub api_entries_match: ApiEntriesMatch,
     /// Structural guards run on every semantic candidate.
-    pub guards: crate::guards::GuardSet,
+    pub guards: crate::cache::guards::GuardSet,
     /// The word-by-word verifier.
-    pub verifier: crate::verify::Verifier,
+    pub verifier: crate::cache::verify::Verifier,
     /// Calibrate the thresholds to a wrong-answer rate on labelled pairs.
     pub calibration: Option<Calibrate>,
 }
@@ -422,7 +422,7 @@ fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
             c.skip_when_temperature_above,
         ),
         api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
-        guards: crate::guards::GuardSet {
+        guards: crate::cache::guards::GuardSet {
             numbers: g.numbers,
             negation: g.negation,
             code: g.code,
@@ -432,7 +432,7 @@ fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
             // window in words stays inside it.
             window_words: (max_length * 2 / 3).max(8),
         },
-        verifier: crate::verify::Verifier {
+        verifier: crate::cache::verify::Verifier {
             enabled: c.verifier,
             same_words_threshold: fraction(
                 errs,
@@ -521,7 +521,7 @@ pub(super) fn tenant_policy(
             }),
         guards: {
             let (g, b) = (&c.guards, &base.guards);
-            crate::guards::GuardSet {
+            crate::cache::guards::GuardSet {
                 numbers: g.numbers.unwrap_or(b.numbers),
                 negation: g.negation.unwrap_or(b.negation),
                 code: g.code.unwrap_or(b.code),
@@ -530,7 +530,7 @@ pub(super) fn tenant_policy(
                 window_words: b.window_words,
             }
         },
-        verifier: crate::verify::Verifier {
+        verifier: crate::cache::verify::Verifier {
             enabled: c.verifier.unwrap_or(base.verifier.enabled),
             same_words_threshold: c
                 .same_words_threshold

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::{EmbedError, Embedder};
 
-use crate::proxy::upstream::Connector;
+use crate::http::upstream::Connector;
 
 /// Settings of the remote embedder.
 #[derive(Clone)]
@@ -54,7 +54,7 @@ impl OpenAiEmbedder {
             .enable_all()
             .build()
             .map_err(|e| load(e.to_string()))?;
-        let client = crate::proxy::upstream::https_client(s.timeout).map_err(load)?;
+        let client = crate::http::upstream::https_client(s.timeout).map_err(load)?;
         let authorization = match &s.api_key {
             Some(k) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))

@@ -12,27 +12,34 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, FutureExt, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{
-    body::{boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody},
     flight::{FlightGuard, Flights, Joined},
     replay,
     sse::storable_answer,
     tee::Tee,
-    upstream::{strip_hop_by_hop, Upstream},
 };
 use crate::{
-    cache::{now_ms, Cache, Hit, HitKind, LookupOptions, Probe},
-    config::{ApiEntriesMatch, CacheMode, Policy, ServerSettings, UnknownKeys},
+    cache::{
+        plan::{self, Facts, Plan, SkipReason},
+        Cache, Hit, HitKind, Probe,
+    },
+    clock::now_ms,
+    config::{ServerSettings, UnknownKeys},
     error::GatewayError,
-    keying::{key_with, without_sampling, CacheKey, Endpoint, KeyOptions, Uncacheable},
+    http::{
+        body::{
+            boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody,
+        },
+        upstream::{strip_hop_by_hop, Upstream},
+    },
+    keying::{CacheKey, Endpoint},
     metrics::{Metrics, OTHER_MODEL},
-    store::{NewEntry, Origin},
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
 
@@ -111,101 +118,6 @@ impl Outcome {
     }
 }
 
-/// Why a request was forwarded without a cache read or write: one bounded
-/// metric label (`modelcache_bypass_total{reason}`) and a log field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    /// Not a cacheable route (or method).
-    Route,
-    /// The caller matches no tenant, and unknown keys pass through.
-    UnknownCaller,
-    /// The tenant's cache is off.
-    CacheOff,
-    /// `Cache-Control: no-store`.
-    NoStore,
-    /// The cache has not loaded (or failed to).
-    NotLoaded,
-    /// The body is over `server.max_body_bytes`.
-    BodyTooLarge,
-    /// The body is not JSON.
-    NotJson,
-    /// An unusable `x-modelcache-namespace`.
-    BadNamespace,
-    /// A temperature above the tenant's `skip_when_temperature_above`.
-    TooHot,
-    /// The request cannot be keyed.
-    Uncacheable(Uncacheable),
-}
-
-impl SkipReason {
-    /// Every reason, for metrics created at zero.
-    pub const ALL: [SkipReason; 13] = [
-        SkipReason::Route,
-        SkipReason::UnknownCaller,
-        SkipReason::CacheOff,
-        SkipReason::NoStore,
-        SkipReason::NotLoaded,
-        SkipReason::BodyTooLarge,
-        SkipReason::NotJson,
-        SkipReason::BadNamespace,
-        SkipReason::TooHot,
-        SkipReason::Uncacheable(Uncacheable::NotAnObject),
-        SkipReason::Uncacheable(Uncacheable::NoModel),
-        SkipReason::Uncacheable(Uncacheable::BadMessages),
-        SkipReason::Uncacheable(Uncacheable::PromptNotString),
-    ];
-
-    /// A short stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::Route => "route",
-            SkipReason::UnknownCaller => "unknown_caller",
-            SkipReason::CacheOff => "cache_off",
-            SkipReason::NoStore => "no_store",
-            SkipReason::NotLoaded => "not_loaded",
-            SkipReason::BodyTooLarge => "body_too_large",
-            SkipReason::NotJson => "not_json",
-            SkipReason::BadNamespace => "bad_namespace",
-            SkipReason::TooHot => "too_hot",
-            SkipReason::Uncacheable(u) => u.as_str(),
-        }
-    }
-}
-
-/// `Cache-Control` directives a client may send.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CacheControl {
-    /// Neither read nor write.
-    pub no_store: bool,
-    /// Skip the lookup, still write.
-    pub no_cache: bool,
-    /// Reject entries older than this.
-    pub max_age: Option<Duration>,
-}
-
-impl CacheControl {
-    /// Parses every `Cache-Control` header.
-    pub fn parse(h: &HeaderMap) -> CacheControl {
-        let mut cc = CacheControl::default();
-        for v in h.get_all(header::CACHE_CONTROL) {
-            let Ok(v) = v.to_str() else { continue };
-            for d in v.split(',') {
-                let d = d.trim().to_ascii_lowercase();
-                if d == "no-store" {
-                    cc.no_store = true;
-                } else if d == "no-cache" {
-                    cc.no_cache = true;
-                } else if let Some(n) = d.strip_prefix("max-age=") {
-                    if let Ok(n) = n.trim_matches('"').parse::<u64>() {
-                        cc.max_age = Some(Duration::from_secs(n));
-                    }
-                }
-            }
-        }
-        cc
-    }
-}
-
 /// The proxy service.
 pub struct Gateway {
     server: ServerSettings,
@@ -220,42 +132,6 @@ pub struct Gateway {
 enum BodyRead {
     All(Bytes),
     Over(Bytes, Incoming),
-}
-
-fn header_f32(h: &HeaderMap, name: &str) -> Option<f32> {
-    h.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Whether the request's temperature (1, OpenAI's default, when absent) is
-/// above the tenant's limit.
-fn too_hot(body: &Value, policy: &Policy) -> bool {
-    policy.skip_when_temperature_above.is_some_and(|max| {
-        let t = body
-            .get("temperature")
-            .and_then(Value::as_f64)
-            .unwrap_or(1.0);
-        t > max
-    })
-}
-
-/// `x-modelcache-namespace`: `Ok(None)` when absent, `Err` when unusable
-/// (the request then bypasses the cache).
-fn namespace(h: &HeaderMap) -> Result<Option<&str>, ()> {
-    match h.get("x-modelcache-namespace") {
-        None => Ok(None),
-        Some(v) => crate::keying::namespace(v.as_bytes()).map(Some).ok_or(()),
-    }
-}
-
-/// How a tenant's policy, the request's namespace header and its query
-/// string shape its key (call after [`namespace`] has accepted the header).
-fn key_options<'a>(policy: &Policy, parts: &'a http::request::Parts) -> KeyOptions<'a> {
-    KeyOptions {
-        // NOTE: an upstream may answer by the query (`?api-version=` on
-        // Azure), so requests with another query never share an answer.
-        query: parts.uri.query(),
-        ..policy.key_options(namespace(&parts.headers).ok().flatten())
-    }
 }
 
 /// Whom an upstream answer verifies or refuses.
@@ -487,40 +363,19 @@ impl Gateway {
             caller,
         });
         let policy = tenant.policy();
-        let cc = CacheControl::parse(&parts.headers);
-        // NOTE: the first reason that applies, in the order a reader would
-        // check them; the label says why no cache was read or written.
-        let planned = 'plan: {
-            let Some(ep) = endpoint else {
-                break 'plan Err(SkipReason::Route);
-            };
-            if policy.mode == CacheMode::Off {
-                break 'plan Err(SkipReason::CacheOff);
-            }
-            if cc.no_store {
-                break 'plan Err(SkipReason::NoStore);
-            }
-            let Some(cache) = self.cache.get() else {
-                break 'plan Err(SkipReason::NotLoaded);
-            };
-            let Some(v) = parsed.as_ref() else {
-                break 'plan Err(if bytes.is_some() {
-                    SkipReason::NotJson
-                } else {
-                    SkipReason::BodyTooLarge
-                });
-            };
-            if namespace(&parts.headers).is_err() {
-                break 'plan Err(SkipReason::BadNamespace);
-            }
-            if too_hot(v, policy) {
-                break 'plan Err(SkipReason::TooHot);
-            }
-            key_with(ep, v, &key_options(policy, &parts))
-                .map(|k| (k, cache))
-                .map_err(SkipReason::Uncacheable)
+        let read = match (&parsed, &bytes) {
+            (Some(v), _) => plan::Body::Json(v),
+            (None, Some(_)) => plan::Body::NotJson,
+            (None, None) => plan::Body::TooLarge,
         };
-        let (key, cache) = match planned {
+        let facts = Facts::from_http(endpoint, &parts.headers, parts.uri.query(), read);
+        let cache = self.cache.get();
+        let planned = match (plan::plan(Some(policy), cache.is_some(), &facts), cache) {
+            (Plan::Lookup(l), Some(c)) => Ok((*l, c)),
+            (Plan::Lookup(_), None) => Err(SkipReason::NotLoaded),
+            (Plan::Skip(reason), _) => Err(reason),
+        };
+        let (lookup, cache) = match planned {
             Ok(p) => p,
             Err(reason) => {
                 // Not cacheable, malformed, or the cache is skipped: the upstream decides.
@@ -532,45 +387,33 @@ impl Gateway {
                 ));
             }
         };
-        let reads = policy.mode.reads() && !cc.no_cache;
+        let plan::Lookup {
+            key,
+            api_key,
+            options,
+            reads,
+            write,
+        } = lookup;
         let verified = self
             .key_verified(cache, tenant.name(), &caller, set.verified_key_ttl)
             .await;
         let mut embedding = None;
         if reads && verified {
-            let opts = LookupOptions {
-                max_age: cc.max_age,
-                min_similarity: header_f32(&parts.headers, "x-modelcache-threshold"),
-                ..LookupOptions::for_policy(policy)
-            };
-            let found = cache.lookup(tenant.name(), &key, &opts).await;
+            let found = cache.lookup(tenant.name(), &key, &options).await;
             let mut hit = found.hit;
-            if hit.is_none() && policy.api_entries_match == ApiEntriesMatch::AnySamplingParams {
-                // NOTE: entries inserted through the ModelCache API carry no
-                // parameters; this tenant lets them answer requests that
-                // differ from theirs only in sampling parameters.
-                let alt = parsed
-                    .as_ref()
-                    .and_then(without_sampling)
-                    .and_then(|b| key_with(key.endpoint, &b, &key_options(policy, &parts)).ok())
-                    .filter(|k| k.partition != key.partition);
-                if let Some(alt) = alt {
-                    let probe = Probe {
-                        embedding: found.embedding.clone(),
-                        origin: Some(Origin::Api),
-                    };
-                    hit = cache
-                        .lookup_with(tenant.name(), &alt, &opts, probe)
-                        .await
-                        .hit;
-                }
+            if let (None, Some(alt)) = (&hit, &api_key) {
+                let probe = Probe::api_entries(found.embedding.clone());
+                hit = cache
+                    .lookup_with(tenant.name(), alt, &options, probe)
+                    .await
+                    .hit;
             }
             if let Some(hit) = hit {
                 // NOTE: None when the entry cannot be replayed faithfully (no
                 // usage stored, usage asked for): forwarded, and the fresh
                 // answer replaces the entry.
                 if let Some(mut resp) = self.hit_response(&key, &hit) {
-                    let request_id = crate::cache::new_request_id();
+                    let request_id = crate::clock::new_request_id();
                     if let Ok(v) = HeaderValue::from_str(&request_id) {
                         resp.headers_mut().insert("x-modelcache-request-id", v);
                     }
@@ -589,7 +432,7 @@ impl Gateway {
         // one too (single flight). Only a request that may read the cache
         // follows; one that may write leads, so that its answer is shared.
         let mut flight = None;
-        if policy.mode.writes() && !self.single_flight_wait.is_zero() {
+        if write.is_some() && !self.single_flight_wait.is_zero() {
             match self.flights.join(tenant.name(), &key.exact_hash) {
                 Joined::Leader(guard) => flight = Some(guard),
                 Joined::Follower(f) if reads && verified => {
@@ -603,22 +446,13 @@ impl Gateway {
                 Joined::Follower(_) => {}
             }
         }
-        let write = policy.mode.writes().then(|| {
-            let ttl = parts
-                .headers
-                .get("x-modelcache-ttl")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
-                .map_or(policy.ttl, |t| t.min(policy.ttl));
-            PendingWrite {
-                cache: cache.clone(),
-                tenant: tenant.clone(),
-                key,
-                embedding,
-                ttl,
-                flight,
-            }
+        let write = write.map(|ttl| PendingWrite {
+            cache: cache.clone(),
+            tenant: tenant.clone(),
+            key,
+            embedding,
+            ttl,
+            flight,
         });
         let resp = self
             .forward(&tenant.upstream, &parts, body, write, verify)
@@ -785,7 +619,6 @@ struct PendingWrite {
 
 impl PendingWrite {
     async fn finish(self, ct: Option<String>, ce: Option<String>, copy: Bytes, cap: usize) {
-        let metrics = &self.cache.core().metrics;
         let answer = match storable_answer(
             self.key.endpoint,
             ct.as_deref(),
@@ -794,39 +627,25 @@ impl PendingWrite {
             cap,
             &self.tenant.policy().cacheable_finish_reasons,
         ) {
-            Ok(a) => {
-                let a = a.to_string();
-                if let Some(f) = self.flight {
-                    f.finish(&a);
-                }
-                a
-            }
+            Ok(a) => a.to_string(),
             Err(reason) => {
                 tracing::debug!(%reason, "answer not cached");
-                metrics.writeback.with_label_values(&["rejected"]).inc();
+                self.cache.count_refused();
                 return;
             }
         };
-        let embedding = match (self.key.semantic, self.embedding) {
-            (true, None) => self.cache.embed(&self.key.embed_text).await,
-            (true, e) => e,
-            (false, _) => None,
-        };
-        let now = now_ms();
-        self.cache.write(NewEntry {
-            tenant: self.tenant.name().to_string(),
-            exact_hash: self.key.exact_hash,
-            partition: self.key.partition,
-            endpoint: self.key.endpoint.as_str().to_string(),
-            model: self.key.model,
-            text: self.key.text,
-            params: self.key.params,
-            answer,
-            embedding,
-            created_at: now,
-            expires_at: now.saturating_add(self.ttl.as_millis() as i64),
-            origin: Origin::Proxy,
-        });
+        if let Some(f) = self.flight {
+            f.finish(&answer);
+        }
+        self.cache
+            .store_answer(
+                self.tenant.name(),
+                &self.key,
+                answer,
+                self.embedding,
+                self.ttl,
+            )
+            .await;
     }
 }
 
@@ -850,23 +669,4 @@ async fn read_bounded(
         }
     }
     Ok(BodyRead::All(buf.freeze()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_control_directives() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("No-Cache, max-age=60"),
-        );
-        let cc = CacheControl::parse(&h);
-        assert!(cc.no_cache && !cc.no_store);
-        assert_eq!(cc.max_age, Some(Duration::from_secs(60)));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        assert!(CacheControl::parse(&h).no_store);
-    }
 }

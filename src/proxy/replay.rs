@@ -7,37 +7,16 @@
 //! content.
 
 use bytes::Bytes;
-use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use crate::keying::Endpoint;
-
-/// A fresh completion id in OpenAI's style.
-pub fn fresh_id(endpoint: Endpoint) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let tail: String = (0..29)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    match endpoint {
-        Endpoint::Chat => format!("chatcmpl-mc{tail}"),
-        Endpoint::Completions => format!("cmpl-mc{tail}"),
-    }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The stored answer with a fresh `id` and `created`.
 pub fn json_body(endpoint: Endpoint, answer: &str) -> Option<Bytes> {
     let mut v: Value = serde_json::from_str(answer).ok()?;
     let o = v.as_object_mut()?;
-    o.insert("id".into(), json!(fresh_id(endpoint)));
-    o.insert("created".into(), json!(now_secs()));
+    o.insert("id".into(), json!(crate::clock::completion_id(endpoint)));
+    o.insert("created".into(), json!(crate::clock::now_secs()));
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
@@ -71,8 +50,8 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
     if include_usage && v.get("usage").is_none_or(Value::is_null) {
         return None;
     }
-    let id = fresh_id(endpoint);
-    let created = now_secs();
+    let id = crate::clock::completion_id(endpoint);
+    let created = crate::clock::now_secs();
     let model = v.get("model").cloned().unwrap_or(Value::Null);
     let fingerprint = v.get("system_fingerprint").cloned();
     let choices = v.get("choices")?.as_array()?;

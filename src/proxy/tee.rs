@@ -14,7 +14,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::BoxError;
+use crate::http::body::BoxError;
 
 /// Called with the whole body once it has been delivered.
 pub type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
@@ -103,7 +103,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::body::{boxed, full};
+    use crate::http::body::{boxed, full};
     use http_body_util::BodyExt;
     use std::sync::{Arc, Mutex};
 

@@ -283,7 +283,7 @@ fn log_changes(
 }
 
 fn now() -> i64 {
-    crate::cache::now_ms()
+    crate::clock::now_ms()
 }
 
 impl PgStore {

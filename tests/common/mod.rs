@@ -29,7 +29,7 @@ use modelcache::{
     app::{self, AppOptions, RunningApp},
     config::{self, Overrides, Settings},
     embed::{Embedder, EmbedderFactory, HashEmbedder},
-    proxy::body::{BoxError, ProxyBody},
+    http::body::{BoxError, ProxyBody},
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

@@ -69,35 +69,6 @@ impl WordDiff {
     }
 }
 
-impl Verifier {
-    /// The similarity `diff` needs, given the tenant's `threshold`.
-    pub fn threshold(&self, threshold: f32, diff: &WordDiff) -> (f32, &'static str) {
-        if !self.enabled {
-            return (threshold, "threshold");
-        }
-        match diff.count() {
-            0 => (
-                threshold.min(self.same_words_threshold),
-                "same content words",
-            ),
-            n if n <= self.small_edit_words => (
-                threshold.max(self.small_edit_threshold),
-                "a small edit: one or two content words differ",
-            ),
-            _ => (threshold, "a rewording"),
-        }
-    }
-
-    /// The lowest similarity any candidate may need.
-    pub fn floor(&self, threshold: f32) -> f32 {
-        if self.enabled {
-            threshold.min(self.same_words_threshold)
-        } else {
-            threshold
-        }
-    }
-}
-
 // NOTE: function words and fillers that reword a question without changing
 // what it asks. Lower case; compared after the word forms are folded.
 const SKIP: &[&str] = &[
@@ -344,7 +315,7 @@ fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
 /// language by its group's name (`km` = `kilometers`), else the word with
 /// its ending folded.
 fn compared(word: &str) -> String {
-    crate::guards::canonical(word).map_or_else(|| fold(word), str::to_string)
+    crate::cache::guards::canonical(word).map_or_else(|| fold(word), str::to_string)
 }
 
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {
@@ -425,15 +396,7 @@ mod tests {
             ),
             1
         );
-        let v = Verifier::default();
-        assert_eq!(v.threshold(0.9, &d).0, 0.94);
-        assert_eq!(v.threshold(0.9, &WordDiff::default()).0, 0.80);
-        assert_eq!(v.floor(0.9), 0.80);
-        let off = Verifier {
-            enabled: false,
-            ..v
-        };
-        assert_eq!(off.threshold(0.9, &d).0, 0.9);
+        // NOTE: the thresholds these diffs need are judge's (judge::tests).
     }
 
     #[test]

@@ -1129,7 +1129,7 @@ fn code_blocks_differ(a: &str, b: &str) -> Option<String> {
 
 /// Whether two words of six letters or more are one typo apart.
 fn typo(a: &str, b: &str) -> bool {
-    a.chars().count() >= 6 && b.chars().count() >= 6 && crate::verify::one_edit(a, b)
+    a.chars().count() >= 6 && b.chars().count() >= 6 && crate::cache::verify::one_edit(a, b)
 }
 
 /// Whether the symbol at `i` stands between operands, not between words: in
@@ -1494,7 +1494,7 @@ mod tests {
             let _ = check(&a, &b, &GuardSet::default(), true);
             let _ = long_text(&a, &b, 20);
             let _ = long_text(&b, &b.replace('8', "9"), 20);
-            let _ = crate::verify::diff(&a, &b);
+            let _ = crate::cache::verify::diff(&a, &b);
         }
     }
 

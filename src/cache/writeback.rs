@@ -293,7 +293,7 @@ impl Deferred {
         if self.entries.is_empty() {
             return false;
         }
-        let now = crate::cache::now_ms();
+        let now = crate::clock::now_ms();
         let before = self.entries.len();
         self.entries.retain(|e| e.expires_at > now);
         if self.entries.len() < before {

@@ -1,0 +1,921 @@
+//! The candidate-level decision: whether one stored entry may answer a
+//! request, what similarity it needed, and every check with its value.
+//!
+//! Owns the one function that decides what similarity a candidate needs and
+//! why ([`needed`]: the tenant's threshold for short or long texts, its
+//! calibration, the verifier's tier, the request's stricter threshold), and
+//! the one function that turns a candidate into a [`Verdict`] ([`judge`]).
+//! Both are pure: same inputs, same verdict; the texts of people are made
+//! only by [`Check::describe`]. It must never make a candidate from another
+//! tenant or partition, a stale one, or one a guard stopped, be served.
+
+use std::time::Duration;
+
+use super::{
+    guards::{self, GuardResult},
+    verify::{self, WordDiff},
+    HitKind, LookupOptions,
+};
+use crate::{
+    keying::CacheKey,
+    store::{Entry, Origin},
+};
+
+/// The verifier's tier of a candidate: how its content words differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The verifier did not run (off, or an exact candidate).
+    Threshold,
+    /// No content word differs.
+    SameWords,
+    /// One or two content words differ.
+    SmallEdit,
+    /// More differ.
+    Rewording,
+}
+
+impl Tier {
+    /// For people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Threshold => "threshold",
+            Tier::SameWords => "same content words",
+            Tier::SmallEdit => "a small edit: one or two content words differ",
+            Tier::Rewording => "a rewording",
+        }
+    }
+}
+
+/// The similarity a candidate needs, and each rule that made it so.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Needed {
+    /// The similarity needed.
+    pub value: f32,
+    /// The tenant's threshold for the text's length, calibration included.
+    pub base: f32,
+    /// Whether `base` is the long-text threshold.
+    pub long: bool,
+    /// How far the tenant's calibration moved every threshold.
+    pub calibration: f32,
+    /// The verifier's tier.
+    pub tier: Tier,
+    /// Whether the request's own threshold (`x-modelcache-threshold`) set it.
+    pub capped: bool,
+}
+
+/// Whether a text of `words` words is judged by the long threshold.
+fn is_long(words: usize, opts: &LookupOptions) -> bool {
+    words > opts.thresholds.long_text_words
+}
+
+/// The similarity a candidate needs: the tenant's threshold for a text of
+/// `words` words, moved by the verifier's tier of `diff` (None: no tier, as
+/// for an exact candidate), never below the request's own threshold.
+/// `opts` carry the tenant's calibration already (see
+/// [`LookupOptions::shifted`]).
+pub fn needed(words: usize, opts: &LookupOptions, diff: Option<&WordDiff>) -> Needed {
+    let long = is_long(words, opts);
+    let base = if long {
+        opts.thresholds.long
+    } else {
+        opts.thresholds.short
+    };
+    let at_least = |t: f32| opts.min_similarity.map_or(t, |m| t.max(m));
+    let v = &opts.verifier;
+    let (tiered, tier) = match diff {
+        Some(d) if v.enabled => match d.count() {
+            // NOTE: a rewording of the same content words may be served
+            // below the tenant's threshold: the dev set's must-miss pairs
+            // of this shape are the guards' to stop.
+            0 => (at_least(base).min(v.same_words_threshold), Tier::SameWords),
+            n if n <= v.small_edit_words => {
+                (at_least(base).max(v.small_edit_threshold), Tier::SmallEdit)
+            }
+            _ => (at_least(base), Tier::Rewording),
+        },
+        _ => (at_least(base), Tier::Threshold),
+    };
+    let value = at_least(tiered);
+    Needed {
+        value,
+        base,
+        long,
+        calibration: opts.calibration,
+        tier,
+        capped: opts.min_similarity.is_some_and(|m| m >= tiered),
+    }
+}
+
+/// The lowest similarity any semantic candidate of a text of `words` words
+/// may need: below it (less the index's slack) no candidate can be served.
+pub fn floor(words: usize, opts: &LookupOptions) -> f32 {
+    let same = WordDiff::default();
+    needed(words, opts, Some(&same))
+        .value
+        .min(needed(words, opts, None).value)
+}
+
+/// How an entry's partition compares with the request's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partition {
+    /// Same tenant, model, parameters and exactly matched turns.
+    Same,
+    /// Another tenant's entry (never shown to people: a dry run searches one
+    /// tenant).
+    OtherTenant,
+    /// Stored for another model.
+    OtherModel(String),
+    /// Stored with other answer-shaping parameters.
+    OtherParams(String),
+    /// The exactly matched turns differ (system prompt, assistant or tool
+    /// turns, namespace, query).
+    OtherTurns,
+}
+
+/// The long-text guard's outcome on one candidate (it embeds the one
+/// sentence that differs, so the lookup runs it, not [`judge`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongCheck {
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was compared.
+    pub detail: String,
+}
+
+/// One check of a candidate, with its typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// The partition.
+    Partition(Partition),
+    /// Not expired: milliseconds until it expires (negative: since).
+    Fresh {
+        /// Until expiry.
+        expires_in_ms: i64,
+    },
+    /// Young enough for `Cache-Control: max-age`.
+    MaxAge {
+        /// The entry's age.
+        age_ms: i64,
+        /// The request's limit.
+        max: Duration,
+    },
+    /// A structural guard.
+    Guard(GuardResult),
+    /// The long-text guard.
+    LongText(LongCheck),
+    /// A probe reported wrong for this entry is closer than the entry's own
+    /// similarity.
+    Feedback {
+        /// The reported probe's similarity.
+        similarity: f32,
+    },
+    /// The entry's origin, when the lookup serves only one.
+    Origin {
+        /// How the entry was written.
+        stored: Origin,
+        /// What the lookup serves.
+        wanted: Origin,
+    },
+    /// The similarity against what the candidate needed.
+    Similarity {
+        /// The candidate's similarity.
+        similarity: f32,
+        /// What it needed.
+        needed: Needed,
+        /// The verifier's word diff, when it ran.
+        diff: Option<WordDiff>,
+    },
+}
+
+impl Check {
+    /// A short stable name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Check::Partition(_) => "partition",
+            Check::Fresh { .. } => "fresh",
+            Check::MaxAge { .. } => "max_age",
+            Check::Guard(g) => g.name,
+            Check::LongText(_) => "long_text",
+            Check::Feedback { .. } => "feedback",
+            Check::Origin { .. } => "origin",
+            Check::Similarity { .. } => "similarity",
+        }
+    }
+
+    /// Whether it passed.
+    pub fn passed(&self) -> bool {
+        match self {
+            Check::Partition(p) => *p == Partition::Same,
+            Check::Fresh { expires_in_ms } => *expires_in_ms > 0,
+            Check::MaxAge { age_ms, max } => {
+                // NOTE: saturating: a max-age past i64 milliseconds (about
+                // 9.2e15 s) must not wrap to a negative age limit.
+                *age_ms <= i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
+            }
+            Check::Guard(g) => g.passed,
+            Check::LongText(l) => l.passed,
+            Check::Feedback { .. } => false,
+            Check::Origin { stored, wanted } => stored == wanted,
+            Check::Similarity {
+                similarity, needed, ..
+            } => *similarity >= needed.value,
+        }
+    }
+
+    /// Why, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Check::Partition(p) => match p {
+                Partition::Same => "same model, parameters and exactly matched turns".into(),
+                Partition::OtherTenant => "stored for another tenant".into(),
+                Partition::OtherModel(m) => format!("stored for model {m}"),
+                Partition::OtherParams(p) => format!("stored with other parameters: {p}"),
+                Partition::OtherTurns => "the exactly matched turns differ (system prompt, assistant or tool turns, namespace)".into(),
+            },
+            Check::Fresh { expires_in_ms } if *expires_in_ms > 0 => {
+                format!("expires in {} s", expires_in_ms / 1000)
+            }
+            Check::Fresh { expires_in_ms } => format!("expired {} s ago", -expires_in_ms / 1000),
+            Check::MaxAge { age_ms, max } => {
+                format!("{} s old, max-age {} s", age_ms / 1000, max.as_secs())
+            }
+            Check::Guard(g) => g.detail.clone(),
+            Check::LongText(l) => l.detail.clone(),
+            Check::Feedback { similarity } => format!(
+                "reported wrong for a question {similarity:.4} alike, closer than the entry's own"
+            ),
+            Check::Origin { stored, wanted } => {
+                format!("written by {}, needs {}", stored.as_str(), wanted.as_str())
+            }
+            Check::Similarity {
+                similarity,
+                needed,
+                diff,
+            } => {
+                let words = match diff {
+                    None => String::new(),
+                    Some(d) if d.count() == 0 => format!(" ({})", needed.tier.as_str()),
+                    Some(d) => format!(" ({}: {})", needed.tier.as_str(), d.describe()),
+                };
+                format!(
+                    "{similarity:.4} {} threshold {:.4}{words}",
+                    if self.passed() { ">=" } else { "<" },
+                    needed.value
+                )
+            }
+        }
+    }
+}
+
+/// The request side of a judgement.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking<'a> {
+    /// The tenant asking.
+    pub tenant: &'a str,
+    /// The request's key.
+    pub key: &'a CacheKey,
+    /// The lookup's options, the tenant's calibration included.
+    pub opts: &'a LookupOptions,
+    /// Serve only entries written this way.
+    pub origin: Option<Origin>,
+    /// Unix milliseconds now.
+    pub now: i64,
+}
+
+/// The candidate side of a judgement.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
+    /// The stored entry.
+    pub entry: &'a Entry,
+    /// Its similarity to the request (1 for the exact layer), recomputed from
+    /// the stored embedding.
+    pub similarity: f32,
+    /// Found by exact hash or by the vector index.
+    pub kind: HitKind,
+    /// The similarity of a probe reported wrong for this entry, if one is
+    /// closer than this request.
+    pub reported_wrong: Option<f32>,
+    /// The long-text guard's outcome, once run.
+    pub long: Option<&'a LongCheck>,
+}
+
+/// The decision on one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Whether it may be served.
+    pub served: bool,
+    /// The similarity it needed.
+    pub needed: Needed,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Every other check passed, and the long-text guard must still run:
+    /// run it, then judge again with its outcome.
+    pub awaits_long_text: bool,
+}
+
+fn partition(e: &Entry, tenant: &str, key: &CacheKey) -> Partition {
+    if e.tenant != tenant {
+        Partition::OtherTenant
+    } else if e.partition == key.partition {
+        Partition::Same
+    } else if e.model != key.model {
+        Partition::OtherModel(e.model.clone())
+    } else if e.params != key.params {
+        Partition::OtherParams(e.params.clone())
+    } else {
+        Partition::OtherTurns
+    }
+}
+
+/// Whether the long-text guard must run on `entry` for this request: a
+/// semantic candidate of the request's own partition, the guard on.
+pub fn needs_long_text(asking: &Asking<'_>, entry: &Entry, kind: HitKind) -> bool {
+    kind == HitKind::Semantic
+        && asking.opts.guards.long_text
+        && entry.tenant == asking.tenant
+        && entry.partition == asking.key.partition
+}
+
+/// Judges one candidate.
+pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
+    let e = offered.entry;
+    let key = asking.key;
+    let opts = asking.opts;
+    let part = partition(e, asking.tenant, key);
+    let same = part == Partition::Same;
+    let semantic = offered.kind == HitKind::Semantic;
+    let mut checks = vec![
+        Check::Partition(part),
+        Check::Fresh {
+            expires_in_ms: e.expires_at.saturating_sub(asking.now),
+        },
+    ];
+    if let Some(max) = opts.max_age {
+        checks.push(Check::MaxAge {
+            age_ms: asking.now.saturating_sub(e.created_at),
+            max,
+        });
+    }
+    // NOTE: an exact hit has the same text; guards compare texts that differ.
+    // The long-text guard needs embeddings: the lookup runs it.
+    if semantic && same {
+        let set = guards::GuardSet {
+            long_text: false,
+            ..opts.guards
+        };
+        let (_, results) = guards::check(&e.text, &key.text, &set, true);
+        checks.extend(results.into_iter().map(Check::Guard));
+    }
+    let long_needed = needs_long_text(asking, e, offered.kind);
+    if let (true, Some(l)) = (long_needed, offered.long) {
+        checks.push(Check::LongText(l.clone()));
+    }
+    if let Some(similarity) = offered.reported_wrong {
+        checks.push(Check::Feedback { similarity });
+    }
+    if let Some(wanted) = asking.origin {
+        checks.push(Check::Origin {
+            stored: e.origin,
+            wanted,
+        });
+    }
+    // NOTE: the verifier chooses the threshold of a semantic candidate by
+    // how many content words differ.
+    let diff =
+        (semantic && same && opts.verifier.enabled).then(|| verify::diff(&e.text, &key.text));
+    let words = key.embed_text.split_whitespace().count();
+    let needed = needed(words, opts, diff.as_ref());
+    checks.push(Check::Similarity {
+        similarity: offered.similarity,
+        needed,
+        diff,
+    });
+    let all = checks.iter().all(Check::passed);
+    let awaits_long_text = all && long_needed && offered.long.is_none();
+    Verdict {
+        served: all && !awaits_long_text,
+        needed,
+        checks,
+        awaits_long_text,
+    }
+}
+
+/// The similarity the sentences of a long text's one edit need: a short
+/// text's, tiered by the verifier.
+pub fn needed_for_edit(stored: &str, probe: &str, opts: &LookupOptions) -> Needed {
+    let diff = opts.verifier.enabled.then(|| verify::diff(stored, probe));
+    // NOTE: the sentences are short texts: the short threshold.
+    needed(0, opts, diff.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cache::{guards::GuardSet, verify::Verifier, Cache, Thresholds},
+        keying::{key_for, Endpoint},
+    };
+    use serde_json::json;
+
+    fn opts() -> LookupOptions {
+        LookupOptions {
+            thresholds: Thresholds {
+                short: 0.90,
+                long: 0.85,
+                long_text_words: 5,
+            },
+            max_age: None,
+            min_similarity: None,
+            // NOTE: the long-text guard is the lookup's to run; its own test.
+            guards: GuardSet {
+                long_text: false,
+                ..GuardSet::default()
+            },
+            verifier: Verifier::default(),
+            calibration: 0.0,
+        }
+    }
+
+    fn diff(n: usize) -> WordDiff {
+        WordDiff {
+            stored_only: (0..n).map(|i| format!("w{i}")).collect(),
+            probe_only: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn what_a_candidate_needs_and_why() {
+        let o = opts();
+        let capped = LookupOptions {
+            min_similarity: Some(0.97),
+            ..o
+        };
+        let off = LookupOptions {
+            verifier: Verifier {
+                enabled: false,
+                ..o.verifier
+            },
+            ..o
+        };
+        let calibrated = o.shifted(0.02);
+        // (case, words, options, differing content words, needed, tier, long, capped)
+        type Case<'a> = (
+            &'a str,
+            usize,
+            &'a LookupOptions,
+            Option<usize>,
+            f32,
+            Tier,
+            bool,
+            bool,
+        );
+        let cases: [Case<'_>; 12] = [
+            (
+                "exact: the short threshold",
+                3,
+                &o,
+                None,
+                0.90,
+                Tier::Threshold,
+                false,
+                false,
+            ),
+            (
+                "exact: the long threshold",
+                9,
+                &o,
+                None,
+                0.85,
+                Tier::Threshold,
+                true,
+                false,
+            ),
+            (
+                "same words go down",
+                3,
+                &o,
+                Some(0),
+                0.80,
+                Tier::SameWords,
+                false,
+                false,
+            ),
+            (
+                "a small edit goes up",
+                3,
+                &o,
+                Some(1),
+                0.94,
+                Tier::SmallEdit,
+                false,
+                false,
+            ),
+            (
+                "two words are small",
+                3,
+                &o,
+                Some(2),
+                0.94,
+                Tier::SmallEdit,
+                false,
+                false,
+            ),
+            (
+                "a rewording keeps it",
+                3,
+                &o,
+                Some(3),
+                0.90,
+                Tier::Rewording,
+                false,
+                false,
+            ),
+            (
+                "long, rewording",
+                9,
+                &o,
+                Some(3),
+                0.85,
+                Tier::Rewording,
+                true,
+                false,
+            ),
+            (
+                "the request's cap wins",
+                3,
+                &capped,
+                Some(0),
+                0.97,
+                Tier::SameWords,
+                false,
+                true,
+            ),
+            (
+                "the cap over a small edit",
+                3,
+                &capped,
+                Some(1),
+                0.97,
+                Tier::SmallEdit,
+                false,
+                true,
+            ),
+            (
+                "verifier off",
+                3,
+                &off,
+                Some(0),
+                0.90,
+                Tier::Threshold,
+                false,
+                false,
+            ),
+            (
+                "calibration moves the tier",
+                3,
+                &calibrated,
+                Some(0),
+                0.82,
+                Tier::SameWords,
+                false,
+                false,
+            ),
+            (
+                "calibration moves the base",
+                9,
+                &calibrated,
+                Some(5),
+                0.87,
+                Tier::Rewording,
+                true,
+                false,
+            ),
+        ];
+        for (name, words, opts, n, value, tier, long, cap) in cases {
+            let d = n.map(diff);
+            let got = needed(words, opts, d.as_ref());
+            assert!((got.value - value).abs() < 1e-6, "{name}: {got:?}");
+            assert_eq!(
+                (got.tier, got.long, got.capped),
+                (tier, long, cap),
+                "{name}"
+            );
+        }
+        assert!((needed(3, &calibrated, None).calibration - 0.02).abs() < 1e-6);
+        // The lowest any candidate may need: the same-words tier.
+        assert_eq!(floor(3, &o), 0.80);
+        assert_eq!(floor(3, &off), 0.90);
+        assert_eq!(floor(3, &capped), 0.97);
+        // Moved from verify's tests: a tenant threshold of 0.9.
+        let at = |t: f32, d: &WordDiff, v: Verifier| {
+            let o = LookupOptions {
+                thresholds: Thresholds {
+                    short: t,
+                    ..o.thresholds
+                },
+                verifier: v,
+                ..o
+            };
+            needed(1, &o, Some(d)).value
+        };
+        let v = Verifier::default();
+        assert_eq!(at(0.9, &diff(1), v), 0.94);
+        assert_eq!(at(0.9, &WordDiff::default(), v), 0.80);
+        let off_v = Verifier {
+            enabled: false,
+            ..v
+        };
+        assert_eq!(at(0.9, &diff(1), off_v), 0.9);
+    }
+
+    fn key(q: &str) -> CacheKey {
+        key_for(
+            Endpoint::Chat,
+            &json!({"model": "m", "messages": [{"role": "user", "content": q}]}),
+        )
+        .expect("a chat body keys")
+    }
+
+    fn entry(tenant: &str, stored: &CacheKey, now: i64) -> Entry {
+        Cache::row(
+            tenant,
+            stored,
+            "{}".into(),
+            None,
+            now - 10_000,
+            Duration::from_secs(60),
+            Origin::Proxy,
+        )
+        .to_entry(7, 0)
+    }
+
+    fn failed(v: &Verdict) -> Vec<&'static str> {
+        v.checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(Check::name)
+            .collect()
+    }
+
+    #[test]
+    fn each_check_can_refuse_a_candidate_and_says_which() {
+        let now = 1_000_000_000;
+        let o = opts();
+        let young = LookupOptions {
+            max_age: Some(Duration::from_secs(5)),
+            ..o
+        };
+        let asked = key("How do I reverse a list in Python?");
+        let same = entry("t", &asked, now);
+        let reworded = entry("t", &key("how to reverse a Python list"), now);
+        let numbers = entry("t", &key("How do I reverse 3 lists in Python?"), now);
+        let other_model = {
+            let mut e = same.clone();
+            e.partition = "other".into();
+            e.model = "m2".into();
+            e
+        };
+        let expired = Entry {
+            expires_at: now - 1,
+            ..same.clone()
+        };
+        let api = Entry {
+            origin: Origin::Api,
+            ..same.clone()
+        };
+        let other_tenant = Entry {
+            tenant: "u".into(),
+            ..same.clone()
+        };
+        // (case, entry, kind, similarity, options, origin, reported wrong, served, failed checks)
+        type Case<'a> = (
+            &'a str,
+            &'a Entry,
+            HitKind,
+            f32,
+            &'a LookupOptions,
+            Option<Origin>,
+            Option<f32>,
+            bool,
+            &'a [&'a str],
+        );
+        let cases: [Case<'_>; 12] = [
+            (
+                "an exact hit",
+                &same,
+                HitKind::Exact,
+                1.0,
+                &o,
+                None,
+                None,
+                true,
+                &[],
+            ),
+            (
+                "a close rewording",
+                &reworded,
+                HitKind::Semantic,
+                0.93,
+                &o,
+                None,
+                None,
+                true,
+                &[],
+            ),
+            (
+                "too far",
+                &reworded,
+                HitKind::Semantic,
+                0.5,
+                &o,
+                None,
+                None,
+                false,
+                &["similarity"],
+            ),
+            (
+                "a number differs",
+                &numbers,
+                HitKind::Semantic,
+                0.99,
+                &o,
+                None,
+                None,
+                false,
+                &["numbers"],
+            ),
+            (
+                "another model",
+                &other_model,
+                HitKind::Semantic,
+                0.99,
+                &o,
+                None,
+                None,
+                false,
+                &["partition"],
+            ),
+            (
+                "another tenant",
+                &other_tenant,
+                HitKind::Exact,
+                1.0,
+                &o,
+                None,
+                None,
+                false,
+                &["partition"],
+            ),
+            (
+                "expired",
+                &expired,
+                HitKind::Exact,
+                1.0,
+                &o,
+                None,
+                None,
+                false,
+                &["fresh"],
+            ),
+            (
+                "older than max-age",
+                &same,
+                HitKind::Exact,
+                1.0,
+                &young,
+                None,
+                None,
+                false,
+                &["max_age"],
+            ),
+            (
+                "API entries only",
+                &same,
+                HitKind::Exact,
+                1.0,
+                &o,
+                Some(Origin::Api),
+                None,
+                false,
+                &["origin"],
+            ),
+            (
+                "an API entry",
+                &api,
+                HitKind::Exact,
+                1.0,
+                &o,
+                Some(Origin::Api),
+                None,
+                true,
+                &[],
+            ),
+            (
+                "reported wrong nearby",
+                &reworded,
+                HitKind::Semantic,
+                0.93,
+                &o,
+                None,
+                Some(0.95),
+                false,
+                &["feedback"],
+            ),
+            (
+                "two reasons",
+                &expired,
+                HitKind::Semantic,
+                0.2,
+                &o,
+                None,
+                None,
+                false,
+                &["fresh", "similarity"],
+            ),
+        ];
+        for (name, e, kind, similarity, opts, origin, wrong, served, fails) in cases {
+            let asking = Asking {
+                tenant: "t",
+                key: &asked,
+                opts,
+                origin,
+                now,
+            };
+            let offered = Offered {
+                entry: e,
+                similarity,
+                kind,
+                reported_wrong: wrong,
+                long: None,
+            };
+            let v = judge(&asking, &offered);
+            assert_eq!(v.served, served, "{name}: {v:?}");
+            assert_eq!(failed(&v), fails, "{name}");
+            assert!(
+                !v.awaits_long_text,
+                "{name}: short texts need no long-text guard"
+            );
+            // Pure: the same inputs, the same verdict.
+            assert_eq!(judge(&asking, &offered), v, "{name}");
+            // Every check can be said to people.
+            assert!(v.checks.iter().all(|c| !c.describe().is_empty()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_semantic_candidate_of_a_long_text_waits_for_the_long_text_guard() {
+        let now = 1_000_000_000;
+        let o = LookupOptions {
+            guards: GuardSet {
+                long_text: true,
+                window_words: 4,
+                ..GuardSet::default()
+            },
+            ..opts()
+        };
+        let asked = key("Summarise this report about the quarterly sales figures please");
+        let stored = entry("t", &asked, now);
+        let asking = Asking {
+            tenant: "t",
+            key: &asked,
+            opts: &o,
+            origin: None,
+            now,
+        };
+        let offered = Offered {
+            entry: &stored,
+            similarity: 0.99,
+            kind: HitKind::Semantic,
+            reported_wrong: None,
+            long: None,
+        };
+        assert!(needs_long_text(&asking, &stored, HitKind::Semantic));
+        assert!(!needs_long_text(&asking, &stored, HitKind::Exact));
+        let waiting = judge(&asking, &offered);
+        assert!(waiting.awaits_long_text && !waiting.served, "{waiting:?}");
+        for passed in [true, false] {
+            let long = LongCheck {
+                passed,
+                detail: "compared".into(),
+            };
+            let v = judge(
+                &asking,
+                &Offered {
+                    long: Some(&long),
+                    ..offered
+                },
+            );
+            assert_eq!((v.served, v.awaits_long_text), (passed, false));
+            assert_eq!(failed(&v), if passed { vec![] } else { vec!["long_text"] });
+        }
+        // A candidate that fails anything else does not wait for it.
+        let far = judge(
+            &asking,
+            &Offered {
+                similarity: 0.1,
+                ..offered
+            },
+        );
+        assert!(!far.awaits_long_text && !far.served);
+    }
+}

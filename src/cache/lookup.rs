@@ -1,0 +1,428 @@
+//! The lookup: gathering candidates (the exact layer, then the vector index)
+//! and asking [`judge`](super::judge) about each.
+//!
+//! Owns the order of a lookup and what it reads: the exact layer, then the
+//! store by exact hash, then the request's embedding, the index's proposals,
+//! and each proposal's stored embedding, from which the deciding similarity
+//! is recomputed. A lookup stops at the first served candidate; a dry run
+//! ([`Cache::explain`]) gathers them all. It must never fail a request:
+//! every error here is logged, counted, and turned into a miss.
+
+use std::{sync::Arc, time::Instant};
+
+use super::{
+    judge::{self, Asking, LongCheck, Offered, Verdict},
+    memory::{exact_key, Known},
+    Cache, Hit, HitKind, Lookup, LookupOptions,
+};
+use crate::{
+    clock::now_ms,
+    keying::CacheKey,
+    metrics::CacheStage,
+    store::{Entry, Origin},
+};
+
+/// At most 120 characters of a sentence, for the dry run.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What a lookup may use and serve beyond the request's own key.
+#[derive(Debug, Default, Clone)]
+pub struct Probe {
+    /// The text's embedding, if already computed.
+    pub embedding: Option<Vec<f32>>,
+    /// Serve only entries written this way.
+    pub origin: Option<Origin>,
+}
+
+impl Probe {
+    /// Serves only entries written through the ModelCache API (the second
+    /// lookup of `api_entries_match`), reusing the first lookup's embedding.
+    pub fn api_entries(embedding: Option<Vec<f32>>) -> Probe {
+        Probe {
+            embedding,
+            origin: Some(Origin::Api),
+        }
+    }
+}
+
+/// The result of a dry run ([`Cache::explain`]).
+#[derive(Debug, Default)]
+pub struct Explanation {
+    /// The similarity a semantic hit needs for this request.
+    pub threshold: f32,
+    /// Whether the request takes part in semantic matching at all.
+    pub semantic: bool,
+    /// What the real lookup would serve.
+    pub hit: Option<Hit>,
+    /// Every candidate seen, exact first, then by similarity.
+    pub candidates: Vec<Considered>,
+    /// The request's embedding.
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// How far below the lowest threshold the index's similarity of a candidate
+/// may be and the candidate still be judged (on its recomputed similarity):
+/// room for the index's quantization (f16, i8).
+const INDEX_SLACK: f32 = 0.02;
+
+/// How many candidates a lookup gathers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// Stop at the first served candidate (a lookup).
+    FirstServed,
+    /// Every candidate, other partitions of the tenant included, with nothing
+    /// recorded (a dry run).
+    All,
+}
+
+/// A candidate of a dry run, with its verdict.
+#[derive(Debug, Clone)]
+pub struct Considered {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Cosine similarity (1 for the exact layer).
+    pub similarity: f32,
+    /// Found by exact hash or by the vector index.
+    pub kind: HitKind,
+    /// Whether it may be served, what it needed, and each check. In a dry
+    /// run every candidate is judged alone: the lookup serves the first
+    /// served one ([`Explanation::hit`]).
+    pub verdict: Verdict,
+}
+
+impl Cache {
+    /// A semantic candidate with its stored embedding, from memory or in
+    /// one store read.
+    async fn entry_by_id(&self, id: i64) -> Option<Known> {
+        if let Some(k) = self.core.by_id.get(&id) {
+            return Some(k);
+        }
+        let generation = self.core.generation();
+        let (e, v) = self.read_store(move |s| s.get_with_embedding(id)).await?;
+        let k = Known {
+            entry: Arc::new(e),
+            embedding: v.map(Arc::from),
+        };
+        if self.core.generation() == generation {
+            self.core.by_id.insert(id, k.clone());
+        }
+        Some(k)
+    }
+
+    async fn exact(&self, tenant: &str, key: &CacheKey) -> Option<Arc<Entry>> {
+        let hash = key.exact_hash.clone();
+        let k = exact_key(tenant, &hash);
+        if let Some(e) = self.core.exact.get(&k) {
+            return Some(e);
+        }
+        let t = tenant.to_string();
+        let generation = self.core.generation();
+        let e = Arc::new(self.read_store(move |s| s.get_exact(&t, &hash)).await?);
+        // NOTE: a removal between the read and here must win.
+        if self.core.generation() == generation {
+            self.core.exact.insert(k, e.clone());
+        }
+        Some(e)
+    }
+
+    /// Looks `key` up for `tenant`.
+    pub async fn lookup(&self, tenant: &str, key: &CacheKey, opts: &LookupOptions) -> Lookup {
+        self.lookup_with(tenant, key, opts, Probe::default()).await
+    }
+
+    /// Looks `key` up for `tenant`, reusing an embedding and limiting what
+    /// may be served as `probe` says.
+    pub async fn lookup_with(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+    ) -> Lookup {
+        let started = Instant::now();
+        let found = self
+            .find(tenant, key, opts, probe, Gather::FirstServed)
+            .await;
+        self.core
+            .metrics
+            .lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Lookup {
+            hit: found.hit,
+            embedding: found.embedding,
+        }
+    }
+
+    /// A dry run of [`Cache::lookup`]: the same steps and checks, every
+    /// candidate with the outcome of each check, and nothing recorded (no hit
+    /// counted, no similarity observed). Candidates from other partitions of
+    /// the tenant are shown too, failing the partition check.
+    pub async fn explain(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+    ) -> Explanation {
+        self.find(tenant, key, opts, probe, Gather::All).await
+    }
+
+    /// The long-text guard for a candidate: past the embedding window, the
+    /// two texts must be the same, or differ by one short edit whose
+    /// sentences, embedded on their own, are as alike as a short question
+    /// must be (the tenant's short threshold, tiered by the verifier).
+    async fn long_text(&self, stored: &str, probe: &str, opts: &LookupOptions) -> LongCheck {
+        use super::guards::LongText;
+        match super::guards::long_text(stored, probe, opts.guards.window_words) {
+            LongText::Same(why) => LongCheck {
+                passed: true,
+                detail: why.to_string(),
+            },
+            LongText::Differs(why) => LongCheck {
+                passed: false,
+                detail: why,
+            },
+            LongText::Edit {
+                stored: a,
+                probe: b,
+            } => {
+                let needed = judge::needed_for_edit(&a, &b, opts);
+                // NOTE: together, so that the embedder batches them.
+                let sim =
+                    match tokio::join!(self.embed(&a), self.embed(&b)) {
+                        (Some(x), Some(y)) => crate::index::dot(&x, &y),
+                        _ => return LongCheck {
+                            passed: false,
+                            detail:
+                                "one edit in a long text, and its sentences could not be embedded"
+                                    .into(),
+                        },
+                    };
+                let passed = sim >= needed.value;
+                LongCheck {
+                    passed,
+                    detail: format!(
+                        "one edit in a long text; its sentences {sim:.4} {} {:.4} ({}): \"{}\" vs \"{}\"",
+                        if passed { ">=" } else { "<" },
+                        needed.value,
+                        needed.tier.as_str(),
+                        clip(&a),
+                        clip(&b)
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Judges one candidate, running the long-text guard when the verdict
+    /// waits on it (always, when gathering all: the dry run shows it).
+    async fn consider(&self, asking: &Asking<'_>, offered: Offered<'_>, gather: Gather) -> Verdict {
+        let needs_long = judge::needs_long_text(asking, offered.entry, offered.kind);
+        if needs_long && gather == Gather::All {
+            let long = self
+                .long_text(&offered.entry.text, &asking.key.text, asking.opts)
+                .await;
+            return judge::judge(
+                asking,
+                &Offered {
+                    long: Some(&long),
+                    ..offered
+                },
+            );
+        }
+        let verdict = judge::judge(asking, &offered);
+        if !verdict.awaits_long_text {
+            return verdict;
+        }
+        // NOTE: the long-text guard may embed two sentences, so outside a dry
+        // run it runs only for a candidate that passed all else.
+        let long = self
+            .long_text(&offered.entry.text, &asking.key.text, asking.opts)
+            .await;
+        judge::judge(
+            asking,
+            &Offered {
+                long: Some(&long),
+                ..offered
+            },
+        )
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        probe: Probe,
+        gather: Gather,
+    ) -> Explanation {
+        let all = gather == Gather::All;
+        let shifted;
+        let opts = match self.calibration(tenant) {
+            Some(c) if c.offset != 0.0 => {
+                shifted = opts.shifted(c.offset);
+                &shifted
+            }
+            _ => opts,
+        };
+        let asking = Asking {
+            tenant,
+            key,
+            opts,
+            origin: probe.origin,
+            now: now_ms(),
+        };
+        let words = key.embed_text.split_whitespace().count();
+        let mut out = Explanation {
+            threshold: judge::needed(words, opts, None).value,
+            semantic: key.semantic,
+            ..Default::default()
+        };
+        if let Some(e) = self.exact(tenant, key).await {
+            let offered = Offered {
+                entry: &e,
+                similarity: 1.0,
+                kind: HitKind::Exact,
+                reported_wrong: None,
+                long: None,
+            };
+            let verdict = self.consider(&asking, offered, gather).await;
+            if verdict.served {
+                out.hit = Some(Hit {
+                    entry: e.clone(),
+                    similarity: 1.0,
+                    kind: HitKind::Exact,
+                });
+            }
+            if all {
+                out.candidates.push(Considered {
+                    entry: e,
+                    similarity: 1.0,
+                    kind: HitKind::Exact,
+                    verdict,
+                });
+            } else if out.hit.is_some() {
+                return out;
+            }
+        }
+        if !key.semantic {
+            return out;
+        }
+        out.embedding = match probe.embedding {
+            Some(v) => Some(v),
+            None => self.embed(&key.embed_text).await,
+        };
+        let (Some(v), Some(idx)) = (&out.embedding, self.core.index(tenant)) else {
+            return out;
+        };
+        let t0 = Instant::now();
+        let found = if all {
+            // NOTE: the nearest entries of every partition of the tenant, so
+            // that a near question stored under another model or other
+            // parameters shows up, failing the partition check.
+            let mut any = idx.search(v, None, 10);
+            if let (Ok(a), Ok(own)) = (&mut any, idx.search(v, Some(key.partition_tag()), 8)) {
+                for c in own {
+                    if !a.iter().any(|(id, _)| *id == c.0) {
+                        a.push(c);
+                    }
+                }
+                a.sort_by(|x, y| y.1.total_cmp(&x.1));
+            }
+            any
+        } else {
+            idx.search(v, Some(key.partition_tag()), 8)
+        };
+        if !all {
+            self.core
+                .metrics
+                .ann_seconds
+                .observe(t0.elapsed().as_secs_f64());
+        }
+        let cands = match found {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "vector search failed");
+                self.core.metrics.cache_error(CacheStage::Ann);
+                return out;
+            }
+        };
+        // The lowest similarity any candidate may need.
+        let floor = judge::floor(words, opts);
+        // The best recomputed similarity seen, for the histogram.
+        let mut best: Option<f32> = None;
+        for (i, (id, proposed)) in cands.into_iter().enumerate() {
+            // NOTE: the nearest candidate is always read, so that the
+            // histogram shows its true similarity, not the index's.
+            if !all && (out.hit.is_some() || (i > 0 && proposed < floor - INDEX_SLACK)) {
+                break;
+            }
+            if out.candidates.iter().any(|c| c.entry.id == id as i64) {
+                continue;
+            }
+            let Some(Known {
+                entry: e,
+                embedding,
+            }) = self.entry_by_id(id as i64).await
+            else {
+                continue;
+            };
+            // NOTE: the index only proposes. The similarity that decides is
+            // recomputed from the embedding the store keeps: a snapshot of
+            // another store, a vector gone stale, or NaN bytes in the index
+            // can then cost a hit, never serve a wrong one. A candidate with
+            // no usable stored embedding is not served semantically.
+            let sim = match embedding.as_deref() {
+                Some(stored) if stored.len() == v.len() => crate::index::dot(stored, v),
+                _ => f32::NAN,
+            };
+            if !sim.is_finite() {
+                tracing::debug!(
+                    entry = e.id,
+                    proposed,
+                    "a candidate without a usable stored embedding is not served"
+                );
+                continue;
+            }
+            let sim = sim.min(1.0);
+            best = Some(best.map_or(sim, |b| b.max(sim)));
+            let offered = Offered {
+                entry: &e,
+                similarity: sim,
+                kind: HitKind::Semantic,
+                reported_wrong: self.core.reported_wrong(e.id, v, sim),
+                long: None,
+            };
+            let verdict = self.consider(&asking, offered, gather).await;
+            if verdict.served && out.hit.is_none() {
+                out.hit = Some(Hit {
+                    entry: e.clone(),
+                    similarity: sim,
+                    kind: HitKind::Semantic,
+                });
+            }
+            if all {
+                out.candidates.push(Considered {
+                    entry: e,
+                    similarity: sim,
+                    kind: HitKind::Semantic,
+                    verdict,
+                });
+            }
+        }
+        if let (Some(best), false) = (best, all) {
+            let result = if out.hit.is_some() { "hit" } else { "miss" };
+            self.core
+                .metrics
+                .similarity
+                .with_label_values(&[tenant, result])
+                .observe(best.clamp(0.0, 1.0) as f64);
+        }
+        out
+    }
+}
