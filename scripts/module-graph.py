@@ -72,7 +72,7 @@ def crate_paths(code: str, here: list[str], is_mod: bool) -> list[str]:
         prefix = "::".join(base)
         prefix = prefix + "::" if prefix else ""
         rx = rf"(?<![\w:]){kw}::((?:super::)*)"
-        for m in re.finditer(rx + r"(\w+(?:::\w+)*)(?!::\{)", code):
+        for m in re.finditer(rx + r"(\w+(?:::\w+)*)\b(?!::\{)", code):
             b = base[: len(base) - m.group(1).count("super::")] if m.group(1) else base
             pre = "::".join(b) + "::" if b else ""
             paths.append(pre + m.group(2))

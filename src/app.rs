@@ -25,7 +25,7 @@ use crate::{
     admin::Admin,
     cache::Cache,
     config::Settings,
-    embed::{EmbedService, Embedder, EmbedderFactory, FastEmbedder},
+    embed::{EmbedService, EmbedderFactory},
     metrics::Metrics,
     proxy::handler::{Gateway, UNKNOWN_TENANT},
     store::{sqlite::SqliteStore, Store},
@@ -271,26 +271,6 @@ fn uses_cache(settings: &Settings) -> bool {
         .any(|t| t.policy.mode != crate::config::CacheMode::Off)
 }
 
-/// The configured embedder: fastembed from `embedding.model_dir`, or a
-/// remote OpenAI-compatible endpoint.
-pub(crate) fn default_embedder(settings: &Settings) -> EmbedderFactory {
-    let e = settings.embedding.clone();
-    Arc::new(move || match &e.backend {
-        crate::config::EmbeddingBackend::Local => {
-            FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)
-                .map(|m| Box::new(m) as Box<dyn Embedder>)
-        }
-        crate::config::EmbeddingBackend::OpenAi(r) => {
-            crate::embed::openai::OpenAiEmbedder::connect(r)
-                .map(|m| Box::new(m) as Box<dyn Embedder>)
-        }
-        crate::config::EmbeddingBackend::E5 { library, model } => {
-            crate::embed::e5::E5Embedder::load(library, model)
-                .map(|m| Box::new(m) as Box<dyn Embedder>)
-        }
-    })
-}
-
 fn load_cache(
     settings: &Settings,
     opts: AppOptions,
@@ -317,14 +297,16 @@ fn load_cache(
                 .notify(*notify),
         ),
     };
-    let factory = opts.embedder.unwrap_or_else(|| default_embedder(settings));
+    let factory = opts
+        .embedder
+        .unwrap_or_else(|| crate::embed::configured(&settings.embedding));
     let em = settings.embedding.clone();
     let m = metrics.clone();
     let observe: crate::embed::BatchObserver = Arc::new(move |n, secs| {
         m.embed_seconds.observe(secs);
         m.embed_batch_size.observe(n as f64);
     });
-    let embedder = EmbedService::start(factory, em.limits(), Some(observe))?;
+    let embedder = EmbedService::start(factory, crate::embed::EmbedLimits::of(&em), Some(observe))?;
     Cache::open(
         settings.cache.clone(),
         store,

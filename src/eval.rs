@@ -143,9 +143,10 @@ fn body(model: &str, messages: &[Value]) -> Value {
 /// Opens a cache over an in-memory store with the settings' embedder (or
 /// `embedder`), for evaluation. Blocking: call off the runtime.
 pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
-    let factory = embedder.unwrap_or_else(|| crate::app::default_embedder(settings));
+    let factory = embedder.unwrap_or_else(|| crate::embed::configured(&settings.embedding));
     let e = &settings.embedding;
-    let service = EmbedService::start(factory, e.limits(), None).map_err(|e| e.to_string())?;
+    let service = EmbedService::start(factory, crate::embed::EmbedLimits::of(e), None)
+        .map_err(|e| e.to_string())?;
     open_cache_on(settings, service)
 }
 

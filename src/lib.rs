@@ -13,7 +13,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod embed;
-pub mod error;
 pub mod eval;
 pub mod http;
 pub mod index;

@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use http::{header, HeaderMap, HeaderName};
 
 use crate::{
-    config::{key_hash, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
+    config::{glob_match, key_hash, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
     http::upstream::Upstream,
     store::Limits,
 };
@@ -75,26 +75,6 @@ pub fn credential(h: &HeaderMap) -> Option<&str> {
 /// The hash a caller is known by: of its credential, or of "" without one.
 pub fn caller_hash(h: &HeaderMap) -> [u8; 32] {
     key_hash(credential(h).unwrap_or(""))
-}
-
-/// `*` matches any run of characters; everything else literally.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    text.ends_with(last)
 }
 
 impl TenantSet {

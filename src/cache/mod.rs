@@ -32,6 +32,7 @@ use crate::clock::now_ms;
 pub mod follow;
 pub mod guards;
 pub mod judge;
+pub mod lexicon;
 pub mod lookup;
 pub mod memory;
 pub mod plan;

@@ -17,29 +17,10 @@
 
 use std::collections::HashSet;
 
-/// The verifier's settings (per tenant).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Verifier {
-    /// Whether the verifier runs; off, every candidate needs the threshold.
-    pub enabled: bool,
-    /// The similarity a candidate with no differing content word needs.
-    pub same_words_threshold: f32,
-    /// The similarity a candidate needs when one or two content words differ.
-    pub small_edit_threshold: f32,
-    /// How many differing content words count as a small edit.
-    pub small_edit_words: usize,
-}
+// NOTE: the verifier's thresholds are settings, so their type is config's.
+pub use crate::config::Verifier;
 
-impl Default for Verifier {
-    fn default() -> Self {
-        Verifier {
-            enabled: true,
-            same_words_threshold: 0.80,
-            small_edit_threshold: 0.94,
-            small_edit_words: 2,
-        }
-    }
-}
+use super::lexicon::{canonical, one_edit};
 
 /// How a candidate differs from the probe, word by word.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -268,54 +249,11 @@ fn words(key_text: &str) -> Vec<String> {
     out
 }
 
-/// Whether two words are one edit apart (insert, delete, substitute, or swap
-/// two neighbours).
-pub(crate) fn one_edit(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    if a.len().abs_diff(b.len()) > 4 {
-        return false;
-    }
-    // NOTE: no allocation for ASCII words: this runs for every pair of
-    // differing words of two texts.
-    if a.is_ascii() && b.is_ascii() {
-        return one_edit_slice(a.as_bytes(), b.as_bytes());
-    }
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    one_edit_slice(&a, &b)
-}
-
-fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
-    if a.len() == b.len() {
-        let mut diffs = (0..a.len()).filter(|&i| a[i] != b[i]);
-        let first = diffs.next();
-        let second = diffs.next();
-        let third = diffs.next();
-        return match (first, second, third) {
-            (None, _, _) => true,
-            (Some(_), None, _) => true,
-            (Some(i), Some(j), None) => j == i + 1 && a[i] == b[j] && a[j] == b[i],
-            _ => false,
-        };
-    }
-    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
-    if long.len() - short.len() != 1 {
-        return false;
-    }
-    let skip = short
-        .iter()
-        .zip(long)
-        .position(|(x, y)| x != y)
-        .unwrap_or(short.len());
-    short[skip..] == long[skip + 1..]
-}
-
 /// The form a word is compared in: a unit, language or programming
 /// language by its group's name (`km` = `kilometers`), else the word with
 /// its ending folded.
 fn compared(word: &str) -> String {
-    crate::cache::guards::canonical(word).map_or_else(|| fold(word), str::to_string)
+    canonical(word).map_or_else(|| fold(word), str::to_string)
 }
 
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {

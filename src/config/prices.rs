@@ -63,9 +63,7 @@ impl PriceTable {
 
     /// The row that prices `model`, if any.
     pub fn price_for(&self, model: &str) -> Option<&ModelPrice> {
-        self.0
-            .iter()
-            .find(|r| crate::tenants::glob_match(&r.pattern, model))
+        self.0.iter().find(|r| super::glob_match(&r.pattern, model))
     }
 
     /// Every pattern (the possible metrics labels besides `other`).

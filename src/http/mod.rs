@@ -6,4 +6,5 @@
 //! timeouts and retries. Nothing here knows about caching.
 
 pub mod body;
+pub mod error;
 pub mod upstream;

@@ -14,7 +14,8 @@ use hyper_util::{
 };
 
 use super::body::ProxyBody;
-use crate::{config::UpstreamSettings, error::GatewayError};
+use super::error::GatewayError;
+use crate::config::UpstreamSettings;
 
 /// The upstream connector: HTTPS (or plain HTTP) over TCP.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -31,7 +31,7 @@ use crate::{
     },
     clock::now_ms,
     config::{ServerSettings, UnknownKeys},
-    error::GatewayError,
+    http::error::GatewayError,
     http::{
         body::{
             boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody,

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use crate::http::body::{full, ProxyBody};
+use super::body::{full, ProxyBody};
 
 /// A failure of the gateway's own making.
 #[derive(Debug, thiserror::Error)]

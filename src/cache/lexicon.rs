@@ -1,0 +1,329 @@
+//! The word lists the guards and the verifier share, and their string
+//! helpers: a leaf of the cache.
+//!
+//! Owns the groups of words that name the same thing (units and currencies,
+//! polarity words, programming languages and platforms, natural languages),
+//! the words that carry no content, the endings a word form may carry, and
+//! the one-edit test of two words. It must never hold a rule: what a
+//! difference means is the guards' and the verifier's to say.
+
+/// Words that carry no direction or content of their own, skipped when word
+/// orders are compared.
+pub(crate) const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "of",
+    "in", "on", "at", "for", "with", "by", "and", "or", "is", "are", "do", "does", "how", "i",
+    "what", "please", "can", "me", "it",
+];
+
+/// The name of the unit, language or programming-language group a single
+/// Latin word belongs to, in any of its forms (`km`, `kilometers` →
+/// `kilometer`; `js` → `javascript`): the verifier compares names, not
+/// spellings.
+pub fn canonical(word: &str) -> Option<&'static str> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        let mut m = std::collections::HashMap::new();
+        for g in UNITS.iter().chain(CODE).chain(LANGUAGES) {
+            for w in g
+                .iter()
+                .filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                m.entry(*w).or_insert(g[0]);
+            }
+        }
+        m
+    });
+    if let Some(c) = map.get(word) {
+        return Some(c);
+    }
+    SUFFIXES.iter().filter(|s| !s.is_empty()).find_map(|s| {
+        let base = word.strip_suffix(s)?;
+        map.get(base)
+            .or_else(|| map.get(format!("{base}e").as_str()))
+            .copied()
+    })
+}
+
+/// A group of words that name the same thing; the first is its name.
+pub(crate) type Group = &'static [&'static str];
+
+// NOTE: lower-case forms. A Latin word matches a token equal to it or to it
+// plus a common suffix (s, es, d, ed, ing, ly); a CJK word matches anywhere.
+pub(crate) const UNITS: &[Group] = &[
+    &["celsius", "°c", "摂氏", "摄氏"],
+    &["fahrenheit", "°f", "華氏", "华氏"],
+    &["kelvin"],
+    &["second", "sec", "秒"],
+    &["minute", "min", "分钟", "分間"],
+    &["hour", "hr", "hourly", "小时", "時間"],
+    &["day", "daily", "天", "日間"],
+    &["week", "weekly", "周", "週間"],
+    &["month", "monthly", "个月", "ヶ月", "か月"],
+    &["year", "yearly", "annual", "annually", "年"],
+    &["millisecond", "ms"],
+    &["kilometer", "kilometre", "km", "公里", "キロメートル"],
+    &["meter", "metre", "米", "メートル"],
+    &["centimeter", "centimetre", "cm", "厘米", "センチ"],
+    &["millimeter", "millimetre", "mm"],
+    &["mile", "英里", "マイル"],
+    &["foot", "feet", "ft"],
+    &["inch", "inches"],
+    &["yard", "yd"],
+    &["kilogram", "kg", "公斤", "キログラム"],
+    &["gram", "克", "グラム"],
+    &["pound", "lb", "lbs", "磅"],
+    &["ounce", "oz"],
+    &["liter", "litre", "升", "リットル"],
+    &["gallon"],
+    &["byte"],
+    &["kilobyte", "kb"],
+    &["megabyte", "mb"],
+    &["gigabyte", "gb"],
+    &["terabyte", "tb"],
+    &["percent", "%", "百分之"],
+    &["dollar", "usd", "$", "美元", "ドル", "dólar", "dólares"],
+    &["euro", "eur", "€", "欧元", "ユーロ"],
+    &["yen", "jpy", "¥", "円", "日元"],
+    &["yuan", "rmb", "cny", "人民币", "元"],
+    &["pound sterling", "gbp", "£", "英镑", "ポンド"],
+    &["peso"],
+];
+
+pub(crate) const POLARITY: &[Group] = &[
+    &[
+        "enable",
+        "turn on",
+        "activate",
+        "开启",
+        "启用",
+        "打开",
+        "有効",
+        "activar",
+        "habilitar",
+    ],
+    &[
+        "disable",
+        "turn off",
+        "deactivate",
+        "关闭",
+        "禁用",
+        "無効",
+        "desactivar",
+        "deshabilitar",
+    ],
+    &["ascending", "asc", "升序", "昇順", "ascendente"],
+    &["descending", "desc", "降序", "降順", "descendente"],
+    &["reverse", "逆順", "反转", "倒序"],
+    &["increase", "增加", "増やす", "aumentar"],
+    &["decrease", "reduce", "减少", "減らす", "disminuir"],
+    &["maximum", "max", "最大"],
+    &["minimum", "min", "最小"],
+    &["largest", "biggest", "highest", "最多"],
+    &["smallest", "lowest", "least", "fewest", "最少"],
+    &["first"],
+    &["last"],
+    &["true"],
+    &["false"],
+    &["allow", "permit"],
+    &["deny", "block", "forbid"],
+    &["remove", "delete", "删除", "削除"],
+    &["insert", "添加"],
+    &["encrypt"],
+    &["decrypt"],
+    &["upload", "上传"],
+    &["download", "下载"],
+    &["import"],
+    &["export"],
+    &["install", "安装"],
+    &["uninstall", "卸载"],
+    &["subscribe", "订阅"],
+    &["unsubscribe", "退订"],
+    &["cancel", "取消"],
+    &["renew", "续订"],
+    &["lock", "锁定"],
+    &["unlock", "解锁"],
+    &["push"],
+    &["pull"],
+    &["above"],
+    &["below"],
+    &["horizontal"],
+    &["vertical"],
+    &["connect"],
+    &["disconnect"],
+    &["buy", "purchase", "购买"],
+    &["sell", "出售"],
+    &["happy", "开心", "高兴"],
+    &["sad", "难过", "伤心"],
+    &["hot"],
+    &["cold"],
+    &["mount"],
+    &["unmount"],
+    &["sumar", "suma", "sume", "sumen"],
+    &["restar", "resta", "reste", "resten", "subtract"],
+    &["build time"],
+    &["run time", "runtime"],
+];
+
+/// What a list's order cannot change: a list of numbers in a text that asks
+/// for one of these compares as a set.
+pub(crate) const ORDER_FREE: &[&str] = &[
+    "average",
+    "mean",
+    "median",
+    "mode",
+    "sum",
+    "total",
+    "add up",
+    "product",
+    "largest",
+    "smallest",
+    "biggest",
+    "highest",
+    "lowest",
+    "maximum",
+    "minimum",
+    "max",
+    "min",
+    "sort",
+    "gcd",
+    "lcm",
+    "greatest common",
+    "least common",
+    "variance",
+    "standard deviation",
+    "range",
+    "平均",
+    "合計",
+    "总和",
+    "promedio",
+    "media",
+    "suma",
+];
+
+/// Words that only conflict with their opposite: "after" against "within",
+/// not "after" against a text that says neither ("I was charged after I
+/// cancelled" is "I cancelled but still got charged").
+pub(crate) const OPPOSITES: &[(Group, Group)] = &[(&["before", "prior to", "within"], &["after"])];
+
+pub(crate) const CODE: &[Group] = &[
+    &[
+        "python", ".py", "pytest", "pip", "django", "flask", "pandas", "numpy",
+    ],
+    &[
+        "javascript",
+        "js",
+        ".js",
+        "node.js",
+        "nodejs",
+        "npm",
+        "jest",
+    ],
+    &["typescript", "ts", ".ts"],
+    &["java", ".java", "junit", "maven"],
+    &["kotlin"],
+    &["c++", "cpp", ".cpp"],
+    &["c#", "csharp", ".net", "dotnet"],
+    &[
+        "golang",
+        "in go",
+        "using go",
+        "with go",
+        "go code",
+        "go program",
+        "go lang",
+    ],
+    &["rust", ".rs"],
+    &["ruby", "ruby on rails", ".rb"],
+    &["php"],
+    &["swift"],
+    &["scala"],
+    &["perl"],
+    &["haskell"],
+    &["lua"],
+    &["dart", "flutter"],
+    &["elixir"],
+    &["matlab"],
+    &["julia"],
+    &["bash", "shell", "zsh", ".sh"],
+    &["powershell"],
+    &["sql", "mysql", "postgres", "postgresql", "sqlite"],
+    &["html"],
+    &["flexbox"],
+    &["css grid", "grid layout"],
+    &["react", "jsx"],
+    &["vue"],
+    &["angular"],
+    &["docker", "dockerfile"],
+    &["kubernetes", "k8s", "kubectl"],
+    &["git"],
+    &["excel"],
+    &["linux"],
+    &["ubuntu"],
+    &["debian"],
+    &["windows"],
+    &["macos", "mac os", "os x", "mac", "macbook"],
+    &["ios", "iphone"],
+    &["android"],
+];
+
+pub(crate) const LANGUAGES: &[Group] = &[
+    &["english", "英文", "英语", "英語", "inglés"],
+    &["chinese", "mandarin", "中文", "汉语", "中国語", "chino"],
+    &["japanese", "日文", "日语", "日本語", "japonés"],
+    &["korean", "韩语", "韓国語", "coreano"],
+    &["french", "法语", "フランス語", "francés"],
+    &["spanish", "西班牙语", "スペイン語", "español"],
+    &["german", "德语", "ドイツ語", "alemán"],
+    &["italian", "意大利语", "イタリア語"],
+    &["portuguese", "葡萄牙语", "ポルトガル語"],
+    &["russian", "俄语", "ロシア語"],
+];
+
+/// Endings a word may carry and still be a form of a listed word.
+pub(crate) const SUFFIXES: [&str; 12] = [
+    "", "s", "es", "d", "ed", "ing", "ly", "ion", "ions", "ation", "er", "ers",
+];
+
+/// Whether two words are one edit apart (insert, delete, substitute, or swap
+/// two neighbours).
+pub fn one_edit(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    if a.len().abs_diff(b.len()) > 4 {
+        return false;
+    }
+    // NOTE: no allocation for ASCII words: this runs for every pair of
+    // differing words of two texts.
+    if a.is_ascii() && b.is_ascii() {
+        return one_edit_slice(a.as_bytes(), b.as_bytes());
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    one_edit_slice(&a, &b)
+}
+
+fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    if a.len() == b.len() {
+        let mut diffs = (0..a.len()).filter(|&i| a[i] != b[i]);
+        let first = diffs.next();
+        let second = diffs.next();
+        let third = diffs.next();
+        return match (first, second, third) {
+            (None, _, _) => true,
+            (Some(_), None, _) => true,
+            (Some(i), Some(j), None) => j == i + 1 && a[i] == b[j] && a[j] == b[i],
+            _ => false,
+        };
+    }
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+    if long.len() - short.len() != 1 {
+        return false;
+    }
+    let skip = short
+        .iter()
+        .zip(long)
+        .position(|(x, y)| x != y)
+        .unwrap_or(short.len());
+    short[skip..] == long[skip + 1..]
+}
