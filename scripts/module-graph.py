@@ -2,7 +2,12 @@
 """Prints the module graph of src/: which top-level module uses which, the
 import cycles, and the layers (the longest chain of uses below each module).
 
-Usage: scripts/module-graph.py [--top] [SRC_DIR]
+Usage: scripts/module-graph.py [--top] [--check] [SRC_DIR]
+
+With --check it prints nothing and exits 1, naming the problem, when there is
+an import cycle between files or between top-level modules, or when a
+top-level module imports one that src/lib.rs lists before it (lib.rs lists
+them in the request path's order, top to bottom).
 
 A module is a file (src/proxy/handler.rs is `proxy::handler`, a mod.rs is its
 folder), or with --top a file or folder directly under src/. A use is any
@@ -15,11 +20,14 @@ import too).
 """
 
 import re
+import signal
 import sys
 from pathlib import Path
 
 
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly
 TOP = "--top" in sys.argv
+CHECK = "--check" in sys.argv
 
 
 def module_of(path: Path, src: Path) -> str:
@@ -173,9 +181,30 @@ def layers(uses: dict[str, set[str]], comps: list[list[str]]) -> dict[str, int]:
     return {m: depth(rep[m]) for m in uses}
 
 
+def check(src: Path) -> int:
+    global TOP
+    problems = []
+    for top in (False, True):
+        TOP = top
+        for comp in cycles(graph(src)):
+            problems.append("cycle: " + " <-> ".join(comp))
+    TOP = True
+    uses = graph(src)
+    order = re.findall(r"^pub mod (\w+);", (src / "lib.rs").read_text(), flags=re.M)
+    for m, us in uses.items():
+        for u in us:
+            if m in order and u in order and order.index(u) < order.index(m):
+                problems.append(f"{m} imports {u}, which lib.rs lists before it")
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--top"]
+    args = [a for a in sys.argv[1:] if a not in ("--top", "--check")]
     src = Path(args[0] if args else "src")
+    if CHECK:
+        sys.exit(check(src))
     uses = graph(src)
     comps = cycles(uses)
     lay = layers(uses, comps)

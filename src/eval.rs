@@ -24,7 +24,7 @@ use crate::{
         judge,
         plan::{plan, Facts, Plan},
         writeback::RemoveTarget,
-        Cache, LookupOptions, Probe,
+        Cache, LookupOptions, Scope,
     },
     clock::now_ms,
     config::{Policy, Settings},
@@ -227,7 +227,7 @@ pub async fn run(
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached answer"}, "finish_reason": "stop"}]})
         .to_string();
         let ids = cache
-            .insert_now(vec![Cache::row(
+            .insert_now(vec![crate::cache::row(
                 tenant,
                 &cached,
                 answer,
@@ -238,7 +238,7 @@ pub async fn run(
             )])
             .await
             .map_err(|e| e.to_string())?;
-        let found = cache.explain(tenant, &probe, &opts, Probe::default()).await;
+        let found = cache.explain(tenant, &probe, &opts, Scope::default()).await;
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
         let similarity = mine.map_or(0.0, |c| c.similarity);
         let differing_words = crate::cache::verify::diff(&cached.text, &probe.text).count();

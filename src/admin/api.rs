@@ -17,7 +17,7 @@ use crate::{
     cache::{
         plan::{plan, Facts, Namespace, Plan},
         writeback::RemoveTarget,
-        Cache, Considered, Explanation, LookupOptions, Probe,
+        Cache, Considered, Explanation, LookupOptions, Scope,
     },
     http::body::ProxyBody,
     store::{Entry, ListQuery},
@@ -581,7 +581,7 @@ impl Admin {
             notes.push("this request is matched exactly only (non-text content, tool turns, or more than max_messages messages)".into());
         }
         let found = cache
-            .explain(tenant.name(), &key, &opts, Probe::default())
+            .explain(tenant.name(), &key, &opts, Scope::default())
             .await;
         let mut candidates: Vec<Value> = found
             .candidates
@@ -592,7 +592,7 @@ impl Admin {
         // The second lookup of the proxy: entries inserted through the
         // ModelCache API, for a request that differs only in sampling.
         if let Some(alt) = api_key {
-            let probe = Probe::api_entries(found.embedding.clone());
+            let probe = Scope::api_entries(found.embedding.clone());
             let alt_found = cache.explain(tenant.name(), &alt, &opts, probe).await;
             if hit.is_none() {
                 hit = alt_found.hit.clone();

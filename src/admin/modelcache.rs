@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{answer_text, fingerprint, json_response, same_secret, Admin};
 use crate::{
-    cache::{writeback::RemoveTarget, LookupOptions},
+    cache::{row, writeback::RemoveTarget, LookupOptions},
     clock::now_ms,
     config::{CacheMode, KeylessAccess},
     http::body::ProxyBody,
@@ -463,22 +463,20 @@ impl Admin {
             }
         };
         let now = now_ms();
-        let expires = now.saturating_add(policy.ttl.as_millis() as i64);
         let entries: Vec<NewEntry> = pairs
             .into_iter()
-            .map(|(k, answer)| NewEntry {
-                tenant: tenant.name().to_string(),
-                embedding: if k.semantic { vectors.next() } else { None },
-                answer: completion(model, answer, now),
-                partition: k.partition,
-                exact_hash: k.exact_hash,
-                endpoint: k.endpoint.as_str().to_string(),
-                model: k.model,
-                text: k.text,
-                params: k.params,
-                created_at: now,
-                expires_at: expires,
-                origin: Origin::Api,
+            .map(|(k, answer)| {
+                let embedding = if k.semantic { vectors.next() } else { None };
+                let answer = completion(model, answer, now);
+                row(
+                    tenant.name(),
+                    &k,
+                    answer,
+                    embedding,
+                    now,
+                    policy.ttl,
+                    Origin::Api,
+                )
             })
             .collect();
         let count = entries.len();

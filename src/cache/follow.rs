@@ -7,10 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{
-    memory::{exact_key, Core},
-    Cache,
-};
+use super::memory::{exact_key, Core};
 use crate::{metrics::CacheStage, store::Removed};
 
 /// How often a replica reads a shared store's change log when no
@@ -92,13 +89,13 @@ impl Core {
     }
 }
 
-impl Cache {
+impl Core {
     /// With a shared store (PostgreSQL), starts a thread that applies other
     /// replicas' changes as soon as the store notifies one (LISTEN/NOTIFY),
     /// and at least every 250 ms, until the cache is dropped. A read that
     /// fails (the database is away) is counted and retried.
-    pub fn start_following(self: &Arc<Self>) {
-        if !self.core.store.shared() {
+    pub(super) fn start_following(self: &Arc<Self>) {
+        if !self.store.shared() {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -107,16 +104,15 @@ impl Cache {
             .spawn(move || {
                 let mut failing = false;
                 let store = match weak.upgrade() {
-                    Some(cache) => cache.core.store.clone(),
+                    Some(core) => core.store.clone(),
                     None => return,
                 };
                 loop {
-                    // NOTE: the store, not the cache, is held while waiting,
-                    // so that a dropped cache stops this thread within one
-                    // wait.
+                    // NOTE: the store, not the memory layers, is held while
+                    // waiting, so that a dropped cache (whose writer then
+                    // lets go of them too) stops this thread within a wait.
                     store.wait_for_change(FOLLOW_EVERY);
-                    let Some(cache) = weak.upgrade() else { break };
-                    let core = &cache.core;
+                    let Some(core) = weak.upgrade() else { break };
                     let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
                     match core.store.changes_since(after, 1000) {
                         Ok(changes) => {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::{
     guards::{self, GuardResult},
+    types::{HitKind, LookupOptions},
     verify::{self, WordDiff},
-    HitKind, LookupOptions,
 };
 use crate::{
     keying::CacheKey,
@@ -412,7 +412,7 @@ pub fn needed_for_edit(stored: &str, probe: &str, opts: &LookupOptions) -> Neede
 mod tests {
     use super::*;
     use crate::{
-        cache::{guards::GuardSet, verify::Verifier, Cache, Thresholds},
+        cache::{guards::GuardSet, types::Thresholds, verify::Verifier, writeback::row},
         keying::{key_for, Endpoint},
     };
     use serde_json::json;
@@ -637,7 +637,7 @@ mod tests {
     }
 
     fn entry(tenant: &str, stored: &CacheKey, now: i64) -> Entry {
-        Cache::row(
+        row(
             tenant,
             stored,
             "{}".into(),

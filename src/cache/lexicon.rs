@@ -19,7 +19,7 @@ pub(crate) const FUNCTION_WORDS: &[&str] = &[
 /// Latin word belongs to, in any of its forms (`km`, `kilometers` →
 /// `kilometer`; `js` → `javascript`): the verifier compares names, not
 /// spellings.
-pub fn canonical(word: &str) -> Option<&'static str> {
+pub fn group_name(word: &str) -> Option<&'static str> {
     static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
         std::sync::OnceLock::new();
     let map = MAP.get_or_init(|| {

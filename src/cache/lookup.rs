@@ -12,8 +12,8 @@ use std::{sync::Arc, time::Instant};
 
 use super::{
     judge::{self, Asking, LongCheck, Offered, Verdict},
-    memory::{exact_key, Known},
-    Cache, Hit, HitKind, Lookup, LookupOptions,
+    memory::{exact_key, Core, Known},
+    types::{Hit, HitKind, LookupOptions},
 };
 use crate::{
     clock::now_ms,
@@ -30,20 +30,21 @@ fn clip(s: &str) -> String {
     }
 }
 
-/// What a lookup may use and serve beyond the request's own key.
+/// What a lookup may use and serve beyond the request's own key: its scope
+/// (a "probe" is always the asking text).
 #[derive(Debug, Default, Clone)]
-pub struct Probe {
+pub struct Scope {
     /// The text's embedding, if already computed.
     pub embedding: Option<Vec<f32>>,
     /// Serve only entries written this way.
     pub origin: Option<Origin>,
 }
 
-impl Probe {
+impl Scope {
     /// Serves only entries written through the ModelCache API (the second
     /// lookup of `api_entries_match`), reusing the first lookup's embedding.
-    pub fn api_entries(embedding: Option<Vec<f32>>) -> Probe {
-        Probe {
+    pub fn api_entries(embedding: Option<Vec<f32>>) -> Scope {
+        Scope {
             embedding,
             origin: Some(Origin::Api),
         }
@@ -72,7 +73,7 @@ const INDEX_SLACK: f32 = 0.02;
 
 /// How many candidates a lookup gathers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gather {
+pub(super) enum Gather {
     /// Stop at the first served candidate (a lookup).
     FirstServed,
     /// Every candidate, other partitions of the tenant included, with nothing
@@ -95,21 +96,21 @@ pub struct Considered {
     pub verdict: Verdict,
 }
 
-impl Cache {
+impl Core {
     /// A semantic candidate with its stored embedding, from memory or in
     /// one store read.
     async fn entry_by_id(&self, id: i64) -> Option<Known> {
-        if let Some(k) = self.core.by_id.get(&id) {
+        if let Some(k) = self.by_id.get(&id) {
             return Some(k);
         }
-        let generation = self.core.generation();
+        let generation = self.generation();
         let (e, v) = self.read_store(move |s| s.get_with_embedding(id)).await?;
         let k = Known {
             entry: Arc::new(e),
             embedding: v.map(Arc::from),
         };
-        if self.core.generation() == generation {
-            self.core.by_id.insert(id, k.clone());
+        if self.generation() == generation {
+            self.by_id.insert(id, k.clone());
         }
         Some(k)
     }
@@ -117,59 +118,17 @@ impl Cache {
     async fn exact(&self, tenant: &str, key: &CacheKey) -> Option<Arc<Entry>> {
         let hash = key.exact_hash.clone();
         let k = exact_key(tenant, &hash);
-        if let Some(e) = self.core.exact.get(&k) {
+        if let Some(e) = self.exact.get(&k) {
             return Some(e);
         }
         let t = tenant.to_string();
-        let generation = self.core.generation();
+        let generation = self.generation();
         let e = Arc::new(self.read_store(move |s| s.get_exact(&t, &hash)).await?);
         // NOTE: a removal between the read and here must win.
-        if self.core.generation() == generation {
-            self.core.exact.insert(k, e.clone());
+        if self.generation() == generation {
+            self.exact.insert(k, e.clone());
         }
         Some(e)
-    }
-
-    /// Looks `key` up for `tenant`.
-    pub async fn lookup(&self, tenant: &str, key: &CacheKey, opts: &LookupOptions) -> Lookup {
-        self.lookup_with(tenant, key, opts, Probe::default()).await
-    }
-
-    /// Looks `key` up for `tenant`, reusing an embedding and limiting what
-    /// may be served as `probe` says.
-    pub async fn lookup_with(
-        &self,
-        tenant: &str,
-        key: &CacheKey,
-        opts: &LookupOptions,
-        probe: Probe,
-    ) -> Lookup {
-        let started = Instant::now();
-        let found = self
-            .find(tenant, key, opts, probe, Gather::FirstServed)
-            .await;
-        self.core
-            .metrics
-            .lookup_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Lookup {
-            hit: found.hit,
-            embedding: found.embedding,
-        }
-    }
-
-    /// A dry run of [`Cache::lookup`]: the same steps and checks, every
-    /// candidate with the outcome of each check, and nothing recorded (no hit
-    /// counted, no similarity observed). Candidates from other partitions of
-    /// the tenant are shown too, failing the partition check.
-    pub async fn explain(
-        &self,
-        tenant: &str,
-        key: &CacheKey,
-        opts: &LookupOptions,
-        probe: Probe,
-    ) -> Explanation {
-        self.find(tenant, key, opts, probe, Gather::All).await
     }
 
     /// The long-text guard for a candidate: past the embedding window, the
@@ -253,12 +212,12 @@ impl Cache {
         )
     }
 
-    async fn find(
+    pub(super) async fn find(
         &self,
         tenant: &str,
         key: &CacheKey,
         opts: &LookupOptions,
-        probe: Probe,
+        scope: Scope,
         gather: Gather,
     ) -> Explanation {
         let all = gather == Gather::All;
@@ -274,7 +233,7 @@ impl Cache {
             tenant,
             key,
             opts,
-            origin: probe.origin,
+            origin: scope.origin,
             now: now_ms(),
         };
         let words = key.embed_text.split_whitespace().count();
@@ -313,11 +272,11 @@ impl Cache {
         if !key.semantic {
             return out;
         }
-        out.embedding = match probe.embedding {
+        out.embedding = match scope.embedding {
             Some(v) => Some(v),
             None => self.embed(&key.embed_text).await,
         };
-        let (Some(v), Some(idx)) = (&out.embedding, self.core.index(tenant)) else {
+        let (Some(v), Some(idx)) = (&out.embedding, self.index(tenant)) else {
             return out;
         };
         let t0 = Instant::now();
@@ -339,16 +298,13 @@ impl Cache {
             idx.search(v, Some(key.partition_tag()), 8)
         };
         if !all {
-            self.core
-                .metrics
-                .ann_seconds
-                .observe(t0.elapsed().as_secs_f64());
+            self.metrics.ann_seconds.observe(t0.elapsed().as_secs_f64());
         }
         let cands = match found {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "vector search failed");
-                self.core.metrics.cache_error(CacheStage::Ann);
+                self.metrics.cache_error(CacheStage::Ann);
                 return out;
             }
         };
@@ -395,7 +351,7 @@ impl Cache {
                 entry: &e,
                 similarity: sim,
                 kind: HitKind::Semantic,
-                reported_wrong: self.core.reported_wrong(e.id, v, sim),
+                reported_wrong: self.reported_wrong(e.id, v, sim),
                 long: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
@@ -417,8 +373,7 @@ impl Cache {
         }
         if let (Some(best), false) = (best, all) {
             let result = if out.hit.is_some() { "hit" } else { "miss" };
-            self.core
-                .metrics
+            self.metrics
                 .similarity
                 .with_label_values(&[tenant, result])
                 .observe(best.clamp(0.0, 1.0) as f64);

@@ -11,10 +11,10 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use super::CacheError;
+use super::error::CacheError;
 use crate::{
     config::Quantization,
     index::{UsearchIndex, VectorIndex},
@@ -33,6 +33,8 @@ pub(super) struct Known {
 
 /// State shared by lookups and the write-back thread.
 pub struct Core {
+    /// The embedding workers.
+    pub(super) embedder: crate::embed::EmbedService,
     pub(super) store: Arc<dyn Store>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) exact: moka::sync::Cache<String, Arc<Entry>>,
@@ -73,7 +75,57 @@ pub(super) fn exact_key(tenant: &str, exact_hash: &str) -> String {
     format!("{tenant}\u{0}{exact_hash}")
 }
 
+/// The longest a lookup waits for the store (an entry read on its way to a
+/// hit); past it the lookup is a miss and the request is forwarded.
+const STORE_READ_WITHIN: Duration = Duration::from_secs(1);
+
 impl Core {
+    /// Embeds a text for a write that had no lookup embedding.
+    pub async fn embed(&self, text: &str) -> Option<Vec<f32>> {
+        match self.embedder.embed(text).await {
+            Ok(v) => Some(v),
+            // NOTE: not a failure: a text this long is matched exactly only.
+            Err(crate::embed::EmbedError::TooLong) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "embedding failed");
+                self.metrics.cache_error(CacheStage::Embed);
+                None
+            }
+        }
+    }
+
+    /// Runs a store read off the runtime; a failure is logged, counted, and
+    /// reads as "not found".
+    pub(super) async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<Option<T>, crate::store::StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        // NOTE: bounded, so that a database that hangs (rather than refusing)
+        // turns lookups into misses instead of stalling requests; the read
+        // itself finishes, or fails, on its blocking thread.
+        let read = tokio::task::spawn_blocking(move || f(store.as_ref()));
+        match tokio::time::timeout(STORE_READ_WITHIN, read).await {
+            Ok(Ok(Ok(found))) => found,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "store read failed");
+                self.metrics.cache_error(CacheStage::StoreRead);
+                None
+            }
+            Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
+                self.metrics.cache_error(CacheStage::StoreRead);
+                None
+            }
+        }
+    }
+
+    /// The calibration of `tenant`, if it has one.
+    pub fn calibration(&self, tenant: &str) -> Option<Calibration> {
+        self.calibrations.read().ok()?.get(tenant).copied()
+    }
+
     /// Opens the index of `tenant` (loading or rebuilding it) if not open yet.
     pub(crate) fn index(&self, tenant: &str) -> Option<Arc<dyn VectorIndex>> {
         if let Some(i) = self.indexes.read().ok()?.get(tenant) {

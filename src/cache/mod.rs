@@ -18,17 +18,21 @@ use std::{
 };
 
 use crate::{
-    config::{CacheSettings, Policy, Quantization},
+    config::{CacheSettings, Quantization},
     embed::EmbedService,
     keying::CacheKey,
     metrics::{CacheStage, Metrics},
-    store::{Entry, HitRecord, Limits, NewEntry, Origin, Removed, Store},
+    store::{HitRecord, Limits, NewEntry, Origin, Removed, Store},
 };
 use tokio::sync::oneshot;
 
-use self::writeback::{RemoveTarget, WriteOp, Writeback};
+use self::{
+    lookup::Gather,
+    writeback::{RemoveTarget, WriteOp, Writeback},
+};
 use crate::clock::now_ms;
 
+pub mod error;
 pub mod follow;
 pub mod guards;
 pub mod judge;
@@ -36,119 +40,18 @@ pub mod lexicon;
 pub mod lookup;
 pub mod memory;
 pub mod plan;
+pub mod types;
 pub mod verify;
 pub mod writeback;
 
 pub use self::{
-    lookup::{Considered, Explanation, Probe},
+    error::CacheError,
+    lookup::{Considered, Explanation, Scope},
     memory::{Calibration, Core},
     plan::{plan, Plan, SkipReason},
+    types::{Hit, HitKind, Lookup, LookupOptions, Thresholds},
+    writeback::row,
 };
-
-/// A failure of the cache facade: the store, an index, the embedder or the
-/// writer thread. Callers log it and count it; a lookup never returns one.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// A vector index failed.
-    #[error(transparent)]
-    Index(#[from] crate::index::IndexError),
-    /// The vector index of a tenant could not be opened.
-    #[error("cannot open the vector index of tenant {0}")]
-    IndexUnavailable(String),
-    /// The embedder failed.
-    #[error(transparent)]
-    Embedding(#[from] crate::embed::EmbedError),
-    /// The write-back thread has stopped (the cache is closing).
-    #[error("the write-back thread has stopped")]
-    Stopped,
-    /// No such entry in that tenant.
-    #[error("no entry {entry} in tenant {tenant}")]
-    NoEntry {
-        /// The entry asked for.
-        entry: i64,
-        /// The tenant it was asked in.
-        tenant: String,
-    },
-    /// A file or folder of the cache could not be made.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
-    /// A blocking task panicked or was cancelled.
-    #[error(transparent)]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl CacheError {
-    /// A low-cardinality name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CacheError::Store(_) => "store",
-            CacheError::Index(_) | CacheError::IndexUnavailable(_) => "index",
-            CacheError::Embedding(_) => "embedding",
-            CacheError::Stopped => "stopped",
-            CacheError::NoEntry { .. } => "not_found",
-            CacheError::Io { .. } => "io",
-            CacheError::Task(_) => "task",
-        }
-    }
-}
-
-/// How a hit was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitKind {
-    /// Same partition, same text.
-    Exact,
-    /// Same partition, similar text.
-    Semantic,
-}
-
-/// A hit.
-#[derive(Debug, Clone)]
-pub struct Hit {
-    /// The entry served.
-    pub entry: Arc<Entry>,
-    /// Cosine similarity (1 for exact hits).
-    pub similarity: f32,
-    /// Exact or semantic.
-    pub kind: HitKind,
-}
-
-/// The result of a lookup.
-#[derive(Debug, Default)]
-pub struct Lookup {
-    /// The hit, if any.
-    pub hit: Option<Hit>,
-    /// The request's embedding, reused by the write-back of a miss.
-    pub embedding: Option<Vec<f32>>,
-}
-
-/// The similarity a semantic hit needs, from the tenant's policy.
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    /// For texts of up to `long_text_words` words.
-    pub short: f32,
-    /// For longer texts.
-    pub long: f32,
-    /// Words above which a text is long.
-    pub long_text_words: usize,
-}
-
-impl From<&Policy> for Thresholds {
-    fn from(p: &Policy) -> Thresholds {
-        Thresholds {
-            short: p.threshold,
-            long: p.long_threshold,
-            long_text_words: p.long_text_words,
-        }
-    }
-}
 
 /// What the store keeps of a caller's key hash: hashed again, with a label
 /// of its own, so that the stored value matches no hash in a config file.
@@ -160,50 +63,6 @@ fn stored_key_hash(caller: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Per-request lookup options.
-#[derive(Debug, Clone, Copy)]
-pub struct LookupOptions {
-    /// The tenant's thresholds.
-    pub thresholds: Thresholds,
-    /// Reject entries older than this (`Cache-Control: max-age`).
-    pub max_age: Option<Duration>,
-    /// A stricter threshold than the configured one.
-    pub min_similarity: Option<f32>,
-    /// The structural guards to run on semantic candidates.
-    pub guards: crate::cache::guards::GuardSet,
-    /// The verifier, which chooses each semantic candidate's threshold.
-    pub verifier: crate::cache::verify::Verifier,
-    /// How far the tenant's calibration has moved every threshold (already
-    /// applied to the thresholds above; kept to say why).
-    pub calibration: f32,
-}
-
-impl LookupOptions {
-    /// Every threshold moved by `delta` (a calibration), each at most 1.
-    pub fn shifted(&self, delta: f32) -> LookupOptions {
-        let up = |t: f32| (t + delta).clamp(0.0, 1.0);
-        let mut o = *self;
-        o.thresholds.short = up(o.thresholds.short);
-        o.thresholds.long = up(o.thresholds.long);
-        o.verifier.same_words_threshold = up(o.verifier.same_words_threshold);
-        o.verifier.small_edit_threshold = up(o.verifier.small_edit_threshold);
-        o.calibration += delta;
-        o
-    }
-
-    /// The options of a tenant's policy, with no per-request tightening.
-    pub fn for_policy(p: &Policy) -> LookupOptions {
-        LookupOptions {
-            thresholds: p.into(),
-            max_age: None,
-            min_similarity: None,
-            guards: p.guards,
-            verifier: p.verifier,
-            calibration: 0.0,
-        }
-    }
-}
-
 fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, CacheError> {
     if store.shared() {
         Ok(store.last_change()?)
@@ -212,14 +71,9 @@ fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, CacheError> {
     }
 }
 
-/// The longest a lookup waits for the store (an entry read on its way to a
-/// hit); past it the lookup is a miss and the request is forwarded.
-const STORE_READ_WITHIN: Duration = Duration::from_secs(1);
-
 /// The cache: lookups on the request path, writes through the write-back queue.
 pub struct Cache {
     core: Arc<Core>,
-    embedder: EmbedService,
     writeback: Writeback,
     finishing: std::sync::atomic::AtomicUsize,
 }
@@ -252,6 +106,7 @@ impl Cache {
             indexes: RwLock::new(HashMap::new()),
             index_dir,
             dims: embedder.dims(),
+            embedder,
             quantization,
             removals: std::sync::atomic::AtomicU64::new(0),
             negatives: RwLock::new(HashMap::new()),
@@ -289,15 +144,22 @@ impl Cache {
         );
         Ok(Cache {
             core,
-            embedder,
             writeback,
             finishing: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
+    /// With a shared store (PostgreSQL), starts a thread that applies other
+    /// replicas' changes as soon as the store notifies one (LISTEN/NOTIFY),
+    /// and at least every 250 ms, until the cache is dropped. A read that
+    /// fails (the database is away) is counted and retried.
+    pub fn start_following(&self) {
+        self.core.start_following();
+    }
+
     /// The embedding workers, shared (calibration runs on them).
     pub fn embedder(&self) -> EmbedService {
-        self.embedder.clone()
+        self.core.embedder.clone()
     }
 
     /// Shared state, for the periodic tasks.
@@ -305,45 +167,56 @@ impl Cache {
         &self.core
     }
 
-    /// Embeds a text for a write that had no lookup embedding.
-    pub async fn embed(&self, text: &str) -> Option<Vec<f32>> {
-        match self.embedder.embed(text).await {
-            Ok(v) => Some(v),
-            // NOTE: not a failure: a text this long is matched exactly only.
-            Err(crate::embed::EmbedError::TooLong) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "embedding failed");
-                self.core.metrics.cache_error(CacheStage::Embed);
-                None
-            }
+    /// Looks `key` up for `tenant`.
+    pub async fn lookup(&self, tenant: &str, key: &CacheKey, opts: &LookupOptions) -> Lookup {
+        self.lookup_with(tenant, key, opts, Scope::default()).await
+    }
+    /// Looks `key` up for `tenant`, reusing an embedding and limiting what
+    /// may be served as `scope` says.
+    pub async fn lookup_with(
+        &self,
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        scope: Scope,
+    ) -> Lookup {
+        let started = Instant::now();
+        let found = self
+            .core
+            .find(tenant, key, opts, scope, Gather::FirstServed)
+            .await;
+        self.core
+            .metrics
+            .lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Lookup {
+            hit: found.hit,
+            embedding: found.embedding,
         }
     }
-
-    /// Runs a store read off the runtime; a failure is logged, counted, and
-    /// reads as "not found".
-    async fn read_store<T: Send + 'static>(
+    /// A dry run of [`Cache::lookup`]: the same steps and checks, every
+    /// candidate with the outcome of each check, and nothing recorded (no hit
+    /// counted, no similarity observed). Candidates from other partitions of
+    /// the tenant are shown too, failing the partition check.
+    pub async fn explain(
         &self,
-        f: impl FnOnce(&dyn Store) -> Result<Option<T>, crate::store::StoreError> + Send + 'static,
-    ) -> Option<T> {
-        let store = self.core.store.clone();
-        // NOTE: bounded, so that a database that hangs (rather than refusing)
-        // turns lookups into misses instead of stalling requests; the read
-        // itself finishes, or fails, on its blocking thread.
-        let read = tokio::task::spawn_blocking(move || f(store.as_ref()));
-        match tokio::time::timeout(STORE_READ_WITHIN, read).await {
-            Ok(Ok(Ok(found))) => found,
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "store read failed");
-                self.core.metrics.cache_error(CacheStage::StoreRead);
-                None
-            }
-            Ok(Err(_)) => None,
-            Err(_) => {
-                tracing::debug!(within = ?STORE_READ_WITHIN, "store read too slow; treated as a miss");
-                self.core.metrics.cache_error(CacheStage::StoreRead);
-                None
-            }
-        }
+        tenant: &str,
+        key: &CacheKey,
+        opts: &LookupOptions,
+        scope: Scope,
+    ) -> Explanation {
+        self.core.find(tenant, key, opts, scope, Gather::All).await
+    }
+
+    /// Embeds `text`; None when it cannot be (too long, the embedder failed:
+    /// counted), and the request is then matched exactly only.
+    pub async fn embed(&self, text: &str) -> Option<Vec<f32>> {
+        self.core.embed(text).await
+    }
+
+    /// The calibration of `tenant`, if set.
+    pub fn calibration(&self, tenant: &str) -> Option<Calibration> {
+        self.core.calibration(tenant)
     }
 
     /// Removes entries of `tenant` from the store, the exact layer and the
@@ -395,7 +268,7 @@ impl Cache {
     /// of a shared store. None if never, or if the store cannot tell in time.
     pub async fn verified_key_at(&self, tenant: &str, caller: &[u8; 32]) -> Option<i64> {
         let (t, k) = (tenant.to_string(), stored_key_hash(caller));
-        self.read_store(move |s| s.verified_key(&t, &k)).await
+        self.core.read_store(move |s| s.verified_key(&t, &k)).await
     }
 
     /// Records, in the background, that the upstream accepted `caller` for
@@ -440,17 +313,12 @@ impl Cache {
     ) -> Result<Vec<Vec<f32>>, CacheError> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch.max(1)) {
-            let done = self.embedder.embed_all_waiting(chunk).await;
+            let done = self.core.embedder.embed_all_waiting(chunk).await;
             for r in done {
                 out.push(r.inspect_err(|_| self.core.metrics.cache_error(CacheStage::Embed))?);
             }
         }
         Ok(out)
-    }
-
-    /// The calibration of `tenant`, if it has one.
-    pub fn calibration(&self, tenant: &str) -> Option<Calibration> {
-        self.core.calibrations.read().ok()?.get(tenant).copied()
     }
 
     /// Sets (or with `None` clears) the calibration of `tenant`.
@@ -528,34 +396,6 @@ impl Cache {
         self.writeback.send(WriteOp::Insert(entry))
     }
 
-    /// The stored row of `answer` to the request keyed `key` for `tenant`,
-    /// written `now`, living `ttl`: the one place a row is built from a key.
-    pub fn row(
-        tenant: &str,
-        key: &CacheKey,
-        answer: String,
-        embedding: Option<Vec<f32>>,
-        now: i64,
-        ttl: Duration,
-        origin: Origin,
-    ) -> NewEntry {
-        NewEntry {
-            tenant: tenant.to_string(),
-            exact_hash: key.exact_hash.clone(),
-            partition: key.partition.clone(),
-            endpoint: key.endpoint.as_str().to_string(),
-            model: key.model.clone(),
-            text: key.text.clone(),
-            params: key.params.clone(),
-            answer,
-            embedding,
-            created_at: now,
-            // NOTE: saturating: a TTL past i64 milliseconds never wraps.
-            expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-            origin,
-        }
-    }
-
     /// Stores the upstream's `answer` to a proxied miss of `tenant`, keyed
     /// `key`, through the write-back queue: embeds the key's text first when
     /// it is matched by meaning and `embedding` (the lookup's) is missing.
@@ -573,7 +413,7 @@ impl Cache {
             (true, e) => e,
             (false, _) => None,
         };
-        self.write(Self::row(
+        self.write(row(
             tenant,
             key,
             answer,
@@ -720,7 +560,7 @@ mod tests {
                 cache.lookup("t", &probe, &opts).await.hit.is_none(),
                 "the stored embedding refuses it (from the store: {from_store})"
             );
-            let ex = cache.explain("t", &probe, &opts, Probe::default()).await;
+            let ex = cache.explain("t", &probe, &opts, Scope::default()).await;
             let c = ex.candidates.iter().find(|c| c.entry.id == ids[0]).unwrap();
             assert!((c.similarity - crate::index::dot(&e, &p)).abs() < 1e-5);
             assert!(c.similarity < 0.5 && !c.verdict.served);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{header, HeaderMap};
 use serde_json::Value;
 
-use super::LookupOptions;
+use super::types::LookupOptions;
 use crate::{
     config::{ApiEntriesMatch, Policy},
     keying::{key_with, without_sampling, CacheKey, Endpoint, Uncacheable},

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 // NOTE: the verifier's thresholds are settings, so their type is config's.
 pub use crate::config::Verifier;
 
-use super::lexicon::{canonical, one_edit};
+use super::lexicon::{group_name, one_edit};
 
 /// How a candidate differs from the probe, word by word.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -253,7 +253,7 @@ fn words(key_text: &str) -> Vec<String> {
 /// language by its group's name (`km` = `kilometers`), else the word with
 /// its ending folded.
 fn compared(word: &str) -> String {
-    canonical(word).map_or_else(|| fold(word), str::to_string)
+    group_name(word).map_or_else(|| fold(word), str::to_string)
 }
 
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {

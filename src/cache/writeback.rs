@@ -16,11 +16,40 @@ use std::{
 
 use tokio::sync::oneshot;
 
+use super::{error::CacheError, memory::Core};
 use crate::{
-    cache::{CacheError, Core},
+    keying::CacheKey,
     metrics::CacheStage,
-    store::{HitRecord, Limits, NewEntry, Removed, StoreError},
+    store::{HitRecord, Limits, NewEntry, Origin, Removed, StoreError},
 };
+
+/// The stored row of `answer` to the request keyed `key` for `tenant`,
+/// written `now`, living `ttl`: the one place a row is built from a key.
+pub fn row(
+    tenant: &str,
+    key: &CacheKey,
+    answer: String,
+    embedding: Option<Vec<f32>>,
+    now: i64,
+    ttl: Duration,
+    origin: Origin,
+) -> NewEntry {
+    NewEntry {
+        tenant: tenant.to_string(),
+        exact_hash: key.exact_hash.clone(),
+        partition: key.partition.clone(),
+        endpoint: key.endpoint.as_str().to_string(),
+        model: key.model.clone(),
+        text: key.text.clone(),
+        params: key.params.clone(),
+        answer,
+        embedding,
+        created_at: now,
+        // NOTE: saturating: a TTL past i64 milliseconds never wraps.
+        expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        origin,
+    }
+}
 
 /// Which entries of a tenant a removal takes.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use super::{
 use crate::{
     cache::{
         plan::{self, Facts, Plan, SkipReason},
-        Cache, Hit, HitKind, Probe,
+        Cache, Hit, HitKind, Scope,
     },
     clock::now_ms,
     config::{ServerSettings, UnknownKeys},
@@ -402,7 +402,7 @@ impl Gateway {
             let found = cache.lookup(tenant.name(), &key, &options).await;
             let mut hit = found.hit;
             if let (None, Some(alt)) = (&hit, &api_key) {
-                let probe = Probe::api_entries(found.embedding.clone());
+                let probe = Scope::api_entries(found.embedding.clone());
                 hit = cache
                     .lookup_with(tenant.name(), alt, &options, probe)
                     .await
