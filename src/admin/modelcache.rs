@@ -17,7 +17,11 @@ use serde_json::{json, Map, Value};
 
 use super::{answer_text, fingerprint, json_response, same_secret, Admin};
 use crate::{
-    cache::{row, writeback::RemoveTarget, LookupOptions},
+    cache::{
+        plan::{plan, Facts, Namespace, Plan, SkipReason},
+        row,
+        writeback::RemoveTarget,
+    },
     clock::now_ms,
     config::{CacheMode, KeylessAccess},
     http::body::ProxyBody,
@@ -341,20 +345,17 @@ impl Admin {
             Ok(m) => m,
             Err(e) => return ok(query_shape(103, e, started)),
         };
-        let key = match Self::key(tenant, model, msgs, namespace) {
-            Ok(k) => k,
-            Err(e) => return ok(query_shape(103, format!("query: {e}"), started)),
+        // NOTE: the proxy's own plan, on the chat body this query stands for.
+        let body = super::request_body(model, msgs, None);
+        let facts = Facts {
+            namespace: namespace.map_or(Namespace::None, Namespace::Named),
+            samples: false,
+            ..Facts::chat(&body)
         };
-        let Some(cache) = self.cache.get() else {
-            return ok(query_shape(
-                201,
-                "the cache is not available: it is still loading or failed to load (see /readyz and the log)",
-                started,
-            ));
-        };
+        let cache = self.cache.get();
         let policy = tenant.policy();
-        if !policy.mode.reads() {
-            return ok(query_shape(
+        let off = || {
+            ok(query_shape(
                 202,
                 format!(
                     "tenant {} does not serve from cache (cache mode {})",
@@ -362,10 +363,25 @@ impl Admin {
                     policy.mode.as_str()
                 ),
                 started,
-            ));
-        }
-        let opts = LookupOptions::for_policy(policy);
-        let found = cache.lookup(tenant.name(), &key, &opts).await;
+            ))
+        };
+        let (lookup, cache) = match (plan(Some(policy), cache.is_some(), &facts), cache) {
+            (Plan::Lookup(l), Some(c)) if l.reads => (l, c),
+            (Plan::Lookup(_), Some(_)) | (Plan::Skip(SkipReason::CacheOff), _) => return off(),
+            (Plan::Skip(SkipReason::Uncacheable(u)), _) => {
+                return ok(query_shape(103, format!("query: {u}"), started))
+            }
+            (Plan::Skip(SkipReason::NotLoaded), _) | (Plan::Lookup(_), None) => {
+                return ok(query_shape(
+                    201,
+                    "the cache is not available: it is still loading or failed to load (see /readyz and the log)",
+                    started,
+                ))
+            }
+            (Plan::Skip(reason), _) => return ok(query_shape(202, reason.describe(), started)),
+        };
+        let (key, opts) = (&lookup.key, &lookup.options);
+        let found = cache.lookup(tenant.name(), key, opts).await;
         match found.hit {
             Some(hit) => {
                 let request_id = crate::clock::new_request_id();

@@ -188,6 +188,10 @@ pub struct Facts<'a> {
     pub min_similarity: Option<f32>,
     /// `x-modelcache-ttl`: a shorter life for this request's answer.
     pub ttl: Option<Duration>,
+    /// Whether the request samples (an API request, whose temperature is
+    /// OpenAI's default 1 when absent), so that the tenant's temperature
+    /// limit applies; a ModelCache API query states no sampling at all.
+    pub samples: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -201,6 +205,7 @@ impl<'a> Facts<'a> {
             query: None,
             min_similarity: None,
             ttl: None,
+            samples: true,
         }
     }
 
@@ -225,6 +230,7 @@ impl<'a> Facts<'a> {
             ttl: text("x-modelcache-ttl")
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs),
+            samples: true,
         }
     }
 }
@@ -299,7 +305,7 @@ pub fn plan(policy: Option<&Policy>, loaded: bool, facts: &Facts<'_>) -> Plan {
         Namespace::Named(n) => Some(n),
         Namespace::Invalid => return skip(SkipReason::BadNamespace),
     };
-    if too_hot(body, policy) {
+    if facts.samples && too_hot(body, policy) {
         return skip(SkipReason::TooHot);
     }
     let key_options = crate::keying::KeyOptions {
@@ -374,6 +380,8 @@ mod tests {
         let on = policy(|_| {});
         let off = policy(|p| p.mode = CacheMode::Off);
         let cool = policy(|p| p.skip_when_temperature_above = Some(1.0));
+        let cool_half = policy(|p| p.skip_when_temperature_above = Some(0.1));
+        let unsampled = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         let chat = Facts::chat(&b);
         type Case<'a> = (
             &'a str,
@@ -466,6 +474,24 @@ mod tests {
             ),
             ("cool enough", Some(&cool), true, chat, None),
             ("no limit", Some(&on), true, Facts::chat(&hot), None),
+            // No temperature is OpenAI's 1; a ModelCache query samples not.
+            (
+                "default temperature",
+                Some(&cool_half),
+                true,
+                Facts::chat(&unsampled),
+                Some(SkipReason::TooHot),
+            ),
+            (
+                "a ModelCache query",
+                Some(&cool_half),
+                true,
+                Facts {
+                    samples: false,
+                    ..Facts::chat(&unsampled)
+                },
+                None,
+            ),
             (
                 "no model",
                 Some(&on),
