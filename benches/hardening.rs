@@ -74,7 +74,7 @@ fn pct(mut v: Vec<f64>, p: f64) -> f64 {
 
 async fn timed(addr: std::net::SocketAddr, q: &str) -> f64 {
     let t = Instant::now();
-    let got = chat(addr, ask(q)).await;
+    let got = Call::ask(q).send(addr).await;
     assert_eq!(got.status, 200, "{}", got.text());
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -99,7 +99,7 @@ async fn bench() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, format!("[upstream]\nurl = \"{}\"\n", up.url())).expect("config");
-    let gw = serve(&config, dir.path(), &[]).await;
+    let gw = Binary::serve(&config, dir.path()).start().await;
     let pid = gw.child.id();
     for i in 0..20 {
         timed(
@@ -148,7 +148,7 @@ async fn bench() {
             let addr = gw.proxy;
             let long = tokio::spawn(async move {
                 let t = Instant::now();
-                let got = chat(addr, ask(&text)).await;
+                let got = Call::ask(&text).send(addr).await;
                 assert_eq!(got.status, 200);
                 t.elapsed().as_secs_f64() * 1000.0
             });
