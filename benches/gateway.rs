@@ -30,8 +30,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use common::{
-    chat_json, client, metric_sum, mock, question, release_bin, Binary, Handler, HttpClient,
-    Reply as MockReply, Running, Seen,
+    chat_json, client, cpu_time, metric_sum, mock, proc_status, question, release_bin, stat_cpu,
+    Binary, Handler, HttpClient, Reply as MockReply, Running, Seen,
 };
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -126,20 +126,8 @@ async fn spawn_gateway(bin: &Path, upstream: &str, dir: &Path) -> Result<Running
     Ok(gw.start().await)
 }
 
-/// A field of /proc/<pid>/status in kB (VmHWM, VmRSS) or as a count (Threads).
-fn proc_status(pid: i32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(&format!("{key}:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User + system CPU time of a process.
-fn cpu_time(pid: i32) -> Option<Duration> {
-    stat_cpu(&format!("/proc/{pid}/stat"))
-}
-
 /// CPU time of a process's threads, summed by thread name.
-fn thread_cpu(pid: i32) -> BTreeMap<String, Duration> {
+fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -147,24 +135,11 @@ fn thread_cpu(pid: i32) -> BTreeMap<String, Duration> {
     for e in rd.flatten() {
         let dir = e.path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if let Some(t) = stat_cpu(&dir.join("stat").to_string_lossy()) {
+        if let Some(t) = stat_cpu(&dir.join("stat")) {
             *out.entry(name.trim().to_string()).or_insert(Duration::ZERO) += t;
         }
     }
     out
-}
-
-/// User + system CPU time from a `stat` file of /proc.
-fn stat_cpu(path: &str) -> Option<Duration> {
-    let text = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 // ---------------------------------------------------------------- client side
@@ -344,7 +319,7 @@ async fn run_load(
     targets: &[Target],
     concurrency: usize,
     total: usize,
-    gateway_pid: Option<i32>,
+    gateway_pid: Option<u32>,
 ) -> Result<Run> {
     let targets = Arc::new(targets.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
@@ -647,7 +622,7 @@ async fn bench() -> Result<()> {
     let started = Instant::now();
     let mut gw = spawn_gateway(&bin, &mock.url(), dir.path()).await?;
     let ready_after = started.elapsed();
-    let pid = gw.pid() as i32;
+    let pid = gw.pid();
     let rss_ready = proc_status(pid, "VmRSS");
     let hwm_ready = proc_status(pid, "VmHWM");
     println!(

@@ -25,16 +25,9 @@ const ROUNDS: usize = 8;
 /// makes each one new, so each is a miss).
 type Size = (&'static str, Box<dyn Fn(usize) -> String>);
 
+/// Resident memory of the process `pid`, in MiB (0 if unknown).
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    proc_status(pid, "VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 fn words(n: usize, salt: usize) -> String {

@@ -37,7 +37,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use common::{
-    client, metric_sum, metrics, release_bin, Binary, Call, HttpClient, Running, ADMIN_TOKEN,
+    client, metric_sum, metrics, proc_status, release_bin, Binary, Call, HttpClient, Running,
+    ADMIN_TOKEN,
 };
 use modelcache::store::{NewEntry, Origin, Store};
 use serde_json::{json, Value};
@@ -99,16 +100,6 @@ fn index_open_ms(r: &Running) -> Option<u64> {
                 .find_map(|w| w.strip_prefix("ms="))
                 .and_then(|v| v.parse().ok())
         })
-}
-
-fn rss_kb(r: &Running) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{}/status", r.pid())).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// `modelcache_index_bytes` of the default tenant.
@@ -350,7 +341,7 @@ async fn start_up_and_memory(
     let empty_schema = format!("bench_empty_{run}");
     let (empty, empty_ready) = replica(bin, &tmp.join("empty"), pg, &empty_schema, true).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let empty_rss = rss_kb(&empty).unwrap_or(0);
+    let empty_rss = proc_status(empty.pid(), "VmRSS").unwrap_or(0);
     empty.stop().await;
     drop_schema(pg, &empty_schema);
 
@@ -365,7 +356,7 @@ async fn start_up_and_memory(
     let (cold, cold_ready) = replica(bin, &dir, pg, &schema, true).await?;
     let cold_ms = index_open_ms(&cold);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let big_rss = rss_kb(&cold).unwrap_or(0);
+    let big_rss = proc_status(cold.pid(), "VmRSS").unwrap_or(0);
     let index_bytes = index_bytes(&cold).await;
     cold.stop().await;
     // A few changes after the snapshot: the tail the next start applies.

@@ -125,24 +125,12 @@ async fn serve_limited(config: &Path, dir: &Path, nofile: u64) -> Running {
 
 /// CPU seconds (user and system) the process `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    cpu_time(pid).unwrap().as_secs_f64()
 }
 
 /// Resident memory of the process `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    proc_status(pid, "VmRSS").unwrap() as f64 / 1024.0
 }
 
 fn config_for(upstream: &str, dir: &Path, extra: &str) -> std::path::PathBuf {

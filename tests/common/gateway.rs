@@ -569,3 +569,32 @@ async fn wait_listening(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ------------------------------------------------------------------ a process's resources
+
+/// A field of /proc/<pid>/status as a number: kB for VmRSS and VmHWM, a
+/// count for Threads.
+pub fn proc_status(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(&format!("{key}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time of the process `pid`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    stat_cpu(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// User + system CPU time from a `stat` file of /proc (a process's or a
+/// thread's).
+pub fn stat_cpu(path: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
