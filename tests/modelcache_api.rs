@@ -14,11 +14,6 @@ use serde_json::{json, Value};
 const TOKEN_A: &str = "sk-tenant-a-0123456789";
 const TOKEN_B: &str = "sk-tenant-b-0123456789";
 
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
-
 fn msgs(system: Option<&str>, user: &str) -> Value {
     match system {
         Some(s) => json!([{"role": "system", "content": s}, {"role": "user", "content": user}]),

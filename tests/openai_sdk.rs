@@ -33,11 +33,6 @@ async fn run_script(name: &str, args: Vec<String>) -> HashMap<String, Value> {
         .collect()
 }
 
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
-
 #[tokio::test]
 async fn the_openai_sdk_gets_a_miss_then_a_hit_streamed_or_not() {
     let up = mock(llm()).await;

@@ -22,11 +22,6 @@ use serde_json::{json, Value};
 /// Scrape (and evaluation) interval of the test's Prometheus.
 const SCRAPE: Duration = Duration::from_secs(1);
 
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
-
 fn prometheus_bin() -> String {
     std::env::var("MODELCACHE_PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
 }

@@ -158,6 +158,17 @@ impl Call {
     }
 }
 
+/// The Python that runs the client scripts of `tests/python`:
+/// `$MODELCACHE_PYTHON`, else the repository's `.venv` (`make venv`).
+pub fn python() -> String {
+    std::env::var("MODELCACHE_PYTHON").unwrap_or_else(|_| {
+        super::repo_root()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    })
+}
+
 /// A chat request body for one user message to `gpt-test`.
 pub fn ask(q: &str) -> Value {
     json!({"model": "gpt-test", "messages": [{"role": "user", "content": q}]})
