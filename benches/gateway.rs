@@ -12,31 +12,30 @@
 //! `$CARGO_TARGET_DIR/release/modelcache`, else the `modelcache` next to this
 //! bench's own target folder, else `target/release/modelcache`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    path::Path,
+    process::ExitCode,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc, Arc,
+        Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
+use common::{
+    chat_json, client, cpu_time, metric_sum, mock, proc_status, question, release_bin, stat_cpu,
+    Binary, Handler, HttpClient, Reply as MockReply, Running, Seen,
 };
+use http::{header, Method, Request};
+use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 /// Distinct first-time questions (misses).
 const QUESTIONS: usize = 100;
@@ -59,361 +58,76 @@ const MODEL: &str = "gpt-bench";
 /// Warm-up requests use another model, so their entries never serve the benchmark.
 const WARMUP_MODEL: &str = "gpt-warmup";
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 // ---------------------------------------------------------------- mock upstream
 
-/// The mock upstream: answers at once, counts calls.
-struct Mock {
-    addr: SocketAddr,
-    chat_calls: Arc<AtomicUsize>,
-}
-
-impl Mock {
-    fn chat_calls(&self) -> usize {
-        self.chat_calls.load(Ordering::SeqCst)
-    }
-}
-
-fn chat_json(content: &str) -> Value {
-    json!({
-        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-        "system_fingerprint": "fp_mock",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null},
-                     "logprobs": null, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+/// What the mock upstream answers, at once: a chat answer that names the
+/// question (so that a hit can be checked against it), the model list, and
+/// 404 for anything else. Counts the chat calls in `chat_calls`.
+fn upstream(chat_calls: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |seen: &Seen, _n: usize| {
+        let json_reply = |status: u16, body: Value| {
+            MockReply::Full(
+                status,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(body.to_string()),
+            )
+        };
+        let path = seen.path_and_query.split('?').next().unwrap_or("");
+        match (seen.method.as_str(), path) {
+            ("POST", "/v1/chat/completions") => {
+                chat_calls.fetch_add(1, Ordering::SeqCst);
+                let content = format!("Answer to: {}", question(seen));
+                json_reply(200, chat_json(&content, "stop"))
+            }
+            ("GET", "/v1/models") => json_reply(
+                200,
+                json!({"object": "list", "data": [
+                    {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "mock"}
+                ]}),
+            ),
+            _ => json_reply(
+                404,
+                json!({"error": {"message": "no such route", "type": "invalid_request_error"}}),
+            ),
+        }
     })
-}
-
-/// The last user message of a chat request body.
-fn last_user(body: &[u8]) -> String {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    v["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-async fn mock_answer(req: Request<Incoming>, chat_calls: &AtomicUsize) -> Response<Full<Bytes>> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    match (method, path.as_str()) {
-        (Method::POST, "/v1/chat/completions") => {
-            chat_calls.fetch_add(1, Ordering::SeqCst);
-            // The answer names the question, so a hit can be checked against it.
-            let content = format!("Answer to: {}", last_user(&body));
-            json_response(StatusCode::OK, chat_json(&content).to_string())
-        }
-        (Method::GET, "/v1/models") => json_response(
-            StatusCode::OK,
-            json!({"object": "list", "data": [
-                {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "mock"}
-            ]})
-            .to_string(),
-        ),
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            json!({"error": {"message": "no such route", "type": "invalid_request_error"}})
-                .to_string(),
-        ),
-    }
-}
-
-async fn start_mock() -> Result<Mock> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let chat_calls = Arc::new(AtomicUsize::new(0));
-    let calls = chat_calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = stream.set_nodelay(true);
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let calls = calls.clone();
-                    async move { Ok::<_, Infallible>(mock_answer(req, &calls).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(Mock { addr, chat_calls })
 }
 
 // ---------------------------------------------------------------- the gateway process
 
-/// The gateway binary to run.
-fn find_binary() -> Result<PathBuf> {
-    let mut tried = Vec::new();
-    if let Some(p) = std::env::var_os("MODELCACHE_BIN") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!(
-            "MODELCACHE_BIN={} does not exist; build it with `cargo build --release`",
-            p.display()
-        );
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        tried.push(PathBuf::from(dir).join("release/modelcache"));
-    }
-    // This bench runs from <target>/release/deps/gateway-<hash>.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(release) = exe.parent().and_then(Path::parent) {
-            tried.push(release.join("modelcache"));
-        }
-    }
-    tried.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/modelcache"));
-    if let Some(p) = tried.iter().find(|p| p.is_file()) {
-        return Ok(p.clone());
-    }
-    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-    bail!(
-        "the release binary is missing (looked for {}); run `cargo build --release` first \
-         or set MODELCACHE_BIN",
-        list.join(", ")
-    )
-}
-
-/// Warns when a source file is newer than the binary (a stale build).
-fn warn_if_stale(bin: &Path) {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return;
-    };
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![src];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(t);
-            }
+/// Starts `bin` on the defaults against the mock at `upstream`, with its
+/// config, data and log in `dir`.
+async fn spawn_gateway(bin: &Path, upstream: &str, dir: &Path) -> Result<Running> {
+    let config = dir.join("config.toml");
+    // Defaults for everything, except a short drain so that the stop is
+    // quick, and keyless writes to /modelcache for the insert timings.
+    std::fs::write(
+        &config,
+        "[server]\ndrain_timeout = \"5s\"\n[admin]\nmodelcache_writes_without_key = true\n",
+    )?;
+    // Only the defaults are measured: no MODELCACHE_* overrides, except those
+    // named in BENCH_GATEWAY_ENV ("KEY=VALUE,KEY=VALUE"), which is how a
+    // non-default setting is measured on purpose.
+    let mut gw = Binary::serve(&config, dir)
+        .bin(bin)
+        .args(&["--upstream", upstream])
+        .only_defaults()
+        .rust_log("info,ort=warn")
+        .ready_within(READY_WITHIN);
+    if let Ok(extra) = std::env::var("BENCH_GATEWAY_ENV") {
+        for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .context("BENCH_GATEWAY_ENV wants KEY=VALUE pairs")?;
+            println!("gateway setting: {}={}", k.trim(), v.trim());
+            gw = gw.env(k.trim(), v.trim());
         }
     }
-    if newest > built {
-        eprintln!(
-            "warning: {} is older than src/; run `cargo build --release` to measure the current code",
-            bin.display()
-        );
-    }
-}
-
-/// A port that was free a moment ago.
-fn free_addr() -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-/// The gateway child process; SIGTERMed on drop.
-struct Gateway {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    // Held for its lifetime: the data dir and the config live here.
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn spawn(bin: &Path, upstream: SocketAddr) -> Result<(Gateway, mpsc::Receiver<String>)> {
-        let dir = tempfile::tempdir().context("creating a temp dir")?;
-        let config = dir.path().join("config.toml");
-        // Defaults for everything, except a short drain so that the stop is
-        // quick, and keyless writes to /modelcache for the insert timings.
-        std::fs::write(
-            &config,
-            "[server]\ndrain_timeout = \"5s\"\n[admin]\nmodelcache_writes_without_key = true\n",
-        )?;
-        let proxy = free_addr()?;
-        let admin = free_addr()?;
-        let log = dir.path().join("gateway.log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(proxy.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .arg("--upstream")
-            .arg(format!("http://{upstream}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            // The default model paths (`models/...`) are relative to the repository.
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?);
-        // Only the defaults are measured: drop any MODELCACHE_* overrides,
-        // except those named in BENCH_GATEWAY_ENV ("KEY=VALUE,KEY=VALUE"), which
-        // is how a non-default setting is measured on purpose.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("MODELCACHE_") {
-                cmd.env_remove(k);
-            }
-        }
-        if let Ok(extra) = std::env::var("BENCH_GATEWAY_ENV") {
-            for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
-                let (k, v) = kv
-                    .split_once('=')
-                    .context("BENCH_GATEWAY_ENV wants KEY=VALUE pairs")?;
-                println!("gateway setting: {}={}", k.trim(), v.trim());
-                cmd.env(k.trim(), v.trim());
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout pipe")?;
-        let (tx, rx) = mpsc::channel();
-        // Keeps draining stdout so that the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        Ok((
-            Gateway {
-                child,
-                proxy,
-                admin,
-                log,
-                _dir: dir,
-            },
-            rx,
-        ))
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Waits for the listening line on stdout, then for `/readyz` to say 200.
-    async fn wait_ready(
-        &mut self,
-        client: &HttpClient,
-        lines: &mpsc::Receiver<String>,
-    ) -> Result<()> {
-        let deadline = Instant::now() + READY_WITHIN;
-        let want = format!("modelcache: proxy listening on http://{}", self.proxy);
-        let mut announced = false;
-        let readyz = format!("http://{}/readyz", self.admin);
-        loop {
-            while let Ok(line) = lines.try_recv() {
-                if line.starts_with("modelcache: proxy listening on") {
-                    if !line.starts_with(&want) {
-                        bail!("unexpected listening line: {line:?} (wanted {want:?})");
-                    }
-                    announced = true;
-                }
-            }
-            if let Some(status) = self.exited() {
-                bail!(
-                    "the gateway exited early ({status}); its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            if announced {
-                if let Ok(r) = call(client, &Target::get(&readyz)).await {
-                    if r.status == 200 {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the gateway was not ready within {READY_WITHIN:?}; its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it has not stopped within 20 s.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if let Some(s) = self.exited() {
-            return Some(s);
-        }
-        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(s) = self.exited() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: the gateway ignored SIGTERM for 20 s; killing it");
-        let _ = self.child.kill();
-        self.child.wait().ok()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-/// A field of /proc/<pid>/status in kB (VmHWM, VmRSS) or as a count (Threads).
-fn proc_status(pid: i32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(&format!("{key}:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User + system CPU time of a process.
-fn cpu_time(pid: i32) -> Option<Duration> {
-    stat_cpu(&format!("/proc/{pid}/stat"))
+    Ok(gw.start().await)
 }
 
 /// CPU time of a process's threads, summed by thread name.
-fn thread_cpu(pid: i32) -> BTreeMap<String, Duration> {
+fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -421,24 +135,11 @@ fn thread_cpu(pid: i32) -> BTreeMap<String, Duration> {
     for e in rd.flatten() {
         let dir = e.path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if let Some(t) = stat_cpu(&dir.join("stat").to_string_lossy()) {
+        if let Some(t) = stat_cpu(&dir.join("stat")) {
             *out.entry(name.trim().to_string()).or_insert(Duration::ZERO) += t;
         }
     }
     out
-}
-
-/// User + system CPU time from a `stat` file of /proc.
-fn stat_cpu(path: &str) -> Option<Duration> {
-    let text = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 // ---------------------------------------------------------------- client side
@@ -618,7 +319,7 @@ async fn run_load(
     targets: &[Target],
     concurrency: usize,
     total: usize,
-    gateway_pid: Option<i32>,
+    gateway_pid: Option<u32>,
 ) -> Result<Run> {
     let targets = Arc::new(targets.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
@@ -676,25 +377,12 @@ async fn scrape(client: &HttpClient, admin: SocketAddr) -> Result<String> {
     Ok(String::from_utf8_lossy(&r.body).into_owned())
 }
 
-/// Sum of a metric's samples whose line contains every one of `parts`.
-fn metric(text: &str, name: &str, parts: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until the write-back has stored `target` entries in all.
 async fn wait_written(client: &HttpClient, admin: SocketAddr, target: f64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let m = scrape(client, admin).await?;
-        let written = metric(&m, "modelcache_writeback_total", &["outcome=\"written\""]);
+        let written = metric_sum(&m, "modelcache_writeback_total", &["outcome=\"written\""]);
         if written >= target {
             return Ok(());
         }
@@ -706,15 +394,15 @@ async fn wait_written(client: &HttpClient, admin: SocketAddr, target: f64) -> Re
 }
 
 fn written(m: &str) -> f64 {
-    metric(m, "modelcache_writeback_total", &["outcome=\"written\""])
+    metric_sum(m, "modelcache_writeback_total", &["outcome=\"written\""])
 }
 
 /// Mean of a histogram between two scrapes, in ms (or as is, if `scale` is 1).
 fn hist_mean(before: &str, after: &str, name: &str, parts: &[&str], scale: f64) -> String {
-    let sum = metric(after, &format!("{name}_sum"), parts)
-        - metric(before, &format!("{name}_sum"), parts);
-    let count = metric(after, &format!("{name}_count"), parts)
-        - metric(before, &format!("{name}_count"), parts);
+    let sum = metric_sum(after, &format!("{name}_sum"), parts)
+        - metric_sum(before, &format!("{name}_sum"), parts);
+    let count = metric_sum(after, &format!("{name}_count"), parts)
+        - metric_sum(before, &format!("{name}_count"), parts);
     if count <= 0.0 {
         "-".into()
     } else {
@@ -901,10 +589,11 @@ fn tally(replies: &[Served]) -> String {
 // ---------------------------------------------------------------- the run
 
 async fn bench() -> Result<()> {
-    let bin = find_binary()?;
-    warn_if_stale(&bin);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let mock = start_mock().await?;
+    let bin = release_bin().map_err(anyhow::Error::msg)?;
+    let client = client();
+    let chat_calls = Arc::new(AtomicUsize::new(0));
+    let mock = mock(upstream(chat_calls.clone())).await;
+    let mock_chat_calls = || chat_calls.load(Ordering::SeqCst);
 
     println!("modelcache gateway benchmark");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -929,9 +618,9 @@ async fn bench() -> Result<()> {
         "  client    hyper-util legacy HTTP/1.1, keep-alive, one current-thread runtime (mock included)"
     );
 
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
     let started = Instant::now();
-    let (mut gw, lines) = Gateway::spawn(&bin, mock.addr)?;
-    gw.wait_ready(&client, &lines).await?;
+    let mut gw = spawn_gateway(&bin, &mock.url(), dir.path()).await?;
     let ready_after = started.elapsed();
     let pid = gw.pid();
     let rss_ready = proc_status(pid, "VmRSS");
@@ -993,10 +682,10 @@ async fn bench() -> Result<()> {
     let mut first_served = Vec::new();
     for i in 0..QUESTIONS {
         direct_chat_lat.push(call_ok(&client, &direct_chat[i]).await?.elapsed);
-        let before = mock.chat_calls();
+        let before = mock_chat_calls();
         let r = call_ok(&client, &gw_chat[i]).await?;
         first_served.push(r.served);
-        if r.served == Served::Miss && mock.chat_calls() == before + 1 {
+        if r.served == Served::Miss && mock_chat_calls() == before + 1 {
             miss_lat.push(r.elapsed);
         }
     }
@@ -1018,7 +707,7 @@ async fn bench() -> Result<()> {
     let mut exact_lat = Vec::new();
     let mut exact_served = Vec::new();
     let mut direct_hit_lat = Vec::new();
-    let calls_before = mock.chat_calls();
+    let calls_before = mock_chat_calls();
     for _ in 0..EXACT_ROUNDS {
         for i in 0..QUESTIONS {
             let r = call_ok(&client, &gw_chat[i]).await?;
@@ -1030,7 +719,7 @@ async fn bench() -> Result<()> {
         }
     }
     // Every direct call reached the mock; any other call did not come from a hit.
-    let exact_upstream = mock.chat_calls() - calls_before - EXACT_ROUNDS * QUESTIONS;
+    let exact_upstream = mock_chat_calls() - calls_before - EXACT_ROUNDS * QUESTIONS;
     let m_exact = scrape(&client, gw.admin).await?;
 
     // ---- semantic hits: the paraphrases, 5 rounds.
@@ -1158,7 +847,7 @@ async fn bench() -> Result<()> {
     let threads = proc_status(pid, "Threads");
     let total_cpu = cpu_time(pid);
     drop(client);
-    let status = gw.stop();
+    let status = gw.terminate().await;
 
     // ---- report.
     let direct_chat_s = stats(&direct_chat_lat);
@@ -1322,10 +1011,7 @@ async fn bench() -> Result<()> {
     }
 
     println!();
-    println!(
-        "gateway stopped: {}",
-        status.map_or("unknown".into(), |s| s.to_string())
-    );
+    println!("gateway stopped: {status}");
     Ok(())
 }
 

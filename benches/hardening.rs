@@ -25,16 +25,9 @@ const ROUNDS: usize = 8;
 /// makes each one new, so each is a miss).
 type Size = (&'static str, Box<dyn Fn(usize) -> String>);
 
+/// Resident memory of the process `pid`, in MiB (0 if unknown).
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    proc_status(pid, "VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 fn words(n: usize, salt: usize) -> String {
@@ -74,7 +67,7 @@ fn pct(mut v: Vec<f64>, p: f64) -> f64 {
 
 async fn timed(addr: std::net::SocketAddr, q: &str) -> f64 {
     let t = Instant::now();
-    let got = chat(addr, ask(q)).await;
+    let got = Call::ask(q).send(addr).await;
     assert_eq!(got.status, 200, "{}", got.text());
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -99,7 +92,7 @@ async fn bench() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, format!("[upstream]\nurl = \"{}\"\n", up.url())).expect("config");
-    let gw = serve(&config, dir.path(), &[]).await;
+    let gw = Binary::serve(&config, dir.path()).start().await;
     let pid = gw.child.id();
     for i in 0..20 {
         timed(
@@ -148,7 +141,7 @@ async fn bench() {
             let addr = gw.proxy;
             let long = tokio::spawn(async move {
                 let t = Instant::now();
-                let got = chat(addr, ask(&text)).await;
+                let got = Call::ask(&text).send(addr).await;
                 assert_eq!(got.status, 200);
                 t.elapsed().as_secs_f64() * 1000.0
             });

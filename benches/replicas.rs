@@ -25,25 +25,23 @@
 //! `MODELCACHE_TEST_POSTGRES_URL` (the database), `BENCH_ENTRIES`,
 //! `BENCH_WRITES`, `MODELCACHE_BIN` (the binary; default the release build).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    path::Path,
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+use common::{
+    client, metric_sum, metrics, proc_status, release_bin, Binary, Call, HttpClient, Running,
+    ADMIN_TOKEN,
 };
 use modelcache::store::{NewEntry, Origin, Store};
 use serde_json::{json, Value};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Entries in the table for the start-up and memory runs.
 const ENTRIES: usize = 100_000;
@@ -51,7 +49,6 @@ const ENTRIES: usize = 100_000;
 const WRITES: usize = 1_000;
 /// Dimensions of the default model (all-MiniLM-L6-v2).
 const DIMS: usize = 384;
-const TOKEN: &str = "bench-admin-token-0123456789";
 const READY_WITHIN: Duration = Duration::from_secs(3600);
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -61,179 +58,66 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn find_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MODELCACHE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        tried.push(PathBuf::from(dir).join("release/modelcache"));
-    }
-    if let Some(release) = std::env::current_exe()?.parent().and_then(Path::parent) {
-        tried.push(release.join("modelcache"));
-    }
-    tried
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("the release binary is missing: run `cargo build --release` or set MODELCACHE_BIN")
+/// Starts a replica, `modelcache serve` on the shared schema with its own
+/// data folder; how long it took to be ready.
+async fn replica(
+    bin: &Path,
+    dir: &Path,
+    pg: &str,
+    schema: &str,
+    notify: bool,
+) -> Result<(Running, Duration)> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndrain_timeout = \"5s\"\n[storage]\nbackend = \"postgres\"\nurl_env = \"BENCH_PG_URL\"\nschema = \"{schema}\"\nnotify = {notify}\n[admin]\ntoken_env = \"BENCH_ADMIN_TOKEN\"\n"
+        ),
+    )?;
+    let t0 = Instant::now();
+    let r = Binary::serve(&config, dir)
+        .bin(bin)
+        // Never called: every write is an insert through /modelcache.
+        .args(&["--upstream", "http://127.0.0.1:9"])
+        .only_defaults()
+        .env("BENCH_PG_URL", pg)
+        .env("BENCH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .rust_log("info,ort=warn")
+        .ready_within(READY_WITHIN)
+        .start()
+        .await;
+    Ok((r, t0.elapsed()))
 }
 
-fn free_addr() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// A replica: `modelcache serve` on the shared schema, its own data folder.
-struct Replica {
-    child: Child,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(bin: &Path, dir: &Path, pg: &str, schema: &str, notify: bool) -> Result<Replica> {
-        std::fs::create_dir_all(dir)?;
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\ndrain_timeout = \"5s\"\n[storage]\nbackend = \"postgres\"\nurl_env = \"BENCH_PG_URL\"\nschema = \"{schema}\"\nnotify = {notify}\n[admin]\ntoken_env = \"BENCH_ADMIN_TOKEN\"\n"
-            ),
-        )?;
-        let admin = free_addr()?;
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("gateway-{n}.log"));
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--config"])
-            .arg(&config)
-            .args(["--listen", &free_addr()?.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            // Never called: every write is an insert through /modelcache.
-            .args(["--upstream", "http://127.0.0.1:9"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("BENCH_PG_URL", pg)
-            .env("BENCH_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("MODELCACHE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Replica { child, admin, log })
-    }
-
-    async fn ready(&mut self, client: &HttpClient) -> Result<Duration> {
-        let t0 = Instant::now();
-        loop {
-            if let Ok((200, _)) = call(client, Method::GET, self.admin, "/readyz", None).await {
-                return Ok(t0.elapsed());
-            }
-            if let Some(s) = self.child.try_wait()? {
-                bail!("the replica exited ({s}):\n{}", self.log_text());
-            }
-            if t0.elapsed() > READY_WITHIN {
-                bail!("not ready within {READY_WITHIN:?}:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `ms` of the "vector index open" log line of the default tenant.
-    fn index_open_ms(&self) -> Option<u64> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains("vector index open") && l.contains("tenant=\"default\""))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("ms="))
-                    .and_then(|v| v.parse().ok())
-            })
-    }
-
-    fn rss_kb(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our own child, not reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("the replica stopped with {status}:\n{}", self.log_text());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ms` of the "vector index open" log line of the default tenant.
+fn index_open_ms(r: &Running) -> Option<u64> {
+    r.log()
+        .lines()
+        .filter(|l| l.contains("vector index open") && l.contains("tenant=\"default\""))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+        })
 }
 
 /// `modelcache_index_bytes` of the default tenant.
-async fn index_bytes(client: &HttpClient, admin: SocketAddr) -> Result<f64> {
-    let req = Request::builder()
-        .uri(format!("http://{admin}/metrics"))
-        .body(Full::new(Bytes::new()))?;
-    let body = client
-        .request(req)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    Ok(String::from_utf8_lossy(&body)
-        .lines()
-        .find(|l| l.starts_with("modelcache_index_bytes{tenant=\"default\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+async fn index_bytes(r: &Running) -> f64 {
+    metric_sum(
+        &metrics(r).await,
+        "modelcache_index_bytes",
+        &["tenant=\"default\""],
+    )
 }
 
-async fn call(
-    client: &HttpClient,
-    method: Method,
-    addr: SocketAddr,
-    path: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value)> {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))?;
-    let resp = client.request(req).await?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+/// An admin call on `client`: the status and the JSON (null if none).
+async fn call(client: &HttpClient, addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let got = Call::admin("POST", path, body).send_on(client, addr).await;
+    (
+        got.status,
+        serde_json::from_slice(&got.body).unwrap_or(Value::Null),
+    )
 }
 
 fn messages(q: &str) -> Value {
@@ -243,20 +127,19 @@ fn messages(q: &str) -> Value {
 /// Whether B's vector index returns the entry of `q` (a dry run). The probe
 /// is a rewording, so that the exact layer (which reads the shared table)
 /// cannot answer in the index's place.
-async fn indexed_on(client: &HttpClient, b: SocketAddr, q: &str) -> Result<bool> {
+async fn indexed_on(client: &HttpClient, b: SocketAddr, q: &str) -> bool {
     let (_, v) = call(
         client,
-        Method::POST,
         b,
         "/admin/lookup",
-        Some(json!({"model": "bench", "messages": messages(&format!("Tell me: {q}"))})),
+        json!({"model": "bench", "messages": messages(&format!("Tell me: {q}"))}),
     )
-    .await?;
+    .await;
     let want = format!("user###{q}");
-    Ok(v["candidates"].as_array().is_some_and(|c| {
+    v["candidates"].as_array().is_some_and(|c| {
         c.iter()
             .any(|c| c["kind"] == "semantic" && c["question"] == want.as_str())
-    }))
+    })
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -280,31 +163,29 @@ async fn write_to_hit(
         let q = format!("{tag} question number {i}: what is the capital of country {i}?");
         let (status, v) = call(
             client,
-            Method::POST,
             a,
             "/modelcache",
-            Some(json!({"type": "insert", "scope": {"model": "bench"},
-                        "chat_info": [{"query": messages(&q), "answer": format!("answer {i}")}]})),
+            json!({"type": "insert", "scope": {"model": "bench"},
+                   "chat_info": [{"query": messages(&q), "answer": format!("answer {i}")}]}),
         )
-        .await?;
+        .await;
         if status != 200 || v["writeStatus"] != "success" {
             bail!("insert on A failed: {status} {v}");
         }
         let t0 = Instant::now();
         loop {
-            if indexed_on(client, b, &q).await? {
+            if indexed_on(client, b, &q).await {
                 took.push(t0.elapsed());
                 break;
             }
             if t0.elapsed() > Duration::from_secs(10) {
                 let (_, v) = call(
                     client,
-                    Method::POST,
                     b,
                     "/admin/lookup",
-                    Some(json!({"model": "bench", "messages": messages(&q)})),
+                    json!({"model": "bench", "messages": messages(&q)}),
                 )
-                .await?;
+                .await;
                 bail!("write {i} never reached B; B's lookup: {v}");
             }
         }
@@ -378,26 +259,14 @@ fn drop_schema(pg: &str, schema: &str) {
     });
 }
 
-async fn start_ready(
-    client: &HttpClient,
-    bin: &Path,
-    dir: &Path,
-    pg: &str,
-    schema: &str,
-) -> Result<(Replica, Duration)> {
-    let mut r = Replica::start(bin, dir, pg, schema, true)?;
-    let t = r.ready(client).await?;
-    Ok((r, t))
-}
-
 async fn bench() -> Result<()> {
     let pg = std::env::var("MODELCACHE_TEST_POSTGRES_URL").context(
         "MODELCACHE_TEST_POSTGRES_URL is not set: run `make bench-replicas`, which starts PostgreSQL",
     )?;
     let entries = env_usize("BENCH_ENTRIES", ENTRIES);
     let writes = env_usize("BENCH_WRITES", WRITES);
-    let bin = find_binary()?;
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let bin = release_bin().map_err(anyhow::Error::msg)?;
+    let client = client();
     let tmp = tempfile::tempdir()?;
     let run = format!("{:08x}", rand::random::<u32>());
 
@@ -405,7 +274,7 @@ async fn bench() -> Result<()> {
     if writes > 0 {
         write_then_hit(&client, &bin, tmp.path(), &pg, &run, writes).await?;
     }
-    start_up_and_memory(&client, &bin, tmp.path(), &pg, &run, entries).await
+    start_up_and_memory(&bin, tmp.path(), &pg, &run, entries).await
 }
 
 async fn write_then_hit(
@@ -422,10 +291,8 @@ async fn write_then_hit(
     );
     for notify in [true, false] {
         let schema = format!("bench_rep_{run}_{notify}");
-        let mut a = Replica::start(bin, &tmp.join(format!("a{notify}")), pg, &schema, notify)?;
-        a.ready(client).await?;
-        let mut b = Replica::start(bin, &tmp.join(format!("b{notify}")), pg, &schema, notify)?;
-        b.ready(client).await?;
+        let (a, _) = replica(bin, &tmp.join(format!("a{notify}")), pg, &schema, notify).await?;
+        let (b, _) = replica(bin, &tmp.join(format!("b{notify}")), pg, &schema, notify).await?;
         // Warm both (model, connections) before timing.
         write_to_hit(client, a.admin, b.admin, 20, "warm").await?;
         let took = write_to_hit(client, a.admin, b.admin, writes, "timed").await?;
@@ -437,19 +304,18 @@ async fn write_then_hit(
             },
             &took,
         );
-        a.stop()?;
-        b.stop()?;
+        a.stop().await;
+        b.stop().await;
         drop_schema(pg, &schema);
     }
     // What one dry-run lookup costs: the resolution of the figures above.
     {
         let schema = format!("bench_res_{run}");
-        let mut a = Replica::start(bin, &tmp.join("res"), pg, &schema, true)?;
-        a.ready(client).await?;
+        let (a, _) = replica(bin, &tmp.join("res"), pg, &schema, true).await?;
         let mut t = Vec::new();
         for i in 0..200 {
             let t0 = Instant::now();
-            indexed_on(client, a.admin, &format!("resolution probe {}", i % 10)).await?;
+            indexed_on(client, a.admin, &format!("resolution probe {}", i % 10)).await;
             t.push(t0.elapsed());
         }
         t.sort();
@@ -457,7 +323,7 @@ async fn write_then_hit(
             "\nOne dry-run lookup on B (the polling step): p50 {:.1} ms",
             pct(&t, 0.5)
         );
-        a.stop()?;
+        a.stop().await;
         drop_schema(pg, &schema);
     }
     Ok(())
@@ -465,7 +331,6 @@ async fn write_then_hit(
 
 /// 2 and 3. Start-up and memory over a large table.
 async fn start_up_and_memory(
-    client: &HttpClient,
     bin: &Path,
     tmp: &Path,
     pg: &str,
@@ -474,11 +339,10 @@ async fn start_up_and_memory(
 ) -> Result<()> {
     println!("\n## Start-up over {entries} entries\n");
     let empty_schema = format!("bench_empty_{run}");
-    let (empty, empty_ready) =
-        start_ready(client, bin, &tmp.join("empty"), pg, &empty_schema).await?;
+    let (empty, empty_ready) = replica(bin, &tmp.join("empty"), pg, &empty_schema, true).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let empty_rss = empty.rss_kb().unwrap_or(0);
-    empty.stop()?;
+    let empty_rss = proc_status(empty.pid(), "VmRSS").unwrap_or(0);
+    empty.stop().await;
     drop_schema(pg, &empty_schema);
 
     let schema = format!("bench_big_{run}");
@@ -489,22 +353,22 @@ async fn start_up_and_memory(
         t0.elapsed().as_secs_f64()
     );
     let dir = tmp.join("big");
-    let (cold, cold_ready) = start_ready(client, bin, &dir, pg, &schema).await?;
-    let cold_ms = cold.index_open_ms();
+    let (cold, cold_ready) = replica(bin, &dir, pg, &schema, true).await?;
+    let cold_ms = index_open_ms(&cold);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let big_rss = cold.rss_kb().unwrap_or(0);
-    let index_bytes = index_bytes(client, cold.admin).await?;
-    cold.stop()?;
+    let big_rss = proc_status(cold.pid(), "VmRSS").unwrap_or(0);
+    let index_bytes = index_bytes(&cold).await;
+    cold.stop().await;
     // A few changes after the snapshot: the tail the next start applies.
     tokio::task::block_in_place(|| -> Result<()> {
         let store = modelcache::store::postgres::PgStore::open(pg, 1, Some(&schema))?;
         store.delete("default", &[1, 2, 3])?;
         Ok(())
     })?;
-    let (warm, warm_ready) = start_ready(client, bin, &dir, pg, &schema).await?;
-    let warm_ms = warm.index_open_ms();
-    let warm_log = warm.log_text();
-    warm.stop()?;
+    let (warm, warm_ready) = replica(bin, &dir, pg, &schema, true).await?;
+    let warm_ms = index_open_ms(&warm);
+    let warm_log = warm.log();
+    warm.stop().await;
     drop_schema(pg, &schema);
     if !warm_log.contains("rebuilt=false") {
         bail!("the second start did not use the snapshot:\n{warm_log}");

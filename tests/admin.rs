@@ -39,14 +39,17 @@ async fn lookup(app: &modelcache::app::RunningApp, body: Value) -> Value {
 
 #[tokio::test]
 async fn admin_routes_need_the_token() {
-    let (_up, _dir, app) = start().await;
+    let (_up, _dir, app) = Gateway::with_mock_llm().await;
     for (auth, status) in [
         (None, 401),
         (Some("Bearer wrong-token-0123456789"), 401),
         (Some(format!("Bearer {ADMIN_TOKEN}").leak() as &str), 200),
     ] {
         let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-        let got = send(app.admin_addr, "GET", "/admin/tenants", &h, "").await;
+        let got = Call::get("/admin/tenants")
+            .headers(&h)
+            .send(app.admin_addr)
+            .await;
         assert_eq!(got.status, status, "{auth:?}: {}", got.text());
         if status == 401 {
             assert_eq!(got.json()["error"]["code"], "invalid_admin_token");
@@ -79,7 +82,7 @@ async fn admin_routes_need_the_token() {
         400
     );
     // The console page needs no token (it asks for one) and loads nothing else.
-    let page = send(app.admin_addr, "GET", "/ui", &[], "").await;
+    let page = Call::get("/ui").send(app.admin_addr).await;
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").starts_with("text/html"));
     assert!(page
@@ -94,7 +97,7 @@ async fn admin_routes_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&up.url(), dir.path());
     s.admin.token = None;
-    let app = gateway(s.clone()).await;
+    let app = Gateway::new(s.clone()).start().await;
     let got = admin(&app, "GET", "/admin/tenants", Value::Null).await;
     assert_eq!(got.status, 403);
     assert!(got.json()["error"]["message"]
@@ -104,11 +107,14 @@ async fn admin_routes_need_the_token() {
     app.shutdown().await;
     // ... unless loopback callers are trusted by configuration: to read.
     s.admin.loopback_without_token = true;
-    let app = gateway(s.clone()).await;
-    let got = send(app.admin_addr, "GET", "/admin/tenants", &[], "").await;
+    let app = Gateway::new(s.clone()).start().await;
+    let got = Call::get("/admin/tenants").send(app.admin_addr).await;
     assert_eq!(got.status, 200);
     let dry = json!({"model": "gpt-test", "messages": msgs("q")}).to_string();
-    let got = send(app.admin_addr, "POST", "/admin/lookup", &[], dry).await;
+    let got = Call::new("POST", "/admin/lookup")
+        .body(dry)
+        .send(app.admin_addr)
+        .await;
     assert_eq!(got.status, 200, "a dry run only reads: {}", got.text());
     // Writing routes still need the token.
     let writes = [
@@ -125,7 +131,10 @@ async fn admin_routes_need_the_token() {
         ),
     ];
     for (method, path, body) in &writes {
-        let got = send(app.admin_addr, method, path, &[], body.clone()).await;
+        let got = Call::new(method, path)
+            .body(body.clone())
+            .send(app.admin_addr)
+            .await;
         assert_eq!(got.status, 403, "{method} {path}: {}", got.text());
         assert_eq!(got.json()["error"]["code"], "admin_token_required");
         assert!(got.json()["error"]["message"]
@@ -136,9 +145,12 @@ async fn admin_routes_need_the_token() {
     app.shutdown().await;
     // ... and to write only with a second opt-in.
     s.admin.loopback_writes_without_token = true;
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     for (method, path, body) in &writes {
-        let got = send(app.admin_addr, method, path, &[], body.clone()).await;
+        let got = Call::new(method, path)
+            .body(body.clone())
+            .send(app.admin_addr)
+            .await;
         assert_ne!(got.status, 403, "{method} {path}: {}", got.text());
         assert_ne!(got.status, 401, "{method} {path}: {}", got.text());
     }
@@ -158,14 +170,16 @@ name = "web"
 "#;
     let mut s = settings_from(toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let search = [("x-team", "search")];
-    verify_key(app.proxy_addr, &search).await;
-    chat_h(app.proxy_addr, ask("What is BM25?"), &search).await;
+    verify_key(&app, &search).await;
+    Call::ask("What is BM25?").headers(&search).send(&app).await;
     settle(&app).await;
     for _ in 0..3 {
         assert_eq!(
-            chat_h(app.proxy_addr, ask("What is BM25?"), &search)
+            Call::ask("What is BM25?")
+                .headers(&search)
+                .send(&app)
                 .await
                 .cache(),
             "hit"
@@ -199,7 +213,7 @@ name = "web"
 
 #[tokio::test]
 async fn the_entry_browser_lists_searches_pages_and_details() {
-    let (_up, _dir, app) = start().await;
+    let (_up, _dir, app) = Gateway::with_mock_llm().await;
     insert(
         &app,
         "m1",
@@ -287,13 +301,13 @@ async fn the_entry_browser_lists_searches_pages_and_details() {
 async fn a_deleted_entry_never_hits_again_including_after_a_restart() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
     let q = "Name three prime numbers";
-    chat(app.proxy_addr, ask(q)).await;
-    chat(app.proxy_addr, ask("Name three noble gases")).await;
+    Call::ask(q).send(&app).await;
+    Call::ask("Name three noble gases").send(&app).await;
     settle(&app).await;
-    let hit = chat(app.proxy_addr, ask(q)).await;
+    let hit = Call::ask(q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     let id: i64 = hit.header("x-modelcache-entry").parse().unwrap();
     let calls = up.calls();
@@ -328,20 +342,18 @@ async fn a_deleted_entry_never_hits_again_including_after_a_restart() {
     }
     app.shutdown().await;
 
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
     let v = lookup(&app, json!({"model": "gpt-test", "messages": msgs(q)})).await;
     assert_eq!(v["verdict"], "miss", "after a restart: {v}");
-    let got = chat(app.proxy_addr, ask(q)).await;
+    let got = Call::ask(q).send(&app).await;
     assert_eq!(got.cache(), "miss");
     // NOTE: the key stays verified across the restart (the store keeps it),
     // so its warm-up question is a hit: only the deleted question goes up.
     assert_eq!(up.calls(), calls + 1, "the deleted question");
     // The other entry survived.
     assert_eq!(
-        chat(app.proxy_addr, ask("Name three noble gases"))
-            .await
-            .cache(),
+        Call::ask("Name three noble gases").send(&app).await.cache(),
         "hit"
     );
     app.shutdown().await;
@@ -360,13 +372,13 @@ name = "beta"
 "#;
     let mut s = settings_from(toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let alpha = [("x-team", "alpha")];
-    verify_key(app.proxy_addr, &alpha).await;
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &alpha).await;
+    verify_key(&app, &[]).await;
     for (m, q) in [("m1", "first"), ("m1", "second"), ("m2", "third")] {
-        chat_h(app.proxy_addr, ask_model(m, q), &alpha).await;
-        chat(app.proxy_addr, ask_model(m, q)).await;
+        Call::chat(ask_model(m, q)).headers(&alpha).send(&app).await;
+        Call::chat(ask_model(m, q)).send(&app).await;
     }
     settle(&app).await;
     for body in [json!({}), json!({"tenant": ""}), json!({"model": "m1"})] {
@@ -388,19 +400,26 @@ name = "beta"
         json!({"tenant": "alpha", "model": "m1", "deleted": 2})
     );
     assert_eq!(
-        chat_h(app.proxy_addr, ask_model("m1", "first"), &alpha)
+        Call::chat(ask_model("m1", "first"))
+            .headers(&alpha)
+            .send(&app)
             .await
             .cache(),
         "miss"
     );
     assert_eq!(
-        chat_h(app.proxy_addr, ask_model("m2", "third"), &alpha)
+        Call::chat(ask_model("m2", "third"))
+            .headers(&alpha)
+            .send(&app)
             .await
             .cache(),
         "hit"
     );
     assert_eq!(
-        chat(app.proxy_addr, ask_model("m1", "first")).await.cache(),
+        Call::chat(ask_model("m1", "first"))
+            .send(&app)
+            .await
+            .cache(),
         "hit",
         "beta keeps everything"
     );
@@ -412,7 +431,9 @@ name = "beta"
         "the warm-up, m2's entry, and m1's re-cached one"
     );
     assert_eq!(
-        chat_h(app.proxy_addr, ask_model("m2", "third"), &alpha)
+        Call::chat(ask_model("m2", "third"))
+            .headers(&alpha)
+            .send(&app)
             .await
             .cache(),
         "miss"
@@ -424,13 +445,13 @@ name = "beta"
 
 #[tokio::test]
 async fn the_hit_log_pairs_each_probe_with_the_entry_it_got() {
-    let (_up, _dir, app) = start().await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("How tall is Mount Everest")).await;
+    let (_up, _dir, app) = Gateway::with_mock_llm().await;
+    verify_key(&app, &[]).await;
+    Call::ask("How tall is Mount Everest").send(&app).await;
     settle(&app).await;
-    let hit = chat(app.proxy_addr, ask("Mount Everest: how tall is it")).await;
+    let hit = Call::ask("Mount Everest: how tall is it").send(&app).await;
     assert_eq!(hit.cache(), "hit");
-    let exact = chat(app.proxy_addr, ask("How tall is Mount Everest")).await;
+    let exact = Call::ask("How tall is Mount Everest").send(&app).await;
     assert_eq!(exact.cache(), "hit");
     settle(&app).await;
     let v = get(&app, "/admin/hits?tenant=default&limit=10").await;
@@ -468,9 +489,9 @@ async fn the_hit_log_pairs_each_probe_with_the_entry_it_got() {
 
 #[tokio::test]
 async fn the_dry_run_lookup_explains_every_candidate_and_writes_nothing() {
-    let (up, _dir, app) = start().await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("How do I sort a list in Python")).await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
+    verify_key(&app, &[]).await;
+    Call::ask("How do I sort a list in Python").send(&app).await;
     settle(&app).await;
     let calls = up.calls();
     let before = (
@@ -624,37 +645,41 @@ async fn mutations_are_logged_with_who_made_them_and_never_the_token() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let url = up.url();
-    let run = serve(
-        &repo_root().join("config.toml"),
-        dir.path(),
-        &[
+    let run = Binary::serve(&repo_root().join("config.toml"), dir.path())
+        .envs(&[
             ("MODELCACHE_UPSTREAM_URL", url.as_str()),
             ("MODELCACHE_ADMIN_TOKEN", ADMIN_TOKEN),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let h = [
         ("authorization", auth.as_str()),
         ("x-modelcache-actor", "alice@ops"),
     ];
     let ins = json!({"type": "insert", "scope": {"model": "m"}, "chat_info": [{"query": msgs("q1"), "answer": "a1"}, {"query": msgs("q2"), "answer": "a2"}]});
-    let got = send(run.admin, "POST", "/modelcache", &h, ins.to_string()).await;
+    let got = Call::new("POST", "/modelcache")
+        .headers(&h)
+        .body(ins.to_string())
+        .send(run.admin)
+        .await;
     assert_eq!(got.json()["writeStatus"], "success");
-    let list = send(run.admin, "GET", "/admin/entries", &h, "")
+    let list = Call::get("/admin/entries")
+        .headers(&h)
+        .send(run.admin)
         .await
         .json();
     let id = list["entries"][0]["id"].as_i64().unwrap();
-    let got = send(run.admin, "DELETE", &format!("/admin/entries/{id}"), &h, "").await;
+    let got = Call::new("DELETE", &format!("/admin/entries/{id}"))
+        .headers(&h)
+        .send(run.admin)
+        .await;
     assert_eq!(got.status, 200);
-    let got = send(
-        run.admin,
-        "POST",
-        "/admin/flush",
-        &h,
-        json!({"tenant": "default", "model": "m"}).to_string(),
-    )
-    .await;
+    let got = Call::new("POST", "/admin/flush")
+        .headers(&h)
+        .body(json!({"tenant": "default", "model": "m"}).to_string())
+        .send(run.admin)
+        .await;
     assert_eq!(got.json()["deleted"], 1);
     let log = run.stop().await;
     let line = |what: &str| {

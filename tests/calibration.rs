@@ -79,7 +79,7 @@ name = "plain"
     );
     let mut s = settings_from(&toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let c = calibration_of(&app, "careful").await;
     assert_eq!(c["pairs"], 4);
     assert_eq!(c["wrong_rate_on_pairs"], 0.0);
@@ -91,30 +91,37 @@ name = "plain"
     );
 
     let careful = [("x-team", "careful")];
-    verify_key(app.proxy_addr, &careful).await;
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &careful).await;
+    verify_key(&app, &[]).await;
     for h in [&careful[..], &[]] {
-        chat_h(app.proxy_addr, ask("alpha beta gamma delta"), h).await;
+        Call::ask("alpha beta gamma delta")
+            .headers(h)
+            .send(&app)
+            .await;
     }
     settle(&app).await;
     // A one-word addition: the calibrated tenant forwards it, the other serves it.
     let added = ask("alpha beta gamma delta epsilon");
     assert_eq!(
-        chat_h(app.proxy_addr, added.clone(), &careful)
+        Call::chat(added.clone())
+            .headers(&careful)
+            .send(&app)
             .await
             .cache(),
         "miss"
     );
-    assert_eq!(chat(app.proxy_addr, added).await.cache(), "hit");
+    assert_eq!(Call::chat(added).send(&app).await.cache(), "hit");
     // A reordering (similarity 1) still hits in both.
     let reordered = ask("delta gamma beta alpha");
     assert_eq!(
-        chat_h(app.proxy_addr, reordered.clone(), &careful)
+        Call::chat(reordered.clone())
+            .headers(&careful)
+            .send(&app)
             .await
             .cache(),
         "hit"
     );
-    assert_eq!(chat(app.proxy_addr, reordered).await.cache(), "hit");
+    assert_eq!(Call::chat(reordered).send(&app).await.cache(), "hit");
     // The dry run shows the moved threshold.
     let v = admin(
         &app,

@@ -21,7 +21,10 @@ const SYSTEM: &str = "You are a helpful assistant.";
 async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
     let pairs = [
         (
             "How do I sort a list in Python?",
@@ -50,10 +53,10 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
         "success"
     );
     // Hits through the proxy, for the hit log.
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     let paraphrase = json!({"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me the capital of France."}]});
-    assert_eq!(chat(app.proxy_addr, paraphrase).await.cache(), "hit");
+    assert_eq!(Call::chat(paraphrase).send(&app).await.cache(), "hit");
     settle(&app).await;
 
     let entries = admin(&app, "GET", "/admin/entries?model=gpt-4o-mini", Value::Null)

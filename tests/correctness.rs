@@ -26,11 +26,11 @@ async fn probe(
     stored: Value,
     probe: Value,
 ) -> (String, Value) {
-    let got = chat(app.proxy_addr, req(stored.clone())).await;
+    let got = Call::chat(req(stored.clone())).send(&app).await;
     assert_eq!(got.status, 200);
     settle(app).await;
     let before = up.calls();
-    let got = chat(app.proxy_addr, req(probe.clone())).await;
+    let got = Call::chat(req(probe.clone())).send(&app).await;
     let served = got.cache();
     assert_eq!(
         up.calls(),
@@ -71,8 +71,11 @@ fn failed(dry: &Value, stored: &str) -> Vec<String> {
 async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
 
     // Paraphrases, typos and case still hit.
     let base = "How do I reverse a list in Python?";
@@ -173,7 +176,7 @@ async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
     assert!(f.contains(&"long_text".to_string()), "{f:?}");
     // The same document with its white space changed still hits.
     let spaced = long.replace(". The", ".  The");
-    let got = chat(app.proxy_addr, req(user(&spaced))).await;
+    let got = Call::chat(req(user(&spaced))).send(&app).await;
     assert_eq!(got.cache(), "hit");
     app.shutdown().await;
 }
@@ -219,8 +222,11 @@ fn candidate(dry: &Value, stored: &str) -> Value {
 async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
     let doc = policy_doc();
     let task = "Summarize this policy in two sentences.";
     let long = format!("{task}\n\n{doc}");
@@ -290,10 +296,10 @@ numbers = false
 "#;
     let mut s = settings_from(toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let strict = [("x-team", "strict")];
-    verify_key(app.proxy_addr, &strict).await;
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &strict).await;
+    verify_key(&app, &[]).await;
     for (stored, asked) in [
         (
             "please enable dark mode now",
@@ -304,16 +310,16 @@ numbers = false
             "set the timeout to 60 seconds",
         ),
     ] {
-        chat_h(app.proxy_addr, ask(stored), &strict).await;
-        chat(app.proxy_addr, ask(stored)).await;
+        Call::ask(stored).headers(&strict).send(&app).await;
+        Call::ask(stored).send(&app).await;
         settle(&app).await;
         assert_eq!(
-            chat_h(app.proxy_addr, ask(asked), &strict).await.cache(),
+            Call::ask(asked).headers(&strict).send(&app).await.cache(),
             "miss",
             "{asked}: the guard stops it"
         );
         assert_eq!(
-            chat(app.proxy_addr, ask(asked)).await.cache(),
+            Call::ask(asked).send(&app).await.cache(),
             "hit",
             "{asked}: without the guard, the embedding alone decides"
         );

@@ -15,12 +15,12 @@ async fn multilingual_paraphrases_hit_with_the_e5_backend() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[embedding]\nkind = \"e5\"\ne5_dir = \"{}\"\n[cache]\nthreshold = 0.93\nsame_words_threshold = 0.93\nsmall_edit_threshold = 0.99\n",
-        repo_root().join("models/multilingual-e5-small").display()
+        e5_dir().display()
     );
     let mut s = settings_from(&toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = real_gateway(s).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(s).real_model().start().await;
+    verify_key(&app, &[]).await;
     let cases = [
         ("我的订单还没到，怎么办？", "我的订单还没有到，我该怎么办？"),
         (
@@ -29,9 +29,9 @@ async fn multilingual_paraphrases_hit_with_the_e5_backend() {
         ),
     ];
     for (stored, para) in cases {
-        chat(app.proxy_addr, ask(stored)).await;
+        Call::ask(stored).send(&app).await;
         settle(&app).await;
-        let got = chat(app.proxy_addr, ask(para)).await;
+        let got = Call::ask(para).send(&app).await;
         let sim = got.header("x-modelcache-similarity");
         assert_eq!(got.cache(), "hit", "{para}: similarity {sim}");
         assert!(got.header("cache-status").contains("semantic"));
@@ -42,7 +42,7 @@ async fn multilingual_paraphrases_hit_with_the_e5_backend() {
         "How do I change my password?",
         "¿Cuál es la capital de Francia?",
     ] {
-        let got = chat(app.proxy_addr, ask(other)).await;
+        let got = Call::ask(other).send(&app).await;
         assert_eq!(got.cache(), "miss", "{other}");
     }
     assert_eq!(up.calls(), calls + 3);

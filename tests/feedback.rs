@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 async fn start_loose() -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(loose(&up, dir.path())).await;
+    let app = Gateway::new(loose(&up, dir.path())).start().await;
     (up, dir, app)
 }
 
@@ -59,12 +59,12 @@ async fn dry_checks(app: &modelcache::app::RunningApp, q: &str, entry: i64) -> V
 async fn a_wrong_semantic_hit_stops_that_neighbourhood_even_after_a_restart() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(loose(&up, dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(loose(&up, dir.path())).start().await;
+    verify_key(&app, &[]).await;
     let q = "alpha beta gamma delta";
-    chat(app.proxy_addr, ask(q)).await;
+    Call::ask(q).send(&app).await;
     settle(&app).await;
-    let wrong = chat(app.proxy_addr, ask("alpha beta gamma delta epsilon")).await;
+    let wrong = Call::ask("alpha beta gamma delta epsilon").send(&app).await;
     assert_eq!(wrong.cache(), "hit");
     assert!(wrong.header("x-modelcache-request-id").starts_with("mc-"));
     let entry: i64 = wrong.header("x-modelcache-entry").parse().unwrap();
@@ -77,7 +77,7 @@ async fn a_wrong_semantic_hit_stops_that_neighbourhood_even_after_a_restart() {
     // The reported question, and one closer to it than to the entry's own,
     // are no longer answered by the entry.
     let calls = up.calls();
-    let again = chat(app.proxy_addr, ask("alpha beta gamma delta epsilon")).await;
+    let again = Call::ask("alpha beta gamma delta epsilon").send(&app).await;
     assert_eq!(again.cache(), "miss");
     assert_eq!(up.calls(), calls + 1);
     let near_wrong = "alpha beta gamma delta epsilon zeta";
@@ -86,11 +86,11 @@ async fn a_wrong_semantic_hit_stops_that_neighbourhood_even_after_a_restart() {
         .contains(&("feedback".into(), false)));
     // A question closer to the entry's own is still answered by it.
     let near_right = "alpha beta gamma delta omega";
-    let got = chat(app.proxy_addr, ask(near_right)).await;
+    let got = Call::ask(near_right).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(got.header("x-modelcache-entry"), entry.to_string());
     // The entry's own question still hits.
-    assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "hit");
+    assert_eq!(Call::ask(q).send(&app).await.cache(), "hit");
     let m = metrics(&app).await;
     assert_eq!(
         metric_sum(
@@ -103,7 +103,7 @@ async fn a_wrong_semantic_hit_stops_that_neighbourhood_even_after_a_restart() {
     app.shutdown().await;
 
     // Kept on disk.
-    let app = gateway(loose(&up, dir.path())).await;
+    let app = Gateway::new(loose(&up, dir.path())).start().await;
     assert!(dry_checks(&app, near_wrong, entry)
         .await
         .contains(&("feedback".into(), false)));
@@ -116,16 +116,16 @@ async fn a_wrong_semantic_hit_stops_that_neighbourhood_even_after_a_restart() {
 #[tokio::test]
 async fn correct_hits_are_counted_and_a_wrong_exact_hit_removes_the_entry() {
     let (up, _dir, app) = start_loose().await;
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     let q = "What is the refund window?";
-    chat(app.proxy_addr, ask(q)).await;
+    Call::ask(q).send(&app).await;
     settle(&app).await;
-    let hit = chat(app.proxy_addr, ask(q)).await;
+    let hit = Call::ask(q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     settle(&app).await;
     let got = feedback(&app, &hit, true).await;
     assert_eq!(got.json()["action"], "none");
-    assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "hit");
+    assert_eq!(Call::ask(q).send(&app).await.cache(), "hit");
     settle(&app).await;
     let got = feedback(&app, &hit, false).await;
     assert_eq!(
@@ -134,7 +134,7 @@ async fn correct_hits_are_counted_and_a_wrong_exact_hit_removes_the_entry() {
         "its answer is wrong for its own question"
     );
     let calls = up.calls();
-    assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
+    assert_eq!(Call::ask(q).send(&app).await.cache(), "miss");
     assert_eq!(up.calls(), calls + 1);
     let m = metrics(&app).await;
     let count = |v: &str| {
@@ -158,10 +158,10 @@ async fn correct_hits_are_counted_and_a_wrong_exact_hit_removes_the_entry() {
 #[tokio::test]
 async fn feedback_needs_the_ids_of_a_real_hit() {
     let (_up, _dir, app) = start_loose().await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("one question")).await;
+    verify_key(&app, &[]).await;
+    Call::ask("one question").send(&app).await;
     settle(&app).await;
-    let hit = chat(app.proxy_addr, ask("one question")).await;
+    let hit = Call::ask("one question").send(&app).await;
     settle(&app).await;
     let entry: i64 = hit.header("x-modelcache-entry").parse().unwrap();
     let rid = hit.header("x-modelcache-request-id");

@@ -13,9 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
 
-    let first = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
+    let first = Call::ask("How do I reverse a list in Python?")
+        .send(&app)
+        .await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache(), "miss");
     // A caller's first request is forwarded whatever the cache holds: the
@@ -26,7 +28,9 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
     );
     settle(&app).await;
 
-    let second = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
+    let second = Call::ask("How do I reverse a list in Python?")
+        .send(&app)
+        .await;
     assert_eq!(second.status, 200);
     assert_eq!(second.cache(), "hit");
     assert_eq!(second.header("x-modelcache-similarity"), "1.0000");
@@ -58,13 +62,13 @@ async fn a_repeat_is_a_hit_and_the_upstream_is_called_once() {
 
 #[tokio::test]
 async fn different_model_temperature_or_system_prompt_misses() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let base = json!({"model": "gpt-test", "messages": [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is the capital of France?"}]});
-    assert_eq!(chat(app.proxy_addr, base.clone()).await.cache(), "miss");
+    assert_eq!(Call::chat(base.clone()).send(&app).await.cache(), "miss");
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, base.clone()).await.cache(), "hit");
+    assert_eq!(Call::chat(base.clone()).send(&app).await.cache(), "hit");
     assert_eq!(up.calls(), 1);
 
     let mut other_model = base.clone();
@@ -74,7 +78,7 @@ async fn different_model_temperature_or_system_prompt_misses() {
     let mut sys = base.clone();
     sys["messages"][0]["content"] = json!("You are verbose.");
     for (i, v) in [other_model, hot, sys].into_iter().enumerate() {
-        let got = chat(app.proxy_addr, v).await;
+        let got = Call::chat(v).send(&app).await;
         assert_eq!(got.cache(), "miss", "variant {i} must miss");
         assert_eq!(up.calls(), 2 + i);
     }
@@ -83,17 +87,17 @@ async fn different_model_temperature_or_system_prompt_misses() {
 
 #[tokio::test]
 async fn streamed_and_non_streamed_answers_serve_each_other() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let mut s = ask("Explain HTTP caching");
     s["stream"] = json!(true);
     s["stream_options"] = json!({"include_usage": true});
 
     // Streamed miss, then streamed hit.
-    let miss = chat(app.proxy_addr, s.clone()).await;
+    let miss = Call::chat(s.clone()).send(&app).await;
     assert_eq!(miss.cache(), "miss");
     assert!(miss.header("content-type").starts_with("text/event-stream"));
     settle(&app).await;
-    let hit = chat(app.proxy_addr, s.clone()).await;
+    let hit = Call::chat(s.clone()).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert!(hit.header("content-type").starts_with("text/event-stream"));
     assert_eq!(content_of(&hit), content_of(&miss));
@@ -119,7 +123,7 @@ async fn streamed_and_non_streamed_answers_serve_each_other() {
         .all(|e| e["object"] == "chat.completion.chunk"));
 
     // The streamed entry served as JSON.
-    let json_hit = chat(app.proxy_addr, ask("Explain HTTP caching")).await;
+    let json_hit = Call::ask("Explain HTTP caching").send(&app).await;
     assert_eq!(json_hit.cache(), "hit");
     assert_eq!(
         json_hit.json()["choices"][0]["message"]["content"]
@@ -130,12 +134,12 @@ async fn streamed_and_non_streamed_answers_serve_each_other() {
     assert_eq!(up.calls(), 1);
 
     // Non-streamed miss, then streamed hit without usage.
-    let j = chat(app.proxy_addr, ask("What is a monad?")).await;
+    let j = Call::ask("What is a monad?").send(&app).await;
     assert_eq!(j.cache(), "miss");
     settle(&app).await;
     let mut sq = ask("What is a monad?");
     sq["stream"] = json!(true);
-    let sh = chat(app.proxy_addr, sq).await;
+    let sh = Call::chat(sq).send(&app).await;
     assert_eq!(sh.cache(), "hit");
     assert_eq!(content_of(&sh), content_of(&j));
     assert!(
@@ -148,12 +152,12 @@ async fn streamed_and_non_streamed_answers_serve_each_other() {
 
 #[tokio::test]
 async fn entries_survive_a_restart() {
-    let (up, dir, app) = start().await;
-    let first = chat(app.proxy_addr, ask("Name three prime numbers")).await;
+    let (up, dir, app) = Gateway::with_mock_llm().await;
+    let first = Call::ask("Name three prime numbers").send(&app).await;
     let mut img = json!({"model": "gpt-test", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
-    chat(app.proxy_addr, img.clone()).await;
+    Call::chat(img.clone()).send(&app).await;
     settle(&app).await;
     app.shutdown().await;
     assert_eq!(up.calls(), 2);
@@ -163,19 +167,19 @@ async fn entries_survive_a_restart() {
         "the index is saved at shutdown"
     );
 
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
-    let again = chat(app.proxy_addr, ask("Name three prime numbers")).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
+    let again = Call::ask("Name three prime numbers").send(&app).await;
     assert_eq!(again.cache(), "hit");
     assert_eq!(content_of(&again), content_of(&first));
     // The same words in another order: a semantic hit, from the reloaded index.
-    let semantic = chat(app.proxy_addr, ask("three prime numbers name")).await;
+    let semantic = Call::ask("three prime numbers name").send(&app).await;
     assert_eq!(semantic.cache(), "hit");
     assert!(semantic.header("cache-status").contains("semantic"));
     // Exact-only entries (images) survive too.
-    assert_eq!(chat(app.proxy_addr, img.clone()).await.cache(), "hit");
+    assert_eq!(Call::chat(img.clone()).send(&app).await.cache(), "hit");
     img["messages"][0]["content"][1]["image_url"]["url"] = json!("data:image/png;base64,BBBB");
-    let other = chat(app.proxy_addr, img).await;
+    let other = Call::chat(img).send(&app).await;
     assert_eq!(other.cache(), "miss");
     assert_eq!(other.header("cache-status"), "modelcache; fwd=uri-miss");
     assert_eq!(up.calls(), 4, "two, a warm-up, and the other image");
@@ -185,10 +189,11 @@ async fn entries_survive_a_restart() {
     for f in std::fs::read_dir(dir.path().join("index")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
     assert_eq!(
-        chat(app.proxy_addr, ask("three prime numbers name"))
+        Call::ask("three prime numbers name")
+            .send(&app)
             .await
             .cache(),
         "hit"
@@ -212,10 +217,10 @@ fn templated(noun: &str) -> Vec<String> {
 /// A gateway on `dir` that asks `questions` (after the warm-up), then stops
 /// and saves its index.
 async fn fill(up: &Mock, dir: &std::path::Path, questions: &[String]) {
-    let app = gateway(settings(&up.url(), dir)).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir)).start().await;
+    verify_key(&app, &[]).await;
     for q in questions {
-        assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
+        assert_eq!(Call::ask(q).send(&app).await.cache(), "miss");
     }
     settle(&app).await;
     app.shutdown().await;
@@ -237,7 +242,7 @@ async fn only_own_answers(
 ) {
     for q in never_seen {
         let before = up.calls();
-        let got = chat(app.proxy_addr, ask(q)).await;
+        let got = Call::ask(q).send(&app).await;
         assert_eq!(got.cache(), "miss", "{q:?} was never asked here");
         assert_eq!(up.calls(), before + 1);
         assert!(
@@ -248,7 +253,7 @@ async fn only_own_answers(
     }
     for q in own {
         let other = q.trim_end_matches('?').to_lowercase();
-        let got = chat(app.proxy_addr, ask(&other)).await;
+        let got = Call::ask(&other).send(&app).await;
         assert_eq!(got.cache(), "hit", "{other:?} is {q:?} in other words");
         assert!(got.header("cache-status").contains("semantic"));
         assert!(
@@ -273,13 +278,13 @@ async fn a_snapshot_of_another_store_is_rebuilt_and_never_answers_for_it() {
         std::fs::copy(&f, b.path().join("index").join(f.file_name().unwrap())).unwrap();
     }
     let foreign = std::fs::read(snapshot_of(a.path())).unwrap();
-    let app = gateway(settings(&up.url(), b.path())).await;
+    let app = Gateway::new(settings(&up.url(), b.path())).start().await;
     assert_ne!(
         std::fs::read(snapshot_of(b.path())).unwrap(),
         foreign,
         "the foreign snapshot was refused and rebuilt from B's store"
     );
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     only_own_answers(&up, &app, &asked_a, &asked_b[..3]).await;
     app.shutdown().await;
 }
@@ -299,30 +304,27 @@ async fn a_snapshot_with_nan_bytes_in_its_vectors_is_rebuilt() {
     assert_eq!(rows, asked.len() + 1, "the questions and the warm-up");
     bytes[8..8 + rows * cols].fill(0xFF);
     std::fs::write(&path, &bytes).unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     assert_ne!(std::fs::read(&path).unwrap(), bytes, "rebuilt and saved");
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     only_own_answers(&up, &app, &templated("string"), &asked[..3]).await;
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_200_kib_body_is_forwarded_byte_for_byte() {
-    let (up, dir, app) = start().await;
+    let (up, dir, app) = Gateway::with_mock_llm().await;
     let history = "lorem ipsum dolor sit amet ".repeat(200 * 1024 / 27 + 1);
     let body = json!({"model": "gpt-test", "messages": [
         {"role": "system", "content": history},
         {"role": "user", "content": "Summarise the above."}]})
     .to_string();
     assert!(body.len() > 200 * 1024);
-    let got = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        body.clone(),
-    )
-    .await;
+    let got = Call::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send(&app)
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.cache(), "miss");
     assert_eq!(
@@ -331,14 +333,11 @@ async fn a_200_kib_body_is_forwarded_byte_for_byte() {
         "same bytes upstream"
     );
     settle(&app).await;
-    let again = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        body.clone(),
-    )
-    .await;
+    let again = Call::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send(&app)
+        .await;
     assert_eq!(again.cache(), "hit");
     assert_eq!(up.calls(), 1);
     app.shutdown().await;
@@ -346,16 +345,13 @@ async fn a_200_kib_body_is_forwarded_byte_for_byte() {
     // Past the body cap: forwarded untouched, not cached, never rejected.
     let mut s = settings(&up.url(), dir.path());
     s.server.max_body_bytes = 64 * 1024;
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     for expected_calls in [2, 3] {
-        let got = send(
-            app.proxy_addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("content-type", "application/json")],
-            body.clone(),
-        )
-        .await;
+        let got = Call::new("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send(&app)
+            .await;
         assert_eq!(got.status, 200);
         assert_eq!(got.cache(), "bypass");
         assert_eq!(up.last().body, Bytes::from(body.clone()));
@@ -383,19 +379,19 @@ async fn upstream_errors_pass_through_and_are_not_cached() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     let q = ask("Will this be rate limited?");
-    let a = chat(app.proxy_addr, q.clone()).await;
+    let a = Call::chat(q.clone()).send(&app).await;
     assert_eq!(a.status, 429);
     assert_eq!(a.header("retry-after"), "7");
     assert_eq!(a.header("x-ratelimit-remaining-requests"), "0");
     assert_eq!(a.json()["error"]["code"], "rate_limit_exceeded");
     settle(&app).await;
-    let b = chat(app.proxy_addr, q.clone()).await;
+    let b = Call::chat(q.clone()).send(&app).await;
     assert_eq!(b.status, 500);
     assert_eq!(b.json()["error"]["message"], "boom");
     settle(&app).await;
-    let c = chat(app.proxy_addr, q).await;
+    let c = Call::chat(q).send(&app).await;
     assert_eq!(c.status, 429, "errors are never served from the cache");
     assert_eq!(up.calls(), 3);
     app.shutdown().await;
@@ -409,8 +405,10 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
         .local_addr()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&format!("http://{dead}"), dir.path())).await;
-    let got = chat(app.proxy_addr, ask("anyone there?")).await;
+    let app = Gateway::new(settings(&format!("http://{dead}"), dir.path()))
+        .start()
+        .await;
+    let got = Call::ask("anyone there?").send(&app).await;
     assert_eq!(got.status, 502);
     let e = got.json();
     assert_eq!(e["error"]["type"], "api_error");
@@ -419,7 +417,7 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
         .unwrap()
         .contains("upstream unreachable"));
     assert!(e["error"].get("param").is_some() && e["error"].get("code").is_some());
-    let other = send(app.proxy_addr, "GET", "/v1/models", &[], Bytes::new()).await;
+    let other = Call::get("/v1/models").send(&app).await;
     assert_eq!(other.status, 502);
     app.shutdown().await;
 
@@ -432,8 +430,8 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
     .await;
     let mut s = settings(&up.url(), dir.path());
     upstreams(&mut s, |u| u.header_timeout = Duration::from_millis(300));
-    let app = gateway(s).await;
-    let got = chat(app.proxy_addr, ask("slow?")).await;
+    let app = Gateway::new(s).start().await;
+    let got = Call::ask("slow?").send(&app).await;
     assert_eq!(got.status, 504);
     assert_eq!(got.json()["error"]["code"], "modelcache_upstream_timeout");
     app.shutdown().await;
@@ -443,7 +441,7 @@ async fn a_dead_upstream_gives_502_and_a_slow_one_504_in_openai_shape() {
 async fn a_client_that_disconnects_mid_stream_caches_nothing() {
     let up = mock(slow_stream(Duration::from_millis(150))).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     let body = json!({"model": "gpt-test", "stream": true,
         "messages": [{"role": "user", "content": "Tell me a long story about a dragon"}]})
     .to_string();
@@ -468,7 +466,7 @@ async fn a_client_that_disconnects_mid_stream_caches_nothing() {
     settle(&app).await;
     let mut again: Value = serde_json::from_str(&body).unwrap();
     again["stream"] = json!(false);
-    let got = chat(app.proxy_addr, again).await;
+    let got = Call::chat(again).send(&app).await;
     assert_eq!(
         got.cache(),
         "miss",
@@ -486,9 +484,9 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
     s.cache.writeback_queue = 1;
     s.cache.writeback_batch = 1;
     let store = Arc::new(FaultyStore::held());
-    let app = gateway_on(s, store.clone()).await;
+    let app = Gateway::new(s).store(store.clone()).start().await;
     for i in 0..4 {
-        let got = chat(app.proxy_addr, ask(&format!("question number {i}"))).await;
+        let got = Call::ask(&format!("question number {i}")).send(&app).await;
         assert_eq!(got.status, 200);
         assert_eq!(
             content_of(&got),
@@ -506,11 +504,11 @@ async fn a_full_write_back_queue_drops_writes_but_requests_succeed() {
     settle(&app).await;
     // The first write landed; a dropped one did not.
     assert_eq!(
-        chat(app.proxy_addr, ask("question number 0")).await.cache(),
+        Call::ask("question number 0").send(&app).await.cache(),
         "hit"
     );
     assert_eq!(
-        chat(app.proxy_addr, ask("question number 3")).await.cache(),
+        Call::ask("question number 3").send(&app).await.cache(),
         "miss"
     );
     app.shutdown().await;
@@ -521,13 +519,16 @@ async fn hits_are_counted_in_batches_not_one_row_write_per_hit() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_on(settings(&up.url(), dir.path()), store.clone()).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .store(store.clone())
+        .start()
+        .await;
     let q = "How many legs does a spider have?";
-    assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "miss");
+    assert_eq!(Call::ask(q).send(&app).await.cache(), "miss");
     settle(&app).await;
     let mut entry = String::new();
     for _ in 0..40 {
-        let got = chat(app.proxy_addr, ask(q)).await;
+        let got = Call::ask(q).send(&app).await;
         assert_eq!(got.cache(), "hit");
         entry = got.header("x-modelcache-entry");
     }
@@ -551,14 +552,12 @@ async fn entries_the_store_refuses_wait_in_a_bounded_queue_and_are_written_when_
     let mut s = settings(&up.url(), dir.path());
     s.cache.writeback_queue = 2;
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_on(s, store.clone()).await;
+    let app = Gateway::new(s).store(store.clone()).start().await;
     store.fail_writes(true);
     for i in 0..3 {
-        let got = chat(
-            app.proxy_addr,
-            ask(&format!("asked while the disk fails {i}")),
-        )
-        .await;
+        let got = Call::ask(&format!("asked while the disk fails {i}"))
+            .send(&app)
+            .await;
         assert_eq!((got.status, got.cache()), (200, "miss".to_string()));
         settle(&app).await;
     }
@@ -573,16 +572,15 @@ async fn entries_the_store_refuses_wait_in_a_bounded_queue_and_are_written_when_
     settle(&app).await;
     let calls = up.calls();
     for i in 1..3 {
-        let got = chat(
-            app.proxy_addr,
-            ask(&format!("asked while the disk fails {i}")),
-        )
-        .await;
+        let got = Call::ask(&format!("asked while the disk fails {i}"))
+            .send(&app)
+            .await;
         assert_eq!(got.cache(), "hit", "deferred entry {i}");
     }
     assert_eq!(up.calls(), calls);
     assert_eq!(
-        chat(app.proxy_addr, ask("asked while the disk fails 0"))
+        Call::ask("asked while the disk fails 0")
+            .send(&app)
             .await
             .cache(),
         "miss"
@@ -600,30 +598,34 @@ async fn an_entry_the_store_cannot_hold_is_dropped_without_holding_back_the_rest
     store
         .reject_poison
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let app = gateway_on(settings(&up.url(), dir.path()), store.clone()).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .store(store.clone())
+        .start()
+        .await;
     // Asked together, so that the writer may take them in one batch.
     let (x, y, z) = tokio::join!(
-        chat(app.proxy_addr, ask("first ordinary question")),
-        chat(app.proxy_addr, ask("a POISON question")),
-        chat(app.proxy_addr, ask("second ordinary question")),
+        Call::ask("first ordinary question").send(&app),
+        Call::ask("a POISON question").send(&app),
+        Call::ask("second ordinary question").send(&app),
     );
     assert_eq!((x.status, y.status, z.status), (200, 200, 200));
     settle(&app).await;
     for q in ["first ordinary question", "second ordinary question"] {
-        assert_eq!(chat(app.proxy_addr, ask(q)).await.cache(), "hit", "{q}");
+        assert_eq!(Call::ask(q).send(&app).await.cache(), "hit", "{q}");
     }
     assert_eq!(
-        chat(app.proxy_addr, ask("a POISON question")).await.cache(),
+        Call::ask("a POISON question").send(&app).await.cache(),
         "miss"
     );
     let m = metrics(&app).await;
     assert_eq!(metric_sum(&m, "modelcache_writeback_deferred", &[]), 0.0);
     assert!(metric_sum(&m, "modelcache_writeback_total", &["outcome=\"failed\""]) >= 1.0);
     // Later writes are not held back either.
-    chat(app.proxy_addr, ask("third ordinary question")).await;
+    Call::ask("third ordinary question").send(&app).await;
     settle(&app).await;
     assert_eq!(
-        chat(app.proxy_addr, ask("third ordinary question"))
+        Call::ask("third ordinary question")
+            .send(&app)
             .await
             .cache(),
         "hit"
@@ -642,17 +644,14 @@ async fn malformed_json_and_non_utf8_are_forwarded_untouched_and_not_cached() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     let broken = Bytes::from_static(b"{\"model\": \"gpt-test\", \"messages\": [");
     for n in 1..=2 {
-        let got = send(
-            app.proxy_addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("content-type", "application/json")],
-            broken.clone(),
-        )
-        .await;
+        let got = Call::new("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(broken.clone())
+            .send(&app)
+            .await;
         assert_eq!(got.status, 400);
         assert_eq!(got.cache(), "bypass");
         assert_eq!(up.last().body, broken);
@@ -662,14 +661,11 @@ async fn malformed_json_and_non_utf8_are_forwarded_untouched_and_not_cached() {
         b"{\"model\":\"gpt-test\",\"messages\":[{\"role\":\"user\",\"content\":\"caf".to_vec();
     latin1.extend_from_slice(&[0xe9, 0xff]);
     latin1.extend_from_slice(b"\"}]}");
-    let got = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        latin1.clone(),
-    )
-    .await;
+    let got = Call::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(latin1.clone())
+        .send(&app)
+        .await;
     assert_eq!(got.status, 400);
     assert_eq!(up.last().body, Bytes::from(latin1));
     app.shutdown().await;
@@ -692,13 +688,11 @@ async fn a_gzipped_upstream_answer_is_passed_on_and_cached() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    let first = chat_h(
-        app.proxy_addr,
-        ask("compressed?"),
-        &[("accept-encoding", "gzip")],
-    )
-    .await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let first = Call::ask("compressed?")
+        .header("accept-encoding", "gzip")
+        .send(&app)
+        .await;
     assert_eq!(
         first.header("content-encoding"),
         "gzip",
@@ -712,12 +706,10 @@ async fn a_gzipped_upstream_answer_is_passed_on_and_cached() {
     .unwrap();
     assert!(plain.contains("Answer #1 to: compressed?"));
     settle(&app).await;
-    let hit = chat_h(
-        app.proxy_addr,
-        ask("compressed?"),
-        &[("accept-encoding", "gzip")],
-    )
-    .await;
+    let hit = Call::ask("compressed?")
+        .header("accept-encoding", "gzip")
+        .send(&app)
+        .await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(hit.header("content-encoding"), "");
     assert_eq!(content_of(&hit), "Answer #1 to: compressed?");
@@ -727,20 +719,16 @@ async fn a_gzipped_upstream_answer_is_passed_on_and_cached() {
 
 #[tokio::test]
 async fn other_routes_pass_through_with_path_query_and_headers() {
-    let (up, _dir, app) = start().await;
-    let got = send(
-        app.proxy_addr,
-        "GET",
-        "/v1/models?limit=5&after=x",
-        &[
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
+    let got = Call::get("/v1/models?limit=5&after=x")
+        .headers(&[
             ("authorization", "Bearer sk-test"),
             ("openai-organization", "org-1"),
             ("connection", "x-hop"),
             ("x-hop", "1"),
-        ],
-        Bytes::new(),
-    )
-    .await;
+        ])
+        .send(&app)
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.cache(), "bypass");
     let seen = up.last();
@@ -753,14 +741,11 @@ async fn other_routes_pass_through_with_path_query_and_headers() {
         "headers named in Connection are hop-by-hop"
     );
     assert_eq!(seen.headers["host"], up.addr.to_string());
-    let post = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/embeddings",
-        &[("content-type", "application/json")],
-        r#"{"input":"x"}"#,
-    )
-    .await;
+    let post = Call::new("POST", "/v1/embeddings")
+        .header("content-type", "application/json")
+        .body(r#"{"input":"x"}"#)
+        .send(&app)
+        .await;
     assert_eq!(post.cache(), "bypass");
     assert_eq!(up.last().body, Bytes::from(r#"{"input":"x"}"#));
     app.shutdown().await;
@@ -773,97 +758,96 @@ async fn cache_control_and_request_headers() {
     let mut s = settings(&up.url(), dir.path());
     // The threshold header alone: the verifier would ask more of a one-word addition.
     policy(&mut s, |p| p.verifier.enabled = false);
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let q = ask("What is Rust?");
     // no-store: neither reads nor writes.
     assert_eq!(
-        chat_h(app.proxy_addr, q.clone(), &[("cache-control", "no-store")])
+        Call::chat(q.clone())
+            .header("cache-control", "no-store")
+            .send(&app)
             .await
             .cache(),
         "bypass"
     );
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, q.clone()).await.cache(), "miss");
+    assert_eq!(Call::chat(q.clone()).send(&app).await.cache(), "miss");
     settle(&app).await;
     assert_eq!(up.calls(), 2);
     // no-cache: skips the lookup, still writes (the newer answer replaces the old).
-    let fresh = chat_h(app.proxy_addr, q.clone(), &[("cache-control", "no-cache")]).await;
+    let fresh = Call::chat(q.clone())
+        .header("cache-control", "no-cache")
+        .send(&app)
+        .await;
     assert_eq!(fresh.cache(), "miss");
     assert_eq!(fresh.header("cache-status"), "modelcache; fwd=request");
     settle(&app).await;
-    let hit = chat(app.proxy_addr, q.clone()).await;
+    let hit = Call::chat(q.clone()).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(content_of(&hit), answer_for("What is Rust?", 3));
     // max-age: an entry older than that is not served.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        chat_h(app.proxy_addr, q.clone(), &[("cache-control", "max-age=0")])
+        Call::chat(q.clone())
+            .header("cache-control", "max-age=0")
+            .send(&app)
             .await
             .cache(),
         "miss"
     );
     settle(&app).await;
     assert_eq!(
-        chat_h(
-            app.proxy_addr,
-            q.clone(),
-            &[("cache-control", "max-age=60")]
-        )
-        .await
-        .cache(),
+        Call::chat(q.clone())
+            .header("cache-control", "max-age=60")
+            .send(&app)
+            .await
+            .cache(),
         "hit"
     );
     // A huge max-age is no limit: it saturates, it never wraps to a negative age.
     for huge in ["max-age=9300000000000000", "max-age=18446744073709551615"] {
-        let got = chat_h(app.proxy_addr, q.clone(), &[("cache-control", huge)]).await;
+        let got = Call::chat(q.clone())
+            .headers(&[("cache-control", huge)])
+            .send(&app)
+            .await;
         assert_eq!(got.cache(), "hit", "{huge}");
     }
     assert_eq!(up.calls(), 4);
     // A stricter threshold turns a semantic hit into a miss; a looser one is ignored.
     let ten = "one two three four five six seven eight nine ten";
-    chat(app.proxy_addr, ask(ten)).await;
+    Call::ask(ten).send(&app).await;
     settle(&app).await;
     let near = format!("{ten} eleven");
-    let sem = chat(app.proxy_addr, ask(&near)).await;
+    let sem = Call::ask(&near).send(&app).await;
     assert_eq!(sem.cache(), "hit");
     assert!(sem.header("cache-status").contains("semantic"));
     let sim: f32 = sem.header("x-modelcache-similarity").parse().unwrap();
     assert!(sim > 0.9 && sim < 0.999, "{sim}");
     let far = format!("{ten} alpha beta gamma");
     assert_eq!(
-        chat_h(
-            app.proxy_addr,
-            ask(&far),
-            &[("x-modelcache-threshold", "0.0")]
-        )
-        .await
-        .cache(),
+        Call::ask(&far)
+            .header("x-modelcache-threshold", "0.0")
+            .send(&app)
+            .await
+            .cache(),
         "miss"
     );
     assert_eq!(
-        chat_h(
-            app.proxy_addr,
-            ask(&near),
-            &[("x-modelcache-threshold", "0.999")]
-        )
-        .await
-        .cache(),
+        Call::ask(&near)
+            .header("x-modelcache-threshold", "0.999")
+            .send(&app)
+            .await
+            .cache(),
         "miss"
     );
     settle(&app).await;
     // x-modelcache-ttl: a zero TTL entry is never served.
     let calls = up.calls();
-    chat_h(
-        app.proxy_addr,
-        ask("short lived"),
-        &[("x-modelcache-ttl", "0")],
-    )
-    .await;
+    Call::ask("short lived")
+        .header("x-modelcache-ttl", "0")
+        .send(&app)
+        .await;
     settle(&app).await;
-    assert_eq!(
-        chat(app.proxy_addr, ask("short lived")).await.cache(),
-        "miss"
-    );
+    assert_eq!(Call::ask("short lived").send(&app).await.cache(), "miss");
     assert_eq!(up.calls(), calls + 2);
     app.shutdown().await;
 }
@@ -893,7 +877,7 @@ async fn truncated_and_errored_answers_are_not_cached() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     for (i, q) in ["length limited", "error-event here", "no done marker"]
         .iter()
         .enumerate()
@@ -902,9 +886,9 @@ async fn truncated_and_errored_answers_are_not_cached() {
         if i > 0 {
             r["stream"] = json!(true);
         }
-        assert_eq!(chat(app.proxy_addr, r.clone()).await.status, 200);
+        assert_eq!(Call::chat(r.clone()).send(&app).await.status, 200);
         settle(&app).await;
-        assert_eq!(chat(app.proxy_addr, r).await.cache(), "miss", "{q}");
+        assert_eq!(Call::chat(r).send(&app).await.cache(), "miss", "{q}");
     }
     assert_eq!(up.calls(), 6);
     let m = metrics(&app).await;
@@ -917,26 +901,20 @@ async fn truncated_and_errored_answers_are_not_cached() {
 
 #[tokio::test]
 async fn legacy_completions_with_a_string_prompt_are_cached() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let body = json!({"model": "gpt-test-instruct", "prompt": "Say this is a test"}).to_string();
-    let a = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/completions",
-        &[("content-type", "application/json")],
-        body.clone(),
-    )
-    .await;
+    let a = Call::new("POST", "/v1/completions")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send(&app)
+        .await;
     assert_eq!(a.cache(), "miss");
     settle(&app).await;
-    let b = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/completions",
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let b = Call::new("POST", "/v1/completions")
+        .header("content-type", "application/json")
+        .body(body)
+        .send(&app)
+        .await;
     assert_eq!(b.cache(), "hit");
     assert_eq!(
         b.json()["choices"][0]["text"],
@@ -944,14 +922,11 @@ async fn legacy_completions_with_a_string_prompt_are_cached() {
     );
     assert_eq!(b.json()["object"], "text_completion");
     let list = json!({"model": "gpt-test-instruct", "prompt": ["a", "b"]}).to_string();
-    let c = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/completions",
-        &[("content-type", "application/json")],
-        list,
-    )
-    .await;
+    let c = Call::new("POST", "/v1/completions")
+        .header("content-type", "application/json")
+        .body(list)
+        .send(&app)
+        .await;
     assert_eq!(c.cache(), "bypass");
     assert_eq!(up.calls(), 2);
     app.shutdown().await;
@@ -959,19 +934,9 @@ async fn legacy_completions_with_a_string_prompt_are_cached() {
 
 #[tokio::test]
 async fn readiness_health_and_metrics_on_the_admin_listener() {
-    let (up, _dir, app) = start().await;
-    assert_eq!(
-        send(app.admin_addr, "GET", "/healthz", &[], Bytes::new())
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        send(app.admin_addr, "GET", "/readyz", &[], Bytes::new())
-            .await
-            .status,
-        200
-    );
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
+    assert_eq!(Call::get("/healthz").send(app.admin_addr).await.status, 200);
+    assert_eq!(Call::get("/readyz").send(app.admin_addr).await.status, 200);
     let m = metrics(&app).await;
     for name in [
         "modelcache_writeback_queue_depth",
@@ -982,7 +947,7 @@ async fn readiness_health_and_metrics_on_the_admin_listener() {
         assert!(m.contains(name), "{name} missing");
     }
     // The admin routes are not reachable through the proxy port.
-    let via_proxy = send(app.proxy_addr, "GET", "/healthz", &[], Bytes::new()).await;
+    let via_proxy = Call::get("/healthz").send(&app).await;
     assert_eq!(via_proxy.cache(), "bypass");
     assert_eq!(up.last().path_and_query, "/healthz");
     app.shutdown().await;
@@ -995,7 +960,7 @@ async fn an_idle_upstream_stream_is_cut_and_not_cached() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&up.url(), dir.path());
     upstreams(&mut s, |u| u.idle_timeout = Duration::from_millis(250));
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let mut req = ask("stall please");
     req["stream"] = json!(true);
     for n in 1..=2 {
@@ -1025,7 +990,7 @@ async fn an_idle_upstream_stream_is_cut_and_not_cached() {
 
 #[tokio::test]
 async fn http2_clients_are_served_too() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -1061,11 +1026,13 @@ async fn http2_clients_are_served_too() {
 async fn an_upstream_with_a_path_prefix_gets_the_request_path_appended() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&format!("{}/openai/", up.url()), dir.path())).await;
-    let got = send(app.proxy_addr, "GET", "/v1/models?x=1", &[], Bytes::new()).await;
+    let app = Gateway::new(settings(&format!("{}/openai/", up.url()), dir.path()))
+        .start()
+        .await;
+    let got = Call::get("/v1/models?x=1").send(&app).await;
     assert_eq!(got.status, 200);
     assert_eq!(up.last().path_and_query, "/openai/v1/models?x=1");
-    let q = chat(app.proxy_addr, ask("prefixed?")).await;
+    let q = Call::ask("prefixed?").send(&app).await;
     assert_eq!(q.cache(), "miss");
     assert_eq!(up.last().path_and_query, "/openai/v1/chat/completions");
     app.shutdown().await;
@@ -1083,17 +1050,17 @@ async fn long_texts_use_their_own_threshold() {
         // The thresholds alone: the verifier would ask more of a one-word addition.
         p.verifier.enabled = false;
     });
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     // Short: 4 words cached, 5 asked (similarity about 0.89): hits under 0.80.
-    chat(app.proxy_addr, ask("alpha beta gamma delta")).await;
+    Call::ask("alpha beta gamma delta").send(&app).await;
     settle(&app).await;
-    let short = chat(app.proxy_addr, ask("alpha beta gamma delta epsilon")).await;
+    let short = Call::ask("alpha beta gamma delta epsilon").send(&app).await;
     assert_eq!(short.cache(), "hit");
     // Long: 10 words cached, 11 asked (about 0.95): misses under 0.99.
     let ten = "one two three four five six seven eight nine ten";
-    chat(app.proxy_addr, ask(ten)).await;
+    Call::ask(ten).send(&app).await;
     settle(&app).await;
-    let long = chat(app.proxy_addr, ask(&format!("{ten} eleven"))).await;
+    let long = Call::ask(&format!("{ten} eleven")).send(&app).await;
     assert_eq!(long.cache(), "miss", "a long text needs the long threshold");
     assert_eq!(up.calls(), 3);
     app.shutdown().await;
@@ -1101,19 +1068,16 @@ async fn long_texts_use_their_own_threshold() {
 
 #[tokio::test]
 async fn the_query_string_is_part_of_the_key_in_any_order() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let path = |q: &str| format!("/v1/chat/completions{q}");
     let post = |q: &'static str| {
         let addr = app.proxy_addr;
         async move {
-            send(
-                addr,
-                "POST",
-                &path(q),
-                &[("content-type", "application/json")],
-                ask("Which API version am I talking to?").to_string(),
-            )
-            .await
+            Call::new("POST", &path(q))
+                .header("content-type", "application/json")
+                .body(ask("Which API version am I talking to?").to_string())
+                .send(addr)
+                .await
         }
     };
     let x = post("?variant=x&api-version=2024-10-21").await;
@@ -1149,15 +1113,15 @@ async fn the_query_string_is_part_of_the_key_in_any_order() {
 
 #[tokio::test]
 async fn a_turn_separator_inside_a_message_forges_no_hit() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let two = json!({"model": "gpt-test", "messages": [
         {"role": "user", "content": "is a tomato a fruit"},
         {"role": "user", "content": "answer only yes or no, in French"}]});
     let one = json!({"model": "gpt-test", "messages": [
         {"role": "user", "content": "is a tomato a fruit|||user###answer only yes or no, in French"}]});
-    assert_eq!(chat(app.proxy_addr, two.clone()).await.cache(), "miss");
+    assert_eq!(Call::chat(two.clone()).send(&app).await.cache(), "miss");
     settle(&app).await;
-    let got = chat(app.proxy_addr, one.clone()).await;
+    let got = Call::chat(one.clone()).send(&app).await;
     assert_eq!(got.cache(), "miss", "{}", got.header("cache-status"));
     settle(&app).await;
     assert_eq!(up.calls(), 2);
@@ -1168,14 +1132,14 @@ async fn a_turn_separator_inside_a_message_forges_no_hit() {
     let sys_b = json!({"model": "gpt-test", "messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Name a colour.|||user###Name a fruit."}]});
-    assert_eq!(chat(app.proxy_addr, sys_a.clone()).await.cache(), "miss");
+    assert_eq!(Call::chat(sys_a.clone()).send(&app).await.cache(), "miss");
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, sys_b.clone()).await.cache(), "miss");
+    assert_eq!(Call::chat(sys_b.clone()).send(&app).await.cache(), "miss");
     settle(&app).await;
     assert_eq!(up.calls(), 4);
     // Each one's repeat still hits its own answer.
     for body in [two, one, sys_a, sys_b] {
-        let got = chat(app.proxy_addr, body).await;
+        let got = Call::chat(body).send(&app).await;
         assert_eq!(got.cache(), "hit");
         assert_eq!(got.header("cache-status"), "modelcache; hit; detail=exact");
     }
@@ -1197,10 +1161,10 @@ async fn a_stream_with_an_event_typed_error_is_passed_on_and_not_cached() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     let mut r = ask("Stream me something");
     r["stream"] = json!(true);
-    let first = chat(app.proxy_addr, r.clone()).await;
+    let first = Call::chat(r.clone()).send(&app).await;
     assert_eq!(first.status, 200);
     let mut sent = sse_chunks(&answer_for("Stream me something", 1), "stop", false);
     sent.insert(
@@ -1213,7 +1177,7 @@ async fn a_stream_with_an_event_typed_error_is_passed_on_and_not_cached() {
         "the client gets the bytes untouched"
     );
     settle(&app).await;
-    let again = chat(app.proxy_addr, r).await;
+    let again = Call::chat(r).send(&app).await;
     assert_eq!(again.cache(), "miss");
     assert_eq!(up.calls(), 2, "nothing was stored");
     let m = metrics(&app).await;
@@ -1290,7 +1254,9 @@ async fn broken_chunked_framing_gives_a_502_or_a_cut_200_and_is_never_cached() {
     use std::sync::atomic::Ordering;
     let (addr, calls) = broken_chunking_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&format!("http://{addr}"), dir.path())).await;
+    let app = Gateway::new(settings(&format!("http://{addr}"), dir.path()))
+        .start()
+        .await;
     let body = ask("Frame this, please").to_string();
     let (mut clean_502, mut cut_200) = (0, 0);
     for i in 0..20 {

@@ -63,7 +63,7 @@ async fn half_sent_connections_are_closed_after_the_read_timeouts() {
     let mut s = settings(&up.url(), dir.path());
     s.server.header_read_timeout = Duration::from_secs(1);
     s.server.body_read_timeout = Duration::from_secs(1);
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let addr = app.proxy_addr;
 
     let conns = tokio::task::spawn_blocking(move || {
@@ -72,9 +72,9 @@ async fn half_sent_connections_are_closed_after_the_read_timeouts() {
     .await
     .unwrap();
     // Everyone else is served meanwhile.
-    let got = chat(app.proxy_addr, ask("Is anyone else served?")).await;
+    let got = Call::ask("Is anyone else served?").send(&app).await;
     assert_eq!(got.status, 200);
-    let health = send(app.admin_addr, "GET", "/healthz", &[], Bytes::new()).await;
+    let health = Call::get("/healthz").send(app.admin_addr).await;
     assert_eq!(health.status, 200);
 
     let outcomes = tokio::task::spawn_blocking(move || {
@@ -102,44 +102,35 @@ async fn half_sent_connections_are_closed_after_the_read_timeouts() {
 /// Starts the binary with `config` and at most `nofile` open files (soft and
 /// hard), so that it cannot raise its own limit.
 async fn serve_limited(config: &Path, dir: &Path, nofile: u64) -> Running {
-    let mut cmd = serve_command(config, dir, &[]);
-    cmd.env("RUST_LOG", "info");
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: nofile,
-                rlim_max: nofile,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
+    Binary::serve(config, dir)
+        .rust_log("info")
+        .configure(move |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
-            Ok(())
-        });
-    }
-    spawn_served(cmd, dir).await
+        })
+        .start()
+        .await
 }
 
 /// CPU seconds (user and system) the process `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    cpu_time(pid).unwrap().as_secs_f64()
 }
 
 /// Resident memory of the process `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    proc_status(pid, "VmRSS").unwrap() as f64 / 1024.0
 }
 
 fn config_for(upstream: &str, dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -176,7 +167,7 @@ async fn the_admin_listener_answers_at_the_descriptor_limit_without_a_busy_loop(
     let cpu_before = cpu_seconds(pid);
     let wall = Instant::now();
     for _ in 0..5 {
-        let health = send(gw.admin, "GET", "/healthz", &[], Bytes::new()).await;
+        let health = Call::get("/healthz").send(gw.admin).await;
         assert_eq!(health.status, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -190,7 +181,7 @@ async fn the_admin_listener_answers_at_the_descriptor_limit_without_a_busy_loop(
     );
 
     // Once the half-sent connections time out, the proxy serves again.
-    let got = chat(gw.proxy, ask("Served after the flood?")).await;
+    let got = Call::ask("Served after the flood?").send(&gw).await;
     assert_eq!(got.status, 200);
     drop(conns);
     let log = gw.stop().await;
@@ -207,7 +198,7 @@ async fn one_huge_message_neither_exhausts_memory_nor_is_cached_wrong() {
 
     // Warm up: the model's first runs grow its arena.
     for q in ["What is a semantic cache?", "How do I sort a list in Go?"] {
-        assert_eq!(chat(gw.proxy, ask(q)).await.status, 200);
+        assert_eq!(Call::ask(q).send(&gw).await.status, 200);
     }
     let idle = rss_mib(pid);
     let words = |n: usize| {
@@ -228,7 +219,7 @@ async fn one_huge_message_neither_exhausts_memory_nor_is_cached_wrong() {
     ];
     let mut peak = idle;
     for (i, text) in bodies.iter().enumerate() {
-        let got = chat(gw.proxy, ask(text)).await;
+        let got = Call::ask(text).send(&gw).await;
         assert_eq!(got.status, 200, "message {i}");
         assert_eq!(got.cache(), "miss", "message {i}");
         peak = peak.max(rss_mib(pid));
@@ -244,7 +235,7 @@ async fn one_huge_message_neither_exhausts_memory_nor_is_cached_wrong() {
     assert_eq!(up.calls(), 2 + bodies.len());
     let mut hit = None;
     for _ in 0..50 {
-        let got = chat(gw.proxy, ask(&two_mib)).await;
+        let got = Call::ask(&two_mib).send(&gw).await;
         if got.cache() == "hit" {
             hit = Some(got);
             break;
@@ -273,17 +264,17 @@ fn streamed(q: &str) -> serde_json::Value {
 async fn ten_identical_misses_make_one_upstream_call() {
     let up = mock(slow_llm(Duration::from_millis(600))).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     // NOTE: only a key the upstream has accepted may be served what another
     // request fetched (Verified keys); this caller has no key, which counts.
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     let q = "Ten at once: what does single flight mean?";
     let tasks: Vec<_> = (0..10)
         .map(|i| {
             let addr = app.proxy_addr;
             // Half of them stream: a follower replays in its own format.
             let body = if i % 2 == 0 { ask(q) } else { streamed(q) };
-            tokio::spawn(async move { chat(addr, body).await })
+            tokio::spawn(async move { Call::chat(body).send(addr).await })
         })
         .collect();
     let mut results = Vec::new();
@@ -304,7 +295,7 @@ async fn ten_identical_misses_make_one_upstream_call() {
         .all(|g| g.header("cache-status").contains("hit")));
     // And the answer was cached as usual.
     settle(&app).await;
-    let again = chat(app.proxy_addr, ask(q)).await;
+    let again = Call::ask(q).send(&app).await;
     assert_eq!(again.cache(), "hit");
     assert_eq!(up.calls(), 2);
     app.shutdown().await;
@@ -331,18 +322,18 @@ async fn followers_of_a_failed_leader_are_forwarded_on_their_own() {
     });
     let up = mock(handler).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
     let q = "Is a failed leader's error shared?";
     let leader = {
         let addr = app.proxy_addr;
-        tokio::spawn(async move { chat(addr, ask(q)).await })
+        tokio::spawn(async move { Call::ask(q).send(addr).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let followers: Vec<_> = (0..4)
         .map(|_| {
             let addr = app.proxy_addr;
-            tokio::spawn(async move { chat(addr, ask(q)).await })
+            tokio::spawn(async move { Call::ask(q).send(addr).await })
         })
         .collect();
     assert_eq!(
@@ -368,24 +359,22 @@ async fn a_verified_key_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let key = [("authorization", "Bearer sk-verified-before")];
     let q = "Does a verified key outlive the process?";
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &key).await;
-    assert_eq!(chat_h(app.proxy_addr, ask(q), &key).await.cache(), "miss");
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &key).await;
+    assert_eq!(Call::ask(q).headers(&key).send(&app).await.cache(), "miss");
     settle(&app).await;
     app.shutdown().await;
     let calls = up.calls();
 
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    let got = chat_h(app.proxy_addr, ask(q), &key).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let got = Call::ask(q).headers(&key).send(&app).await;
     assert_eq!(got.cache(), "hit", "{}", got.header("cache-status"));
     assert_eq!(up.calls(), calls, "served without asking the upstream");
     // Another key is still unverified after the restart.
-    let other = chat_h(
-        app.proxy_addr,
-        ask(q),
-        &[("authorization", "Bearer sk-never-seen")],
-    )
-    .await;
+    let other = Call::ask(q)
+        .header("authorization", "Bearer sk-never-seen")
+        .send(&app)
+        .await;
     assert_eq!(
         other.header("cache-status"),
         "modelcache; fwd=request; detail=unverified-key"
@@ -409,15 +398,21 @@ async fn a_second_replica_honours_a_key_verified_on_the_first() {
     let store: std::sync::Arc<dyn modelcache::store::Store> =
         std::sync::Arc::new(modelcache::store::memory::MemoryStore::default());
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = gateway_on(settings(&up.url(), da.path()), store.clone()).await;
-    let b = gateway_on(settings(&up.url(), db.path()), store.clone()).await;
+    let a = Gateway::new(settings(&up.url(), da.path()))
+        .store(store.clone())
+        .start()
+        .await;
+    let b = Gateway::new(settings(&up.url(), db.path()))
+        .store(store.clone())
+        .start()
+        .await;
     let key = [("authorization", "Bearer sk-shared-by-replicas")];
     let q = "Is a key verified on one replica verified on all?";
-    verify_key(a.proxy_addr, &key).await;
-    assert_eq!(chat_h(a.proxy_addr, ask(q), &key).await.cache(), "miss");
+    verify_key(&a, &key).await;
+    assert_eq!(Call::ask(q).headers(&key).send(&a).await.cache(), "miss");
     settle(&a).await;
     let calls = up.calls();
-    let got = chat_h(b.proxy_addr, ask(q), &key).await;
+    let got = Call::ask(q).headers(&key).send(&b).await;
     assert_eq!(got.cache(), "hit", "{}", got.header("cache-status"));
     assert_eq!(up.calls(), calls);
     a.shutdown().await;

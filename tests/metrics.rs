@@ -28,15 +28,17 @@ threshold = 0.8
 async fn hits_count_the_tokens_and_money_they_saved() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings_from(&priced(&up), dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&priced(&up), dir.path(), &[]))
+        .start()
+        .await;
     let mut mini = ask("How much does this cost?");
     mini["model"] = json!("gpt-4o-mini-2024-07-18");
     let unpriced = ask("And this one, unpriced?");
     for body in [&mini, &unpriced] {
-        chat(app.proxy_addr, body.clone()).await;
+        Call::chat(body.clone()).send(&app).await;
         settle(&app).await;
         for _ in 0..2 {
-            assert_eq!(chat(app.proxy_addr, body.clone()).await.cache(), "hit");
+            assert_eq!(Call::chat(body.clone()).send(&app).await.cache(), "hit");
         }
     }
     let m = metrics(&app).await;
@@ -72,18 +74,20 @@ async fn hits_count_the_tokens_and_money_they_saved() {
 async fn streams_report_time_to_first_byte_and_lookups_their_similarity() {
     let up = mock(slow_stream(Duration::from_millis(30))).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings_from(&priced(&up), dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&priced(&up), dir.path(), &[]))
+        .start()
+        .await;
     let mut q = ask("stream me the first byte quickly");
     q["stream"] = json!(true);
-    chat(app.proxy_addr, q.clone()).await;
+    Call::chat(q.clone()).send(&app).await;
     settle(&app).await;
-    chat(app.proxy_addr, q.clone()).await;
+    Call::chat(q.clone()).send(&app).await;
     let mut reordered = ask("quickly stream me the first byte");
     reordered["stream"] = json!(true);
-    assert_eq!(chat(app.proxy_addr, reordered).await.cache(), "hit");
+    assert_eq!(Call::chat(reordered).send(&app).await.cache(), "hit");
     let mut other = ask("an unrelated question about gardening tools");
     other["stream"] = json!(true);
-    assert_eq!(chat(app.proxy_addr, other).await.cache(), "miss");
+    assert_eq!(Call::chat(other).send(&app).await.cache(), "miss");
     let m = metrics(&app).await;
     let ttfb = |result: &str| {
         metric_sum(
@@ -117,9 +121,9 @@ async fn streams_report_time_to_first_byte_and_lookups_their_similarity() {
 
 #[tokio::test]
 async fn entry_and_index_gauges_follow_writes() {
-    let (_up, _dir, app) = start().await;
+    let (_up, _dir, app) = Gateway::with_mock_llm().await;
     for q in ["one question", "two questions", "three questions"] {
-        chat(app.proxy_addr, ask(q)).await;
+        Call::ask(q).send(&app).await;
     }
     settle(&app).await;
     let mut m = String::new();
@@ -141,7 +145,7 @@ async fn entry_and_index_gauges_follow_writes() {
 
 #[tokio::test]
 async fn no_label_value_comes_from_a_request() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let mut weird = ask("label injection?");
     weird["model"] = json!("model-from-the-request-7731");
     weird["user"] = json!("user-from-the-request-7731");
@@ -151,17 +155,13 @@ async fn no_label_value_comes_from_a_request() {
         ("x-team", "team-from-the-request-7731"),
     ];
     for _ in 0..2 {
-        chat_h(app.proxy_addr, weird.clone(), &h).await;
+        Call::chat(weird.clone()).headers(&h).send(&app).await;
         settle(&app).await;
     }
-    send(
-        app.proxy_addr,
-        "GET",
-        "/v1/path-from-the-request-7731",
-        &h,
-        bytes::Bytes::new(),
-    )
-    .await;
+    Call::get("/v1/path-from-the-request-7731")
+        .headers(&h)
+        .send(&app)
+        .await;
     assert_eq!(up.calls(), 2);
     let m = metrics(&app).await;
     assert!(m.contains("modelcache_saved_tokens_total"));
@@ -171,7 +171,7 @@ async fn no_label_value_comes_from_a_request() {
 
 #[tokio::test]
 async fn every_bypass_is_counted_with_its_reason() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let bypassed = |m: &str, reason: &str| {
         metric_sum(
             m,
@@ -204,39 +204,25 @@ async fn every_bypass_is_counted_with_its_reason() {
         );
     }
     let json = [("content-type", "application/json")];
-    let got = send(
-        app.proxy_addr,
-        "GET",
-        "/v1/models",
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
+    let got = Call::get("/v1/models").send(&app).await;
     assert_eq!(got.cache(), "bypass");
-    let got = send(
-        app.proxy_addr,
-        "POST",
-        "/v1/chat/completions",
-        &json,
-        "{not json",
-    )
-    .await;
+    let got = Call::new("POST", "/v1/chat/completions")
+        .headers(&json)
+        .body("{not json")
+        .send(&app)
+        .await;
     assert_eq!(got.cache(), "bypass");
-    let got = chat_h(
-        app.proxy_addr,
-        ask("Never stored"),
-        &[("cache-control", "no-store")],
-    )
-    .await;
+    let got = Call::ask("Never stored")
+        .header("cache-control", "no-store")
+        .send(&app)
+        .await;
     assert_eq!(got.cache(), "bypass");
-    let got = chat(app.proxy_addr, json!({"model": "gpt-test"})).await;
+    let got = Call::chat(json!({"model": "gpt-test"})).send(&app).await;
     assert_eq!(got.cache(), "bypass");
-    let got = chat_h(
-        app.proxy_addr,
-        ask("A namespace with a space"),
-        &[("x-modelcache-namespace", "a b")],
-    )
-    .await;
+    let got = Call::ask("A namespace with a space")
+        .header("x-modelcache-namespace", "a b")
+        .send(&app)
+        .await;
     assert_eq!(got.cache(), "bypass");
     let m = metrics(&app).await;
     for reason in [

@@ -14,11 +14,6 @@ use serde_json::{json, Value};
 const TOKEN_A: &str = "sk-tenant-a-0123456789";
 const TOKEN_B: &str = "sk-tenant-b-0123456789";
 
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
-
 fn msgs(system: Option<&str>, user: &str) -> Value {
     match system {
         Some(s) => json!([{"role": "system", "content": s}, {"role": "user", "content": user}]),
@@ -48,7 +43,9 @@ fn open_settings(upstream: &str, dir: &std::path::Path) -> modelcache::config::S
 async fn start_open() -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(open_settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(open_settings(&up.url(), dir.path()))
+        .start()
+        .await;
     (up, dir, app)
 }
 
@@ -75,7 +72,7 @@ async fn readme_snippets_work_unchanged_on_the_shipped_config() {
     assert_ne!(opt_in, shipped, "the shipped config names the opt-in");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, opt_in).unwrap();
-    let run = serve(&config, dir.path(), &env).await;
+    let run = Binary::serve(&config, dir.path()).envs(&env).start().await;
     let admin = run.admin.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
@@ -136,7 +133,7 @@ async fn readme_snippets_work_unchanged_on_the_shipped_config() {
 #[tokio::test]
 async fn plain_json_welcome_register_and_the_json_string_encoding() {
     let (_up, _dir, app) = start_open().await;
-    let got = send(app.admin_addr, "GET", "/welcome", &[], "").await;
+    let got = Call::get("/welcome").send(app.admin_addr).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "hello, modelcache!");
 
@@ -175,7 +172,7 @@ async fn plain_json_welcome_register_and_the_json_string_encoding() {
 async fn entries_are_shared_with_proxied_traffic_both_ways() {
     let (up, _dir, app) = start_open().await;
     // Hits go only to keys the upstream has accepted: one request proves it.
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     let question = "Which HTTP status means Too Many Requests?";
     let ins = insert(
         "gpt-test",
@@ -184,7 +181,7 @@ async fn entries_are_shared_with_proxied_traffic_both_ways() {
     assert_eq!(call(&app, ins).await["writeStatus"], "success");
 
     // A chat completion for the same model and messages hits the inserted entry.
-    let got = chat(app.proxy_addr, ask(question)).await;
+    let got = Call::ask(question).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(content_of(&got), "429 Too Many Requests.");
     assert_eq!(got.json()["object"], "chat.completion");
@@ -192,28 +189,26 @@ async fn entries_are_shared_with_proxied_traffic_both_ways() {
     // ... streamed as well.
     let mut streamed = ask(question);
     streamed["stream"] = json!(true);
-    let got = chat(app.proxy_addr, streamed).await;
+    let got = Call::chat(streamed).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(content_of(&got), "429 Too Many Requests.");
     assert!(got.text().trim_end().ends_with("data: [DONE]"));
     // A paraphrase hits it through the semantic layer.
-    let got = chat(
-        app.proxy_addr,
-        ask("Which HTTP status means Too Many Requests"),
-    )
-    .await;
+    let got = Call::ask("Which HTTP status means Too Many Requests")
+        .send(&app)
+        .await;
     assert_eq!(got.cache(), "hit");
     // Answer-shaping parameters are another partition (api_entries_match =
     // "default_params", the default): forwarded.
     let mut hot = ask(question);
     hot["temperature"] = json!(0.2);
-    let got = chat(app.proxy_addr, hot).await;
+    let got = Call::chat(hot).send(&app).await;
     assert_eq!(got.cache(), "miss");
     assert_eq!(up.calls(), 2);
 
     // The reverse: an answer cached from proxied traffic is found by a query.
     let asked = "Explain the borrow checker briefly.";
-    chat(app.proxy_addr, ask(asked)).await;
+    Call::ask(asked).send(&app).await;
     settle(&app).await;
     let v = call(&app, query("gpt-test", msgs(None, asked))).await;
     assert_eq!(v["cacheHit"], true, "{v}");
@@ -230,8 +225,8 @@ async fn any_sampling_params_lets_inserted_entries_answer_sampled_requests() {
     policy(&mut s, |p| {
         p.api_entries_match = modelcache::config::ApiEntriesMatch::AnySamplingParams
     });
-    let app = gateway(s).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(s).start().await;
+    verify_key(&app, &[]).await;
     let question = "What port does HTTPS use?";
     let ins = insert("gpt-test", &[(msgs(None, question), "443.")]);
     assert_eq!(call(&app, ins).await["writeStatus"], "success");
@@ -239,24 +234,24 @@ async fn any_sampling_params_lets_inserted_entries_answer_sampled_requests() {
     sampled["temperature"] = json!(0.7);
     sampled["top_p"] = json!(0.9);
     sampled["seed"] = json!(7);
-    let got = chat(app.proxy_addr, sampled.clone()).await;
+    let got = Call::chat(sampled.clone()).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(content_of(&got), "443.");
     assert_eq!(up.calls(), 1, "only the key check");
     // A parameter that shapes the answer still partitions.
     let mut shaped = sampled.clone();
     shaped["response_format"] = json!({"type": "json_object"});
-    assert_eq!(chat(app.proxy_addr, shaped).await.cache(), "miss");
+    assert_eq!(Call::chat(shaped).send(&app).await.cache(), "miss");
     assert_eq!(up.calls(), 2);
     // Only inserted entries: an answer cached from a default-parameter
     // request does not answer a sampled one.
     let other = "What port does SSH use?";
-    chat(app.proxy_addr, ask(other)).await;
+    Call::ask(other).send(&app).await;
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, ask(other)).await.cache(), "hit");
+    assert_eq!(Call::ask(other).send(&app).await.cache(), "hit");
     let mut sampled_other = ask(other);
     sampled_other["temperature"] = json!(0.7);
-    assert_eq!(chat(app.proxy_addr, sampled_other).await.cache(), "miss");
+    assert_eq!(Call::chat(sampled_other).send(&app).await.cache(), "miss");
     assert_eq!(up.calls(), 4);
     app.shutdown().await;
 }
@@ -272,14 +267,10 @@ async fn bulk_inserts_are_embedded_in_batches() {
         Ok(Box::new(Slow(modelcache::embed::HashEmbedder::new(1024)))
             as Box<dyn modelcache::embed::Embedder>)
     });
-    let app = gateway_with(
-        open_settings(&up.url(), dir.path()),
-        AppOptions {
-            embedder: Some(slow),
-            store: None,
-        },
-    )
-    .await;
+    let app = Gateway::new(open_settings(&up.url(), dir.path()))
+        .embedder(slow)
+        .start()
+        .await;
     let items: Vec<(Value, String)> = (0..200)
         .map(|i| {
             (
@@ -351,8 +342,10 @@ async fn admin_entries(app: &modelcache::app::RunningApp, model: &str) -> Vec<Va
 async fn removes_by_id_and_by_model_take_effect_everywhere() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(open_settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(open_settings(&up.url(), dir.path()))
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
     let ins = insert(
         "model-a",
         &[
@@ -393,18 +386,18 @@ async fn removes_by_id_and_by_model_take_effect_everywhere() {
         v["cacheHit"], false,
         "deleted: gone from the exact and semantic layers"
     );
-    let got = chat(
-        app.proxy_addr,
+    let got = Call::chat(
         json!({"model": "model-a", "messages": msgs(None, "first question about caching")}),
     )
+    .send(&app)
     .await;
     assert_eq!(got.cache(), "miss");
     assert_eq!(up.calls(), 2, "the key check, then the deleted question");
     // The entry that was not deleted still hits through the proxy.
-    let got = chat(
-        app.proxy_addr,
+    let got = Call::chat(
         json!({"model": "model-a", "messages": msgs(None, "second question about indexes")}),
     )
+    .send(&app)
     .await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(
@@ -447,7 +440,7 @@ keys_env = ["KEY_B"]
 "#;
     let mut s = settings_from(toml, dir.path(), &[("KEY_A", TOKEN_A), ("KEY_B", TOKEN_B)]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = gateway(s).await;
+    let app = Gateway::new(s).start().await;
     let a = format!("Bearer {TOKEN_A}");
     let b = format!("Bearer {TOKEN_B}");
     let q = msgs(None, "What is our refund policy?");
@@ -530,15 +523,12 @@ mode = "off"
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
     s.server.max_body_bytes = 64 * 1024;
     let store = Arc::new(FaultyStore::default());
-    let app = gateway_on(s, store.clone()).await;
+    let app = Gateway::new(s).store(store.clone()).start().await;
     let raw = |body: &'static str| {
-        send(
-            app.admin_addr,
-            "POST",
-            "/modelcache",
-            &[("content-type", "application/json")],
-            body,
-        )
+        Call::new("POST", "/modelcache")
+            .header("content-type", "application/json")
+            .body(body)
+            .send(app.admin_addr)
     };
 
     // 101: not JSON at all (HTTP 400), a JSON string that holds no JSON, not an object.
@@ -667,7 +657,7 @@ mode = "off"
     let v = call(&app, insert("m", &[(msgs(None, "q"), "a")])).await;
     assert_eq!(code(&v), 301);
     // The proxy still forwards.
-    assert_eq!(chat(app.proxy_addr, ask("still served?")).await.status, 200);
+    assert_eq!(Call::ask("still served?").send(&app).await.status, 200);
     app.shutdown().await;
 }
 
@@ -676,8 +666,8 @@ async fn keyless_writes_are_refused_by_default_and_nothing_is_served_from_them()
     // The defaults (the shipped config): keyless callers on loopback may query.
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    verify_key(&app, &[]).await;
     let question = "What is the default port of PostgreSQL?";
     let poison = insert("gpt-test", &[(msgs(None, question), "Port 80, always.")]);
     for body in [
@@ -703,7 +693,7 @@ async fn keyless_writes_are_refused_by_default_and_nothing_is_served_from_them()
     }
     // Nothing was stored: the proxy forwards the question, and the answer
     // is the upstream's.
-    let got = chat(app.proxy_addr, ask(question)).await;
+    let got = Call::ask(question).send(&app).await;
     assert_eq!(got.cache(), "miss");
     assert_eq!(content_of(&got), answer_for(question, 2));
     assert_eq!(up.calls(), 2);
@@ -722,7 +712,7 @@ async fn keyless_writes_are_refused_by_default_and_nothing_is_served_from_them()
     )
     .await;
     assert_eq!(got.json()["writeStatus"], "success", "{}", got.text());
-    assert_eq!(content_of(&chat(app.proxy_addr, ask(other)).await), "6379.");
+    assert_eq!(content_of(&Call::ask(other).send(&app).await), "6379.");
     assert_eq!(up.calls(), 2);
     app.shutdown().await;
 
@@ -730,10 +720,12 @@ async fn keyless_writes_are_refused_by_default_and_nothing_is_served_from_them()
     // works, and the proxy serves it.
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(open_settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(open_settings(&up.url(), dir.path()))
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
     assert_eq!(call(&app, poison).await["writeStatus"], "success");
-    let got = chat(app.proxy_addr, ask(question)).await;
+    let got = Call::ask(question).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(content_of(&got), "Port 80, always.");
     assert_eq!(up.calls(), 1, "only the key check");

@@ -33,16 +33,11 @@ async fn run_script(name: &str, args: Vec<String>) -> HashMap<String, Value> {
         .collect()
 }
 
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
-
 #[tokio::test]
 async fn the_openai_sdk_gets_a_miss_then_a_hit_streamed_or_not() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     let base = format!("http://{}/v1", app.proxy_addr);
     let calls = run_script("sdk_client.py", vec![base]).await;
     assert_eq!(calls.len(), 7, "{calls:?}");
@@ -100,7 +95,9 @@ async fn the_openai_sdk_with_a_virtual_key_and_an_unknown_one() {
         ("SDK_GW_KEY", "mc-sdk-virtual"),
         ("SDK_UP_KEY", "sk-sdk-provider"),
     ];
-    let app = gateway(settings_from(&text, dir.path(), &env)).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &env))
+        .start()
+        .await;
     let base = format!("http://{}/v1", app.proxy_addr);
     let calls = run_script(
         "sdk_tenants.py",

@@ -28,7 +28,7 @@ async fn until_verdict_at(
 ) -> Duration {
     let t0 = Instant::now();
     loop {
-        let v = dry_run_at(admin, q).await;
+        let v = dry_run(admin, q).await;
         if v["verdict"] == verdict {
             return t0.elapsed();
         }
@@ -46,28 +46,31 @@ async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
     let up = mock(llm()).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let schema = format!("rep_{:016x}", rand::random::<u64>());
-    let a = gateway(pg_settings(&up, da.path(), &schema)).await;
-    let b = gateway(pg_settings(&up, db.path(), &schema)).await;
-    verify_key(a.proxy_addr, &[]).await;
-    verify_key(b.proxy_addr, &[]).await;
+    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
+        .start()
+        .await;
+    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
+        .start()
+        .await;
+    verify_key(&a, &[]).await;
+    verify_key(&b, &[]).await;
     let calls = up.calls();
     // Cached through A: B serves it, exactly and by meaning, within 1 s.
     let q = "How far is the Moon from the Earth";
-    assert_eq!(chat(a.proxy_addr, ask(q)).await.cache(), "miss");
+    assert_eq!(Call::ask(q).send(&a).await.cache(), "miss");
     let took = until_verdict(&b, "the Moon from the Earth: how far", "hit").await;
     eprintln!("a write on A became a hit on B after {took:?}");
-    assert_eq!(chat(b.proxy_addr, ask(q)).await.cache(), "hit");
+    assert_eq!(Call::ask(q).send(&b).await.cache(), "hit");
     assert_eq!(
-        chat(b.proxy_addr, ask("the Moon from the Earth: how far"))
+        Call::ask("the Moon from the Earth: how far")
+            .send(&b)
             .await
             .cache(),
         "hit"
     );
     assert_eq!(up.calls(), calls + 1, "the upstream was called once, by A");
     // Deleted through B's admin API: A stops serving it within 1 s.
-    let entry = chat(a.proxy_addr, ask(q))
-        .await
-        .header("x-modelcache-entry");
+    let entry = Call::ask(q).send(&a).await.header("x-modelcache-entry");
     let got = admin(
         &b,
         "DELETE",
@@ -78,7 +81,7 @@ async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
     assert_eq!(got.status, 200);
     until_verdict(&a, q, "miss").await;
     // Flushed through A: B stops within 1 s.
-    chat(b.proxy_addr, ask("Name a prime number")).await;
+    Call::ask("Name a prime number").send(&b).await;
     until_verdict(&a, "Name a prime number", "hit").await;
     let got = admin(&a, "POST", "/admin/flush", json!({"tenant": "default"})).await;
     assert_eq!(got.status, 200);
@@ -101,10 +104,10 @@ async fn replicas_that_cannot_listen_follow_by_polling() {
         }
         s
     };
-    let a = gateway(polling(da.path())).await;
-    let b = gateway(polling(db.path())).await;
-    verify_key(a.proxy_addr, &[]).await;
-    chat(a.proxy_addr, ask("What colour is the sky at noon")).await;
+    let a = Gateway::new(polling(da.path())).start().await;
+    let b = Gateway::new(polling(db.path())).start().await;
+    verify_key(&a, &[]).await;
+    Call::ask("What colour is the sky at noon").send(&a).await;
     let took = until_verdict(&b, "What colour is the sky at noon", "hit").await;
     eprintln!("polling only: a write on A became a hit on B after {took:?}");
     a.shutdown().await;
@@ -117,12 +120,19 @@ async fn two_replicas_writing_the_same_question_make_one_entry() {
     let up = mock(llm()).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let schema = format!("dup_{:016x}", rand::random::<u64>());
-    let a = gateway(pg_settings(&up, da.path(), &schema)).await;
-    let b = gateway(pg_settings(&up, db.path(), &schema)).await;
-    verify_key(a.proxy_addr, &[]).await;
-    verify_key(b.proxy_addr, &[]).await;
+    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
+        .start()
+        .await;
+    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
+        .start()
+        .await;
+    verify_key(&a, &[]).await;
+    verify_key(&b, &[]).await;
     let q = ask("What is the tallest mountain on Earth?");
-    let (x, y) = tokio::join!(chat(a.proxy_addr, q.clone()), chat(b.proxy_addr, q.clone()));
+    let (x, y) = tokio::join!(
+        Call::chat(q.clone()).send(&a),
+        Call::chat(q.clone()).send(&b)
+    );
     assert_eq!((x.status, y.status), (200, 200));
     settle(&a).await;
     settle(&b).await;
@@ -150,17 +160,17 @@ async fn a_wrong_hit_reported_on_one_replica_stops_it_on_the_other() {
         });
         s
     };
-    let a = gateway(loose(da.path())).await;
-    let b = gateway(loose(db.path())).await;
-    verify_key(a.proxy_addr, &[]).await;
-    verify_key(b.proxy_addr, &[]).await;
+    let a = Gateway::new(loose(da.path())).start().await;
+    let b = Gateway::new(loose(db.path())).start().await;
+    verify_key(&a, &[]).await;
+    verify_key(&b, &[]).await;
     let q = "alpha beta gamma delta";
-    chat(a.proxy_addr, ask(q)).await;
+    Call::ask(q).send(&a).await;
     let probe = "alpha beta gamma delta epsilon";
     until_verdict(&a, probe, "hit").await;
     until_verdict(&b, probe, "hit").await;
     // B serves the probe, and its caller reports the answer wrong on B.
-    let got = chat(b.proxy_addr, ask(probe)).await;
+    let got = Call::ask(probe).send(&b).await;
     assert_eq!(got.cache(), "hit");
     let fb = admin(
         &b,
@@ -215,11 +225,11 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
         ("MODELCACHE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PG_URL", pg.as_str()),
     ];
-    let a = serve(&config, da.path(), &env).await;
-    let b = serve(&config, db.path(), &env).await;
+    let a = Binary::serve(&config, da.path()).envs(&env).start().await;
+    let b = Binary::serve(&config, db.path()).envs(&env).start().await;
     let question = |i: usize| format!("What is fact number {i} about the city of Lisbon?");
     for i in 0..3 {
-        assert_eq!(chat(a.proxy, ask(&question(i))).await.status, 200);
+        assert_eq!(Call::ask(&question(i)).send(&a).await.status, 200);
     }
     for i in 0..3 {
         until_verdict_at(b.admin, &question(i), "hit", Duration::from_secs(5)).await;
@@ -231,20 +241,20 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
     let a_proxy = a.proxy;
     let writer = tokio::spawn(async move {
         for i in 3..40 {
-            assert_eq!(chat(a_proxy, ask(&question(i))).await.status, 200);
+            assert_eq!(Call::ask(&question(i)).send(a_proxy).await.status, 200);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let b = serve(&config, db.path(), &env).await;
+    let b = Binary::serve(&config, db.path()).envs(&env).start().await;
     writer.await.unwrap();
     // A fresh process proves the caller's key upstream once.
-    verify_key(b.proxy, &[]).await;
+    verify_key(&b, &[]).await;
     let calls = up.calls();
     for i in 0..40 {
         until_verdict_at(a.admin, &question(i), "hit", Duration::from_secs(5)).await;
         until_verdict_at(b.admin, &question(i), "hit", Duration::from_secs(5)).await;
-        let got = chat(b.proxy, ask(&question(i))).await;
+        let got = Call::ask(&question(i)).send(&b).await;
         assert_eq!(got.cache(), "hit", "question {i} on B");
         assert!(
             content_of(&got).ends_with(&format!("to: {}", question(i))),
@@ -259,13 +269,18 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
     assert!(log.contains("vector index"), "{log}");
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let h = [("authorization", auth.as_str())];
-    let gone = chat(a.proxy, ask(&question(0)))
+    let gone = Call::ask(&question(0))
+        .send(&a)
         .await
         .header("x-modelcache-entry");
-    let got = send(a.admin, "DELETE", &format!("/admin/entries/{gone}"), &h, "").await;
+    let got = Call::new("DELETE", &format!("/admin/entries/{gone}"))
+        .headers(&h)
+        .send(a.admin)
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(
-        chat(a.proxy, ask("A new question about Porto"))
+        Call::ask("A new question about Porto")
+            .send(&a)
             .await
             .status,
         200
@@ -277,7 +292,7 @@ async fn a_replica_killed_and_restarted_while_another_writes_serves_everything_w
         Duration::from_secs(5),
     )
     .await;
-    let b = serve(&config, db.path(), &env).await;
+    let b = Binary::serve(&config, db.path()).envs(&env).start().await;
     until_verdict_at(
         b.admin,
         "A new question about Porto",
@@ -331,12 +346,15 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("down_{:016x}", rand::random::<u64>());
-    let app = gateway(pg_settings(&up, dir.path(), &schema)).await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("cached before the outage")).await;
+    let app = Gateway::new(pg_settings(&up, dir.path(), &schema))
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
+    Call::ask("cached before the outage").send(&app).await;
     settle(&app).await;
     assert_eq!(
-        chat(app.proxy_addr, ask("cached before the outage"))
+        Call::ask("cached before the outage")
+            .send(&app)
             .await
             .cache(),
         "hit"
@@ -355,19 +373,22 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
     let mut statuses = Vec::new();
     for i in 0..5 {
         statuses.push(
-            chat(app.proxy_addr, ask("cached before the outage"))
+            Call::ask("cached before the outage")
+                .send(&app)
                 .await
                 .status,
         );
         statuses.push(
-            chat(app.proxy_addr, ask(&format!("asked during the outage {i}")))
+            Call::ask(&format!("asked during the outage {i}"))
+                .send(&app)
                 .await
                 .status,
         );
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
-        chat(app.proxy_addr, ask("cached before the outage"))
+        Call::ask("cached before the outage")
+            .send(&app)
             .await
             .cache(),
         "hit"
@@ -388,16 +409,16 @@ async fn serving_goes_on_while_postgres_is_down_and_resumes_by_itself() {
             stored(&app, &q).await,
             "{q}: not written after PostgreSQL came back"
         );
-        assert_eq!(chat(app.proxy_addr, ask(&q)).await.cache(), "hit");
+        assert_eq!(Call::ask(&q).send(&app).await.cache(), "hit");
     }
     assert_eq!(up.calls(), calls);
     // Writes resume by themselves (the store reconnects).
     let q = "asked after the outage";
     let mut stored = false;
     for _ in 0..50 {
-        chat(app.proxy_addr, ask(q)).await;
+        Call::ask(q).send(&app).await;
         settle(&app).await;
-        if chat(app.proxy_addr, ask(q)).await.cache() == "hit" {
+        if Call::ask(q).send(&app).await.cache() == "hit" {
             stored = true;
             break;
         }
@@ -436,14 +457,14 @@ async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("hung_{:016x}", rand::random::<u64>());
-    let app = gateway(pg_settings(&up, dir.path(), &schema)).await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("cached before the hang")).await;
+    let app = Gateway::new(pg_settings(&up, dir.path(), &schema))
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
+    Call::ask("cached before the hang").send(&app).await;
     settle(&app).await;
     assert_eq!(
-        chat(app.proxy_addr, ask("cached before the hang"))
-            .await
-            .cache(),
+        Call::ask("cached before the hang").send(&app).await.cache(),
         "hit"
     );
 
@@ -462,10 +483,7 @@ async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
         let t0 = Instant::now();
         let got = tokio::time::timeout(
             Duration::from_secs(20),
-            chat(
-                app.proxy_addr,
-                ask(&format!("asked while the database hangs {i}")),
-            ),
+            Call::ask(&format!("asked while the database hangs {i}")).send(&app),
         )
         .await
         .expect("a request stalled on the hung database");
@@ -473,7 +491,7 @@ async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
         eprintln!("a miss while the database hangs took {:?}", t0.elapsed());
         let got = tokio::time::timeout(
             Duration::from_secs(20),
-            chat(app.proxy_addr, ask("cached before the hang")),
+            Call::ask("cached before the hang").send(&app),
         )
         .await
         .expect("a hit stalled on the hung database");
@@ -506,12 +524,14 @@ async fn a_gateway_on_postgres_stores_serves_and_deletes() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("gw_{:016x}", rand::random::<u64>());
-    let app = gateway(pg_settings(&up, dir.path(), &schema)).await;
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("Name three prime numbers")).await;
-    chat(app.proxy_addr, ask("Name three noble gases")).await;
+    let app = Gateway::new(pg_settings(&up, dir.path(), &schema))
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
+    Call::ask("Name three prime numbers").send(&app).await;
+    Call::ask("Name three noble gases").send(&app).await;
     settle(&app).await;
-    let hit = chat(app.proxy_addr, ask("three prime numbers name")).await;
+    let hit = Call::ask("three prime numbers name").send(&app).await;
     assert_eq!(hit.cache(), "hit");
     let id: i64 = hit.header("x-modelcache-entry").parse().unwrap();
     app.shutdown().await;
@@ -522,18 +542,16 @@ async fn a_gateway_on_postgres_stores_serves_and_deletes() {
     // snapshot either) serves both, exactly and by meaning.
     let dir2 = tempfile::tempdir().unwrap();
     let calls = up.calls();
-    let b = gateway(pg_settings(&up, dir2.path(), &schema)).await;
-    verify_key(b.proxy_addr, &[]).await;
+    let b = Gateway::new(pg_settings(&up, dir2.path(), &schema))
+        .start()
+        .await;
+    verify_key(&b, &[]).await;
     assert_eq!(
-        chat(b.proxy_addr, ask("Name three prime numbers"))
-            .await
-            .cache(),
+        Call::ask("Name three prime numbers").send(&b).await.cache(),
         "hit"
     );
     assert_eq!(
-        chat(b.proxy_addr, ask("noble gases: name three"))
-            .await
-            .cache(),
+        Call::ask("noble gases: name three").send(&b).await.cache(),
         "hit"
     );
     // NOTE: the key was verified through the first gateway, and the store
@@ -543,18 +561,16 @@ async fn a_gateway_on_postgres_stores_serves_and_deletes() {
     let got = admin(&b, "DELETE", &format!("/admin/entries/{id}"), Value::Null).await;
     assert_eq!(got.status, 200, "{}", got.text());
     b.shutdown().await;
-    let c = gateway(pg_settings(&up, dir2.path(), &schema)).await;
-    verify_key(c.proxy_addr, &[]).await;
+    let c = Gateway::new(pg_settings(&up, dir2.path(), &schema))
+        .start()
+        .await;
+    verify_key(&c, &[]).await;
     assert_eq!(
-        chat(c.proxy_addr, ask("Name three prime numbers"))
-            .await
-            .cache(),
+        Call::ask("Name three prime numbers").send(&c).await.cache(),
         "miss"
     );
     assert_eq!(
-        chat(c.proxy_addr, ask("Name three noble gases"))
-            .await
-            .cache(),
+        Call::ask("Name three noble gases").send(&c).await.cache(),
         "hit"
     );
     c.shutdown().await;

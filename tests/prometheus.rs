@@ -16,17 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
 /// Scrape (and evaluation) interval of the test's Prometheus.
 const SCRAPE: Duration = Duration::from_secs(1);
-
-fn python() -> String {
-    std::env::var("MODELCACHE_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string())
-}
 
 fn prometheus_bin() -> String {
     std::env::var("MODELCACHE_PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
@@ -93,10 +87,7 @@ impl Prometheus {
                 panic!("prometheus exited with {status}");
             }
             if tokio::net::TcpStream::connect(self.addr).await.is_ok()
-                && send(self.addr, "GET", "/-/ready", &[], Bytes::new())
-                    .await
-                    .status
-                    == 200
+                && Call::get("/-/ready").send(self.addr).await.status == 200
             {
                 return;
             }
@@ -112,7 +103,7 @@ fn encode(s: &str) -> String {
 
 impl Prometheus {
     async fn get(&self, path_and_query: &str) -> Value {
-        let got = send(self.addr, "GET", path_and_query, &[], Bytes::new()).await;
+        let got = Call::get(path_and_query).send(self.addr).await;
         assert_eq!(got.status, 200, "{path_and_query}: {}", got.text());
         let v = got.json();
         assert_eq!(v["status"], "success", "{path_and_query}: {v}");
@@ -279,7 +270,9 @@ match_header = {{ name = "x-team", value = "beta" }}
         up.url()
     );
     let started = Instant::now();
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let mut prom = start_prometheus(dir.path(), app.admin_addr);
     prom.ready().await;
 
@@ -319,7 +312,7 @@ match_header = {{ name = "x-team", value = "beta" }}
                 bodies.push(ask(q));
             }
             for b in bodies {
-                let got = chat_h(app.proxy_addr, b, &h).await;
+                let got = Call::chat(b).headers(&h).send(&app).await;
                 assert_eq!(got.status, 200);
                 let t = tally.entry(team).or_default();
                 t.sent += 1;
@@ -332,19 +325,17 @@ match_header = {{ name = "x-team", value = "beta" }}
             }
         }
         // A bypass and an error per tenant.
-        let got = chat_h(
-            app.proxy_addr,
-            ask("never stored"),
-            &[("x-team", team), ("cache-control", "no-store")],
-        )
-        .await;
+        let got = Call::ask("never stored")
+            .headers(&[("x-team", team), ("cache-control", "no-store")])
+            .send(&app)
+            .await;
         assert_eq!(got.cache(), "bypass");
-        let got = chat_h(app.proxy_addr, ask("please stall"), &h).await;
+        let got = Call::ask("please stall").headers(&h).send(&app).await;
         assert_eq!(got.status, 504);
         errors += 1;
         tally.entry(team).or_default().sent += 2;
     }
-    let unknown = chat(app.proxy_addr, ask("who am I")).await;
+    let unknown = Call::ask("who am I").send(&app).await;
     assert_eq!(unknown.status, 401);
     let sent: u32 = tally.values().map(|t| t.sent).sum::<u32>() + 1;
     for t in tally.values() {

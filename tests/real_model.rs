@@ -10,17 +10,20 @@ use common::*;
 async fn a_paraphrase_hits_and_an_unrelated_question_misses() {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
 
-    let first = chat(app.proxy_addr, ask("How do I reverse a list in Python?")).await;
+    let first = Call::ask("How do I reverse a list in Python?")
+        .send(&app)
+        .await;
     assert_eq!(first.cache(), "miss");
     settle(&app).await;
 
-    let para = chat(
-        app.proxy_addr,
-        ask("What's the way to reverse a Python list?"),
-    )
-    .await;
+    let para = Call::ask("What's the way to reverse a Python list?")
+        .send(&app)
+        .await;
     let sim = para.header("x-modelcache-similarity");
     eprintln!("paraphrase similarity: {sim}");
     assert_eq!(
@@ -37,7 +40,7 @@ async fn a_paraphrase_hits_and_an_unrelated_question_misses() {
         "How do I reverse a string in Rust?",
         "Write a haiku about autumn leaves.",
     ] {
-        let got = chat(app.proxy_addr, ask(q)).await;
+        let got = Call::ask(q).send(&app).await;
         assert_eq!(got.cache(), "miss", "{q} must miss");
     }
     assert_eq!(up.calls(), 4);
@@ -52,14 +55,7 @@ async fn a_paraphrase_hits_and_an_unrelated_question_misses() {
 #[tokio::test]
 async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
     use modelcache::embed::{Embedder, FastEmbedder};
-    let root = repo_root();
-    let m = FastEmbedder::load(
-        &root.join("models/all-minilm-l6-v2-int8"),
-        &root.join("models/onnxruntime/libonnxruntime.so"),
-        256,
-        1,
-    )
-    .unwrap();
+    let m = FastEmbedder::load(&minilm_dir(), &onnxruntime(), 256, 1).unwrap();
     let body =
         "The quarterly report covers revenue, costs and hiring across every region. ".repeat(40);
     let a = format!("{body}Question: was revenue in the northern region higher than planned?");
@@ -73,13 +69,8 @@ async fn long_texts_are_embedded_whole_not_cut_at_the_window() {
 
     let svc = modelcache::embed::EmbedService::start(
         std::sync::Arc::new(move || {
-            FastEmbedder::load(
-                &repo_root().join("models/all-minilm-l6-v2-int8"),
-                &repo_root().join("models/onnxruntime/libonnxruntime.so"),
-                256,
-                1,
-            )
-            .map(|e| Box::new(e) as Box<dyn Embedder>)
+            FastEmbedder::load(&minilm_dir(), &onnxruntime(), 256, 1)
+                .map(|e| Box::new(e) as Box<dyn Embedder>)
         }),
         modelcache::embed::EmbedLimits::new(1, 32, 16),
         None,

@@ -44,11 +44,11 @@ async fn sighup_applies_a_new_policy_while_requests_in_flight_complete() {
         )
     };
     std::fs::write(&config, with_mode("read_write")).unwrap();
-    let gw = serve(&config, dir.path(), &[]).await;
+    let gw = Binary::serve(&config, dir.path()).start().await;
     let q = ask("What changes on reload?");
-    chat(gw.proxy, q.clone()).await;
+    Call::chat(q.clone()).send(&gw).await;
     until("the answer to be cached", async || {
-        chat(gw.proxy, q.clone()).await.cache() == "hit"
+        Call::chat(q.clone()).send(&gw).await.cache() == "hit"
     })
     .await;
     let calls = up.calls();
@@ -57,7 +57,7 @@ async fn sighup_applies_a_new_policy_while_requests_in_flight_complete() {
     let mut slow = ask("Tell me a slow story");
     slow["stream"] = json!(true);
     let proxy = gw.proxy;
-    let in_flight = tokio::spawn(async move { chat(proxy, slow).await });
+    let in_flight = tokio::spawn(async move { Call::chat(slow).send(proxy).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // An invalid file is rejected; the running policy stays.
@@ -75,14 +75,14 @@ async fn sighup_applies_a_new_policy_while_requests_in_flight_complete() {
         gw.log().contains("tenants[0].cache.mode"),
         "the log names the bad key"
     );
-    assert_eq!(chat(gw.proxy, q.clone()).await.cache(), "hit");
+    assert_eq!(Call::chat(q.clone()).send(&gw).await.cache(), "hit");
     assert_eq!(up.calls(), calls + 1, "only the stream went upstream");
 
     // A valid file applies: mode off makes the tenant a plain proxy.
     std::fs::write(&config, with_mode("off")).unwrap();
     gw.signal(libc::SIGHUP);
     until("the new policy", async || {
-        chat(gw.proxy, q.clone()).await.cache() == "bypass"
+        Call::chat(q.clone()).send(&gw).await.cache() == "bypass"
     })
     .await;
     assert!(gw.log().contains("configuration reloaded"));
@@ -123,28 +123,26 @@ api_key_env = "TEAM_PROVIDER_KEY"
         "sk-provider-0b8d44aa91",
         "sk-stranger-5c2e7719fd",
     );
-    let gw = serve(
-        &config,
-        dir.path(),
-        &[
+    let gw = Binary::serve(&config, dir.path())
+        .envs(&[
             ("TEAM_GATEWAY_KEY", caller),
             ("TEAM_PROVIDER_KEY", provider),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let q = ask("Is my key safe with you?");
-    let first = chat_k(gw.proxy, q.clone(), caller).await;
+    let first = Call::chat(q.clone()).key(caller).send(&gw).await;
     assert_eq!(first.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers["authorization"], format!("Bearer {provider}"));
     assert!(!format!("{:?}{:?}", seen.headers, seen.body).contains(caller));
     until("the hit", async || {
-        chat_k(gw.proxy, q.clone(), caller).await.cache() == "hit"
+        Call::chat(q.clone()).key(caller).send(&gw).await.cache() == "hit"
     })
     .await;
     // (Polling for the hit may have sent a request or two before the write landed.)
     let calls = up.calls();
-    let rejected = chat_k(gw.proxy, q.clone(), stranger).await;
+    let rejected = Call::chat(q.clone()).key(stranger).send(&gw).await;
     assert_eq!(rejected.status, 401);
     assert_eq!(up.calls(), calls, "the stranger never reaches the upstream");
     let log = gw.stop().await;

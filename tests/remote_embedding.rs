@@ -82,7 +82,7 @@ async fn setup(
     );
     let mut s = settings_from(&toml, dir.path(), &[("EMB_KEY", KEY)]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = real_gateway(s).await;
+    let app = Gateway::new(s).real_model().start().await;
     (up, emb, status, delay, dir, app)
 }
 
@@ -90,10 +90,10 @@ async fn setup(
 async fn a_remote_endpoint_decides_hits_and_gets_the_key_and_model() {
     let (up, emb, _status, _delay, _dir, app) = setup(None).await;
     assert_eq!(emb.calls(), 1, "the vector size was asked once at start");
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("alpha beta gamma delta")).await;
+    verify_key(&app, &[]).await;
+    Call::ask("alpha beta gamma delta").send(&app).await;
     settle(&app).await;
-    let got = chat(app.proxy_addr, ask("delta gamma beta alpha")).await;
+    let got = Call::ask("delta gamma beta alpha").send(&app).await;
     assert_eq!(
         got.cache(),
         "hit",
@@ -101,7 +101,8 @@ async fn a_remote_endpoint_decides_hits_and_gets_the_key_and_model() {
     );
     assert!(got.header("cache-status").contains("semantic"));
     assert_eq!(
-        chat(app.proxy_addr, ask("something else entirely"))
+        Call::ask("something else entirely")
+            .send(&app)
             .await
             .cache(),
         "miss"
@@ -124,8 +125,8 @@ async fn a_remote_endpoint_decides_hits_and_gets_the_key_and_model() {
 async fn errors_and_timeouts_forward_the_request_uncached() {
     let (up, emb, status, delay, _dir, app) = setup(Some(64)).await;
     assert_eq!(emb.calls(), 0, "dimensions given: nothing asked at start");
-    verify_key(app.proxy_addr, &[]).await;
-    chat(app.proxy_addr, ask("alpha beta gamma delta")).await;
+    verify_key(&app, &[]).await;
+    Call::ask("alpha beta gamma delta").send(&app).await;
     settle(&app).await;
     let before_errors = metric_sum(
         &metrics(&app).await,
@@ -136,15 +137,13 @@ async fn errors_and_timeouts_forward_the_request_uncached() {
     // HTTP 500 from the endpoint: the paraphrase is forwarded, and answered.
     status.store(500, Ordering::SeqCst);
     let calls = up.calls();
-    let got = chat(app.proxy_addr, ask("delta gamma beta alpha")).await;
+    let got = Call::ask("delta gamma beta alpha").send(&app).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.cache(), "miss");
     assert_eq!(up.calls(), calls + 1);
     // An exact repeat needs no embedding and still hits.
     assert_eq!(
-        chat(app.proxy_addr, ask("alpha beta gamma delta"))
-            .await
-            .cache(),
+        Call::ask("alpha beta gamma delta").send(&app).await.cache(),
         "hit"
     );
 
@@ -152,7 +151,7 @@ async fn errors_and_timeouts_forward_the_request_uncached() {
     status.store(200, Ordering::SeqCst);
     delay.store(2_000, Ordering::SeqCst);
     let t0 = Instant::now();
-    let got = chat(app.proxy_addr, ask("gamma alpha delta beta")).await;
+    let got = Call::ask("gamma alpha delta beta").send(&app).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.cache(), "miss");
     assert!(
@@ -173,7 +172,7 @@ async fn errors_and_timeouts_forward_the_request_uncached() {
     // Back to normal: semantic hits again.
     delay.store(0, Ordering::SeqCst);
     settle(&app).await;
-    let got = chat(app.proxy_addr, ask("beta alpha gamma delta")).await;
+    let got = Call::ask("beta alpha gamma delta").send(&app).await;
     assert_eq!(got.cache(), "hit");
     app.shutdown().await;
 }
@@ -186,10 +185,10 @@ async fn a_dead_endpoint_never_fails_a_request() {
     let toml = "[embedding]\nkind = \"openai\"\nurl = \"http://127.0.0.1:9/v1/embeddings\"\nmodel = \"m\"\ntimeout = \"300ms\"\ndimensions = 64\n";
     let mut s = settings_from(toml, dir.path(), &[]);
     upstreams(&mut s, |u| u.url = up.url().parse().unwrap());
-    let app = real_gateway(s).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(s).real_model().start().await;
+    verify_key(&app, &[]).await;
     for _ in 0..3 {
-        let got = chat(app.proxy_addr, ask("is anyone there?")).await;
+        let got = Call::ask("is anyone there?").send(&app).await;
         assert_eq!(got.status, 200);
     }
     app.shutdown().await;

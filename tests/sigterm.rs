@@ -11,10 +11,6 @@ use std::{
 use common::*;
 use serde_json::json;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_modelcache")
-}
-
 #[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish_then_exits() {
     let up = mock(slow_stream(Duration::from_millis(100))).await;
@@ -39,7 +35,7 @@ async fn sigterm_lets_in_flight_streams_finish_then_exits() {
     // A stream that takes over a second is in flight when SIGTERM arrives.
     let mut req = ask("Tell me about graceful shutdown");
     req["stream"] = json!(true);
-    let in_flight = tokio::spawn(async move { chat(proxy, req).await });
+    let in_flight = tokio::spawn(async move { Call::chat(req).send(proxy).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -65,10 +61,14 @@ async fn sigterm_lets_in_flight_streams_finish_then_exits() {
     assert!(status.success(), "exit status {status}");
 
     // The drained answer was stored before exit: a restart serves it.
-    let app = real_gateway(settings(&up.url(), dir.path())).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
     assert_eq!(
-        chat(app.proxy_addr, ask("Tell me about graceful shutdown"))
+        Call::ask("Tell me about graceful shutdown")
+            .send(&app)
             .await
             .cache(),
         "hit"

@@ -48,46 +48,46 @@ async fn two_tenants_never_see_each_others_answers() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("BETA_KEY", "key-beta")];
     let s = settings_from(&two_tenants(&ua, &ub), dir.path(), &env);
-    let app = gateway(s.clone()).await;
+    let app = Gateway::new(s.clone()).start().await;
     let q = "Which planet is the largest in the solar system";
     let paraphrase = "Which planet is the largest in the solar system ?";
     let reordered = "the largest planet in the solar system is which";
 
     // alpha caches q, and its repeat is a hit.
-    let a1 = chat_k(app.proxy_addr, ask(q), "key-alpha").await;
+    let a1 = Call::ask(q).key("key-alpha").send(&app).await;
     assert!(content_of(&a1).starts_with("[A] "));
     settle(&app).await;
-    let a2 = chat_k(app.proxy_addr, ask(q), "key-alpha").await;
+    let a2 = Call::ask(q).key("key-alpha").send(&app).await;
     assert_eq!(a2.cache(), "hit");
     assert_eq!(ua.calls(), 1);
 
     // beta asks the identical question: its own upstream, its own answer.
-    let b1 = chat_k(app.proxy_addr, ask(q), "key-beta").await;
+    let b1 = Call::ask(q).key("key-beta").send(&app).await;
     assert_eq!(b1.cache(), "miss");
     assert!(content_of(&b1).starts_with("[B] "), "{}", content_of(&b1));
     settle(&app).await;
     // A paraphrase hits beta's own entry, never alpha's.
-    let b2 = chat_k(app.proxy_addr, ask(paraphrase), "key-beta").await;
+    let b2 = Call::ask(paraphrase).key("key-beta").send(&app).await;
     assert_eq!(b2.cache(), "hit");
     assert!(b2.header("cache-status").contains("semantic"));
     assert_eq!(content_of(&b2), content_of(&b1));
     assert_eq!((ua.calls(), ub.calls()), (1, 1));
 
     // The semantic layer: alpha's reordered question finds alpha's answer.
-    let a3 = chat_k(app.proxy_addr, ask(reordered), "key-alpha").await;
+    let a3 = Call::ask(reordered).key("key-alpha").send(&app).await;
     assert_eq!(a3.cache(), "hit");
     assert_eq!(content_of(&a3), content_of(&a1));
     settle(&app).await;
     app.shutdown().await;
 
     // After a restart, each tenant still gets only its own answers.
-    let app = gateway(s).await;
-    verify_key(app.proxy_addr, &[("authorization", "Bearer key-alpha")]).await;
-    verify_key(app.proxy_addr, &[("authorization", "Bearer key-beta")]).await;
+    let app = Gateway::new(s).start().await;
+    verify_key(&app, &[("authorization", "Bearer key-alpha")]).await;
+    verify_key(&app, &[("authorization", "Bearer key-beta")]).await;
     let (ca, cb) = (ua.calls(), ub.calls());
     for (key, want) in [("key-alpha", &a1), ("key-beta", &b1)] {
         for text in [q, reordered] {
-            let got = chat_k(app.proxy_addr, ask(text), key).await;
+            let got = Call::ask(text).key(key).send(&app).await;
             assert_eq!(got.cache(), "hit", "{key} {text}");
             assert_eq!(content_of(&got), content_of(want), "{key} {text}");
         }
@@ -117,43 +117,43 @@ async fn namespaces_are_isolated_inside_a_tenant() {
         dir.path(),
         &[],
     );
-    let app = gateway(s.clone()).await;
+    let app = Gateway::new(s.clone()).start().await;
     let q = "Summarise my last three orders please";
     let ns = |n: &'static str| [("x-modelcache-namespace", n)];
-    let u1 = chat_h(app.proxy_addr, ask(q), &ns("user-1")).await;
+    let u1 = Call::ask(q).headers(&ns("user-1")).send(&app).await;
     settle(&app).await;
     assert!(
         up.last().headers.get("x-modelcache-namespace").is_none(),
         "the gateway's own headers are not forwarded"
     );
-    let again = chat_h(app.proxy_addr, ask(q), &ns("user-1")).await;
+    let again = Call::ask(q).headers(&ns("user-1")).send(&app).await;
     assert_eq!(again.cache(), "hit");
     assert_eq!(content_of(&again), content_of(&u1));
     assert_eq!(up.calls(), 1);
     // Another namespace, and no namespace, are other caches.
-    let u2 = chat_h(app.proxy_addr, ask(q), &ns("user-2")).await;
+    let u2 = Call::ask(q).headers(&ns("user-2")).send(&app).await;
     assert_eq!(u2.cache(), "miss");
-    let none = chat(app.proxy_addr, ask(q)).await;
+    let none = Call::ask(q).send(&app).await;
     assert_eq!(none.cache(), "miss");
     assert_eq!(up.calls(), 3);
     settle(&app).await;
     // Semantic hits stay inside the namespace too.
     let reordered = "please Summarise my last three orders";
-    let s2 = chat_h(app.proxy_addr, ask(reordered), &ns("user-2")).await;
+    let s2 = Call::ask(reordered).headers(&ns("user-2")).send(&app).await;
     assert_eq!(s2.cache(), "hit");
     assert_eq!(content_of(&s2), content_of(&u2));
-    let s3 = chat_h(app.proxy_addr, ask(reordered), &ns("user-3")).await;
+    let s3 = Call::ask(reordered).headers(&ns("user-3")).send(&app).await;
     assert_eq!(s3.cache(), "miss");
     assert_eq!(up.calls(), 4);
     settle(&app).await;
     app.shutdown().await;
 
     // And after a restart.
-    let app = gateway(s).await;
-    verify_key(app.proxy_addr, &[]).await;
+    let app = Gateway::new(s).start().await;
+    verify_key(&app, &[]).await;
     let calls = up.calls();
     for (n, want) in [("user-1", &u1), ("user-2", &u2)] {
-        let got = chat_h(app.proxy_addr, ask(reordered), &ns(n)).await;
+        let got = Call::ask(reordered).headers(&ns(n)).send(&app).await;
         assert_eq!(got.cache(), "hit", "{n}");
         assert_eq!(content_of(&got), content_of(want), "{n}");
     }
@@ -163,12 +163,15 @@ async fn namespaces_are_isolated_inside_a_tenant() {
 
 #[tokio::test]
 async fn a_namespace_with_a_space_or_a_tab_bypasses_the_cache() {
-    let (up, _dir, app) = start().await;
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
     let q = "Summarise my last three orders please";
-    verify_key(app.proxy_addr, &[]).await;
+    verify_key(&app, &[]).await;
     for bad in ["user 1", "user\t1"] {
         for _ in 0..2 {
-            let got = chat_h(app.proxy_addr, ask(q), &[("x-modelcache-namespace", bad)]).await;
+            let got = Call::ask(q)
+                .headers(&[("x-modelcache-namespace", bad)])
+                .send(&app)
+                .await;
             assert_eq!(got.status, 200);
             assert_eq!(got.cache(), "bypass", "{bad:?}");
         }
@@ -188,9 +191,9 @@ async fn a_namespace_with_a_space_or_a_tab_bypasses_the_cache() {
         .contains("visible ASCII"));
     // A visible-ASCII namespace is cached as before.
     let ok = [("x-modelcache-namespace", "user-1")];
-    assert_eq!(chat_h(app.proxy_addr, ask(q), &ok).await.cache(), "miss");
+    assert_eq!(Call::ask(q).headers(&ok).send(&app).await.cache(), "miss");
     settle(&app).await;
-    assert_eq!(chat_h(app.proxy_addr, ask(q), &ok).await.cache(), "hit");
+    assert_eq!(Call::ask(q).headers(&ok).send(&app).await.cache(), "hit");
     assert_eq!(up.calls(), 6);
     app.shutdown().await;
 }
@@ -217,20 +220,19 @@ upstream = {{ url = "{}" }}
         sha("key-team"),
         tenant_up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let q = "What is the capital of Australia";
-    chat_k(app.proxy_addr, ask(q), "key-team").await;
+    Call::ask(q).key("key-team").send(&app).await;
     settle(&app).await;
-    assert_eq!(
-        chat_k(app.proxy_addr, ask(q), "key-team").await.cache(),
-        "hit"
-    );
+    assert_eq!(Call::ask(q).key("key-team").send(&app).await.cache(), "hit");
     // The identical question is cached for the tenant, yet a stranger goes
     // upstream every time, with or without a key.
     for (n, key) in [(1, Some("sk-stolen")), (2, Some("sk-stolen")), (3, None)] {
         let got = match key {
-            Some(k) => chat_k(app.proxy_addr, ask(q), k).await,
-            None => chat(app.proxy_addr, ask(q)).await,
+            Some(k) => Call::ask(q).key(k).send(&app).await,
+            None => Call::ask(q).send(&app).await,
         };
         assert_eq!(got.status, 200);
         assert_eq!(got.cache(), "bypass");
@@ -260,18 +262,20 @@ async fn unknown_keys_are_rejected_with_401_by_default() {
         sha("key-team"),
         up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let q = ask("Is this cached?");
-    chat_k(app.proxy_addr, q.clone(), "key-team").await;
+    Call::chat(q.clone()).key("key-team").send(&app).await;
     settle(&app).await;
     for key in ["sk-unknown", ""] {
-        let got = chat_k(app.proxy_addr, q.clone(), key).await;
+        let got = Call::chat(q.clone()).key(key).send(&app).await;
         assert_eq!(got.status, 401);
         assert_eq!(got.json()["error"]["code"], "invalid_api_key");
         assert_eq!(got.json()["error"]["type"], "invalid_request_error");
         assert_eq!(got.cache(), "rejected");
     }
-    let models = send(app.proxy_addr, "GET", "/v1/models", &[], Bytes::new()).await;
+    let models = Call::get("/v1/models").send(&app).await;
     assert_eq!(models.status, 401, "every route, not only the cached ones");
     assert_eq!(up.calls(), 1);
     let m = metrics(&app).await;
@@ -324,26 +328,32 @@ async fn a_key_the_upstream_refused_never_gets_a_hit() {
         "[upstream]\nurl = \"{}\"\n[auth]\nverified_key_ttl = \"1s\"\n",
         up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let q = ask("What does HTTP 418 mean?");
-    let first = chat_k(app.proxy_addr, q.clone(), "sk-good-1").await;
+    let first = Call::chat(q.clone()).key("sk-good-1").send(&app).await;
     assert_eq!(first.status, 200);
     settle(&app).await;
     assert_eq!(
-        chat_k(app.proxy_addr, q.clone(), "sk-good-1").await.cache(),
+        Call::chat(q.clone())
+            .key("sk-good-1")
+            .send(&app)
+            .await
+            .cache(),
         "hit"
     );
     assert_eq!(up.calls(), 1);
 
     // An invalid key asks the cached question: the upstream answers it, with 401, every time.
     for n in 2..=3 {
-        let bad = chat_k(app.proxy_addr, q.clone(), "sk-invalid").await;
+        let bad = Call::chat(q.clone()).key("sk-invalid").send(&app).await;
         assert_eq!(bad.status, 401);
         assert_ne!(bad.cache(), "hit");
         assert_eq!(up.calls(), n);
     }
     // A valid key the gateway has not seen: forwarded once, then it hits.
-    let fresh = chat_k(app.proxy_addr, q.clone(), "sk-good-2").await;
+    let fresh = Call::chat(q.clone()).key("sk-good-2").send(&app).await;
     assert_eq!(fresh.status, 200);
     assert_eq!(
         fresh.header("cache-status"),
@@ -351,20 +361,28 @@ async fn a_key_the_upstream_refused_never_gets_a_hit() {
     );
     assert_eq!(up.calls(), 4);
     settle(&app).await;
-    let fresh2 = chat_k(app.proxy_addr, q.clone(), "sk-good-2").await;
+    let fresh2 = Call::chat(q.clone()).key("sk-good-2").send(&app).await;
     assert_eq!(fresh2.cache(), "hit");
     assert_eq!(up.calls(), 4);
 
     // Verification lapses after verified_key_ttl: one more upstream call renews it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        chat_k(app.proxy_addr, q.clone(), "sk-good-1").await.cache(),
+        Call::chat(q.clone())
+            .key("sk-good-1")
+            .send(&app)
+            .await
+            .cache(),
         "miss"
     );
     assert_eq!(up.calls(), 5);
     settle(&app).await;
     assert_eq!(
-        chat_k(app.proxy_addr, q.clone(), "sk-good-1").await.cache(),
+        Call::chat(q.clone())
+            .key("sk-good-1")
+            .send(&app)
+            .await
+            .cache(),
         "hit"
     );
     assert_eq!(up.calls(), 5);
@@ -403,30 +421,31 @@ upstream = {{ url = "{}" }}
         um.url(),
         uc.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let q = "Same question for every tenant";
-    let h = chat_h(app.proxy_addr, ask(q), &[("x-team", "search")]).await;
+    let h = Call::ask(q).header("x-team", "search").send(&app).await;
     assert!(content_of(&h).starts_with("[H] "));
     let mut by_model = ask(q);
     by_model["model"] = json!("ft:gpt-4o:acme:xyz");
-    let m = chat(app.proxy_addr, by_model.clone()).await;
+    let m = Call::chat(by_model.clone()).send(&app).await;
     assert!(content_of(&m).starts_with("[M] "));
-    let c = chat_h(app.proxy_addr, ask(q), &[("x-team", "other")]).await;
+    let c = Call::ask(q).header("x-team", "other").send(&app).await;
     assert!(content_of(&c).starts_with("[C] "));
     // The header wins over the model pattern.
-    let both = chat_h(app.proxy_addr, by_model, &[("x-team", "search")]).await;
+    let both = Call::chat(by_model)
+        .header("x-team", "search")
+        .send(&app)
+        .await;
     assert!(content_of(&both).starts_with("[H] "));
     assert_eq!((uh.calls(), um.calls(), uc.calls()), (2, 1, 1));
     // A route with no model goes by header, else to the catch-all.
-    send(
-        app.proxy_addr,
-        "GET",
-        "/v1/models",
-        &[("x-team", "search")],
-        Bytes::new(),
-    )
-    .await;
-    send(app.proxy_addr, "GET", "/v1/models", &[], Bytes::new()).await;
+    Call::get("/v1/models")
+        .header("x-team", "search")
+        .send(&app)
+        .await;
+    Call::get("/v1/models").send(&app).await;
     assert_eq!((uh.calls(), uc.calls()), (3, 2));
     app.shutdown().await;
 }
@@ -449,16 +468,16 @@ upstream = {{ url = "{}", api_key_env = "UPSTREAM_KEY", headers = {{ "OpenAI-Org
         ("GW_KEY", "gw-caller-secret"),
         ("UPSTREAM_KEY", "sk-provider-secret"),
     ];
-    let app = gateway(settings_from(&text, dir.path(), &env)).await;
-    let got = chat_h(
-        app.proxy_addr,
-        ask("Hello through a virtual key"),
-        &[
+    let app = Gateway::new(settings_from(&text, dir.path(), &env))
+        .start()
+        .await;
+    let got = Call::ask("Hello through a virtual key")
+        .headers(&[
             ("authorization", "Bearer gw-caller-secret"),
             ("api-key", "gw-caller-secret"),
-        ],
-    )
-    .await;
+        ])
+        .send(&app)
+        .await;
     assert_eq!(got.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers["authorization"], "Bearer sk-provider-secret");
@@ -470,20 +489,16 @@ upstream = {{ url = "{}", api_key_env = "UPSTREAM_KEY", headers = {{ "OpenAI-Org
         );
     }
     settle(&app).await;
-    let again = chat_k(
-        app.proxy_addr,
-        ask("Hello through a virtual key"),
-        "gw-caller-secret",
-    )
-    .await;
+    let again = Call::ask("Hello through a virtual key")
+        .key("gw-caller-secret")
+        .send(&app)
+        .await;
     assert_eq!(again.cache(), "hit");
     // Another caller key is no tenant's: rejected, the provider key unused.
-    let stranger = chat_k(
-        app.proxy_addr,
-        ask("Hello through a virtual key"),
-        "sk-provider-secret",
-    )
-    .await;
+    let stranger = Call::ask("Hello through a virtual key")
+        .key("sk-provider-secret")
+        .send(&app)
+        .await;
     assert_eq!(stranger.status, 401);
     assert_eq!(up.calls(), 1);
     app.shutdown().await;
@@ -504,7 +519,9 @@ fn one_tenant(up: &Mock, cache: &str) -> String {
 async fn one_tenant_app(cache: &str) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = gateway(settings_from(&one_tenant(&up, cache), dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&one_tenant(&up, cache), dir.path(), &[]))
+        .start()
+        .await;
     (up, dir, app)
 }
 
@@ -519,28 +536,28 @@ async fn mode_read_only_write_only_and_off() {
             &[],
         )
     };
-    let app = gateway(with("write_only")).await;
+    let app = Gateway::new(with("write_only")).start().await;
     let (a, b) = (ask("Written but never read"), ask("Asked while read only"));
     // write_only: never served, but stored.
     for n in 1..=2 {
-        let got = chat(app.proxy_addr, a.clone()).await;
+        let got = Call::chat(a.clone()).send(&app).await;
         assert_ne!(got.cache(), "hit");
         assert_eq!(up.calls(), n);
         settle(&app).await;
     }
     // read_only: serves what write_only stored, stores nothing new.
     app.reloader().reload(&with("read_only")).unwrap();
-    let hit = chat(app.proxy_addr, a.clone()).await;
+    let hit = Call::chat(a.clone()).send(&app).await;
     assert_eq!(hit.cache(), "hit", "write_only stored the answer");
     assert_eq!(up.calls(), 2);
     for n in 3..=4 {
-        assert_eq!(chat(app.proxy_addr, b.clone()).await.cache(), "miss");
+        assert_eq!(Call::chat(b.clone()).send(&app).await.cache(), "miss");
         settle(&app).await;
         assert_eq!(up.calls(), n, "read_only stores nothing");
     }
     // off: a plain proxy, even for what is stored.
     app.reloader().reload(&with("off")).unwrap();
-    assert_eq!(chat(app.proxy_addr, a.clone()).await.cache(), "bypass");
+    assert_eq!(Call::chat(a.clone()).send(&app).await.cache(), "bypass");
     assert_eq!(up.calls(), 5);
     // enabled = false is off too; read_write is back to normal.
     app.reloader()
@@ -550,9 +567,9 @@ async fn mode_read_only_write_only_and_off() {
             &[],
         ))
         .unwrap();
-    assert_eq!(chat(app.proxy_addr, a.clone()).await.cache(), "bypass");
+    assert_eq!(Call::chat(a.clone()).send(&app).await.cache(), "bypass");
     app.reloader().reload(&with("read_write")).unwrap();
-    assert_eq!(chat(app.proxy_addr, a).await.cache(), "hit");
+    assert_eq!(Call::chat(a).send(&app).await.cache(), "hit");
     assert_eq!(up.calls(), 6);
     app.shutdown().await;
 }
@@ -562,12 +579,15 @@ async fn ttl_expires_entries_and_caps_the_request_header() {
     let (up, dir, app) = one_tenant_app("ttl = \"700ms\"").await;
     let q = ask("How long do you live");
     // A longer x-modelcache-ttl is capped by the tenant's ttl.
-    chat_h(app.proxy_addr, q.clone(), &[("x-modelcache-ttl", "3600")]).await;
+    Call::chat(q.clone())
+        .header("x-modelcache-ttl", "3600")
+        .send(&app)
+        .await;
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, q.clone()).await.cache(), "hit");
+    assert_eq!(Call::chat(q.clone()).send(&app).await.cache(), "hit");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        chat(app.proxy_addr, q.clone()).await.cache(),
+        Call::chat(q.clone()).send(&app).await.cache(),
         "miss",
         "expired"
     );
@@ -575,19 +595,23 @@ async fn ttl_expires_entries_and_caps_the_request_header() {
     app.shutdown().await;
 
     // A shorter one is honoured.
-    let app = gateway(settings_from(
+    let app = Gateway::new(settings_from(
         &one_tenant(&up, "ttl = \"1h\""),
         dir.path(),
         &[],
     ))
+    .start()
     .await;
     let q = ask("A short-lived answer please");
-    verify_key(app.proxy_addr, &[]).await;
-    chat_h(app.proxy_addr, q.clone(), &[("x-modelcache-ttl", "1")]).await;
+    verify_key(&app, &[]).await;
+    Call::chat(q.clone())
+        .header("x-modelcache-ttl", "1")
+        .send(&app)
+        .await;
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, q.clone()).await.cache(), "hit");
+    assert_eq!(Call::chat(q.clone()).send(&app).await.cache(), "hit");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(chat(app.proxy_addr, q).await.cache(), "miss");
+    assert_eq!(Call::chat(q).send(&app).await.cache(), "miss");
     app.shutdown().await;
 }
 
@@ -609,19 +633,21 @@ match_header = {{ name = "x-team", value = "big" }}
 "#,
         up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let small = [("x-team", "small")];
     let big = [("x-team", "big")];
     let qs = ["first question", "second question", "third question"];
     for q in qs {
-        chat_h(app.proxy_addr, ask(q), &small).await;
-        chat_h(app.proxy_addr, ask(q), &big).await;
+        Call::ask(q).headers(&small).send(&app).await;
+        Call::ask(q).headers(&big).send(&app).await;
         settle(&app).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Hitting the oldest makes the second the least recently used.
     assert_eq!(
-        chat_h(app.proxy_addr, ask(qs[0]), &small).await.cache(),
+        Call::ask(qs[0]).headers(&small).send(&app).await.cache(),
         "hit"
     );
     settle(&app).await;
@@ -629,22 +655,22 @@ match_header = {{ name = "x-team", value = "big" }}
     settle(&app).await;
     let calls = up.calls();
     assert_eq!(
-        chat_h(app.proxy_addr, ask(qs[0]), &small).await.cache(),
+        Call::ask(qs[0]).headers(&small).send(&app).await.cache(),
         "hit"
     );
     assert_eq!(
-        chat_h(app.proxy_addr, ask(qs[2]), &small).await.cache(),
+        Call::ask(qs[2]).headers(&small).send(&app).await.cache(),
         "hit"
     );
     assert_eq!(up.calls(), calls);
     assert_eq!(
-        chat_h(app.proxy_addr, ask(qs[1]), &small).await.cache(),
+        Call::ask(qs[1]).headers(&small).send(&app).await.cache(),
         "miss",
         "the least recently hit entry was evicted"
     );
     // The other tenant keeps all three.
     for q in qs {
-        assert_eq!(chat_h(app.proxy_addr, ask(q), &big).await.cache(), "hit");
+        assert_eq!(Call::ask(q).headers(&big).send(&app).await.cache(), "hit");
     }
     assert_eq!(up.calls(), calls + 1);
     app.shutdown().await;
@@ -671,7 +697,9 @@ cache = {{ max_messages = 3 }}
 "#,
         up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let convo = |last: &str| {
         json!({"model": "gpt-test", "messages": [
             {"role": "user", "content": "Hi there"},
@@ -683,25 +711,34 @@ cache = {{ max_messages = 3 }}
         "three uses of copper metal list",
     );
     for team in ["short", "long"] {
-        chat_h(app.proxy_addr, convo(q), &[("x-team", team)]).await;
+        Call::chat(convo(q))
+            .headers(&[("x-team", team)])
+            .send(&app)
+            .await;
     }
     settle(&app).await;
     assert_eq!(up.calls(), 2);
     // Three messages: over the cap of 2, so only the identical chat hits.
     let short = [("x-team", "short")];
     assert_eq!(
-        chat_h(app.proxy_addr, convo(reordered), &short)
+        Call::chat(convo(reordered))
+            .headers(&short)
+            .send(&app)
             .await
             .cache(),
         "miss"
     );
     assert_eq!(
-        chat_h(app.proxy_addr, convo(q), &short).await.cache(),
+        Call::chat(convo(q))
+            .headers(&short)
+            .send(&app)
+            .await
+            .cache(),
         "hit"
     );
     // Within the cap of 3, the reordered question is a semantic hit.
     let long = [("x-team", "long")];
-    let got = chat_h(app.proxy_addr, convo(reordered), &long).await;
+    let got = Call::chat(convo(reordered)).headers(&long).send(&app).await;
     assert_eq!(got.cache(), "hit");
     assert!(got.header("cache-status").contains("semantic"));
     assert_eq!(up.calls(), 3);
@@ -721,15 +758,18 @@ async fn hot_requests_skip_the_cache() {
     // 0.9, and no temperature (OpenAI's default is 1): never read, never written.
     for t in [Some(0.9), None] {
         for _ in 0..2 {
-            let got = chat(app.proxy_addr, with_t(t)).await;
+            let got = Call::chat(with_t(t)).send(&app).await;
             assert_eq!(got.cache(), "bypass");
             settle(&app).await;
         }
     }
     assert_eq!(up.calls(), 4);
-    chat(app.proxy_addr, with_t(Some(0.2))).await;
+    Call::chat(with_t(Some(0.2))).send(&app).await;
     settle(&app).await;
-    assert_eq!(chat(app.proxy_addr, with_t(Some(0.2))).await.cache(), "hit");
+    assert_eq!(
+        Call::chat(with_t(Some(0.2))).send(&app).await.cache(),
+        "hit"
+    );
     assert_eq!(up.calls(), 5);
     app.shutdown().await;
 }
@@ -763,13 +803,15 @@ cache = {{ cacheable_finish_reasons = ["stop", "length"] }}
 "#,
         up.url()
     );
-    let app = gateway(settings_from(&text, dir.path(), &[])).await;
+    let app = Gateway::new(settings_from(&text, dir.path(), &[]))
+        .start()
+        .await;
     let q = ask("Tell me everything about everything");
     for team in ["strict", "lenient"] {
         let h = [("x-team", team)];
-        chat_h(app.proxy_addr, q.clone(), &h).await;
+        Call::chat(q.clone()).headers(&h).send(&app).await;
         settle(&app).await;
-        let again = chat_h(app.proxy_addr, q.clone(), &h).await;
+        let again = Call::chat(q.clone()).headers(&h).send(&app).await;
         let want = if team == "strict" { "miss" } else { "hit" };
         assert_eq!(again.cache(), want, "{team}");
     }

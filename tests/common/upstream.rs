@@ -1,0 +1,275 @@
+//! The mock upstream: a hyper server on 127.0.0.1:0 that counts calls,
+//! records what it received and answers through a [`Handler`], with the
+//! handlers most tests use ([`llm`], [`llm_tagged`], [`slow_stream`]) and
+//! the bodies they answer with.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use modelcache::http::body::{BoxError, ProxyBody};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// A request as the mock upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the mock answers.
+pub enum Reply {
+    /// Status, headers, body in one piece.
+    Full(u16, Vec<(&'static str, String)>, Bytes),
+    /// Status 200, SSE, body in chunks with a pause between them.
+    Chunks(Vec<(&'static str, String)>, Vec<Bytes>, Duration),
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+}
+
+pub type Handler = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no request seen")
+    }
+}
+
+fn boxed_full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|n| match n {}).boxed_unsync()
+}
+
+async fn render(reply: Reply) -> Response<ProxyBody> {
+    let mut reply = reply;
+    while let Reply::Delay(d, inner) = reply {
+        tokio::time::sleep(d).await;
+        reply = *inner;
+    }
+    match reply {
+        Reply::Full(status, headers, body) => {
+            let mut r = Response::new(boxed_full(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Chunks(headers, chunks, pause) => {
+            let s = stream::unfold(
+                (chunks.into_iter(), pause, true),
+                |(mut it, pause, first)| async move {
+                    let next = it.next()?;
+                    if !first {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Some((Ok::<_, BoxError>(Frame::data(next)), (it, pause, false)))
+                },
+            );
+            let mut r = Response::new(StreamBody::new(s).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Delay(..) => unreachable!(),
+    }
+}
+
+/// Starts a mock upstream with `handler`.
+pub async fn mock(handler: Handler) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (c, s) = (calls.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            // Answers go out at once (benches time through this mock).
+            let _ = stream.set_nodelay(true);
+            let (c, s, h) = (c.clone(), s.clone(), handler.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (c, s, h) = (c.clone(), s.clone(), h.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let seen = Seen {
+                            method: parts.method.to_string(),
+                            path_and_query: parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            headers: parts.headers,
+                            body,
+                        };
+                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                        s.lock().unwrap().push(seen.clone());
+                        Ok::<_, Infallible>(render(h(&seen, n)).await)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Mock { addr, calls, seen }
+}
+
+/// The last user message of a chat request (or the prompt).
+pub fn question(seen: &Seen) -> String {
+    let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+    if let Some(p) = v.get("prompt").and_then(Value::as_str) {
+        return p.to_string();
+    }
+    v.get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn chat_json(content: &str, finish: &str) -> Value {
+    json!({
+        "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1700000000, "model": "gpt-test",
+        "system_fingerprint": "fp_test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null},
+                     "logprobs": null, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+pub fn sse_chunks(content: &str, finish: &str, include_usage: bool) -> Vec<Bytes> {
+    let head = |delta: Value, fr: Value| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-upstream","object":"chat.completion.chunk","created":1700000000,"model":"gpt-test",
+                   "system_fingerprint":"fp_test",
+                   "choices":[{"index":0,"delta":delta,"logprobs":null,"finish_reason":fr}]})
+        ))
+    };
+    let mut out = vec![head(json!({"role":"assistant","content":""}), Value::Null)];
+    for w in content.split_inclusive(' ') {
+        out.push(head(json!({"content": w}), Value::Null));
+    }
+    out.push(head(json!({}), json!(finish)));
+    if include_usage {
+        out.push(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-upstream","object":"chat.completion.chunk","created":1700000000,"model":"gpt-test",
+                   "choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}})
+        )));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// The answer the default mock gives to the `n`th call for `q`.
+pub fn answer_for(q: &str, n: usize) -> String {
+    format!("Answer #{n} to: {q}")
+}
+
+/// A mock that answers chat requests (JSON or SSE, as asked) with
+/// `answer_for(question, call number)`, and anything else with `{"ok":true}`.
+pub fn llm() -> Handler {
+    llm_tagged("")
+}
+
+/// Like [`llm`], with `tag` in front of every answer, so that answers from
+/// two upstreams can be told apart.
+pub fn llm_tagged(tag: &'static str) -> Handler {
+    Arc::new(move |seen: &Seen, n: usize| {
+        let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if !seen.path_and_query.starts_with("/v1/chat/completions")
+            && !seen.path_and_query.starts_with("/v1/completions")
+        {
+            return Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from("{\"ok\":true}"),
+            );
+        }
+        let content = format!("{tag}{}", answer_for(&question(seen), n));
+        if seen.path_and_query.starts_with("/v1/completions") {
+            let body = json!({"id":"cmpl-up","object":"text_completion","created":1,"model":"gpt-test",
+                "choices":[{"text": content, "index": 0, "logprobs": null, "finish_reason": "stop"}]});
+            return Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(body.to_string()),
+            );
+        }
+        if v["stream"] == json!(true) {
+            let usage = v["stream_options"]["include_usage"] == json!(true);
+            Reply::Chunks(
+                vec![],
+                sse_chunks(&content, "stop", usage),
+                Duration::from_millis(1),
+            )
+        } else {
+            Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(chat_json(&content, "stop").to_string()),
+            )
+        }
+    })
+}
+
+/// A mock that streams `answer_for(question, n)` as SSE with `pause` between chunks.
+pub fn slow_stream(pause: Duration) -> Handler {
+    Arc::new(move |seen: &Seen, n: usize| {
+        Reply::Chunks(
+            vec![],
+            sse_chunks(&answer_for(&question(seen), n), "stop", false),
+            pause,
+        )
+    })
+}
