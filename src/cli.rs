@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// Admin listen address, e.g. 127.0.0.1:5000.
     #[arg(long)]
     pub admin_listen: Option<String>,
-    /// Upstream origin, e.g. https://api.openai.com or http://127.0.0.1:9000.
+    /// Upstream origin, e.g. `https://api.openai.com` or `http://127.0.0.1:9000`.
     #[arg(long)]
     pub upstream: Option<String>,
     /// Data folder for SQLite and the vector indexes.

@@ -95,7 +95,7 @@ impl Core {
     /// and at least every 250 ms, until the cache is dropped. A read that
     /// fails (the database is away) is counted and retried.
     pub(super) fn start_following(self: &Arc<Self>) {
-        if !self.store.shared() {
+        if self.store.change_log().is_none() {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -107,14 +107,14 @@ impl Core {
                     Some(core) => core.store.clone(),
                     None => return,
                 };
-                loop {
-                    // NOTE: the store, not the memory layers, is held while
-                    // waiting, so that a dropped cache (whose writer then
-                    // lets go of them too) stops this thread within a wait.
-                    store.wait_for_change(FOLLOW_EVERY);
+                // NOTE: the store, not the memory layers, is held while
+                // waiting, so that a dropped cache (whose writer then lets go
+                // of them too) stops this thread within a wait.
+                while let Some(log) = store.change_log() {
+                    log.wait_for_change(FOLLOW_EVERY);
                     let Some(core) = weak.upgrade() else { break };
                     let after = core.followed.load(std::sync::atomic::Ordering::Acquire);
-                    match core.store.changes_since(after, 1000) {
+                    match log.changes_since(after, 1000) {
                         Ok(changes) => {
                             if failing {
                                 tracing::info!("the change log is readable again");

@@ -1,11 +1,11 @@
 //! The lookup: gathering candidates (the exact layer, then the vector index)
-//! and asking [`judge`](super::judge) about each.
+//! and asking [`judge`](super::judge::judge) about each.
 //!
 //! Owns the order of a lookup and what it reads: the exact layer, then the
 //! store by exact hash, then the request's embedding, the index's proposals,
 //! and each proposal's stored embedding, from which the deciding similarity
 //! is recomputed. A lookup stops at the first served candidate; a dry run
-//! ([`Cache::explain`]) gathers them all. It must never fail a request:
+//! ([`Cache::explain`](super::Cache::explain)) gathers them all. It must never fail a request:
 //! every error here is logged, counted, and turned into a miss.
 
 use std::{sync::Arc, time::Instant};
@@ -51,7 +51,7 @@ impl Scope {
     }
 }
 
-/// The result of a dry run ([`Cache::explain`]).
+/// The result of a dry run ([`Cache::explain`](super::Cache::explain)).
 #[derive(Debug, Default)]
 pub struct Explanation {
     /// The similarity a semantic hit needs for this request.

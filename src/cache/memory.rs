@@ -209,7 +209,8 @@ impl Core {
     /// tail). `None` when there is no such snapshot, or the log cannot be
     /// read: then the snapshot is checked against the table instead.
     fn changed_since_snapshot(&self, tenant: &str, path: &std::path::Path) -> Option<Vec<u64>> {
-        if !self.store.shared() || !path.exists() {
+        let log = self.store.change_log()?;
+        if !path.exists() {
             return None;
         }
         let mark: i64 = std::fs::read_to_string(Self::mark_path(path))
@@ -217,7 +218,7 @@ impl Core {
             .trim()
             .parse()
             .ok()?;
-        let floor = self.store.change_log_floor().ok()?;
+        let floor = log.change_log_floor().ok()?;
         if mark < floor {
             tracing::info!(
                 tenant,
@@ -230,7 +231,7 @@ impl Core {
         let mut after = mark;
         let mut ids = Vec::new();
         loop {
-            let changes = self.store.changes_since(after, 10_000).ok()?;
+            let changes = log.changes_since(after, 10_000).ok()?;
             let Some(last) = changes.last() else { break };
             after = last.id;
             ids.extend(
@@ -255,7 +256,7 @@ impl Core {
                 if saved {
                     tracing::debug!(tenant, "vector index saved");
                 }
-                if self.store.shared() {
+                if self.store.change_log().is_some() {
                     // NOTE: written after the snapshot: a crash between the two
                     // leaves an older mark, whose longer tail is harmless.
                     if let Err(e) = std::fs::write(Self::mark_path(path), followed.to_string()) {

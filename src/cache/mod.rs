@@ -1,6 +1,6 @@
 //! The cache: the whole hit-or-miss decision, and the one writer.
 //!
-//! Read top to bottom, the folder is the request path: [`plan`] decides
+//! Read top to bottom, the folder is the request path: [`plan`](mod@plan) decides
 //! whether a request takes part at all and under which key; [`lookup`]
 //! gathers candidates (the exact layer, then the vector index) and asks
 //! [`judge`] about each, which runs the [`guards`] and the [`verify`]ier;
@@ -64,10 +64,9 @@ fn stored_key_hash(caller: &[u8; 32]) -> [u8; 32] {
 }
 
 fn store_last_change(store: &Arc<dyn Store>) -> Result<i64, CacheError> {
-    if store.shared() {
-        Ok(store.last_change()?)
-    } else {
-        Ok(0)
+    match store.change_log() {
+        Some(log) => Ok(log.last_change()?),
+        None => Ok(0),
     }
 }
 

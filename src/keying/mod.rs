@@ -105,7 +105,7 @@ pub fn partition_tag(partition: &str) -> u64 {
 }
 
 /// The exact-match key of a partition and the length-prefixed turns of a
-/// text (as [`push_exact`] writes them).
+/// text (as `push_exact` writes them).
 pub fn exact_hash(partition: &str, turns: &str) -> String {
     let mut h = Sha256::new();
     for piece in [partition, turns] {

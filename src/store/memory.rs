@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use super::{
-    Entry, HitLogRow, HitRecord, Limits, ListQuery, Negative, NewEntry, Removed, Store, StoreError,
-    TenantStats,
+    ChangeLog, Entry, HitLog, HitLogRow, HitRecord, Limits, ListQuery, Negative, Negatives,
+    NewEntry, Removed, Store, StoreError, TenantStats,
 };
 
 /// An entry, its embedding and its last hit time.
@@ -57,6 +57,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn change_log(&self) -> Option<&dyn ChangeLog> {
+        None
+    }
+
     fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
         let mut g = self.lock()?;
         let mut ids = Vec::new();
@@ -119,35 +123,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
-        let g = self.lock()?;
-        Ok(g.hit_log
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, h)| tenant.is_none_or(|t| h.tenant == t))
-            .take(limit)
-            .map(|(i, h)| {
-                let e = g
-                    .rows
-                    .get(&h.entry_id)
-                    .map(|r| &r.0)
-                    .filter(|e| e.tenant == h.tenant);
-                HitLogRow {
-                    id: i as i64 + 1,
-                    at: h.at,
-                    tenant: h.tenant.clone(),
-                    entry_id: h.entry_id,
-                    probe: h.probe.clone(),
-                    matched: e.map(|e| e.text.clone()),
-                    model: e.map(|e| e.model.clone()),
-                    similarity: h.similarity,
-                    request_id: h.request_id.clone(),
-                }
-            })
-            .collect())
-    }
-
     fn register_model(&self, tenant: &str, model: &str, _now_ms: i64) -> Result<bool, StoreError> {
         Ok(self
             .lock()?
@@ -185,34 +160,6 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
-        if request_id.is_empty() {
-            return Ok(None);
-        }
-        Ok(self
-            .hit_log(None, usize::MAX)?
-            .into_iter()
-            .find(|h| h.request_id == request_id))
-    }
-
-    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
-        self.lock()?.negatives.push(n.clone());
-        Ok(())
-    }
-
-    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
-        let g = self.lock()?;
-        Ok(g.negatives
-            .iter()
-            .filter(|n| {
-                g.rows
-                    .get(&n.entry_id)
-                    .is_some_and(|r| r.0.tenant == n.tenant)
-            })
-            .cloned()
-            .collect())
-    }
-
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError> {
         let g = self.lock()?;
         let mut m: BTreeMap<String, TenantStats> = BTreeMap::new();
@@ -234,21 +181,6 @@ impl Store for MemoryStore {
             .values()
             .find(|(r, _, _)| r.tenant == tenant && r.exact_hash == exact_hash)
             .map(|r| r.0.clone()))
-    }
-
-    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
-        let mut g = self.lock()?;
-        for h in hits {
-            if let Some(r) = g.rows.get_mut(&h.entry_id) {
-                if r.0.tenant == h.tenant {
-                    r.0.hits += 1;
-                    r.2 = Some(r.2.unwrap_or(0).max(h.at));
-                    r.0.last_hit_at = r.2;
-                }
-            }
-        }
-        g.hit_log.extend(hits.iter().cloned());
-        Ok(())
     }
 
     fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError> {
@@ -322,6 +254,82 @@ impl Store for MemoryStore {
             *m.entry(r.tenant.clone()).or_insert(0u64) += 1;
         }
         Ok(m.into_iter().collect())
+    }
+}
+
+impl HitLog for MemoryStore {
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        for h in hits {
+            if let Some(r) = g.rows.get_mut(&h.entry_id) {
+                if r.0.tenant == h.tenant {
+                    r.0.hits += 1;
+                    r.2 = Some(r.2.unwrap_or(0).max(h.at));
+                    r.0.last_hit_at = r.2;
+                }
+            }
+        }
+        g.hit_log.extend(hits.iter().cloned());
+        Ok(())
+    }
+
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.hit_log
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, h)| tenant.is_none_or(|t| h.tenant == t))
+            .take(limit)
+            .map(|(i, h)| {
+                let e = g
+                    .rows
+                    .get(&h.entry_id)
+                    .map(|r| &r.0)
+                    .filter(|e| e.tenant == h.tenant);
+                HitLogRow {
+                    id: i as i64 + 1,
+                    at: h.at,
+                    tenant: h.tenant.clone(),
+                    entry_id: h.entry_id,
+                    probe: h.probe.clone(),
+                    matched: e.map(|e| e.text.clone()),
+                    model: e.map(|e| e.model.clone()),
+                    similarity: h.similarity,
+                    request_id: h.request_id.clone(),
+                }
+            })
+            .collect())
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .hit_log(None, usize::MAX)?
+            .into_iter()
+            .find(|h| h.request_id == request_id))
+    }
+}
+
+impl Negatives for MemoryStore {
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
+        self.lock()?.negatives.push(n.clone());
+        Ok(())
+    }
+
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.negatives
+            .iter()
+            .filter(|n| {
+                g.rows
+                    .get(&n.entry_id)
+                    .is_some_and(|r| r.0.tenant == n.tenant)
+            })
+            .cloned()
+            .collect())
     }
 }
 

@@ -1,7 +1,9 @@
 //! The durable store of cache entries: the source of truth.
 //!
-//! Owns the [`Store`] seam, the entry types, and the shared suite every
-//! backend passes (`store_suite!`). The implementations are SQLite
+//! Owns the [`Store`] seam (the entry table, with the [`HitLog`] and the
+//! reported [`Negatives`] fenced apart, and the [`ChangeLog`] a shared store
+//! must provide), the entry types, and the shared suite every backend passes
+//! (`store_suite!`). The implementations are SQLite
 //! ([`sqlite::SqliteStore`], embedded, the default), PostgreSQL
 //! ([`postgres::PgStore`], shared by replicas, with a change log) and a
 //! map ([`memory::MemoryStore`], for tests and `eval`). Every query is scoped
@@ -325,16 +327,20 @@ impl Limits {
 /// An entry and its stored embedding (`None` when it has none).
 pub type WithEmbedding = (Entry, Option<Vec<f32>>);
 
-/// Durable entry storage.
-pub trait Store: Send + Sync {
+/// Durable entry storage: the entry table, with the hit log and the reported
+/// probes fenced apart in traits of their own, and the change log a
+/// capability a shared store must provide.
+///
+/// Adding a backend is: implement [`Store`], [`HitLog`] and [`Negatives`],
+/// say in [`Store::change_log`] whether other processes write it, and add one
+/// line to its test module (`crate::store::store_suite!(...)`).
+pub trait Store: HitLog + Negatives + Send + Sync {
     /// Inserts or replaces entries in one transaction; returns their ids.
     fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError>;
     /// One entry by id.
     fn get(&self, id: i64) -> Result<Option<Entry>, StoreError>;
     /// One entry by tenant and exact hash.
     fn get_exact(&self, tenant: &str, exact_hash: &str) -> Result<Option<Entry>, StoreError>;
-    /// Bumps hit counts and appends to the hit log.
-    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError>;
     /// (id, partition tag) of every entry of `tenant` that has an embedding.
     fn index_rows(&self, tenant: &str) -> Result<Vec<(u64, u64)>, StoreError>;
     /// The stored embedding of an entry.
@@ -372,23 +378,9 @@ pub trait Store: Send + Sync {
     fn truncate(&self, tenant: &str, model: Option<&str>) -> Result<Vec<Removed>, StoreError>;
     /// A page of entries, newest first.
     fn list(&self, q: &ListQuery) -> Result<Vec<Entry>, StoreError>;
-    /// The most recent hits, newest first, of one tenant or of all.
-    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError>;
     /// Records that `model` of `tenant` is in use (the ModelCache API's
     /// `register`); true if it was not recorded before.
     fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError>;
-    /// The hit with this request id, if the hit log still has it.
-    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError>;
-    /// Records a probe an entry answered wrongly.
-    fn add_negative(&self, n: &Negative) -> Result<(), StoreError>;
-    /// Every negative of entries that still exist.
-    fn negatives(&self) -> Result<Vec<Negative>, StoreError>;
-    /// The negatives of one entry.
-    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
-        let mut all = self.negatives()?;
-        all.retain(|n| n.entry_id == entry_id);
-        Ok(all)
-    }
     /// Entries and hits per tenant.
     fn stats(&self) -> Result<Vec<TenantStats>, StoreError>;
     /// Records that the upstream accepted the caller key with (hashed)
@@ -404,40 +396,60 @@ pub trait Store: Send + Sync {
     fn verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<Option<i64>, StoreError>;
     /// Forgets `key_hash` for `tenant` (the upstream refused it).
     fn revoke_verified_key(&self, tenant: &str, key_hash: &[u8; 32]) -> Result<(), StoreError>;
-    /// Whether other processes write this store too (replicas follow its
-    /// change log).
-    fn shared(&self) -> bool {
-        false
-    }
-    /// The id of the newest change in a shared store's change log (0 for a
-    /// store no other process writes).
-    fn last_change(&self) -> Result<i64, StoreError> {
-        Ok(0)
-    }
-    /// The newest change trimmed from a shared store's change log: a tail
-    /// read after an older id misses changes (0 when nothing was trimmed).
-    fn change_log_floor(&self) -> Result<i64, StoreError> {
-        Ok(0)
-    }
-    /// Changes after `after`, oldest first (none for a store no other
-    /// process writes).
-    fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let _ = (after, limit);
-        Ok(Vec::new())
-    }
-    /// Blocks until the shared store's change log may have grown (another
-    /// process wrote) or `timeout` passed; true when woken by a change. The
-    /// caller reads the log either way: a wake-up is a hint, not a promise.
-    fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
-        std::thread::sleep(timeout);
-        false
-    }
+    /// The change log replicas follow, for a store other processes write
+    /// too; `None` for one only this process writes. Required, with no
+    /// default: a shared backend cannot forget it and still compile, and the
+    /// cache asks for it by type, not by a flag.
+    fn change_log(&self) -> Option<&dyn ChangeLog>;
     /// Entries per tenant.
     fn counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Tenants that have entries.
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.counts()?.into_iter().map(|(t, _)| t).collect())
     }
+}
+
+/// The hit log: which entry answered which request, kept for feedback and
+/// the console. Fenced apart from the entry table: it grows with traffic,
+/// not with entries.
+pub trait HitLog: Send + Sync {
+    /// Bumps hit counts and appends to the hit log.
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError>;
+    /// The most recent hits, newest first, of one tenant or of all.
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError>;
+    /// The hit with this request id, if the hit log still has it.
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError>;
+}
+
+/// Probes reported as answered wrongly, by entry (feedback). Fenced apart
+/// from the entry table: few, read whole at start, removed with their entry.
+pub trait Negatives: Send + Sync {
+    /// Records a probe an entry answered wrongly.
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError>;
+    /// Every negative of entries that still exist.
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError>;
+    /// The negatives of one entry.
+    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
+        let mut all = self.negatives()?;
+        all.retain(|n| n.entry_id == entry_id);
+        Ok(all)
+    }
+}
+
+/// A shared store's change log: what a replica reads to apply the other
+/// replicas' writes to its memory layers. Every method is required.
+pub trait ChangeLog: Send + Sync {
+    /// The id of the newest change in a shared store's change log.
+    fn last_change(&self) -> Result<i64, StoreError>;
+    /// The newest change trimmed from a shared store's change log: a tail
+    /// read after an older id misses changes (0 when nothing was trimmed).
+    fn change_log_floor(&self) -> Result<i64, StoreError>;
+    /// Changes after `after`, oldest first.
+    fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError>;
+    /// Blocks until the shared store's change log may have grown (another
+    /// process wrote) or `timeout` passed; true when woken by a change. The
+    /// caller reads the log either way: a wake-up is a hint, not a promise.
+    fn wait_for_change(&self, timeout: std::time::Duration) -> bool;
 }
 
 /// A fresh random store id (128 bits, hex).
@@ -485,6 +497,7 @@ macro_rules! store_suite {
             truncate_by_model,
             register_model_once,
             verified_keys,
+            a_change_log_records_every_write,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -758,6 +771,28 @@ pub(crate) mod suite {
         let got = s.get(ids[0]).unwrap().unwrap();
         assert_eq!(got.origin, Origin::Api);
         assert_eq!(got.last_hit_at, None);
+    }
+
+    /// A store with a change log (one other processes write) logs every
+    /// insert and removal after the newest change it had, oldest first; a
+    /// store without one is written by this process alone, and says so.
+    pub fn a_change_log_records_every_write(s: &dyn Store) {
+        let Some(log) = s.change_log() else {
+            // NOTE: nothing to follow; what matters is that the backend said
+            // so explicitly (`change_log` has no default).
+            return;
+        };
+        let before = log.last_change().unwrap();
+        let ids = s.insert_batch(&[entry("t", "h1", 1, 1000)]).unwrap();
+        s.delete("t", &ids).unwrap();
+        let changes = log.changes_since(before, 10).unwrap();
+        let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ChangeKind::Insert, ChangeKind::Remove]);
+        assert!(changes
+            .iter()
+            .all(|c| c.entry_id == ids[0] && c.tenant == "t"));
+        assert_eq!(log.last_change().unwrap(), changes[1].id);
+        assert!(log.changes_since(changes[1].id, 10).unwrap().is_empty());
     }
 
     /// A hit is logged with its probe, the matched text, the model, the

@@ -4,9 +4,10 @@
 //! open), and every statement: entries, answers, embeddings (`bytea`), hit
 //! counts, the hit log, negatives, verified keys, `store_meta` (the store's
 //! id), and an append-only change log of inserts and removals with a
-//! monotonically increasing id. It provides the replication capability
-//! (`shared()`, `changes_since()`, `wait_for_change()` by LISTEN/NOTIFY, or
-//! by polling where no LISTEN can be held); replicas apply that log in
+//! monotonically increasing id. It provides the replication capability, the
+//! [`ChangeLog`] its `change_log()` returns (`changes_since()`,
+//! `wait_for_change()` by LISTEN/NOTIFY, or by polling where no LISTEN can
+//! be held); replicas apply that log in
 //! `cache`, not here. It must never decide what a hit is, and never be
 //! called on a runtime thread: it blocks (call it from the write-back
 //! thread, the follow thread, or under `spawn_blocking`).
@@ -19,8 +20,9 @@ use std::sync::{
 use postgres::{fallible_iterator::FallibleIterator, Client, NoTls, Row};
 
 use super::{
-    blob_to_vec, vec_to_blob, Change, ChangeKind, Entry, HitLogRow, HitRecord, Limits, ListQuery,
-    Negative, NewEntry, Origin, Removed, Store, StoreError, TenantStats,
+    blob_to_vec, vec_to_blob, Change, ChangeKind, ChangeLog, Entry, HitLog, HitLogRow, HitRecord,
+    Limits, ListQuery, Negative, Negatives, NewEntry, Origin, Removed, Store, StoreError,
+    TenantStats,
 };
 
 /// Schema versions, applied in order, each once (recorded in
@@ -438,6 +440,10 @@ fn migrate(c: &mut Client) -> Result<(), StoreError> {
 }
 
 impl Store for PgStore {
+    fn change_log(&self) -> Option<&dyn ChangeLog> {
+        Some(self)
+    }
+
     fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
         self.write(|c| {
             let mut tx = c.transaction()?;
@@ -506,41 +512,6 @@ impl Store for PgStore {
             )?
             .as_ref()
             .map(row_to_entry))
-        })
-    }
-
-    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
-        self.write(|c| {
-            // NOTE: two statements per batch, whatever its size: one
-            // update of each entry hit (by its count), one insert of the
-            // hit log's rows.
-            let totals = super::hit_totals(hits);
-            let ids: Vec<i64> = totals.iter().map(|t| t.entry_id).collect();
-            let tenants: Vec<&str> = totals.iter().map(|t| t.tenant).collect();
-            let counts: Vec<i64> = totals.iter().map(|t| t.count).collect();
-            let lasts: Vec<i64> = totals.iter().map(|t| t.last_at).collect();
-            let mut tx = c.transaction()?;
-            tx.execute(
-                "UPDATE entries e SET hits = e.hits + u.n,
-                        last_hit_at = greatest(coalesce(e.last_hit_at, 0), u.at)
-                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, tenant, n, at)
-                 WHERE e.id = u.id AND e.tenant = u.tenant",
-                &[&ids, &tenants, &counts, &lasts],
-            )?;
-            let tenants: Vec<&str> = hits.iter().map(|h| h.tenant.as_str()).collect();
-            let entries: Vec<i64> = hits.iter().map(|h| h.entry_id).collect();
-            let probes: Vec<std::borrow::Cow<'_, str>> =
-                hits.iter().map(|h| pg_text(&h.probe)).collect();
-            let probes: Vec<&str> = probes.iter().map(|p| p.as_ref()).collect();
-            let sims: Vec<f32> = hits.iter().map(|h| h.similarity).collect();
-            let ats: Vec<i64> = hits.iter().map(|h| h.at).collect();
-            let rids: Vec<&str> = hits.iter().map(|h| h.request_id.as_str()).collect();
-            tx.execute(
-                "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::real[], $5::bigint[], $6::text[])",
-                &[&tenants, &entries, &probes, &sims, &ats, &rids],
-            )?;
-            tx.commit()
         })
     }
 
@@ -709,104 +680,6 @@ impl Store for PgStore {
         })
     }
 
-    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
-                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
-                 WHERE ($1::text IS NULL OR h.tenant = $1)
-                 ORDER BY h.id DESC LIMIT $2",
-                &[&tenant, &limit],
-            )?
-            .iter()
-            .map(row_to_hit)
-            .collect())
-        })
-    }
-
-    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
-        if request_id.is_empty() {
-            return Ok(None);
-        }
-        self.read(|c| {
-            Ok(c.query_opt(
-                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
-                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
-                 WHERE h.request_id = $1 ORDER BY h.id DESC LIMIT 1",
-                &[&request_id],
-            )?
-            .as_ref()
-            .map(row_to_hit))
-        })
-    }
-
-    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
-        self.write(|c| {
-            let mut tx = c.transaction()?;
-            tx.batch_execute(CHANGE_LOCK)?;
-            tx.execute(
-                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &n.entry_id,
-                    &n.tenant,
-                    &pg_text(&n.probe).as_ref(),
-                    &vec_to_blob(&n.embedding),
-                    &n.at,
-                ],
-            )?;
-            // NOTE: other replicas reload this entry's negatives when they
-            // read the change; the exact hash is not needed for that.
-            tx.execute(
-                "INSERT INTO change_log (tenant, entry_id, exact_hash, op, at) VALUES ($1, $2, '', 'negative', $3)",
-                &[&n.tenant, &n.entry_id, &n.at],
-            )?;
-            tx.commit()
-        })
-    }
-
-    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
-                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
-                &[],
-            )?
-            .iter()
-            .map(row_to_negative)
-            .collect())
-        })
-    }
-
-    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
-                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant
-                 WHERE n.entry_id = $1 ORDER BY n.id",
-                &[&entry_id],
-            )?
-            .iter()
-            .map(row_to_negative)
-            .collect())
-        })
-    }
-
-    fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
-        if !self.notify {
-            std::thread::sleep(timeout);
-            return false;
-        }
-        match self.listen(timeout) {
-            Ok(woken) => woken,
-            Err(e) => {
-                tracing::debug!(error = %e, "LISTEN failed; polling");
-                std::thread::sleep(timeout);
-                false
-            }
-        }
-    }
-
     fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError> {
         self.write(|c| {
             c.execute(
@@ -871,10 +744,142 @@ impl Store for PgStore {
         })
     }
 
-    fn shared(&self) -> bool {
-        true
+    fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT tenant, count(*) FROM entries GROUP BY tenant ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+        })
+    }
+}
+
+impl HitLog for PgStore {
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        self.write(|c| {
+            // NOTE: two statements per batch, whatever its size: one
+            // update of each entry hit (by its count), one insert of the
+            // hit log's rows.
+            let totals = super::hit_totals(hits);
+            let ids: Vec<i64> = totals.iter().map(|t| t.entry_id).collect();
+            let tenants: Vec<&str> = totals.iter().map(|t| t.tenant).collect();
+            let counts: Vec<i64> = totals.iter().map(|t| t.count).collect();
+            let lasts: Vec<i64> = totals.iter().map(|t| t.last_at).collect();
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "UPDATE entries e SET hits = e.hits + u.n,
+                        last_hit_at = greatest(coalesce(e.last_hit_at, 0), u.at)
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, tenant, n, at)
+                 WHERE e.id = u.id AND e.tenant = u.tenant",
+                &[&ids, &tenants, &counts, &lasts],
+            )?;
+            let tenants: Vec<&str> = hits.iter().map(|h| h.tenant.as_str()).collect();
+            let entries: Vec<i64> = hits.iter().map(|h| h.entry_id).collect();
+            let probes: Vec<std::borrow::Cow<'_, str>> =
+                hits.iter().map(|h| pg_text(&h.probe)).collect();
+            let probes: Vec<&str> = probes.iter().map(|p| p.as_ref()).collect();
+            let sims: Vec<f32> = hits.iter().map(|h| h.similarity).collect();
+            let ats: Vec<i64> = hits.iter().map(|h| h.at).collect();
+            let rids: Vec<&str> = hits.iter().map(|h| h.request_id.as_str()).collect();
+            tx.execute(
+                "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::real[], $5::bigint[], $6::text[])",
+                &[&tenants, &entries, &probes, &sims, &ats, &rids],
+            )?;
+            tx.commit()
+        })
     }
 
+    fn hit_log(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<HitLogRow>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE ($1::text IS NULL OR h.tenant = $1)
+                 ORDER BY h.id DESC LIMIT $2",
+                &[&tenant, &limit],
+            )?
+            .iter()
+            .map(row_to_hit)
+            .collect())
+        })
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        self.read(|c| {
+            Ok(c.query_opt(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE h.request_id = $1 ORDER BY h.id DESC LIMIT 1",
+                &[&request_id],
+            )?
+            .as_ref()
+            .map(row_to_hit))
+        })
+    }
+}
+
+impl Negatives for PgStore {
+    fn add_negative(&self, n: &Negative) -> Result<(), StoreError> {
+        self.write(|c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(CHANGE_LOCK)?;
+            tx.execute(
+                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &n.entry_id,
+                    &n.tenant,
+                    &pg_text(&n.probe).as_ref(),
+                    &vec_to_blob(&n.embedding),
+                    &n.at,
+                ],
+            )?;
+            // NOTE: other replicas reload this entry's negatives when they
+            // read the change; the exact hash is not needed for that.
+            tx.execute(
+                "INSERT INTO change_log (tenant, entry_id, exact_hash, op, at) VALUES ($1, $2, '', 'negative', $3)",
+                &[&n.tenant, &n.entry_id, &n.at],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn negatives(&self) -> Result<Vec<Negative>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
+                &[],
+            )?
+            .iter()
+            .map(row_to_negative)
+            .collect())
+        })
+    }
+
+    fn negatives_of(&self, entry_id: i64) -> Result<Vec<Negative>, StoreError> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant
+                 WHERE n.entry_id = $1 ORDER BY n.id",
+                &[&entry_id],
+            )?
+            .iter()
+            .map(row_to_negative)
+            .collect())
+        })
+    }
+}
+
+impl ChangeLog for PgStore {
     fn last_change(&self) -> Result<i64, StoreError> {
         PgStore::last_change(self)
     }
@@ -909,16 +914,19 @@ impl Store for PgStore {
         })
     }
 
-    fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT tenant, count(*) FROM entries GROUP BY tenant ORDER BY tenant",
-                &[],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-            .collect())
-        })
+    fn wait_for_change(&self, timeout: std::time::Duration) -> bool {
+        if !self.notify {
+            std::thread::sleep(timeout);
+            return false;
+        }
+        match self.listen(timeout) {
+            Ok(woken) => woken,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN failed; polling");
+                std::thread::sleep(timeout);
+                false
+            }
+        }
     }
 }
 

@@ -14,7 +14,8 @@ use std::{
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    blob_to_vec, vec_to_blob, Entry, HitRecord, Limits, NewEntry, Removed, Store, StoreError,
+    blob_to_vec, vec_to_blob, ChangeLog, Entry, HitLog, HitRecord, Limits, Negatives, NewEntry,
+    Removed, Store, StoreError,
 };
 
 const SCHEMA: &str = "
@@ -217,6 +218,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn change_log(&self) -> Option<&dyn ChangeLog> {
+        None
+    }
+
     fn insert_batch(&self, entries: &[NewEntry]) -> Result<Vec<i64>, StoreError> {
         self.write(|c| {
             let tx = c.transaction()?;
@@ -274,35 +279,6 @@ impl Store for SqliteStore {
             ))?
             .query_row([tenant, exact_hash], row_to_entry)
             .optional()
-        })
-    }
-
-    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
-        self.write(|c| {
-            let tx = c.transaction()?;
-            {
-                let mut bump = tx.prepare_cached(
-                    "UPDATE entries SET hits = hits + ?4, last_hit_at = max(coalesce(last_hit_at, 0), ?2)
-                     WHERE id = ?1 AND tenant = ?3",
-                )?;
-                let mut log = tx.prepare_cached(
-                    "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for t in super::hit_totals(hits) {
-                    bump.execute(params![t.entry_id, t.last_at, t.tenant, t.count])?;
-                }
-                for h in hits {
-                    log.execute(params![
-                        h.tenant,
-                        h.entry_id,
-                        h.probe,
-                        h.similarity as f64,
-                        h.at,
-                        h.request_id
-                    ])?;
-                }
-            }
-            tx.commit()
         })
     }
 
@@ -441,67 +417,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn hit_log(
-        &self,
-        tenant: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<super::HitLogRow>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
-                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
-                 WHERE (?1 IS NULL OR h.tenant = ?1)
-                 ORDER BY h.id DESC LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![tenant, limit as i64], row_to_hit)?;
-            rows.collect()
-        })
-    }
-
-    fn hit_by_request(&self, request_id: &str) -> Result<Option<super::HitLogRow>, StoreError> {
-        if request_id.is_empty() {
-            return Ok(None);
-        }
-        self.read(|c| {
-            c.prepare_cached(
-                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
-                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
-                 WHERE h.request_id = ?1 AND h.request_id <> '' ORDER BY h.id DESC LIMIT 1",
-            )?
-            .query_row([request_id], row_to_hit)
-            .optional()
-        })
-    }
-
-    fn add_negative(&self, n: &super::Negative) -> Result<(), StoreError> {
-        self.write(|c| {
-            c.execute(
-                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![n.entry_id, n.tenant, n.probe, vec_to_blob(&n.embedding), n.at],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn negatives(&self) -> Result<Vec<super::Negative>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare(
-                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
-                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(super::Negative {
-                    entry_id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    probe: r.get(2)?,
-                    embedding: blob_to_vec(&r.get::<_, Vec<u8>>(3)?),
-                    at: r.get(4)?,
-                })
-            })?;
-            rows.collect()
-        })
-    }
-
     fn register_model(&self, tenant: &str, model: &str, now_ms: i64) -> Result<bool, StoreError> {
         self.write(|c| {
             c.execute(
@@ -572,6 +487,100 @@ impl Store for SqliteStore {
             let mut st =
                 c.prepare("SELECT tenant, count(*) FROM entries GROUP BY tenant ORDER BY tenant")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+    }
+}
+
+impl HitLog for SqliteStore {
+    fn record_hits(&self, hits: &[HitRecord]) -> Result<(), StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut bump = tx.prepare_cached(
+                    "UPDATE entries SET hits = hits + ?4, last_hit_at = max(coalesce(last_hit_at, 0), ?2)
+                     WHERE id = ?1 AND tenant = ?3",
+                )?;
+                let mut log = tx.prepare_cached(
+                    "INSERT INTO hit_log (tenant, entry_id, probe, similarity, at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for t in super::hit_totals(hits) {
+                    bump.execute(params![t.entry_id, t.last_at, t.tenant, t.count])?;
+                }
+                for h in hits {
+                    log.execute(params![
+                        h.tenant,
+                        h.entry_id,
+                        h.probe,
+                        h.similarity as f64,
+                        h.at,
+                        h.request_id
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn hit_log(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::HitLogRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE (?1 IS NULL OR h.tenant = ?1)
+                 ORDER BY h.id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![tenant, limit as i64], row_to_hit)?;
+            rows.collect()
+        })
+    }
+
+    fn hit_by_request(&self, request_id: &str) -> Result<Option<super::HitLogRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT h.id, h.at, h.tenant, h.entry_id, h.probe, e.text, e.model, h.similarity, h.request_id
+                 FROM hit_log h LEFT JOIN entries e ON e.id = h.entry_id AND e.tenant = h.tenant
+                 WHERE h.request_id = ?1 AND h.request_id <> '' ORDER BY h.id DESC LIMIT 1",
+            )?
+            .query_row([request_id], row_to_hit)
+            .optional()
+        })
+    }
+}
+
+impl Negatives for SqliteStore {
+    fn add_negative(&self, n: &super::Negative) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO entry_negatives (entry_id, tenant, probe, embedding, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![n.entry_id, n.tenant, n.probe, vec_to_blob(&n.embedding), n.at],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn negatives(&self) -> Result<Vec<super::Negative>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT n.entry_id, n.tenant, n.probe, n.embedding, n.at FROM entry_negatives n
+                 JOIN entries e ON e.id = n.entry_id AND e.tenant = n.tenant ORDER BY n.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(super::Negative {
+                    entry_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    probe: r.get(2)?,
+                    embedding: blob_to_vec(&r.get::<_, Vec<u8>>(3)?),
+                    at: r.get(4)?,
+                })
+            })?;
             rows.collect()
         })
     }

@@ -6,6 +6,8 @@ use std::{
     sync::{atomic::Ordering, Mutex},
 };
 
+use modelcache::store::{ChangeLog, HitLog, Negatives};
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -85,6 +87,10 @@ impl FaultyStore {
 }
 
 impl modelcache::store::Store for FaultyStore {
+    fn change_log(&self) -> Option<&dyn ChangeLog> {
+        self.inner.change_log()
+    }
+
     fn record_verified_key(&self, t: &str, k: &[u8; 32], at: i64) -> StoreResult<()> {
         self.write()?;
         self.inner.record_verified_key(t, k, at)
@@ -111,11 +117,6 @@ impl modelcache::store::Store for FaultyStore {
     }
     fn get_exact(&self, t: &str, h: &str) -> StoreResult<Option<modelcache::store::Entry>> {
         self.inner.get_exact(t, h)
-    }
-    fn record_hits(&self, h: &[modelcache::store::HitRecord]) -> StoreResult<()> {
-        self.write()?;
-        self.hit_batches.lock().unwrap().push(h.len());
-        self.inner.record_hits(h)
     }
     fn index_rows(&self, t: &str) -> StoreResult<Vec<(u64, u64)>> {
         self.inner.index_rows(t)
@@ -148,23 +149,6 @@ impl modelcache::store::Store for FaultyStore {
     fn list(&self, q: &modelcache::store::ListQuery) -> StoreResult<Vec<modelcache::store::Entry>> {
         self.inner.list(q)
     }
-    fn hit_log(
-        &self,
-        t: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<modelcache::store::HitLogRow>> {
-        self.inner.hit_log(t, limit)
-    }
-    fn hit_by_request(&self, r: &str) -> StoreResult<Option<modelcache::store::HitLogRow>> {
-        self.inner.hit_by_request(r)
-    }
-    fn add_negative(&self, n: &modelcache::store::Negative) -> StoreResult<()> {
-        self.write()?;
-        self.inner.add_negative(n)
-    }
-    fn negatives(&self) -> StoreResult<Vec<modelcache::store::Negative>> {
-        self.inner.negatives()
-    }
     fn register_model(&self, t: &str, m: &str, now: i64) -> StoreResult<bool> {
         self.write()?;
         self.inner.register_model(t, m, now)
@@ -174,5 +158,36 @@ impl modelcache::store::Store for FaultyStore {
     }
     fn counts(&self) -> StoreResult<Vec<(String, u64)>> {
         self.inner.counts()
+    }
+}
+
+impl HitLog for FaultyStore {
+    fn record_hits(&self, h: &[modelcache::store::HitRecord]) -> StoreResult<()> {
+        self.write()?;
+        self.hit_batches.lock().unwrap().push(h.len());
+        self.inner.record_hits(h)
+    }
+
+    fn hit_log(
+        &self,
+        t: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<modelcache::store::HitLogRow>> {
+        self.inner.hit_log(t, limit)
+    }
+
+    fn hit_by_request(&self, r: &str) -> StoreResult<Option<modelcache::store::HitLogRow>> {
+        self.inner.hit_by_request(r)
+    }
+}
+
+impl Negatives for FaultyStore {
+    fn add_negative(&self, n: &modelcache::store::Negative) -> StoreResult<()> {
+        self.write()?;
+        self.inner.add_negative(n)
+    }
+
+    fn negatives(&self) -> StoreResult<Vec<modelcache::store::Negative>> {
+        self.inner.negatives()
     }
 }
