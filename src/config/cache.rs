@@ -10,151 +10,72 @@ use serde::Deserialize;
 
 use super::{at_least_one, duration, Errors, TextMode};
 
-/// `[cache]`
-#[derive(Debug, Deserialize)]
+/// `[cache]` and `[tenants.cache]`: one set of keys, every one optional.
+/// `[cache]` is laid over the built-in defaults, and a tenant's over
+/// `[cache]`, key by key, by one function ([`policy_over`]); the four
+/// process-wide keys are refused in a tenant's table.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCache {
-    /// `false` makes "off" every tenant's default mode (a tenant may still turn
-    /// its own cache on); with no tenant caching, no model is loaded.
-    #[serde(default = "d_true")]
-    pub enabled: bool,
-    /// Cosine similarity needed for a semantic hit on a short text.
-    #[serde(default = "d_threshold")]
-    pub threshold: f32,
-    /// Cosine similarity needed for a semantic hit on a long text.
-    #[serde(default = "d_long_threshold")]
-    pub long_threshold: f32,
-    /// A text with more words than this is "long".
-    #[serde(default = "d_long_text_words")]
-    pub long_text_words: usize,
-    /// How long an entry may be served.
-    #[serde(default = "d_ttl")]
-    pub ttl: String,
-    /// Most entries kept; the least recently hit go first.
-    #[serde(default = "d_max_entries")]
-    pub max_entries: u64,
-    /// Entries kept in memory for exact hits.
-    #[serde(default = "d_exact_capacity")]
-    pub exact_capacity: u64,
-    /// Write-back queue length; a full queue drops the write and counts it.
-    #[serde(default = "d_writeback_queue")]
-    pub writeback_queue: usize,
-    /// Most writes committed in one transaction.
-    #[serde(default = "d_writeback_batch")]
-    pub writeback_batch: usize,
-    /// Longest an identical miss waits for the one already on its way
-    /// upstream, before it is forwarded itself; "0s" forwards every miss.
-    #[serde(default = "d_single_flight_wait")]
-    pub single_flight_wait: String,
-    /// `finish_reason`s whose answers may be cached.
-    #[serde(default = "d_finish_reasons")]
-    pub cacheable_finish_reasons: Vec<String>,
-    /// `read_write`, `read_only`, `write_only` or `off`.
-    #[serde(default = "d_mode")]
-    pub mode: String,
-    /// Which turns are compared by meaning.
-    #[serde(default = "d_text")]
-    pub text: String,
-    /// Chats with more messages than this are matched exactly only.
-    #[serde(default = "d_max_messages")]
-    pub max_messages: usize,
-    /// Requests with a higher temperature neither read nor write the cache.
-    #[serde(default)]
-    pub skip_when_temperature_above: Option<f64>,
-    /// Which requests entries inserted through `/modelcache` answer:
-    /// `default_params` or `any_sampling_params`.
-    #[serde(default = "d_api_entries_match")]
-    pub api_entries_match: String,
-    /// Structural guards.
-    #[serde(default)]
-    pub guards: RawGuards,
-    /// Whether the word-by-word verifier chooses each candidate's threshold.
-    #[serde(default = "d_true")]
-    pub verifier: bool,
-    /// Similarity needed when no content word differs.
-    #[serde(default = "d_same_words_threshold")]
-    pub same_words_threshold: f32,
-    /// Similarity needed when one or two content words differ.
-    #[serde(default = "d_small_edit_threshold")]
-    pub small_edit_threshold: f32,
-    /// The largest share of wrong answers accepted; thresholds are calibrated
-    /// to it on `calibration_pairs` at start.
-    #[serde(default)]
-    pub max_wrong_rate: Option<f64>,
-    /// Labelled pairs (the `modelcache eval` format) to calibrate on.
-    #[serde(default)]
-    pub calibration_pairs: Option<String>,
-}
-
-/// `[cache.guards]`: structural checks of every semantic candidate.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGuards {
-    /// Numbers and units must match.
-    #[serde(default = "d_true")]
-    pub numbers: bool,
-    /// Negation and polarity words must match.
-    #[serde(default = "d_true")]
-    pub negation: bool,
-    /// Programming languages and platforms must match.
-    #[serde(default = "d_true")]
-    pub code: bool,
-    /// The natural language must match.
-    #[serde(default = "d_true")]
-    pub language: bool,
-    /// Text past the embedding window must be equal.
-    #[serde(default = "d_true")]
-    pub long_text: bool,
-}
-
-/// `[tenants.cache]`: every key defaults to `[cache]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTenantCache {
-    /// `false` is `mode = "off"`.
+pub struct RawPolicy {
+    /// `false` is `mode = "off"` (in `[cache]`: every tenant's default; a
+    /// tenant may still turn its own cache on).
     pub enabled: Option<bool>,
     /// `read_write`, `read_only`, `write_only` or `off`.
     pub mode: Option<String>,
-    /// Short-text threshold.
+    /// Cosine similarity needed for a semantic hit on a short text.
     pub threshold: Option<f32>,
-    /// Long-text threshold.
+    /// Cosine similarity needed for a semantic hit on a long text.
     pub long_threshold: Option<f32>,
-    /// Words above which a text is long.
+    /// A text with more words than this is "long".
     pub long_text_words: Option<usize>,
-    /// Entry lifetime.
+    /// How long an entry may be served.
     pub ttl: Option<String>,
-    /// Entry cap, least recently hit evicted first.
+    /// Most entries kept; the least recently hit go first.
     pub max_entries: Option<u64>,
-    /// `system_and_user`, `last_user` or `all`.
+    /// Which turns are compared by meaning: `system_and_user`, `last_user`
+    /// or `all`.
     pub text: Option<String>,
-    /// Chats with more messages are matched exactly only.
+    /// Chats with more messages than this are matched exactly only.
     pub max_messages: Option<usize>,
-    /// Cacheable finish reasons.
+    /// `finish_reason`s whose answers may be cached.
     pub cacheable_finish_reasons: Option<Vec<String>>,
-    /// Requests with a higher temperature skip the cache.
+    /// Requests with a higher temperature neither read nor write the cache.
     pub skip_when_temperature_above: Option<f64>,
-    /// Which requests entries inserted through `/modelcache` answer.
+    /// Which requests entries inserted through `/modelcache` answer:
+    /// `default_params` or `any_sampling_params`.
     pub api_entries_match: Option<String>,
-    /// Overrides of `[cache.guards]`.
+    /// Structural guards.
     #[serde(default)]
-    pub guards: RawTenantGuards,
+    pub guards: RawGuards,
     /// Whether the word-by-word verifier chooses each candidate's threshold.
     pub verifier: Option<bool>,
     /// Similarity needed when no content word differs.
     pub same_words_threshold: Option<f32>,
     /// Similarity needed when one or two content words differ.
     pub small_edit_threshold: Option<f32>,
-    /// The largest share of wrong answers the tenant accepts; its thresholds
-    /// are calibrated to it on `calibration_pairs` at start.
+    /// The largest share of wrong answers accepted; thresholds are calibrated
+    /// to it on `calibration_pairs` at start.
     pub max_wrong_rate: Option<f64>,
     /// Labelled pairs (the `modelcache eval` format) to calibrate on.
     pub calibration_pairs: Option<String>,
+    /// Entries kept in memory for exact hits (`[cache]` only).
+    pub exact_capacity: Option<u64>,
+    /// Write-back queue length; a full queue drops the write and counts it
+    /// (`[cache]` only).
+    pub writeback_queue: Option<usize>,
+    /// Most writes committed in one transaction (`[cache]` only).
+    pub writeback_batch: Option<usize>,
+    /// Longest an identical miss waits for the one already on its way
+    /// upstream, before it is forwarded itself; "0s" forwards every miss
+    /// (`[cache]` only).
+    pub single_flight_wait: Option<String>,
 }
 
-/// `[tenants.cache.guards]`: each key defaults to `[cache.guards]`.
-#[derive(Debug, Default, Deserialize)]
+/// `[cache.guards]` and `[tenants.cache.guards]`: structural checks of every
+/// semantic candidate, each on unless turned off.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTenantGuards {
+pub struct RawGuards {
     /// Numbers and units must match.
     pub numbers: Option<bool>,
     /// Negation and polarity words must match.
@@ -168,26 +89,50 @@ pub struct RawTenantGuards {
 }
 
 defaults! {
-    d_true: bool = true;
     d_threshold: f32 = 0.90;
     d_long_threshold: f32 = 0.98;
     d_long_text_words: usize = 150;
-    d_ttl: String = "7d".into();
+    d_ttl: Duration = Duration::from_secs(7 * 24 * 3600);
     d_max_entries: u64 = 1_000_000;
     d_exact_capacity: u64 = 100_000;
     d_writeback_queue: usize = 4096;
     d_writeback_batch: usize = 128;
-    d_single_flight_wait: String = "30s".into();
+    d_single_flight_wait: Duration = Duration::from_secs(30);
     d_finish_reasons: Vec<String> = vec!["stop".into(), "tool_calls".into()];
-    d_mode: String = "read_write".into();
-    d_text: String = "system_and_user".into();
     d_max_messages: usize = 20;
-    d_api_entries_match: String = "default_params".into();
     d_same_words_threshold: f32 = 0.80;
     d_small_edit_threshold: f32 = 0.94;
 }
 
-default_from_serde!(RawCache, RawGuards);
+/// The built-in policy `[cache]` is laid over; `max_length` is
+/// `[embedding]`'s, which sizes the long-text guard's window.
+fn builtin(max_length: usize) -> Policy {
+    Policy {
+        mode: CacheMode::ReadWrite,
+        threshold: d_threshold(),
+        long_threshold: d_long_threshold(),
+        long_text_words: d_long_text_words(),
+        ttl: d_ttl(),
+        max_entries: d_max_entries(),
+        text: TextMode::SystemAndUser,
+        max_messages: d_max_messages(),
+        cacheable_finish_reasons: d_finish_reasons(),
+        skip_when_temperature_above: None,
+        api_entries_match: ApiEntriesMatch::DefaultParams,
+        guards: GuardSet {
+            // NOTE: about 1.3 tokens a word in English; two thirds of the
+            // window in words stays inside it.
+            window_words: (max_length * 2 / 3).max(8),
+            ..GuardSet::default()
+        },
+        verifier: Verifier {
+            same_words_threshold: d_same_words_threshold(),
+            small_edit_threshold: d_small_edit_threshold(),
+            ..Verifier::default()
+        },
+        calibration: None,
+    }
+}
 
 /// Process-wide cache settings.
 #[derive(Debug, Clone)]
@@ -401,80 +346,51 @@ fn api_entries_match(errs: &mut Errors, key: &str, s: &str) -> ApiEntriesMatch {
     }
 }
 
-fn global_policy(errs: &mut Errors, c: &RawCache, max_length: usize) -> Policy {
-    let mode = cache_mode(errs, "cache.mode", &c.mode);
-    let g = &c.guards;
-    Policy {
-        // NOTE: `enabled = false` is every tenant's default mode "off"; a
-        // tenant may still turn its own cache on.
-        mode: if c.enabled { mode } else { CacheMode::Off },
-        threshold: fraction(errs, "cache.threshold", c.threshold),
-        long_threshold: fraction(errs, "cache.long_threshold", c.long_threshold),
-        long_text_words: c.long_text_words,
-        ttl: duration(errs, "cache.ttl", &c.ttl),
-        max_entries: c.max_entries,
-        text: text_mode(errs, "cache.text", &c.text),
-        max_messages: at_least_one(errs, "cache.max_messages", c.max_messages),
-        cacheable_finish_reasons: c.cacheable_finish_reasons.clone(),
-        skip_when_temperature_above: temperature(
-            errs,
-            "cache.skip_when_temperature_above",
-            c.skip_when_temperature_above,
-        ),
-        api_entries_match: api_entries_match(errs, "cache.api_entries_match", &c.api_entries_match),
-        guards: GuardSet {
-            numbers: g.numbers,
-            negation: g.negation,
-            code: g.code,
-            language: g.language,
-            long_text: g.long_text,
-            // NOTE: about 1.3 tokens a word in English; two thirds of the
-            // window in words stays inside it.
-            window_words: (max_length * 2 / 3).max(8),
-        },
-        verifier: Verifier {
-            enabled: c.verifier,
-            same_words_threshold: fraction(
-                errs,
-                "cache.same_words_threshold",
-                c.same_words_threshold,
-            ),
-            small_edit_threshold: fraction(
-                errs,
-                "cache.small_edit_threshold",
-                c.small_edit_threshold,
-            ),
-            ..Default::default()
-        },
-        calibration: calibrate(
-            errs,
-            "cache.",
-            c.max_wrong_rate,
-            c.calibration_pairs.as_deref(),
-        ),
-    }
-}
-
 /// `[cache]` into [`CacheSettings`]; `max_length` is `[embedding]`'s, which
 /// sizes the long-text guard's window.
-pub(super) fn load(errs: &mut Errors, c: &RawCache, max_length: usize) -> CacheSettings {
+pub(super) fn load(errs: &mut Errors, c: &RawPolicy, max_length: usize) -> CacheSettings {
     CacheSettings {
-        exact_capacity: c.exact_capacity,
-        writeback_queue: at_least_one(errs, "cache.writeback_queue", c.writeback_queue),
-        writeback_batch: at_least_one(errs, "cache.writeback_batch", c.writeback_batch),
-        single_flight_wait: duration(errs, "cache.single_flight_wait", &c.single_flight_wait),
-        policy: global_policy(errs, c, max_length),
+        exact_capacity: c.exact_capacity.unwrap_or_else(d_exact_capacity),
+        writeback_queue: c.writeback_queue.map_or_else(d_writeback_queue, |v| {
+            at_least_one(errs, "cache.writeback_queue", v)
+        }),
+        writeback_batch: c.writeback_batch.map_or_else(d_writeback_batch, |v| {
+            at_least_one(errs, "cache.writeback_batch", v)
+        }),
+        single_flight_wait: c
+            .single_flight_wait
+            .as_deref()
+            .map_or_else(d_single_flight_wait, |v| {
+                duration(errs, "cache.single_flight_wait", v)
+            }),
+        policy: policy_over(errs, "cache", &builtin(max_length), c),
     }
 }
 
-/// `[tenants.cache]`: each key set replaces the one of `base`.
-pub(super) fn tenant_policy(
-    errs: &mut Errors,
-    p: &str,
-    base: &Policy,
-    c: &RawTenantCache,
-) -> Policy {
-    let k = |name: &str| format!("{p}.cache.{name}");
+/// `[tenants.cache]` of the tenant at `p` over `[cache]`'s policy `base`.
+pub(super) fn tenant_policy(errs: &mut Errors, p: &str, base: &Policy, c: &RawPolicy) -> Policy {
+    // NOTE: one queue, one writer and one exact layer serve every tenant.
+    for (name, set) in [
+        ("exact_capacity", c.exact_capacity.is_some()),
+        ("writeback_queue", c.writeback_queue.is_some()),
+        ("writeback_batch", c.writeback_batch.is_some()),
+        ("single_flight_wait", c.single_flight_wait.is_some()),
+    ] {
+        if set {
+            errs.push(
+                &format!("{p}.cache.{name}"),
+                "is process-wide: set it in [cache]",
+            );
+        }
+    }
+    policy_over(errs, &format!("{p}.cache"), base, c)
+}
+
+/// The policy `c` (the table at `at`: `cache`, or a tenant's `….cache`)
+/// laid over `base`: each key set replaces `base`'s, checked, with its key
+/// path in any error; a key not set is `base`'s, already checked.
+fn policy_over(errs: &mut Errors, at: &str, base: &Policy, c: &RawPolicy) -> Policy {
+    let k = |name: &str| format!("{at}.{name}");
     let mut mode = match &c.mode {
         Some(m) => cache_mode(errs, &k("mode"), m),
         None => base.mode,
@@ -548,7 +464,7 @@ pub(super) fn tenant_policy(
             (None, None) => base.calibration.clone(),
             (rate, pairs) => calibrate(
                 errs,
-                &k(""),
+                &format!("{at}."),
                 rate.or(base.calibration.as_ref().map(|b| b.max_wrong_rate)),
                 pairs.or(base.calibration.as_ref().and_then(|b| b.pairs.to_str())),
             ),

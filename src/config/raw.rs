@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub use super::{
     admin::RawAdmin,
     auth::RawAuth,
-    cache::{RawCache, RawGuards, RawTenantCache, RawTenantGuards},
+    cache::{RawGuards, RawPolicy},
     embedding::RawEmbedding,
     prices::RawPrice,
     server::RawServer,
@@ -40,7 +40,7 @@ pub struct RawConfig {
     pub embedding: RawEmbedding,
     /// Cache policy: the defaults of every tenant.
     #[serde(default)]
-    pub cache: RawCache,
+    pub cache: RawPolicy,
     /// Callers that match no tenant, and upstream verification of keys.
     #[serde(default)]
     pub auth: RawAuth,

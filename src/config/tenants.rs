@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    cache::{tenant_policy, Policy, RawTenantCache},
+    cache::{tenant_policy, Policy, RawPolicy},
     env_var,
     upstream::{tenant_upstream, RawTenantUpstream, UpstreamSettings},
     Errors,
@@ -48,7 +48,7 @@ pub struct RawTenant {
     pub upstream: RawTenantUpstream,
     /// Overrides of `[cache]`.
     #[serde(default)]
-    pub cache: RawTenantCache,
+    pub cache: RawPolicy,
 }
 
 /// `match_header = { name = "...", value = "..." }`
@@ -340,6 +340,49 @@ skip_when_temperature_above = 0.7
         assert_eq!(b.policy.max_messages, 4);
         assert_eq!(b.policy.skip_when_temperature_above, Some(0.7));
         assert!((b.policy.threshold - 0.85).abs() < 1e-6, "inherited");
+    }
+
+    #[test]
+    fn one_raw_policy_laid_over_the_builtin_then_cache_key_by_key() {
+        let s = with_env(
+            r#"
+[cache]
+threshold = 0.93
+verifier = false
+[cache.guards]
+numbers = false
+[[tenants]]
+name = "a"
+keys_env = ["A_KEY"]
+[tenants.cache]
+long_threshold = 0.99
+[tenants.cache.guards]
+code = false
+"#,
+            &[("A_KEY", "alpha")],
+        )
+        .unwrap();
+        let (g, a) = (&s.cache.policy, &s.tenants[0].policy);
+        // [cache] over the built-in defaults.
+        assert!((g.threshold - 0.93).abs() < 1e-6 && (g.long_threshold - 0.98).abs() < 1e-6);
+        assert!(!g.verifier.enabled && !g.guards.numbers && g.guards.code);
+        assert_eq!(s.cache.single_flight_wait, Duration::from_secs(30));
+        // A tenant over [cache], key by key, guards included.
+        assert!((a.threshold - 0.93).abs() < 1e-6 && (a.long_threshold - 0.99).abs() < 1e-6);
+        assert!(!a.verifier.enabled && !a.guards.numbers && !a.guards.code && a.guards.negation);
+        assert_eq!(a.guards.window_words, g.guards.window_words);
+        // The process-wide keys are refused in a tenant's table, by path.
+        let err = with_env(
+            "[[tenants]]\nname = \"a\"\nkeys_env = [\"A_KEY\"]\n[tenants.cache]\nwriteback_queue = 8\nthreshold = 2.0\n",
+            &[("A_KEY", "alpha")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tenants[0].cache.writeback_queue: is process-wide"),
+            "{err}"
+        );
+        assert!(err.contains("tenants[0].cache.threshold"), "{err}");
     }
 
     #[test]
