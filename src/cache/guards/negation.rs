@@ -1,0 +1,66 @@
+//! The negation guard: two texts must be negated alike, name the same
+//! polarity words, and not take opposite sides of a pair.
+//!
+//! Owns what makes a text negated ("not", "can't", "without", "-free",
+//! 不, ない …) and the comparison of the polarity groups ("enable" and
+//! "disable", "ascending" and "descending") and of the pairs of opposites
+//! ("within" and "after"). It must never fail a text that names one side of
+//! a pair against one that names neither: silence is not the opposite.
+
+use super::text::{show, Text};
+use crate::cache::lexicon::Group;
+use crate::cache::lexicon::OPPOSITES;
+use crate::cache::lexicon::POLARITY;
+
+/// What differs in the negation, polarity or opposites of `a` and `b`, if
+/// anything; and, formatted only when asked, what was compared.
+pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> String) {
+    let (na, nb) = (a.negated(), b.negated());
+    let (pa, pb) = (a.members(POLARITY), b.members(POLARITY));
+    let diff = if na != nb {
+        Some(format!(
+            "negated: {} vs {}",
+            if na { "yes" } else { "no" },
+            if nb { "yes" } else { "no" }
+        ))
+    } else if pa != pb {
+        Some(format!("polarity {} vs {}", show(&pa), show(&pb)))
+    } else if let Some((x, y)) = a.opposite(b) {
+        Some(format!("{x} vs {y}"))
+    } else {
+        None
+    };
+    (diff, || "same negation and polarity words".into())
+}
+
+impl Text {
+    fn negated(&self) -> bool {
+        const WORDS: [&str; 15] = [
+            "not", "no", "non", "never", "without", "none", "nothing", "nobody", "neither", "nor",
+            "cannot", "nunca", "sin", "ningún", "ninguna",
+        ];
+        const CJK: [&str; 7] = ["不", "没", "別", "别", "无法", "ない", "ません"];
+        // NOTE: "gluten-free" is "without gluten".
+        self.tokens
+            .iter()
+            .any(|t| WORDS.contains(&t.as_str()) || t.ends_with("n't"))
+            || self.lower.contains("n't")
+            || self.lower.contains("-free")
+            || CJK.iter().any(|w| self.lower.contains(w))
+    }
+
+    /// A pair of opposites, one in each text and not the other.
+    fn opposite(&self, other: &Text) -> Option<(&'static str, &'static str)> {
+        OPPOSITES.iter().find_map(|(x, y)| {
+            let has = |t: &Text, g: Group| g.iter().any(|w| t.has_word(w));
+            let (ax, ay, bx, by) = (has(self, x), has(self, y), has(other, x), has(other, y));
+            if ax && !ay && by && !bx {
+                Some((x[0], y[0]))
+            } else if ay && !ax && bx && !by {
+                Some((y[0], x[0]))
+            } else {
+                None
+            }
+        })
+    }
+}
