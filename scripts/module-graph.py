@@ -2,7 +2,7 @@
 """Prints the module graph of src/: which top-level module uses which, the
 import cycles, and the layers (the longest chain of uses below each module).
 
-Usage: scripts/module-graph.py [--top] [--check] [SRC_DIR]
+Usage: scripts/module-graph.py [--top] [--strict] [--check] [SRC_DIR]
 
 With --check it prints nothing and exits 1, naming the problem, when there is
 an import cycle between files or between top-level modules, or when a
@@ -14,7 +14,8 @@ folder), or with --top a file or folder directly under src/. A use is any
 `crate::a::b` path in a module's code, resolved to the longest module it
 names; `super::` and `self::` paths are resolved against the file's place
 (`super::x` in src/cache/judge.rs is `cache::x`), so a relative path hides
-nothing. A module's use of its own child, or of its parent's facade, counts
+nothing. With --strict, a `mod x;` line is a use of `x` by the module that
+declares it too, so a mod.rs whose children use its types is a cycle. A module's use of its own child, or of its parent's facade, counts
 like any other. Comments are ignored, tests are not (a test's import is an
 import too).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly
 TOP = "--top" in sys.argv
 CHECK = "--check" in sys.argv
+STRICT = "--strict" in sys.argv
 
 
 def module_of(path: Path, src: Path) -> str:
@@ -112,7 +114,11 @@ def graph(src: Path) -> dict[str, set[str]]:
         code = strip_comments(p.read_text())
         # NOTE: a file's own `mod tests` says `super::*` for the file itself.
         code = re.sub(r"use super::\*;", "", code)
-        for path in crate_paths(code, here, is_mod):
+        # NOTE: a module declared here (`mod x;`) is used here: a facade
+        # calling `x::f()` without a prefix still depends on `x`.
+        declared = re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", code, flags=re.M)
+        declared = ["::".join(here + [d]) for d in declared] if STRICT else []
+        for path in crate_paths(code, here, is_mod) + declared:
             parts = path.split("::")
             name = next(
                 ("::".join(parts[:i]) for i in range(len(parts), 0, -1)
@@ -201,7 +207,7 @@ def check(src: Path) -> int:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a not in ("--top", "--check")]
+    args = [a for a in sys.argv[1:] if a not in ("--top", "--check", "--strict")]
     src = Path(args[0] if args else "src")
     if CHECK:
         sys.exit(check(src))
