@@ -111,6 +111,8 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// Requests forwarded without a cache read or write, by tenant and why.
     pub bypass: IntCounterVec,
+    /// Lookups that missed, by each check their nearest candidate failed.
+    pub refused: IntCounterVec,
     /// Time to the first body byte of SSE responses, by result.
     pub stream_first_byte_seconds: HistogramVec,
     /// Whole-request latency (to response headers) by route and result.
@@ -185,6 +187,13 @@ impl Metrics {
                 "Requests forwarded without a cache read or write, by why: route, unknown_caller, cache_off, no_store, not_loaded, body_too_large, not_json, bad_namespace, too_hot, or a request that cannot be keyed (not_an_object, no_model, bad_messages, prompt_not_string).",
             ),
             &["tenant", "reason"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "modelcache_refused_total",
+                "Lookups that missed with a candidate in the request's partition, by each check the nearest one failed: similarity, a guard (numbers, negation, direction, code, language, long_text), unseen_text (spans the embedding model cannot see differ), feedback, fresh, max_age, origin.",
+            ),
+            &["tenant", "check"],
         )?;
         let stream_first_byte_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -306,6 +315,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(bypass.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(stream_first_byte_seconds.clone()))?;
         registry.register(Box::new(index_bytes.clone()))?;
         registry.register(Box::new(saved_tokens.clone()))?;
@@ -348,6 +358,7 @@ impl Metrics {
             requests,
             auth,
             bypass,
+            refused,
             stream_first_byte_seconds,
             index_bytes,
             saved_tokens,

@@ -2,7 +2,8 @@
 //! the failure it exists for (asc/desc, enable/disable, a changed number,
 //! Python vs JavaScript, a changed system prompt, a changed earlier assistant
 //! turn, an edit past token 256 of a long document), while paraphrases still
-//! hit; guards switched off per tenant; and `modelcache eval` on the binary.
+//! hit; text the model cannot see never judged by its similarity; guards
+//! switched off per tenant; and `modelcache eval` on the binary.
 
 mod common;
 
@@ -400,4 +401,44 @@ async fn modelcache_eval_scores_labelled_pairs_with_the_real_lookup() {
         stdout.contains("all                      4    100.0%  100.0%   1.000    0.0%"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
+    // To all-MiniLM-L6-v2 most of these characters are [UNK]: upload and
+    // download differ only where it sees nothing. So do two emoji.
+    for (stored, asked) in [
+        ("如何上传文件到服务器？", "如何从服务器下载文件？"),
+        ("What does 🫠 mean?", "What does 😭 mean?"),
+    ] {
+        let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+        assert_eq!(served, "miss", "{asked}: {dry}");
+        let f = failed(&dry, &format!("user###{stored}"));
+        assert!(f.contains(&"unseen_text".to_string()), "{asked}: {f:?} in {dry}");
+        // The same question again is an exact hit.
+        let before = up.calls();
+        let again = Call::chat(req(user(asked))).send(&app).await;
+        assert_eq!((again.cache(), up.calls()), ("hit".to_string(), before), "{asked}");
+    }
+    // A question whose unseen spans are the same still hits by meaning.
+    let (served, dry) = probe(
+        &app,
+        &up,
+        user("What does 🫠 mean in a text message?"),
+        user("what does 🫠 mean in a text message"),
+    )
+    .await;
+    assert_eq!(served, "hit", "{dry}");
+    // Each such miss is counted by the check that refused it.
+    let m = metrics(&app).await;
+    let refused = metric_sum(&m, "modelcache_refused_total", &["check=\"unseen_text\""]);
+    assert!(refused >= 2.0, "{m}");
+    app.shutdown().await;
 }

@@ -163,6 +163,14 @@ pub enum Check {
     Guard(GuardResult),
     /// The long-text guard.
     LongText(LongCheck),
+    /// The spans the embedding model cannot see (its unknown token), which
+    /// must be equal: the similarity cannot tell them apart.
+    Unseen {
+        /// The stored question's unseen spans.
+        stored: Vec<String>,
+        /// The request's.
+        asked: Vec<String>,
+    },
     /// A probe reported wrong for this entry is closer than the entry's own
     /// similarity.
     Feedback {
@@ -196,6 +204,7 @@ impl Check {
             Check::MaxAge { .. } => "max_age",
             Check::Guard(g) => g.name,
             Check::LongText(_) => "long_text",
+            Check::Unseen { .. } => "unseen_text",
             Check::Feedback { .. } => "feedback",
             Check::Origin { .. } => "origin",
             Check::Similarity { .. } => "similarity",
@@ -214,6 +223,7 @@ impl Check {
             }
             Check::Guard(g) => g.passed,
             Check::LongText(l) => l.passed,
+            Check::Unseen { stored, asked } => stored == asked,
             Check::Feedback { .. } => false,
             Check::Origin { stored, wanted } => stored == wanted,
             Check::Similarity {
@@ -241,6 +251,15 @@ impl Check {
             }
             Check::Guard(g) => g.detail.clone(),
             Check::LongText(l) => l.detail.clone(),
+            Check::Unseen { stored, asked } if stored == asked => match stored.len() {
+                0 => "the model sees every word of both".into(),
+                n => format!("{n} spans the model cannot see, the same in both"),
+            },
+            Check::Unseen { stored, asked } => format!(
+                "the model cannot see \"{}\" vs \"{}\": its similarity cannot tell them apart",
+                stored.join(" "),
+                asked.join(" ")
+            ),
             Check::Feedback { similarity } => format!(
                 "reported wrong for a question {similarity:.4} alike, closer than the entry's own"
             ),
@@ -280,6 +299,9 @@ pub struct Asking<'a> {
     pub origin: Option<Origin>,
     /// Unix milliseconds now.
     pub now: i64,
+    /// The spans of the request's text the model cannot see (None: the
+    /// model reads every text).
+    pub unseen: Option<&'a [String]>,
 }
 
 /// The candidate side of a judgement.
@@ -297,6 +319,9 @@ pub struct Offered<'a> {
     pub reported_wrong: Option<f32>,
     /// The long-text guard's outcome, once run.
     pub long: Option<&'a LongCheck>,
+    /// The spans of the stored question the model cannot see (given when
+    /// the request's are).
+    pub unseen: Option<&'a [String]>,
 }
 
 /// The decision on one candidate.
@@ -365,6 +390,14 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
         };
         let (_, results) = guards::check(&e.text, &key.text, &set, true);
         checks.extend(results.into_iter().map(Check::Guard));
+        // NOTE: a similarity over text the model cannot see says nothing
+        // about it: such spans must be the same (safe by default).
+        if let (Some(asked), Some(stored)) = (asking.unseen, offered.unseen) {
+            checks.push(Check::Unseen {
+                stored: stored.to_vec(),
+                asked: asked.to_vec(),
+            });
+        }
     }
     let long_needed = needs_long_text(asking, e, offered.kind);
     if let (true, Some(l)) = (long_needed, offered.long) {
@@ -840,6 +873,7 @@ mod tests {
                 opts,
                 origin,
                 now,
+                unseen: None,
             };
             let offered = Offered {
                 entry: e,
@@ -847,6 +881,7 @@ mod tests {
                 kind,
                 reported_wrong: wrong,
                 long: None,
+                unseen: None,
             };
             let v = judge(&asking, &offered);
             assert_eq!(v.served, served, "{name}: {v:?}");
@@ -881,6 +916,7 @@ mod tests {
             opts: &o,
             origin: None,
             now,
+            unseen: None,
         };
         let offered = Offered {
             entry: &stored,
@@ -888,6 +924,7 @@ mod tests {
             kind: HitKind::Semantic,
             reported_wrong: None,
             long: None,
+            unseen: None,
         };
         assert!(needs_long_text(&asking, &stored, HitKind::Semantic));
         assert!(!needs_long_text(&asking, &stored, HitKind::Exact));
@@ -917,5 +954,48 @@ mod tests {
             },
         );
         assert!(!far.awaits_long_text && !far.served);
+    }
+
+    #[test]
+    fn text_the_model_cannot_see_must_be_the_same() {
+        let now = 1_000_000_000;
+        let o = opts();
+        let asked = key("如何上传文件到服务器？");
+        let stored = entry("t", &asked, now);
+        let (mine, other) = (vec!["传".to_string()], vec!["载".to_string()]);
+        // (case, the request's unseen spans, the entry's, served, failed checks)
+        type Case<'a> = (&'a str, Option<&'a [String]>, Option<&'a [String]>, bool, &'a [&'a str]);
+        let cases: [Case<'_>; 4] = [
+            ("other unseen spans", Some(&mine), Some(&other), false, &["unseen_text"]),
+            ("the same unseen spans", Some(&mine), Some(&mine), true, &[]),
+            ("none on either side", Some(&[]), Some(&[]), true, &[]),
+            ("a model that reads it all", None, None, true, &[]),
+        ];
+        for (name, a, b, served, fails) in cases {
+            let asking = Asking {
+                tenant: "t",
+                key: &asked,
+                opts: &o,
+                origin: None,
+                now,
+                unseen: a,
+            };
+            let v = judge(
+                &asking,
+                &Offered {
+                    entry: &stored,
+                    similarity: 0.999,
+                    kind: HitKind::Semantic,
+                    reported_wrong: None,
+                    long: None,
+                    unseen: b,
+                },
+            );
+            assert_eq!(v.served, served, "{name}: {v:?}");
+            assert_eq!(failed(&v), fails, "{name}");
+            let unseen = v.checks.iter().find(|c| c.name() == "unseen_text");
+            assert_eq!(unseen.is_some(), a.is_some(), "{name}");
+            assert!(unseen.is_none_or(|c| !c.describe().is_empty()));
+        }
     }
 }

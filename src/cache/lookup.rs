@@ -11,7 +11,7 @@
 use std::{sync::Arc, time::Instant};
 
 use super::{
-    judge::{self, Asking, LongCheck, Offered, Verdict},
+    judge::{self, Asking, Check, LongCheck, Offered, Verdict},
     memory::{exact_key, Core, Known},
     types::{Hit, HitKind, LookupOptions},
 };
@@ -229,12 +229,15 @@ impl Core {
             }
             _ => opts,
         };
+        // NOTE: what the model cannot see of the request, once per lookup.
+        let unseen = self.embedder.blind().map(|b| b.unseen(&key.text));
         let asking = Asking {
             tenant,
             key,
             opts,
             origin: scope.origin,
             now: now_ms(),
+            unseen: unseen.as_deref(),
         };
         let words = key.embed_text.split_whitespace().count();
         let mut out = Explanation {
@@ -249,6 +252,7 @@ impl Core {
                 kind: HitKind::Exact,
                 reported_wrong: None,
                 long: None,
+                unseen: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
             if verdict.served {
@@ -312,6 +316,8 @@ impl Core {
         let floor = judge::floor(words, opts);
         // The best recomputed similarity seen, for the histogram.
         let mut best: Option<f32> = None;
+        // The checks the nearest candidate of the request's partition failed.
+        let mut refused: Option<Vec<&'static str>> = None;
         for (i, (id, proposed)) in cands.into_iter().enumerate() {
             // NOTE: the nearest candidate is always read, so that the
             // histogram shows its true similarity, not the index's.
@@ -347,14 +353,30 @@ impl Core {
             }
             let sim = sim.min(1.0);
             best = Some(best.map_or(sim, |b| b.max(sim)));
+            let stored_unseen = self
+                .embedder
+                .blind()
+                .filter(|_| unseen.is_some())
+                .map(|b| b.unseen(&e.text));
             let offered = Offered {
                 entry: &e,
                 similarity: sim,
                 kind: HitKind::Semantic,
                 reported_wrong: self.reported_wrong(e.id, v, sim),
                 long: None,
+                unseen: stored_unseen.as_deref(),
             };
             let verdict = self.consider(&asking, offered, gather).await;
+            if refused.is_none() && e.tenant == tenant && e.partition == key.partition {
+                refused = Some(
+                    verdict
+                        .checks
+                        .iter()
+                        .filter(|c| !c.passed())
+                        .map(Check::name)
+                        .collect(),
+                );
+            }
             if verdict.served && out.hit.is_none() {
                 out.hit = Some(Hit {
                     entry: e.clone(),
@@ -369,6 +391,14 @@ impl Core {
                     kind: HitKind::Semantic,
                     verdict,
                 });
+            }
+        }
+        if let (Some(checks), None, false) = (&refused, &out.hit, all) {
+            for check in checks {
+                self.metrics
+                    .refused
+                    .with_label_values(&[tenant, check])
+                    .inc();
             }
         }
         if let (Some(best), false) = (best, all) {

@@ -8,6 +8,7 @@
 //! wait. It must never let one text hold the model for long: a text past the
 //! budget is refused by its size, before it is tokenized.
 
+pub mod blind;
 pub mod e5;
 pub mod openai;
 
@@ -51,6 +52,11 @@ pub trait Embedder: Send {
     fn split(&self, text: &str) -> Vec<String> {
         vec![text.to_string()]
     }
+    /// What this model cannot see, if anything: the spans its tokenizer maps
+    /// to an unknown token. The default (None) claims it reads every text.
+    fn blind(&self) -> Option<Arc<blind::Blind>> {
+        None
+    }
 }
 
 /// Makes one embedder per worker thread.
@@ -62,6 +68,7 @@ pub struct FastEmbedder {
     model: fastembed::TextEmbedding,
     dims: usize,
     splitter: tokenizers::Tokenizer,
+    blind: Option<Arc<blind::Blind>>,
     chunk_tokens: usize,
 }
 
@@ -133,6 +140,7 @@ impl FastEmbedder {
         Ok(FastEmbedder {
             model,
             dims,
+            blind: blind::Blind::new(splitter.clone()).map(Arc::new),
             splitter,
             // Room for [CLS], [SEP] and boundary effects when a piece is
             // tokenized again on its own.
@@ -144,6 +152,10 @@ impl FastEmbedder {
 impl Embedder for FastEmbedder {
     fn dims(&self) -> usize {
         self.dims
+    }
+
+    fn blind(&self) -> Option<Arc<blind::Blind>> {
+        self.blind.clone()
     }
 
     fn embed_batch(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
@@ -353,7 +365,11 @@ pub struct EmbedService {
     tx: mpsc::SyncSender<Job>,
     dims: usize,
     limits: EmbedLimits,
+    blind: Option<Arc<blind::Blind>>,
 }
+
+/// What a loaded worker reports: its vector size and what it cannot see.
+type Loaded = (usize, Option<Arc<blind::Blind>>);
 
 /// Starts one worker thread named `name` with its own model from `factory`;
 /// it reports the model's size (or its load error) on `ready`, then runs
@@ -361,7 +377,7 @@ pub struct EmbedService {
 fn spawn_worker(
     name: String,
     factory: &EmbedderFactory,
-    ready: &mpsc::Sender<Result<usize, EmbedError>>,
+    ready: &mpsc::Sender<Result<Loaded, EmbedError>>,
     work: impl FnOnce(&mut dyn Embedder) + Send + 'static,
 ) -> Result<(), EmbedError> {
     let factory = factory.clone();
@@ -371,7 +387,7 @@ fn spawn_worker(
         .spawn(move || {
             let mut model = match factory() {
                 Ok(m) => {
-                    let _ = ready.send(Ok(m.dims()));
+                    let _ = ready.send(Ok((m.dims(), m.blind())));
                     m
                 }
                 Err(e) => {
@@ -413,19 +429,29 @@ impl EmbedService {
             .spawn(move || long_worker(&long_factory, &long_rx, observe_long.as_ref()))
             .map_err(|e| EmbedError::Load(e.to_string()))?;
         drop(ready_tx);
-        let mut dims = 0;
+        let (mut dims, mut blind) = (0, None);
         for r in ready_rx.iter() {
-            dims = r?;
+            (dims, blind) = r?;
         }
         if dims == 0 {
             return Err(EmbedError::Load("no embedding worker started".into()));
         }
-        Ok(EmbedService { tx, dims, limits })
+        Ok(EmbedService {
+            tx,
+            dims,
+            limits,
+            blind,
+        })
     }
 
     /// Vector size.
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// What the model cannot see (None: it reads every text).
+    pub fn blind(&self) -> Option<&blind::Blind> {
+        self.blind.as_deref()
     }
 
     /// Whether `text` may be embedded: false when it is certainly longer than

@@ -1,0 +1,84 @@
+//! What the embedding model cannot see: the spans of a text its tokenizer
+//! maps to the unknown token.
+//!
+//! Owns finding those spans (a Chinese character missing from an English
+//! WordPiece vocabulary, an emoji, a script the model never learnt). Two
+//! texts that differ only there embed alike, so a similarity over them says
+//! nothing: the judge requires such spans to be equal. It must never decide
+//! a hit itself, and never run the model: it only tokenizes.
+
+use tokenizers::Tokenizer;
+
+/// The spans a model's tokenizer cannot represent.
+pub struct Blind {
+    tokenizer: Tokenizer,
+    unknown: u32,
+}
+
+impl std::fmt::Debug for Blind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blind")
+            .field("unknown", &self.unknown)
+            .finish()
+    }
+}
+
+impl Blind {
+    /// From a model's tokenizer (padding and truncation off), if it has an
+    /// unknown token (`[UNK]` for WordPiece vocabularies); None when every
+    /// text can be represented.
+    pub fn new(tokenizer: Tokenizer) -> Option<Blind> {
+        let unknown = ["[UNK]", "<unk>"]
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t))?;
+        Some(Blind { tokenizer, unknown })
+    }
+
+    /// The spans of `text` the model sees only as its unknown token, in
+    /// order (empty when it sees it all, or the text cannot be tokenized).
+    pub fn unseen(&self, text: &str) -> Vec<String> {
+        let Ok(enc) = self.tokenizer.encode(text, false) else {
+            return Vec::new();
+        };
+        enc.get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .filter(|(id, _)| **id == self.unknown)
+            .filter_map(|(_, &(a, b))| text.get(a..b))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minilm() -> Option<Blind> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/all-minilm-l6-v2-int8/tokenizer.json");
+        // NOTE: `make test` fetches the model; a bare `cargo test` may not have it.
+        let mut t = Tokenizer::from_file(&path).ok()?;
+        t.with_padding(None);
+        t.with_truncation(None).ok()?;
+        Blind::new(t)
+    }
+
+    #[test]
+    fn the_spans_minilm_cannot_see() {
+        let Some(b) = minilm() else {
+            eprintln!("skipped: run `make models`");
+            return;
+        };
+        assert!(b.unseen("How do I upload a file to the server?").is_empty());
+        // Upload and download, to the model: [UNK] in other places.
+        let up = b.unseen("如何上传文件到服务器？");
+        let down = b.unseen("如何从服务器下载文件？");
+        assert!(!up.is_empty() && !down.is_empty());
+        assert_ne!(up, down);
+        assert_eq!(up, b.unseen("如何上传文件到服务器？"), "the same text, the same spans");
+        // Characters it knows are not unseen; an emoji is.
+        assert!(b.unseen("上海").is_empty(), "{:?}", b.unseen("上海"));
+        assert_eq!(b.unseen("what does 🫠 mean"), ["🫠"]);
+    }
+}
