@@ -421,11 +421,18 @@ async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
         let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
         assert_eq!(served, "miss", "{asked}: {dry}");
         let f = failed(&dry, &format!("user###{stored}"));
-        assert!(f.contains(&"unseen_text".to_string()), "{asked}: {f:?} in {dry}");
+        assert!(
+            f.contains(&"unseen_text".to_string()),
+            "{asked}: {f:?} in {dry}"
+        );
         // The same question again is an exact hit.
         let before = up.calls();
         let again = Call::chat(req(user(asked))).send(&app).await;
-        assert_eq!((again.cache(), up.calls()), ("hit".to_string(), before), "{asked}");
+        assert_eq!(
+            (again.cache(), up.calls()),
+            ("hit".to_string(), before),
+            "{asked}"
+        );
     }
     // A question whose unseen spans are the same still hits by meaning.
     let (served, dry) = probe(

@@ -964,9 +964,21 @@ mod tests {
         let stored = entry("t", &asked, now);
         let (mine, other) = (vec!["传".to_string()], vec!["载".to_string()]);
         // (case, the request's unseen spans, the entry's, served, failed checks)
-        type Case<'a> = (&'a str, Option<&'a [String]>, Option<&'a [String]>, bool, &'a [&'a str]);
+        type Case<'a> = (
+            &'a str,
+            Option<&'a [String]>,
+            Option<&'a [String]>,
+            bool,
+            &'a [&'a str],
+        );
         let cases: [Case<'_>; 4] = [
-            ("other unseen spans", Some(&mine), Some(&other), false, &["unseen_text"]),
+            (
+                "other unseen spans",
+                Some(&mine),
+                Some(&other),
+                false,
+                &["unseen_text"],
+            ),
             ("the same unseen spans", Some(&mine), Some(&mine), true, &[]),
             ("none on either side", Some(&[]), Some(&[]), true, &[]),
             ("a model that reads it all", None, None, true, &[]),

@@ -76,7 +76,11 @@ mod tests {
         let down = b.unseen("如何从服务器下载文件？");
         assert!(!up.is_empty() && !down.is_empty());
         assert_ne!(up, down);
-        assert_eq!(up, b.unseen("如何上传文件到服务器？"), "the same text, the same spans");
+        assert_eq!(
+            up,
+            b.unseen("如何上传文件到服务器？"),
+            "the same text, the same spans"
+        );
         // Characters it knows are not unseen; an emoji is.
         assert!(b.unseen("上海").is_empty(), "{:?}", b.unseen("上海"));
         assert_eq!(b.unseen("what does 🫠 mean"), ["🫠"]);
