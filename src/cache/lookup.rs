@@ -229,15 +229,13 @@ impl Core {
             }
             _ => opts,
         };
-        // NOTE: what the model cannot see of the request, once per lookup.
-        let unseen = self.embedder.blind().map(|b| b.unseen(&key.text));
         let asking = Asking {
             tenant,
             key,
             opts,
             origin: scope.origin,
             now: now_ms(),
-            unseen: unseen.as_deref(),
+            unseen: None,
         };
         let words = key.embed_text.split_whitespace().count();
         let mut out = Explanation {
@@ -282,6 +280,14 @@ impl Core {
         };
         let (Some(v), Some(idx)) = (&out.embedding, self.index(tenant)) else {
             return out;
+        };
+        // NOTE: what the model cannot see of the request, once per lookup,
+        // and only for a text that was embedded (so never for one past the
+        // embedding limit, whose tokens would cost memory for nothing).
+        let unseen = self.embedder.blind().map(|b| b.unseen(&key.text));
+        let asking = Asking {
+            unseen: unseen.as_deref(),
+            ..asking
         };
         let t0 = Instant::now();
         let found = if all {

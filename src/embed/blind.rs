@@ -9,6 +9,10 @@
 
 use tokenizers::Tokenizer;
 
+/// How much of a text [`Blind::unseen`] reads: tokens and their offsets cost
+/// memory, and a text this long is far past the embedding window.
+pub const UNSEEN_BYTES: usize = 64 * 1024;
+
 /// The spans a model's tokenizer cannot represent.
 pub struct Blind {
     tokenizer: Tokenizer,
@@ -36,7 +40,14 @@ impl Blind {
 
     /// The spans of `text` the model sees only as its unknown token, in
     /// order (empty when it sees it all, or the text cannot be tokenized).
+    /// Only the first [`UNSEEN_BYTES`] bytes are read: past them a text is
+    /// the long-text guard's, which wants it equal or one short edit apart.
     pub fn unseen(&self, text: &str) -> Vec<String> {
+        let mut end = text.len().min(UNSEEN_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text[..end];
         let Ok(enc) = self.tokenizer.encode(text, false) else {
             return Vec::new();
         };
@@ -84,5 +95,9 @@ mod tests {
         // Characters it knows are not unseen; an emoji is.
         assert!(b.unseen("上海").is_empty(), "{:?}", b.unseen("上海"));
         assert_eq!(b.unseen("what does 🫠 mean"), ["🫠"]);
+        // A huge text is read only up to its first UNSEEN_BYTES, at a
+        // character boundary.
+        let huge = format!("{}🫠", "é ".repeat(UNSEEN_BYTES / 3));
+        assert!(b.unseen(&huge).is_empty());
     }
 }
