@@ -20,6 +20,18 @@ fn req(messages: Value) -> Value {
     json!({"model": "gpt-test", "messages": messages})
 }
 
+/// A gateway on the real model in front of a mock LLM, its key verified.
+async fn real_gateway() -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    verify_key(&app, &[]).await;
+    (up, dir, app)
+}
+
 /// Caches `stored` (a miss), then sends `probe`; returns how it was served.
 async fn probe(
     app: &modelcache::app::RunningApp,
@@ -70,13 +82,7 @@ fn failed(dry: &Value, stored: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
-    verify_key(&app, &[]).await;
+    let (up, _dir, app) = real_gateway().await;
 
     // Paraphrases, typos and case still hit.
     let base = "How do I reverse a list in Python?";
@@ -221,13 +227,7 @@ fn candidate(dry: &Value, stored: &str) -> Value {
 
 #[tokio::test]
 async fn a_long_prompt_is_judged_by_the_sentence_that_changed() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
-    verify_key(&app, &[]).await;
+    let (up, _dir, app) = real_gateway().await;
     let doc = policy_doc();
     let task = "Summarize this policy in two sentences.";
     let long = format!("{task}\n\n{doc}");
@@ -405,13 +405,7 @@ async fn modelcache_eval_scores_labelled_pairs_with_the_real_lookup() {
 
 #[tokio::test]
 async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
-    verify_key(&app, &[]).await;
+    let (up, _dir, app) = real_gateway().await;
     // To all-MiniLM-L6-v2 most of these characters are [UNK]: upload and
     // download differ only where it sees nothing. So do two emoji.
     for (stored, asked) in [
