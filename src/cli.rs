@@ -57,6 +57,10 @@ pub struct EvalArgs {
     /// The largest false-positive rate a recommended threshold may have.
     #[arg(long, default_value_t = 0.02)]
     pub target_fpr: f64,
+    /// Also print held-out figures: each of K folds scored with every
+    /// threshold moved to --target-fpr on the other K-1 folds.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..))]
+    pub folds: Option<u16>,
 }
 
 /// Flags of `serve`; each overrides the config file and the environment.

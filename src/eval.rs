@@ -343,6 +343,85 @@ fn ratio(a: usize, b: usize) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
+/// A pair's margin over the threshold its candidate needed (None when a
+/// check no threshold overrides failed): it hits after a move `d` of every
+/// threshold when the margin is at least `d`.
+fn margin(p: &Prediction) -> Option<f32> {
+    (p.score > 0.0).then_some(p.score - p.base)
+}
+
+/// The fold (of `k`) a pair belongs to: by a hash of its id, so the same
+/// pair lands in the same fold whatever the file's order.
+fn fold_of(id: &str, k: usize) -> usize {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    (u64::from_le_bytes(b) % k.max(1) as u64) as usize
+}
+
+/// Held-out figures: each fold scored with the calibration fitted on the
+/// other `k - 1` folds (every threshold moved to keep the wrong-answer rate
+/// at or below `max_wrong_rate` there), pooled per category; and each
+/// fold's move. Nothing is scored by a move fitted on it.
+pub fn folds(
+    pairs: &[Pair],
+    preds: &[Prediction],
+    k: usize,
+    max_wrong_rate: f64,
+) -> (BTreeMap<String, Counts>, Vec<f32>) {
+    let k = k.max(2);
+    let fold: Vec<usize> = pairs.iter().map(|p| fold_of(&p.id, k)).collect();
+    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut offsets = Vec::with_capacity(k);
+    for f in 0..k {
+        let (mut tp, mut tr) = (Vec::new(), Vec::new());
+        for ((pair, p), g) in pairs.iter().zip(preds).zip(&fold) {
+            if *g != f {
+                tp.push(pair.clone());
+                tr.push(p.clone());
+            }
+        }
+        let offset = calibrate(&tp, &tr, max_wrong_rate).offset;
+        offsets.push(offset);
+        for ((pair, p), g) in pairs.iter().zip(preds).zip(&fold) {
+            if *g == f {
+                let hit = margin(p).is_some_and(|m| m >= offset);
+                for cat in [pair.category.clone(), "all".to_string()] {
+                    out.entry(cat).or_default().add(hit, pair.same_answer);
+                }
+            }
+        }
+    }
+    (out, offsets)
+}
+
+/// [`folds`] as a table.
+pub fn folds_report(pairs: &[Pair], preds: &[Prediction], k: usize, max_wrong_rate: f64) -> String {
+    let (counts, offsets) = folds(pairs, preds, k, max_wrong_rate);
+    let mut s = format!(
+        "held out, {k} folds (every threshold moved on the other folds to at most {:.1}% wrong answers):\n",
+        max_wrong_rate * 100.0
+    );
+    s += &format!(
+        "{:<20} {:>5} {:>9} {:>7} {:>7}\n",
+        "category", "pairs", "precision", "recall", "FPR"
+    );
+    for (cat, c) in &counts {
+        s += &format!(
+            "{:<20} {:>5} {:>9} {:>7} {:>7}\n",
+            cat,
+            c.tp + c.fp + c.tn + c.fn_,
+            pct(c.precision()),
+            pct(c.recall()),
+            pct(c.fpr())
+        );
+    }
+    let moves: Vec<String> = offsets.iter().map(|o| format!("{o:+.3}")).collect();
+    s += &format!("moves per fold: {}\n", moves.join(" "));
+    s
+}
+
 /// The smallest move of every threshold that keeps the wrong-answer rate on
 /// `pairs` at or below `max_wrong_rate` (the most recall that allows). A
 /// pair hits after a move `d` when its score's margin over its threshold is
@@ -352,7 +431,6 @@ pub fn calibrate(
     preds: &[Prediction],
     max_wrong_rate: f64,
 ) -> crate::cache::Calibration {
-    let margin = |p: &Prediction| (p.score > 0.0).then_some(p.score - p.base);
     let at = |d: f32| {
         let mut c = Counts::default();
         for (pair, p) in pairs.iter().zip(preds) {
@@ -644,5 +722,55 @@ mod tests {
         let table = sweep(&pairs, &preds, 0.0);
         assert!(table.contains("recommended: threshold = 0.96"), "{table}");
         assert!(report(&pairs, &preds).contains("recall at FPR <= 5%"));
+    }
+
+    #[test]
+    fn held_out_folds_never_score_a_pair_with_a_move_fitted_on_it() {
+        // Many right pairs with margins 0.05..0.09 and many wrong ones with
+        // margins below zero; one wrong outlier with the largest margin of all.
+        let mut pairs = Vec::new();
+        let mut preds = Vec::new();
+        for i in 0..40 {
+            let id = format!("r{i}");
+            pairs.push(pair(&id, "c", true));
+            preds.push(Prediction {
+                score: 0.95 + (i % 5) as f32 * 0.01,
+                base: 0.90,
+                ..pred(&id, true, 0.0)
+            });
+            let id = format!("w{i}");
+            pairs.push(pair(&id, "c", false));
+            preds.push(Prediction {
+                score: 0.85,
+                base: 0.90,
+                ..pred(&id, false, 0.0)
+            });
+        }
+        pairs.push(pair("outlier", "c", false));
+        preds.push(Prediction {
+            score: 0.97,
+            base: 0.90,
+            ..pred("outlier", true, 0.0)
+        });
+        // Fitted on every pair, no wrong answer is left: the move clears
+        // the outlier, whose margin it knows.
+        let fitted = calibrate(&pairs, &preds, 0.0);
+        assert_eq!(fitted.wrong_rate, 0.0);
+        let (counts, offsets) = folds(&pairs, &preds, 4, 0.0);
+        assert_eq!(offsets.len(), 4);
+        let all = &counts["all"];
+        // Every pair is scored exactly once, held out.
+        assert_eq!(all.tp + all.fp + all.tn + all.fn_, pairs.len());
+        // The outlier's own fold was calibrated without it, so it is served:
+        // the held-out figure shows the wrong answer the fitted one hides.
+        assert_eq!(all.fp, 1);
+        assert!(all.tp >= 1);
+        // Deterministic by id, whatever the order.
+        let (mut rp, mut rr) = (pairs.clone(), preds.clone());
+        rp.reverse();
+        rr.reverse();
+        let (again, _) = folds(&rp, &rr, 4, 0.0);
+        assert_eq!((again["all"].tp, again["all"].fp), (all.tp, all.fp));
+        assert!(folds_report(&pairs, &preds, 4, 0.0).contains("held out, 4 folds"));
     }
 }

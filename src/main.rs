@@ -160,6 +160,13 @@ fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
     println!("predictions written to {}", args.out.display());
     println!();
     print!("{}", modelcache::eval::report(&pairs, &preds));
+    if let Some(k) = args.folds {
+        println!();
+        print!(
+            "{}",
+            modelcache::eval::folds_report(&pairs, &preds, k.into(), args.target_fpr)
+        );
+    }
     if args.sweep {
         println!();
         print!(
