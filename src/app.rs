@@ -667,7 +667,7 @@ async fn serve(
             _ = save.tick() => {
                 if let Some(c) = cache.get() {
                     let c = c.clone();
-                    tokio::task::spawn_blocking(move || c.core().save_indexes());
+                    tokio::task::spawn_blocking(move || c.save_indexes());
                 }
             }
             _ = sweep.tick() => {

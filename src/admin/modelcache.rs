@@ -620,16 +620,7 @@ impl Admin {
                 "the cache is not available: it is still loading or failed to load (see /readyz and the log)",
             );
         };
-        let (t, m) = (tenant.name().to_string(), model.to_string());
-        let core = cache.core().clone();
-        let created = cache
-            .with_store(move |s| {
-                let created = s.register_model(&t, &m, now_ms())?;
-                // The tenant's index, opened now rather than at first use.
-                let _ = core.index(&t);
-                Ok(created)
-            })
-            .await;
+        let created = cache.register_model(tenant.name(), model).await;
         match created {
             Ok(created) => {
                 tracing::info!(

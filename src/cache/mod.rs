@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use self::{
     lookup::Gather,
+    memory::Core,
     writeback::{RemoveTarget, WriteOp, Writeback},
 };
 use crate::clock::now_ms;
@@ -47,7 +48,7 @@ pub mod writeback;
 pub use self::{
     error::CacheError,
     lookup::{Considered, Explanation, Scope},
-    memory::{Calibration, Core},
+    memory::Calibration,
     plan::{plan, Plan, SkipReason},
     types::{Hit, HitKind, Lookup, LookupOptions, Thresholds},
     writeback::row,
@@ -161,9 +162,31 @@ impl Cache {
         self.core.embedder.clone()
     }
 
-    /// Shared state, for the periodic tasks.
-    pub fn core(&self) -> &Arc<Core> {
+    /// The memory layers (this module's tests look inside them).
+    #[cfg(test)]
+    fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// Saves every vector index that changed since its last snapshot.
+    /// Blocking: call it off the runtime.
+    pub fn save_indexes(&self) {
+        self.core.save_indexes();
+    }
+
+    /// Records that `model` of `tenant` is in use (the ModelCache API's
+    /// `register`) and opens the tenant's vector index now rather than at
+    /// its first lookup; true if the model was not recorded before.
+    pub async fn register_model(&self, tenant: &str, model: &str) -> Result<bool, CacheError> {
+        let (t, m) = (tenant.to_string(), model.to_string());
+        let core = self.core.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            let created = core.store.register_model(&t, &m, now_ms())?;
+            let _ = core.index(&t);
+            Ok::<_, CacheError>(created)
+        })
+        .await??;
+        Ok(created)
     }
 
     /// Looks `key` up for `tenant`.
