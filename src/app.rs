@@ -297,6 +297,12 @@ fn load_cache(
                 .notify(*notify),
         ),
     };
+    // NOTE: the pair model goes with the configured embedder (its tokenizer
+    // is the model's); an embedder given in code runs without it.
+    let pair = match opts.embedder {
+        Some(_) => None,
+        None => crate::embed::configured_pair(&settings.embedding)?,
+    };
     let factory = opts
         .embedder
         .unwrap_or_else(|| crate::embed::configured(&settings.embedding));
@@ -306,7 +312,8 @@ fn load_cache(
         m.embed_seconds.observe(secs);
         m.embed_batch_size.observe(n as f64);
     });
-    let embedder = EmbedService::start(factory, crate::embed::EmbedLimits::of(&em), Some(observe))?;
+    let embedder = EmbedService::start(factory, crate::embed::EmbedLimits::of(&em), Some(observe))?
+        .with_pair(pair);
     Cache::open(
         settings.cache.clone(),
         store,

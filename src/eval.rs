@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::{
     cache::{
-        judge,
+        judge::{self, Check, PairOutcome},
         plan::{plan, Facts, Plan},
         writeback::RemoveTarget,
         Cache, LookupOptions, Scope,
@@ -81,6 +81,11 @@ pub struct Prediction {
     pub base: f32,
     /// The plain reference: one cosine of the joined system and user texts.
     pub plain_cosine: f32,
+    /// Each turn's similarity on its own, when the turns were judged one by
+    /// one (a chat of several user turns).
+    pub turns: Vec<f32>,
+    /// The pair model's score, when it ran.
+    pub pair_score: Option<f32>,
 }
 
 /// Reads pairs from a JSON-lines file.
@@ -143,10 +148,15 @@ fn body(model: &str, messages: &[Value]) -> Value {
 /// Opens a cache over an in-memory store with the settings' embedder (or
 /// `embedder`), for evaluation. Blocking: call off the runtime.
 pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
+    let pair = match embedder {
+        Some(_) => None,
+        None => crate::embed::configured_pair(&settings.embedding).map_err(|e| e.to_string())?,
+    };
     let factory = embedder.unwrap_or_else(|| crate::embed::configured(&settings.embedding));
     let e = &settings.embedding;
     let service = EmbedService::start(factory, crate::embed::EmbedLimits::of(e), None)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_pair(pair);
     open_cache_on(settings, service)
 }
 
@@ -259,12 +269,31 @@ pub async fn run(
                     .filter(|k| !k.passed())
                     .map(|k| k.name().to_string())
                     .collect();
-                let gated = failed.iter().any(|f| f != "similarity");
-                // NOTE: the score is the similarity's margin over what this
-                // candidate needed, moved to the tenant's threshold, so that a
-                // sweep moves every verifier tier together.
+                let gated = failed.iter().any(|f| f != "similarity" && f != "turn");
+                // NOTE: the score is the smallest margin of a similarity (the
+                // joined turns', each turn's) over what it needed, moved to
+                // the tenant's threshold, so that a sweep moves every verifier
+                // tier together.
                 let base = base_threshold(&probe, &opts);
-                let score = (c.similarity - c.verdict.needed.value + base).clamp(0.0001, 1.5);
+                let margin = c
+                    .verdict
+                    .checks
+                    .iter()
+                    .filter_map(|k| match k {
+                        Check::Similarity {
+                            similarity, needed, ..
+                        }
+                        | Check::Turn {
+                            similarity, needed, ..
+                        } => Some(similarity - needed.value),
+                        _ => None,
+                    })
+                    .fold(f32::INFINITY, f32::min);
+                let score = if margin.is_finite() {
+                    (margin + base).clamp(0.0001, 1.5)
+                } else {
+                    0.0
+                };
                 (if gated { 0.0 } else { score }, failed)
             }
             None => (0.0, vec!["not_found".to_string()]),
@@ -280,6 +309,25 @@ pub async fn run(
             differing_words,
             base: base_threshold(&probe, &opts),
             plain_cosine: plain,
+            turns: mine.map_or_else(Vec::new, |c| {
+                c.verdict
+                    .checks
+                    .iter()
+                    .filter_map(|k| match k {
+                        Check::Turn { similarity, .. } => Some(*similarity),
+                        _ => None,
+                    })
+                    .collect()
+            }),
+            pair_score: mine.and_then(|c| {
+                c.verdict.checks.iter().find_map(|k| match k {
+                    Check::Pair {
+                        outcome: PairOutcome::Scored(s),
+                        ..
+                    } => Some(*s),
+                    _ => None,
+                })
+            }),
         });
         cache
             .remove(tenant, RemoveTarget::Ids(ids))
@@ -681,6 +729,8 @@ mod tests {
             differing_words: 0,
             base: 0.9,
             plain_cosine: score,
+            turns: vec![],
+            pair_score: None,
         }
     }
 

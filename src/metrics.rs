@@ -121,6 +121,10 @@ pub struct Metrics {
     pub lookup_seconds: Histogram,
     /// Embedding batch latency.
     pub embed_seconds: Histogram,
+    /// Pair-model runs, by outcome: scored, timeout, busy, error.
+    pub pair_runs: IntCounterVec,
+    /// Pair-model latency (scored runs).
+    pub pair_seconds: Histogram,
     /// Texts per embedding batch.
     pub embed_batch_size: Histogram,
     /// Vector search latency.
@@ -164,6 +168,15 @@ impl Metrics {
         self.cache_errors.with_label_values(&[stage.as_str()]).inc();
     }
 
+    /// Counts a pair-model run by its outcome (`scored`, `timeout`, `busy`,
+    /// `error`), and a scored run's latency.
+    pub fn pair_model(&self, outcome: &str, took: std::time::Duration) {
+        if outcome == "scored" {
+            self.pair_seconds.observe(took.as_secs_f64());
+        }
+        self.pair_runs.with_label_values(&[outcome]).inc();
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
@@ -191,7 +204,7 @@ impl Metrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "modelcache_refused_total",
-                "Lookups that missed with a candidate in the request's partition, by each check the nearest one failed: similarity, a guard (numbers, negation, direction, code, language, long_text), unseen_text (spans the embedding model cannot see differ), feedback, fresh, max_age, origin.",
+                "Lookups that missed with a candidate in the request's partition, by each check the nearest one failed: similarity, a guard (numbers, negation, direction, code, language, long_text), unseen_text (spans the embedding model cannot see differ), turn (a turn on its own), turn_count, pair_model (its score), pair_model_timeout, pair_model_busy, pair_model_error (no score: a miss), feedback, fresh, max_age, origin.",
             ),
             &["tenant", "check"],
         )?;
@@ -222,6 +235,18 @@ impl Metrics {
         let embed_seconds = h(
             "modelcache_embedding_duration_seconds",
             "Latency of one embedding batch.",
+            latency_buckets(),
+        )?;
+        let pair_runs = IntCounterVec::new(
+            Opts::new(
+                "modelcache_pair_model_total",
+                "Runs of the verifier's pair model on a candidate, by outcome: scored, or timeout, busy, error (each a miss).",
+            ),
+            &["outcome"],
+        )?;
+        let pair_seconds = h(
+            "modelcache_pair_model_duration_seconds",
+            "Latency of one scored pair-model run.",
             latency_buckets(),
         )?;
         let embed_batch_size = h(
@@ -323,6 +348,11 @@ impl Metrics {
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(lookup_seconds.clone()))?;
         registry.register(Box::new(embed_seconds.clone()))?;
+        registry.register(Box::new(pair_runs.clone()))?;
+        registry.register(Box::new(pair_seconds.clone()))?;
+        for outcome in ["scored", "timeout", "busy", "error"] {
+            pair_runs.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(embed_batch_size.clone()))?;
         registry.register(Box::new(ann_seconds.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
@@ -366,6 +396,8 @@ impl Metrics {
             request_seconds,
             lookup_seconds,
             embed_seconds,
+            pair_runs,
+            pair_seconds,
             embed_batch_size,
             ann_seconds,
             upstream_seconds,

@@ -443,3 +443,200 @@ async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
     assert!(refused >= 2.0, "{m}");
     app.shutdown().await;
 }
+
+/// The key text of a chat of user and assistant turns (the user turns,
+/// ModelCache's way).
+fn key_text(messages: &Value) -> String {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| format!("user###{}", m["content"].as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join("|||")
+}
+
+/// A chat of one history and `last` as its last question.
+fn after_history(last: &str) -> Value {
+    json!([
+        {"role": "user", "content": "Here are my monthly sales: January 120, February 150, March 90. Load them into a pandas DataFrame."},
+        {"role": "assistant", "content": "Done: df = pd.DataFrame({'month': [...], 'sales': [120, 150, 90]})"},
+        {"role": "user", "content": last}
+    ])
+}
+
+#[tokio::test]
+async fn a_changed_question_misses_however_it_changed_and_rewordings_still_hit() {
+    let (up, _dir, app) = real_gateway().await;
+    // (what changed, stored, asked, a check that must refuse it)
+    let misses: [(&str, Value, Value, &str); 3] = [
+        (
+            "the last turn, after the same long history",
+            after_history("Now plot it as a bar chart."),
+            after_history("Now plot it as a pie chart."),
+            "turn",
+        ),
+        (
+            "the order of the same words (who did what to whom)",
+            user("Why did Alice sue Bob after the merger?"),
+            user("Why did Bob sue Alice after the merger?"),
+            "order",
+        ),
+        (
+            "the same words, the places exchanged",
+            user("Find cheap flights from Denver to Boston in March."),
+            user("Find cheap flights from Boston to Denver in March."),
+            "order",
+        ),
+    ];
+    for (what, stored, asked, check) in misses {
+        let (served, dry) = probe(&app, &up, stored.clone(), asked).await;
+        assert_eq!(served, "miss", "{what}: {dry}");
+        let f = failed(&dry, &key_text(&stored));
+        assert!(f.contains(&check.to_string()), "{what}: {f:?} in {dry}");
+    }
+    // A plain paraphrase, a typo, and the same question with a phrase moved
+    // still hit.
+    let hits: [(&str, &str); 3] = [
+        (
+            "How can I merge two dictionaries in Python?",
+            "What's the way to merge two Python dictionaries?",
+        ),
+        (
+            "How do I center a div with CSS flexbox?",
+            "How do I center a div with CSS flexbx?",
+        ),
+        (
+            "How do I remove duplicates from a list in Python?",
+            "In Python, how do I remove duplicates from a list?",
+        ),
+    ];
+    for (stored, asked) in hits {
+        let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+        assert_eq!(served, "hit", "{asked}: {dry}");
+    }
+    // The same history with the last question reworded still hits, and
+    // the dry run shows each turn's own similarity.
+    let (served, dry) = probe(
+        &app,
+        &up,
+        after_history("Now plot the sales as a bar chart."),
+        after_history("Now plot the sales as a bar chart, please."),
+    )
+    .await;
+    assert_eq!(served, "hit", "{dry}");
+    app.shutdown().await;
+}
+
+/// The dry run's check `name` of the candidate whose key text is `stored`.
+fn check(dry: &Value, stored: &str, name: &str) -> Value {
+    dry["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["question"] == stored)
+        .and_then(|c| {
+            c["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["name"] == name)
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
+/// A gateway on the real model with the pair model at `model`, its checks
+/// tuned by `tune`.
+async fn with_pair_model(
+    model: std::path::PathBuf,
+    tune: impl Fn(&mut modelcache::config::Policy),
+) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&up.url(), dir.path());
+    s.embedding.pair_model = Some(model);
+    policy(&mut s, &tune);
+    let app = Gateway::new(s).real_model().start().await;
+    verify_key(&app, &[]).await;
+    (up, dir, app)
+}
+
+#[tokio::test]
+async fn the_pair_model_judges_last_and_when_it_cannot_judge_the_answer_is_a_miss() {
+    let stored = "How can I merge two dictionaries in Python?";
+    let asked = "What's the way to merge two Python dictionaries?";
+    let key = format!("user###{stored}");
+
+    // Scored: its score is in the dry run, and a threshold it passes serves.
+    let (up, _d, app) = with_pair_model(pair_model(), |p| p.verifier.pair_threshold = 0.001).await;
+    let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+    assert_eq!(served, "hit", "{dry}");
+    let pair = check(&dry, &key, "pair_model");
+    let score = pair["value"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&score), "{pair}");
+    assert_eq!(pair["passed"], true, "{pair}");
+    let m = metrics(&app).await;
+    assert!(
+        metric_sum(&m, "modelcache_pair_model_total", &["outcome=\"scored\""]) >= 1.0,
+        "{m}"
+    );
+    // A threshold above its score refuses the same pair.
+    app.shutdown().await;
+    let (up, _d, app) = with_pair_model(pair_model(), |p| p.verifier.pair_threshold = 0.9999).await;
+    let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+    if score < 0.9999 {
+        assert_eq!(served, "miss", "{dry}");
+        assert!(
+            failed(&dry, &key).contains(&"pair_model".to_string()),
+            "{dry}"
+        );
+    }
+    app.shutdown().await;
+
+    // (the pair model, its limit, the check that refuses, the outcome counted)
+    let cannot = [
+        (
+            pair_model(),
+            std::time::Duration::ZERO,
+            "pair_model_timeout",
+            "timeout",
+        ),
+        // The embedding model is no pair model: it has no logits.
+        (
+            minilm_dir().join("model.onnx"),
+            std::time::Duration::from_secs(30),
+            "pair_model_error",
+            "error",
+        ),
+    ];
+    for (model, limit, refused, outcome) in cannot {
+        let (up, _d, app) = with_pair_model(model, |p| p.verifier.pair_timeout = limit).await;
+        let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+        assert_eq!(served, "miss", "{refused}: {dry}");
+        let m = metrics(&app).await;
+        assert!(
+            metric_sum(
+                &m,
+                "modelcache_refused_total",
+                &[&format!("check=\"{refused}\"")]
+            ) >= 1.0,
+            "{m}"
+        );
+        assert!(
+            metric_sum(
+                &m,
+                "modelcache_pair_model_total",
+                &[&format!("outcome=\"{outcome}\"")]
+            ) >= 1.0,
+            "{m}"
+        );
+        // An exact repeat needs no model and still hits.
+        let before = up.calls();
+        let got = Call::chat(req(user(stored))).send(&app).await;
+        assert_eq!((got.status, got.cache()), (200, "hit".to_string()));
+        assert_eq!(up.calls(), before);
+        app.shutdown().await;
+    }
+}

@@ -89,7 +89,7 @@ fn candidate_json(c: &Considered, of: &Explanation, via: &str) -> Value {
         "via": via,
         "served": served,
         "needed": score(c.verdict.needed.value),
-        "checks": c.verdict.checks.iter().map(|k| json!({"name": k.name(), "passed": k.passed(), "detail": k.describe()})).collect::<Vec<_>>(),
+        "checks": c.verdict.checks.iter().map(|k| json!({"name": k.name(), "passed": k.passed(), "detail": k.describe(), "value": k.value()})).collect::<Vec<_>>(),
     })
 }
 

@@ -142,6 +142,39 @@ pub struct LongCheck {
     pub detail: String,
 }
 
+/// A stage of a judgement that runs a model (it embeds, or scores a pair),
+/// so the lookup runs it and judges again with its outcome. In this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The long-text guard: embeds the one sentence that differs.
+    LongText,
+    /// Turn by turn: embeds each turn compared by meaning that differs.
+    Turns,
+    /// The pair model (a cross-encoder) on each such turn.
+    Pair,
+}
+
+/// Why the pair model gave no score: the candidate is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFailure {
+    /// It took longer than the tenant's limit.
+    Timeout,
+    /// Every worker was busy.
+    Busy,
+    /// The model failed (its message is logged).
+    Error,
+}
+
+/// The pair model's outcome on one candidate: the lowest score of the turns
+/// that differ (1 when none does), or why there is none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PairOutcome {
+    /// The lowest score, in 0..=1.
+    Scored(f32),
+    /// No score.
+    Failed(PairFailure),
+}
+
 /// One check of a candidate, with its typed value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Check {
@@ -184,6 +217,34 @@ pub enum Check {
         /// What the lookup serves.
         wanted: Origin,
     },
+    /// The turns compared by meaning do not line up one to one.
+    TurnCount {
+        /// The stored question's.
+        stored: usize,
+        /// The request's.
+        asked: usize,
+    },
+    /// One turn compared by meaning, on its own: a long history must not
+    /// hide a changed question.
+    Turn {
+        /// Which, from 0.
+        index: usize,
+        /// Of how many.
+        of: usize,
+        /// Its similarity (NaN: it could not be embedded).
+        similarity: f32,
+        /// What it needed, as a text of its length.
+        needed: Needed,
+        /// The verifier's word diff of the turn, when it ran.
+        diff: Option<WordDiff>,
+    },
+    /// The pair model's score against its threshold.
+    Pair {
+        /// The outcome.
+        outcome: PairOutcome,
+        /// The score needed.
+        needed: f32,
+    },
     /// The similarity against what the candidate needed.
     Similarity {
         /// The candidate's similarity.
@@ -207,6 +268,14 @@ impl Check {
             Check::Unseen { .. } => "unseen_text",
             Check::Feedback { .. } => "feedback",
             Check::Origin { .. } => "origin",
+            Check::TurnCount { .. } => "turn_count",
+            Check::Turn { .. } => "turn",
+            Check::Pair { outcome, .. } => match outcome {
+                PairOutcome::Scored(_) => "pair_model",
+                PairOutcome::Failed(PairFailure::Timeout) => "pair_model_timeout",
+                PairOutcome::Failed(PairFailure::Busy) => "pair_model_busy",
+                PairOutcome::Failed(PairFailure::Error) => "pair_model_error",
+            },
             Check::Similarity { .. } => "similarity",
         }
     }
@@ -226,9 +295,32 @@ impl Check {
             Check::Unseen { stored, asked } => stored == asked,
             Check::Feedback { .. } => false,
             Check::Origin { stored, wanted } => stored == wanted,
+            Check::TurnCount { .. } => false,
+            Check::Turn {
+                similarity, needed, ..
+            } => *similarity >= needed.value,
+            Check::Pair { outcome, needed } => match outcome {
+                PairOutcome::Scored(s) => *s >= *needed,
+                PairOutcome::Failed(_) => false,
+            },
             Check::Similarity {
                 similarity, needed, ..
             } => *similarity >= needed.value,
+        }
+    }
+
+    /// Its number, where it has one: a similarity (the candidate's, a
+    /// turn's) or the pair model's score.
+    pub fn value(&self) -> Option<f32> {
+        match self {
+            Check::Similarity { similarity, .. } | Check::Turn { similarity, .. } => {
+                Some(*similarity).filter(|s| s.is_finite())
+            }
+            Check::Pair {
+                outcome: PairOutcome::Scored(s),
+                ..
+            } => Some(*s),
+            _ => None,
         }
     }
 
@@ -266,6 +358,47 @@ impl Check {
             Check::Origin { stored, wanted } => {
                 format!("written by {}, needs {}", stored.as_str(), wanted.as_str())
             }
+            Check::TurnCount { stored, asked } => format!(
+                "{stored} turns compared by meaning stored, {asked} asked: they do not line up"
+            ),
+            Check::Turn {
+                index,
+                of,
+                similarity,
+                needed,
+                diff,
+            } => {
+                let words = match diff {
+                    None => String::new(),
+                    Some(d) if d.count() == 0 => format!(" ({})", needed.tier.as_str()),
+                    Some(d) => format!(" ({}: {})", needed.tier.as_str(), d.describe()),
+                };
+                if similarity.is_nan() {
+                    format!("turn {} of {of} could not be embedded", index + 1)
+                } else {
+                    format!(
+                        "turn {} of {of} on its own: {similarity:.4} {} threshold {:.4}{words}",
+                        index + 1,
+                        if self.passed() { ">=" } else { "<" },
+                        needed.value
+                    )
+                }
+            }
+            Check::Pair { outcome, needed } => match outcome {
+                PairOutcome::Scored(s) => format!(
+                    "the pair model scores {s:.4} {} {needed:.4}",
+                    if self.passed() { ">=" } else { "<" }
+                ),
+                PairOutcome::Failed(PairFailure::Timeout) => {
+                    "the pair model timed out: not served".into()
+                }
+                PairOutcome::Failed(PairFailure::Busy) => {
+                    "the pair model was busy: not served".into()
+                }
+                PairOutcome::Failed(PairFailure::Error) => {
+                    "the pair model failed: not served".into()
+                }
+            },
             Check::Similarity {
                 similarity,
                 needed,
@@ -302,6 +435,9 @@ pub struct Asking<'a> {
     /// The spans of the request's text the model cannot see (None: the
     /// model reads every text).
     pub unseen: Option<&'a [String]>,
+    /// The score the pair model must give, when one is loaded and the
+    /// tenant uses it.
+    pub pair: Option<f32>,
 }
 
 /// The candidate side of a judgement.
@@ -322,6 +458,11 @@ pub struct Offered<'a> {
     /// The spans of the stored question the model cannot see (given when
     /// the request's are).
     pub unseen: Option<&'a [String]>,
+    /// Each turn's similarity on its own (NaN: not embedded), once the
+    /// lookup has run [`Stage::Turns`].
+    pub turns: Option<&'a [f32]>,
+    /// The pair model's outcome, once the lookup has run [`Stage::Pair`].
+    pub pair: Option<PairOutcome>,
 }
 
 /// The decision on one candidate.
@@ -333,9 +474,12 @@ pub struct Verdict {
     pub needed: Needed,
     /// Every check, in order.
     pub checks: Vec<Check>,
-    /// Every other check passed, and the long-text guard must still run:
-    /// run it, then judge again with its outcome.
-    pub awaits_long_text: bool,
+    /// Every check so far passed, and this stage must still run: run it,
+    /// then judge again with its outcome.
+    pub awaits: Option<Stage>,
+    /// The first stage not run yet, whatever the checks so far (a dry run
+    /// runs them all).
+    pub pending: Option<Stage>,
 }
 
 fn partition(e: &Entry, tenant: &str, key: &CacheKey) -> Partition {
@@ -423,14 +567,67 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
         needed,
         diff,
     });
+    // NOTE: the joined turns passed above (ModelCache's way); each turn must
+    // also pass on its own, so that a long history cannot hide a changed
+    // last question.
+    let turns_needed = semantic && same && needs_turns(key);
+    if let (true, Some(sims)) = (turns_needed, offered.turns) {
+        checks.extend(turn_checks(&e.text, &key.text, sims, opts));
+    }
+    let pair_needed = semantic && same && asking.pair.is_some();
+    if let (Some(needed), Some(outcome)) = (asking.pair.filter(|_| pair_needed), offered.pair) {
+        checks.push(Check::Pair { outcome, needed });
+    }
     let all = checks.iter().all(Check::passed);
-    let awaits_long_text = all && long_needed && offered.long.is_none();
+    let pending = [
+        (Stage::LongText, long_needed && offered.long.is_none()),
+        (Stage::Turns, turns_needed && offered.turns.is_none()),
+        (Stage::Pair, pair_needed && offered.pair.is_none()),
+    ]
+    .into_iter()
+    .find_map(|(stage, waits)| waits.then_some(stage));
     Verdict {
-        served: all && !awaits_long_text,
+        served: all && pending.is_none(),
         needed,
         checks,
-        awaits_long_text,
+        awaits: pending.filter(|_| all),
+        pending,
     }
+}
+
+/// Whether a request is judged turn by turn: it has more than one turn
+/// compared by meaning.
+pub fn needs_turns(key: &CacheKey) -> bool {
+    crate::keying::meaning_turns(&key.text).len() > 1
+}
+
+/// The checks of each turn compared by meaning, given their similarities
+/// in order: each needs what a text of its length needs, tiered by its own
+/// word diff.
+fn turn_checks(stored: &str, asked: &str, sims: &[f32], opts: &LookupOptions) -> Vec<Check> {
+    let a = crate::keying::meaning_turns(stored);
+    let b = crate::keying::meaning_turns(asked);
+    if a.len() != b.len() || sims.len() != b.len() {
+        return vec![Check::TurnCount {
+            stored: a.len(),
+            asked: b.len(),
+        }];
+    }
+    a.iter()
+        .zip(&b)
+        .zip(sims)
+        .enumerate()
+        .map(|(index, ((x, y), &similarity))| {
+            let diff = opts.verifier.enabled.then(|| verify::diff(x, y));
+            Check::Turn {
+                index,
+                of: b.len(),
+                similarity,
+                needed: needed(y.split_whitespace().count(), opts, diff.as_ref()),
+                diff,
+            }
+        })
+        .collect()
 }
 
 /// The similarity the sentences of a long text's one edit need: a short
@@ -874,6 +1071,7 @@ mod tests {
                 origin,
                 now,
                 unseen: None,
+                pair: None,
             };
             let offered = Offered {
                 entry: e,
@@ -882,13 +1080,15 @@ mod tests {
                 reported_wrong: wrong,
                 long: None,
                 unseen: None,
+                turns: None,
+                pair: None,
             };
             let v = judge(&asking, &offered);
             assert_eq!(v.served, served, "{name}: {v:?}");
             assert_eq!(failed(&v), fails, "{name}");
             assert!(
-                !v.awaits_long_text,
-                "{name}: short texts need no long-text guard"
+                v.awaits.is_none(),
+                "{name}: short single questions need no model stage"
             );
             // Pure: the same inputs, the same verdict.
             assert_eq!(judge(&asking, &offered), v, "{name}");
@@ -917,6 +1117,7 @@ mod tests {
             origin: None,
             now,
             unseen: None,
+            pair: None,
         };
         let offered = Offered {
             entry: &stored,
@@ -925,11 +1126,16 @@ mod tests {
             reported_wrong: None,
             long: None,
             unseen: None,
+            turns: None,
+            pair: None,
         };
         assert!(needs_long_text(&asking, &stored, HitKind::Semantic));
         assert!(!needs_long_text(&asking, &stored, HitKind::Exact));
         let waiting = judge(&asking, &offered);
-        assert!(waiting.awaits_long_text && !waiting.served, "{waiting:?}");
+        assert!(
+            waiting.awaits == Some(Stage::LongText) && !waiting.served,
+            "{waiting:?}"
+        );
         for passed in [true, false] {
             let long = LongCheck {
                 passed,
@@ -942,7 +1148,7 @@ mod tests {
                     ..offered
                 },
             );
-            assert_eq!((v.served, v.awaits_long_text), (passed, false));
+            assert_eq!((v.served, v.awaits), (passed, None));
             assert_eq!(failed(&v), if passed { vec![] } else { vec!["long_text"] });
         }
         // A candidate that fails anything else does not wait for it.
@@ -953,7 +1159,12 @@ mod tests {
                 ..offered
             },
         );
-        assert!(!far.awaits_long_text && !far.served);
+        assert!(far.awaits.is_none() && !far.served);
+        assert_eq!(
+            far.pending,
+            Some(Stage::LongText),
+            "a dry run still runs it"
+        );
     }
 
     #[test]
@@ -991,6 +1202,7 @@ mod tests {
                 origin: None,
                 now,
                 unseen: a,
+                pair: None,
             };
             let v = judge(
                 &asking,
@@ -1001,6 +1213,8 @@ mod tests {
                     reported_wrong: None,
                     long: None,
                     unseen: b,
+                    turns: None,
+                    pair: None,
                 },
             );
             assert_eq!(v.served, served, "{name}: {v:?}");
@@ -1009,5 +1223,206 @@ mod tests {
             assert_eq!(unseen.is_some(), a.is_some(), "{name}");
             assert!(unseen.is_none_or(|c| !c.describe().is_empty()));
         }
+    }
+
+    fn chat(turns: &[&str]) -> CacheKey {
+        let messages: Vec<_> = turns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                let user = json!({"role": "user", "content": t});
+                let answer = json!({"role": "assistant", "content": format!("answer {i}")});
+                if i + 1 < turns.len() {
+                    vec![user, answer]
+                } else {
+                    vec![user]
+                }
+            })
+            .collect();
+        key_for(Endpoint::Chat, &json!({"model": "m", "messages": messages}))
+            .expect("a chat body keys")
+    }
+
+    #[test]
+    fn each_turn_must_pass_on_its_own() {
+        let now = 1_000_000_000;
+        let o = opts();
+        let asked = chat(&["Load the file sales.csv", "Plot it as a pie chart"]);
+        let stored = entry(
+            "t",
+            &chat(&["Load the file sales.csv", "Plot it as a bar chart"]),
+            now,
+        );
+        let single = entry("t", &key("Plot it as a bar chart"), now);
+        let asking = Asking {
+            tenant: "t",
+            key: &asked,
+            opts: &o,
+            origin: None,
+            now,
+            unseen: None,
+            pair: None,
+        };
+        assert!(needs_turns(&asked) && !needs_turns(&key("one question")));
+        let offered = Offered {
+            entry: &stored,
+            similarity: 0.99,
+            kind: HitKind::Semantic,
+            reported_wrong: None,
+            long: None,
+            unseen: None,
+            turns: None,
+            pair: None,
+        };
+        let waiting = judge(&asking, &offered);
+        assert_eq!(
+            (waiting.served, waiting.awaits),
+            (false, Some(Stage::Turns))
+        );
+        // (case, each turn's similarity, served, failed checks)
+        let cases: [(&str, &[f32], bool, &[&str]); 5] = [
+            ("the last turn changed", &[1.0, 0.93], false, &["turn"]),
+            ("both near enough", &[1.0, 0.97], true, &[]),
+            ("an earlier turn changed", &[0.5, 1.0], false, &["turn"]),
+            (
+                "a turn that could not be embedded",
+                &[1.0, f32::NAN],
+                false,
+                &["turn"],
+            ),
+            ("turns that do not line up", &[], false, &["turn_count"]),
+        ];
+        for (name, sims, served, fails) in cases {
+            let v = judge(
+                &asking,
+                &Offered {
+                    turns: Some(sims),
+                    ..offered
+                },
+            );
+            assert_eq!(v.served, served, "{name}: {v:?}");
+            assert_eq!(failed(&v), fails, "{name}");
+            assert!(v.awaits.is_none(), "{name}");
+            assert!(v.checks.iter().all(|c| !c.describe().is_empty()), "{name}");
+        }
+        // The changed last turn is one word: a small edit, judged alone.
+        let v = judge(
+            &asking,
+            &Offered {
+                turns: Some(&[1.0, 0.93]),
+                ..offered
+            },
+        );
+        let last = v.checks.iter().rev().find(|c| c.name() == "turn");
+        assert!(
+            matches!(last, Some(Check::Turn { index: 1, of: 2, needed, .. }) if needed.tier == Tier::SmallEdit),
+            "{last:?}"
+        );
+        // A single question is judged as one text, with no turn stage.
+        let one = judge(
+            &Asking {
+                key: &key("Plot it as a pie chart"),
+                ..asking
+            },
+            &Offered {
+                entry: &single,
+                ..offered
+            },
+        );
+        assert!(one.awaits.is_none() && one.checks.iter().all(|c| c.name() != "turn"));
+    }
+
+    #[test]
+    fn the_pair_model_runs_last_and_no_score_is_a_miss() {
+        let now = 1_000_000_000;
+        let o = opts();
+        let asked = key("How do I reverse a list in Python?");
+        let stored = entry("t", &key("how to reverse a Python list"), now);
+        let asking = Asking {
+            tenant: "t",
+            key: &asked,
+            opts: &o,
+            origin: None,
+            now,
+            unseen: None,
+            pair: Some(0.5),
+        };
+        let offered = Offered {
+            entry: &stored,
+            similarity: 0.95,
+            kind: HitKind::Semantic,
+            reported_wrong: None,
+            long: None,
+            unseen: None,
+            turns: None,
+            pair: None,
+        };
+        let waiting = judge(&asking, &offered);
+        assert_eq!((waiting.served, waiting.awaits), (false, Some(Stage::Pair)));
+        let low = judge(
+            &asking,
+            &Offered {
+                similarity: 0.2,
+                ..offered
+            },
+        );
+        assert_eq!(
+            (low.awaits, low.pending),
+            (None, Some(Stage::Pair)),
+            "a candidate that failed does not wait for the model; a dry run still asks it"
+        );
+        // (case, outcome, served, failed checks)
+        let cases = [
+            ("a high score", PairOutcome::Scored(0.9), true, "-"),
+            ("a low score", PairOutcome::Scored(0.1), false, "pair_model"),
+            (
+                "a timeout",
+                PairOutcome::Failed(PairFailure::Timeout),
+                false,
+                "pair_model_timeout",
+            ),
+            (
+                "busy",
+                PairOutcome::Failed(PairFailure::Busy),
+                false,
+                "pair_model_busy",
+            ),
+            (
+                "an error",
+                PairOutcome::Failed(PairFailure::Error),
+                false,
+                "pair_model_error",
+            ),
+        ];
+        for (name, outcome, served, fails) in cases {
+            let v = judge(
+                &asking,
+                &Offered {
+                    pair: Some(outcome),
+                    ..offered
+                },
+            );
+            assert_eq!(v.served, served, "{name}: {v:?}");
+            assert_eq!(failed(&v).first().copied().unwrap_or("-"), fails, "{name}");
+            assert!(v.checks.iter().all(|c| !c.describe().is_empty()), "{name}");
+        }
+        // Without a pair model, nothing waits for one; an exact hit never does.
+        let none = judge(
+            &Asking {
+                pair: None,
+                ..asking
+            },
+            &offered,
+        );
+        assert!(none.served && none.awaits.is_none());
+        let exact = judge(
+            &asking,
+            &Offered {
+                kind: HitKind::Exact,
+                similarity: 1.0,
+                ..offered
+            },
+        );
+        assert!(exact.awaits.is_none());
     }
 }

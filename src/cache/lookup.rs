@@ -11,13 +11,14 @@
 use std::{sync::Arc, time::Instant};
 
 use super::{
-    judge::{self, Asking, Check, LongCheck, Offered, Verdict},
+    judge::{self, Asking, Check, LongCheck, Offered, PairFailure, PairOutcome, Stage, Verdict},
     memory::{exact_key, Core, Known},
     types::{Hit, HitKind, LookupOptions},
 };
 use crate::{
     clock::now_ms,
-    keying::CacheKey,
+    embed::pair::PairError,
+    keying::{meaning_turns, CacheKey},
     metrics::CacheStage,
     store::{Entry, Origin},
 };
@@ -178,35 +179,100 @@ impl Core {
         }
     }
 
-    /// Judges one candidate, running the long-text guard when the verdict
-    /// waits on it (always, when gathering all: the dry run shows it).
+    /// Each turn compared by meaning on its own: 1 when its text is the
+    /// same, else the two embedded (NaN when one cannot be). Empty when the
+    /// turns do not line up (the judge says so).
+    async fn turn_similarities(&self, stored: &str, asked: &str) -> Vec<f32> {
+        let (a, b) = (meaning_turns(stored), meaning_turns(asked));
+        if a.len() != b.len() {
+            return Vec::new();
+        }
+        let each = a.iter().zip(&b).map(|(x, y)| async move {
+            if x == y {
+                return 1.0;
+            }
+            // NOTE: together, so that the embedder batches them.
+            match tokio::join!(self.embed(x), self.embed(y)) {
+                (Some(x), Some(y)) => crate::index::dot(&x, &y).min(1.0),
+                _ => f32::NAN,
+            }
+        });
+        futures_util::future::join_all(each).await
+    }
+
+    /// The pair model on each turn compared by meaning whose text differs:
+    /// the lowest score. A failure is an outcome, never an error.
+    async fn pair_outcome(&self, stored: &str, asked: &str, opts: &LookupOptions) -> PairOutcome {
+        let Some(model) = self.embedder.pair() else {
+            return PairOutcome::Failed(PairFailure::Error);
+        };
+        let pairs: Vec<(String, String)> = meaning_turns(stored)
+            .into_iter()
+            .zip(meaning_turns(asked))
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| (x.to_string(), y.to_string()))
+            .collect();
+        let t0 = Instant::now();
+        let out = model.score(pairs, opts.verifier.pair_timeout).await;
+        let outcome = match out {
+            Ok(scores) => PairOutcome::Scored(scores.into_iter().fold(1.0, f32::min)),
+            Err(PairError::Timeout) => PairOutcome::Failed(PairFailure::Timeout),
+            Err(PairError::Busy) => PairOutcome::Failed(PairFailure::Busy),
+            Err(PairError::Model(e)) => {
+                tracing::warn!(error = %e, "the pair model failed");
+                PairOutcome::Failed(PairFailure::Error)
+            }
+        };
+        let name = match outcome {
+            PairOutcome::Scored(_) => "scored",
+            PairOutcome::Failed(PairFailure::Timeout) => "timeout",
+            PairOutcome::Failed(PairFailure::Busy) => "busy",
+            PairOutcome::Failed(PairFailure::Error) => "error",
+        };
+        self.metrics.pair_model(name, t0.elapsed());
+        outcome
+    }
+
+    /// Judges one candidate, running each stage that needs a model when the
+    /// verdict waits on it (every stage, when gathering all: the dry run
+    /// shows them). The stages run for a candidate that passed all else.
     async fn consider(&self, asking: &Asking<'_>, offered: Offered<'_>, gather: Gather) -> Verdict {
-        let needs_long = judge::needs_long_text(asking, offered.entry, offered.kind);
-        if needs_long && gather == Gather::All {
-            let long = self
-                .long_text(&offered.entry.text, &asking.key.text, asking.opts)
-                .await;
-            return judge::judge(
+        let (stored, asked) = (&offered.entry.text, &asking.key.text);
+        let mut long = None;
+        let mut turns: Option<Vec<f32>> = None;
+        let mut pair = None;
+        // NOTE: one pass per stage at most, and one to judge with them all.
+        for _ in 0..4 {
+            let verdict = judge::judge(
                 asking,
                 &Offered {
-                    long: Some(&long),
+                    long: long.as_ref(),
+                    turns: turns.as_deref(),
+                    pair,
                     ..offered
                 },
             );
+            let next = match gather {
+                Gather::All => verdict.pending,
+                Gather::FirstServed => verdict.awaits,
+            };
+            match next {
+                None => return verdict,
+                Some(Stage::LongText) => {
+                    long = Some(self.long_text(stored, asked, asking.opts).await);
+                }
+                Some(Stage::Turns) => turns = Some(self.turn_similarities(stored, asked).await),
+                Some(Stage::Pair) => {
+                    pair = Some(self.pair_outcome(stored, asked, asking.opts).await)
+                }
+            }
         }
-        let verdict = judge::judge(asking, &offered);
-        if !verdict.awaits_long_text {
-            return verdict;
-        }
-        // NOTE: the long-text guard may embed two sentences, so outside a dry
-        // run it runs only for a candidate that passed all else.
-        let long = self
-            .long_text(&offered.entry.text, &asking.key.text, asking.opts)
-            .await;
         judge::judge(
             asking,
             &Offered {
-                long: Some(&long),
+                long: long.as_ref(),
+                turns: turns.as_deref(),
+                pair,
                 ..offered
             },
         )
@@ -236,6 +302,11 @@ impl Core {
             origin: scope.origin,
             now: now_ms(),
             unseen: None,
+            pair: self
+                .embedder
+                .pair()
+                .filter(|_| opts.verifier.enabled && opts.verifier.pair_threshold > 0.0)
+                .map(|_| opts.verifier.pair_threshold),
         };
         let words = key.embed_text.split_whitespace().count();
         let mut out = Explanation {
@@ -251,6 +322,8 @@ impl Core {
                 reported_wrong: None,
                 long: None,
                 unseen: None,
+                turns: None,
+                pair: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
             if verdict.served {
@@ -371,6 +444,8 @@ impl Core {
                 reported_wrong: self.reported_wrong(e.id, v, sim),
                 long: None,
                 unseen: stored_unseen.as_deref(),
+                turns: None,
+                pair: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
             if refused.is_none() && e.tenant == tenant && e.partition == key.partition {

@@ -53,6 +53,11 @@ pub struct RawPolicy {
     pub same_words_threshold: Option<f32>,
     /// Similarity needed when one or two content words differ.
     pub small_edit_threshold: Option<f32>,
+    /// The pair model's score a semantic candidate needs (0: the pair model
+    /// is not asked).
+    pub pair_threshold: Option<f32>,
+    /// The longest wait for the pair model; past it the candidate is a miss.
+    pub pair_timeout: Option<String>,
     /// The largest share of wrong answers accepted; thresholds are calibrated
     /// to it on `calibration_pairs` at start.
     pub max_wrong_rate: Option<f64>,
@@ -86,6 +91,8 @@ pub struct RawGuards {
     pub language: Option<bool>,
     /// Text past the embedding window must be equal.
     pub long_text: Option<bool>,
+    /// The shared words in an order one move explains.
+    pub order: Option<bool>,
 }
 
 defaults! {
@@ -443,6 +450,7 @@ fn policy_over(errs: &mut Errors, at: &str, base: &Policy, c: &RawPolicy) -> Pol
                 code: g.code.unwrap_or(b.code),
                 language: g.language.unwrap_or(b.language),
                 long_text: g.long_text.unwrap_or(b.long_text),
+                order: g.order.unwrap_or(b.order),
                 window_words: b.window_words,
             }
         },
@@ -457,6 +465,15 @@ fn policy_over(errs: &mut Errors, at: &str, base: &Policy, c: &RawPolicy) -> Pol
                 .small_edit_threshold
                 .map_or(base.verifier.small_edit_threshold, |v| {
                     fraction(errs, &k("small_edit_threshold"), v)
+                }),
+            pair_threshold: c.pair_threshold.map_or(base.verifier.pair_threshold, |v| {
+                fraction(errs, &k("pair_threshold"), v)
+            }),
+            pair_timeout: c
+                .pair_timeout
+                .as_deref()
+                .map_or(base.verifier.pair_timeout, |v| {
+                    duration(errs, &k("pair_timeout"), v)
                 }),
             ..base.verifier
         },
@@ -490,6 +507,9 @@ pub struct GuardSet {
     /// Text past the embedding window must be equal (after normalising case
     /// and white space).
     pub long_text: bool,
+    /// The content words both texts share must be in an order that one
+    /// moved phrase explains (not exchanged: "Alice sued Bob").
+    pub order: bool,
     /// Words that fit in the embedding window.
     pub window_words: usize,
 }
@@ -502,6 +522,7 @@ impl Default for GuardSet {
             code: true,
             language: true,
             long_text: true,
+            order: true,
             window_words: 170,
         }
     }
@@ -516,6 +537,7 @@ impl GuardSet {
             code: false,
             language: false,
             long_text: false,
+            order: false,
             window_words: usize::MAX,
         }
     }
@@ -532,6 +554,10 @@ pub struct Verifier {
     pub small_edit_threshold: f32,
     /// How many differing content words count as a small edit.
     pub small_edit_words: usize,
+    /// The pair model's score a candidate needs; 0: not asked.
+    pub pair_threshold: f32,
+    /// The longest wait for the pair model.
+    pub pair_timeout: Duration,
 }
 
 impl Default for Verifier {
@@ -541,6 +567,8 @@ impl Default for Verifier {
             same_words_threshold: 0.80,
             small_edit_threshold: 0.94,
             small_edit_words: 2,
+            pair_threshold: 0.5,
+            pair_timeout: Duration::from_millis(500),
         }
     }
 }

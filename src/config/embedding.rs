@@ -64,6 +64,13 @@ pub struct RawEmbedding {
     /// The folder `scripts/fetch-e5.sh` fills (`kind = "e5"`).
     #[serde(default = "d_e5_dir")]
     pub e5_dir: String,
+    /// The pair model (a cross-encoder over `model_dir`'s tokenizer); empty:
+    /// none.
+    #[serde(default = "d_pair_model")]
+    pub pair_model: String,
+    /// Pair-model runs at once, each with its own session.
+    #[serde(default = "d_pair_sessions")]
+    pub pair_sessions: usize,
 }
 
 defaults! {
@@ -77,6 +84,8 @@ defaults! {
     d_queue: usize = 256;
     d_embedding_kind: String = "local".into();
     d_e5_dir: String = "models/multilingual-e5-small".into();
+    d_pair_model: String = String::new();
+    d_pair_sessions: usize = 2;
     d_embedding_timeout: String = "2s".into();
 }
 
@@ -103,6 +112,10 @@ pub struct EmbeddingSettings {
     pub queue: usize,
     /// Where embeddings come from.
     pub backend: EmbeddingBackend,
+    /// The pair model's file, if any.
+    pub pair_model: Option<PathBuf>,
+    /// Pair-model sessions.
+    pub pair_sessions: usize,
 }
 
 /// Settings of the remote embedder.
@@ -177,6 +190,8 @@ pub(super) fn load(
         max_length: e.max_length,
         max_chunks: at_least_one(errs, "embedding.max_chunks", e.max_chunks),
         queue: at_least_one(errs, "embedding.queue", e.queue),
+        pair_model: (!e.pair_model.is_empty()).then(|| PathBuf::from(&e.pair_model)),
+        pair_sessions: at_least_one(errs, "embedding.pair_sessions", e.pair_sessions),
         backend: match e.kind.as_str() {
             "local" => {
                 for (key, set) in [

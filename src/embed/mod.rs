@@ -11,6 +11,7 @@
 pub mod blind;
 pub mod e5;
 pub mod openai;
+pub mod pair;
 
 use std::{
     path::Path,
@@ -74,6 +75,24 @@ pub struct FastEmbedder {
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// The process's ONNX Runtime, loaded from `ort_lib` the first time.
+fn ort_environment(ort_lib: &Path) -> Result<ort::environment::Environment, EmbedError> {
+    // NOTE: ort's dynamic loader is process-global; the first path wins, so
+    // every model in one process shares one runtime library.
+    ORT_ENV
+        .get_or_init(|| {
+            let lib = std::fs::canonicalize(ort_lib)
+                .map_err(|e| format!("{}: {e} (run `make models`)", ort_lib.display()))?;
+            ort::init_from(&lib)
+                .map_err(|e| format!("{}: {e}", lib.display()))?
+                .with_name("modelcache")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(EmbedError::Load)
+}
+
 impl FastEmbedder {
     /// Loads `model_dir` with the ONNX Runtime library at `ort_lib`, using
     /// `intra_threads` threads inside each embedding.
@@ -83,20 +102,7 @@ impl FastEmbedder {
         max_length: usize,
         intra_threads: usize,
     ) -> Result<Self, EmbedError> {
-        // NOTE: ort's dynamic loader is process-global; the first path wins, so
-        // every embedder in one process shares one runtime library.
-        let env = ORT_ENV
-            .get_or_init(|| {
-                let lib = std::fs::canonicalize(ort_lib)
-                    .map_err(|e| format!("{}: {e} (run `make models`)", ort_lib.display()))?;
-                ort::init_from(&lib)
-                    .map_err(|e| format!("{}: {e}", lib.display()))?
-                    .with_name("modelcache")
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(EmbedError::Load)?;
+        let env = ort_environment(ort_lib)?;
         let read = |name: &str| {
             std::fs::read(model_dir.join(name)).map_err(|e| {
                 EmbedError::Load(format!(
@@ -318,6 +324,30 @@ pub fn configured(settings: &crate::config::EmbeddingSettings) -> EmbedderFactor
     })
 }
 
+/// The pair model `[embedding]` names (None: none is set), over the
+/// tokenizer of `model_dir`. A file that is set and cannot be loaded is an
+/// error: the gateway does not start without the verifier it was told to run.
+pub fn configured_pair(
+    settings: &crate::config::EmbeddingSettings,
+) -> Result<Option<Arc<pair::PairModel>>, EmbedError> {
+    let Some(model) = &settings.pair_model else {
+        return Ok(None);
+    };
+    pair::PairModel::load(
+        model,
+        &settings.model_dir.join("tokenizer.json"),
+        &settings.onnxruntime,
+        settings.pair_sessions,
+        settings.intra_threads,
+    )
+    .map(|m| Some(Arc::new(m)))
+    .map_err(|e| {
+        EmbedError::Load(format!(
+            "{e} (the verifier's pair model, embedding.pair_model; \"\" runs without it)"
+        ))
+    })
+}
+
 impl EmbedLimits {
     /// The limits `[embedding]` sets.
     pub fn of(s: &crate::config::EmbeddingSettings) -> EmbedLimits {
@@ -366,6 +396,7 @@ pub struct EmbedService {
     dims: usize,
     limits: EmbedLimits,
     blind: Option<Arc<blind::Blind>>,
+    pair: Option<Arc<pair::PairModel>>,
 }
 
 /// What a loaded worker reports: its vector size and what it cannot see.
@@ -441,7 +472,18 @@ impl EmbedService {
             dims,
             limits,
             blind,
+            pair: None,
         })
+    }
+
+    /// With a pair model for the verifier to ask.
+    pub fn with_pair(self, pair: Option<Arc<pair::PairModel>>) -> EmbedService {
+        EmbedService { pair, ..self }
+    }
+
+    /// The pair model, if one is loaded.
+    pub fn pair(&self) -> Option<&Arc<pair::PairModel>> {
+        self.pair.as_ref()
     }
 
     /// Vector size.

@@ -99,6 +99,49 @@ impl CacheKey {
     }
 }
 
+/// The contents of the turns of a key text (`role###content` joined with
+/// `|||`) that are compared by meaning: user and plain assistant turns, or a
+/// completion's prompt. System turns are matched exactly.
+///
+/// A content holding `|||` is glued back to its turn, unless what follows
+/// looks like a turn of its own; such a text then parses into more turns
+/// than it has, and its turns do not line up with another's (judged a miss).
+pub fn meaning_turns(text: &str) -> Vec<&str> {
+    const ROLES: [&str; 6] = [
+        "system###",
+        "developer###",
+        "user###",
+        "assistant###",
+        "prompt###",
+        "tool###",
+    ];
+    let mut turns: Vec<(usize, usize, bool)> = Vec::new();
+    let mut at = 0;
+    for piece in text.split("|||") {
+        let end = at + piece.len();
+        let role = ROLES.iter().find(|r| piece.starts_with(**r));
+        match (role, turns.last_mut()) {
+            (None, Some(last)) => last.1 = end,
+            (role, _) => {
+                let (skip, meaning) = match role {
+                    Some(r) => (
+                        r.len(),
+                        !matches!(*r, "system###" | "developer###" | "tool###"),
+                    ),
+                    None => (0, true),
+                };
+                turns.push((at + skip, end, meaning));
+            }
+        }
+        at = end + 3;
+    }
+    turns
+        .into_iter()
+        .filter(|t| t.2)
+        .filter_map(|(a, b, _)| text.get(a..b))
+        .collect()
+}
+
 /// First 8 bytes of a hex partition hash.
 pub fn partition_tag(partition: &str) -> u64 {
     u64::from_str_radix(partition.get(..16).unwrap_or("0"), 16).unwrap_or(0)
@@ -539,6 +582,51 @@ mod tests {
             "system###You are a Python assistant.|||user###hello"
         );
         assert!(k.semantic);
+    }
+
+    #[test]
+    fn the_turns_compared_by_meaning_come_back_out_of_the_key_text() {
+        let chat = key(json!({"model":"m","messages":[
+            {"role":"system","content":"Be brief."},
+            {"role":"user","content":"Load sales.csv"},
+            {"role":"assistant","content":"Done."},
+            {"role":"user","content":"Plot it as a bar chart"}]}));
+        assert_eq!(
+            meaning_turns(&chat.text),
+            ["Load sales.csv", "Plot it as a bar chart"]
+        );
+        let one = key(json!({"model":"m","messages":[{"role":"user","content":"a ||| b"}]}));
+        assert_eq!(
+            meaning_turns(&one.text),
+            ["a ||| b"],
+            "content keeps its own |||"
+        );
+        let forged =
+            key(json!({"model":"m","messages":[{"role":"user","content":"a|||user###b"}]}));
+        assert_eq!(
+            meaning_turns(&forged.text).len(),
+            2,
+            "a forged turn parses apart, and lines up with no real one-turn key"
+        );
+        let all = key_with(
+            Endpoint::Chat,
+            &json!({"model":"m","messages":[
+                {"role":"user","content":"q1"},{"role":"assistant","content":"a1"},
+                {"role":"user","content":"q2"}]}),
+            &KeyOptions {
+                text: TextMode::All,
+                ..KeyOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(meaning_turns(&all.text), ["q1", "a1", "q2"]);
+        let prompt = key_for(
+            Endpoint::Completions,
+            &json!({"model":"m","prompt":"Say hi"}),
+        )
+        .unwrap();
+        assert_eq!(meaning_turns(&prompt.text), ["Say hi"]);
+        assert!(meaning_turns("").len() <= 1);
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub fn minilm_dir() -> PathBuf {
     repo_root().join("models/all-minilm-l6-v2-int8")
 }
 
+/// The pair model trained by `scripts/train-verifier` (off by default).
+pub fn pair_model() -> PathBuf {
+    repo_root().join("assets/verifier/model.onnx")
+}
+
 /// ONNX Runtime in the repository's `models/`.
 pub fn onnxruntime() -> PathBuf {
     repo_root().join("models/onnxruntime/libonnxruntime.so")

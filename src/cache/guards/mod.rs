@@ -1,11 +1,12 @@
 //! Structural guards: cheap, exact comparisons of a stored question and a
 //! probe that an embedding cannot be trusted with.
 //!
-//! Owns six checks, each in its own file: numbers and units (`numbers`),
+//! Owns seven checks, each in its own file: numbers and units (`numbers`),
 //! negation and polarity words (`negation`) and, switched with it, the word
 //! order around "to", "from", "than" (`direction`), programming languages,
-//! platforms and code (`code`), the natural language (`language`), and the
-//! text beyond the embedding window (`long_text`). A tenant switches each
+//! platforms and code (`code`), the natural language (`language`), the order
+//! of the words both texts share (`order`), and the text beyond the
+//! embedding window (`long_text`). A tenant switches each
 //! on or off ([`GuardSet`]). Each guard takes the two texts tokenised once
 //! (`text`) and says what differed; this file runs the enabled ones, in
 //! that order. The word lists they share are [`lexicon`](super::lexicon)'s.
@@ -19,6 +20,7 @@ mod language;
 mod long_text;
 mod negation;
 mod numbers;
+mod order;
 mod text;
 
 // NOTE: which guards run is a setting, so its type is config's.
@@ -30,7 +32,7 @@ use text::Text;
 /// The outcome of one guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardResult {
-    /// `numbers`, `negation`, `direction`, `code`, `language` or
+    /// `numbers`, `negation`, `direction`, `code`, `language`, `order` or
     /// `long_text`.
     pub name: &'static str,
     /// Whether the texts agree.
@@ -62,6 +64,9 @@ pub fn check(stored: &str, probe: &str, set: &GuardSet, detail: bool) -> (bool, 
     }
     if set.language {
         r.push("language", language::check(&a, &b));
+    }
+    if set.order {
+        r.push("order", order::check(&a, &b));
     }
     if set.long_text {
         r.push("long_text", long_text::check(&a, &b, set.window_words));
@@ -104,6 +109,56 @@ mod tests {
             .filter(|g| !g.passed)
             .map(|g| g.name)
             .collect()
+    }
+
+    #[test]
+    fn words_exchanged_apart_fail_and_one_moved_phrase_passes() {
+        let swapped = [
+            (
+                "Why did Alice sue Bob after the merger?",
+                "Why did Bob sue Alice after the merger?",
+            ),
+            (
+                "The team was founded in Spain and moved to France in its second year.",
+                "The team was founded in France and moved to Spain in its second year.",
+            ),
+            (
+                "His father married Catherine Fagan, who later became governor of Arkansas.",
+                "His father married Arkansas, who later became governor of Catherine Fagan.",
+            ),
+        ];
+        for (a, b) in swapped {
+            let got = fails(&format!("user###{a}"), &format!("user###{b}"));
+            assert!(got.contains(&"order"), "{b}: {got:?}");
+        }
+        let moved = [
+            (
+                "How do I remove duplicates from a list in Python?",
+                "In Python, how do I remove duplicates from a list?",
+            ),
+            (
+                "How do I center a div horizontally and vertically with flexbox?",
+                "With flexbox, how do I center a div vertically and horizontally?",
+            ),
+            (
+                "What's the way to reverse a Python list?",
+                "How do I reverse a list in Python?",
+            ),
+            // Numbers are the numbers guard's: a list as a set.
+            (
+                "What is the average of 4, 8, 15, 16, 23 and 42?",
+                "What is the average of 42, 23, 16, 15, 8 and 4?",
+            ),
+            // Few shared words: a rewording, judged by the threshold.
+            (
+                "Which city is the capital of Australia?",
+                "Australia's seat of government is which town?",
+            ),
+        ];
+        for (a, b) in moved {
+            let got = fails(&format!("user###{a}"), &format!("user###{b}"));
+            assert!(!got.contains(&"order"), "{b}: {got:?}");
+        }
     }
 
     #[test]
@@ -179,14 +234,15 @@ mod tests {
                 "user###How do I convert a string to an integer in Java?",
                 "user###How do I convert an integer to a string in Java?"
             ),
-            ["direction"]
+            // NOTE: words exchanged around "to" are also an exchange.
+            ["direction", "order"]
         );
         assert_eq!(
             fails(
                 "user###Convert 100 kilometers to miles.",
                 "user###Convert 100 miles to kilometers."
             ),
-            ["direction"]
+            ["direction", "order"]
         );
         // Coordination is not direction; hyphenated words are not minus signs.
         assert!(fails(

@@ -1,0 +1,190 @@
+//! The order guard: the same content words in an order that no single move
+//! explains ask another thing ("Why did Alice sue Bob?" is not "Why did Bob
+//! sue Alice?"; "founded in Spain, moved to France" is not "founded in
+//! France, moved to Spain").
+//!
+//! Owns the comparison of the order of the content words the two texts
+//! share. A paraphrase may move one phrase ("In Python, how do I …" for
+//! "How do I … in Python?") or swap two neighbours ("a Python list" for "a
+//! list in Python"): one block of words moved. Exchanging two words or
+//! phrases that sit apart takes two moves, and that is what changes who does
+//! what to whom. It counts breakpoints (neighbours in one text that are not
+//! neighbours, in order, in the other, the two ends included): one block
+//! move makes at most three. Numbers are the numbers guard's, documents the
+//! long-text guard's, and two words joined by "and" or "or" in both texts
+//! may come in either order. It must never fail texts that share few words (a rewording is the
+//! threshold's to judge), nor words that repeat in the same order.
+
+use std::collections::{HashMap, HashSet};
+
+use super::text::Text;
+use crate::cache::lexicon::FUNCTION_WORDS;
+
+/// At most this many content words of either text (or this share of them,
+/// if more) may be missing from the other for the order to be compared:
+/// beyond it the texts are a rewording, judged by the threshold.
+const MAX_UNSHARED: usize = 2;
+const MAX_UNSHARED_PERCENT: usize = 40;
+
+/// At least this many shared content words: fewer cannot be exchanged
+/// apart from a neighbour swap.
+const MIN_SHARED: usize = 3;
+
+/// Whether the shared content words of `a` and `b` are in an order that one
+/// block move cannot explain; and, formatted only when asked, what was
+/// compared.
+pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> String) {
+    (a.order_swap(b), || {
+        "the shared words in the same order, or one phrase moved".into()
+    })
+}
+
+/// A word as the order guard compares it: a plural or possessive folded.
+fn form(w: &str) -> &str {
+    let w = w.strip_suffix("'s").unwrap_or(w);
+    match w.strip_suffix('s') {
+        Some(stem) if stem.len() >= 3 && !stem.ends_with('s') => stem,
+        _ => w,
+    }
+}
+
+/// Past this many content words a text is a document: the long-text guard
+/// judges it.
+const MAX_WORDS: usize = 64;
+
+/// Words that join two words whose order does not matter ("horizontally
+/// and vertically").
+const COORDINATORS: [&str; 3] = ["and", "or", "&"];
+
+/// Whether a token is a content word the order guard compares.
+fn is_word(w: &str) -> bool {
+    !FUNCTION_WORDS.contains(&w) && !w.chars().any(char::is_numeric)
+}
+
+/// An unordered pair of words.
+fn unordered<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
+    if x <= y {
+        (x, y)
+    } else {
+        (y, x)
+    }
+}
+
+impl Text {
+    /// The pairs of content words joined by "and" or "or", unordered.
+    fn coordinated(&self) -> HashSet<(&str, &str)> {
+        self.tokens
+            .windows(3)
+            .filter(|w| COORDINATORS.contains(&w[1].as_str()) && is_word(&w[0]) && is_word(&w[2]))
+            .map(|w| unordered(form(&w[0]), form(&w[2])))
+            .collect()
+    }
+
+    /// The content words in order, numbers left out (the numbers guard
+    /// compares them, as lists or as sets); two words joined by "and" or
+    /// "or" in both texts ("horizontally and vertically") put in one order.
+    fn content_words(&self, both: &HashSet<(&str, &str)>) -> Vec<&str> {
+        let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        let mut out: Vec<&str> = Vec::with_capacity(t.len());
+        let mut i = 0;
+        while i < t.len() {
+            if i + 2 < t.len()
+                && COORDINATORS.contains(&t[i + 1])
+                && is_word(t[i])
+                && is_word(t[i + 2])
+            {
+                let pair = unordered(form(t[i]), form(t[i + 2]));
+                if both.contains(&pair) {
+                    out.extend([pair.0, pair.1]);
+                    i += 3;
+                    continue;
+                }
+            }
+            if is_word(t[i]) {
+                out.push(form(t[i]));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// The shared content words, exchanged, when one move cannot explain
+    /// their order.
+    fn order_swap(&self, other: &Text) -> Option<String> {
+        let (ca, cb) = (self.coordinated(), other.coordinated());
+        let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
+        let (a, b) = (self.content_words(&both), other.content_words(&both));
+        if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
+            return None;
+        }
+        // NOTE: the k-th occurrence of a word in one text is its k-th in the
+        // other; a word with no partner is left out of the order.
+        let mut where_in_b: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, w) in b.iter().enumerate() {
+            where_in_b.entry(w).or_default().push(i);
+        }
+        let mut used: HashMap<&str, usize> = HashMap::new();
+        let mut pos = Vec::new();
+        for w in &a {
+            let k = used.entry(w).or_default();
+            if let Some(&j) = where_in_b.get(w).and_then(|v| v.get(*k)) {
+                pos.push(j);
+                *k += 1;
+            }
+        }
+        let shared = pos.len();
+        let allowed = |n: usize| MAX_UNSHARED.max(n * MAX_UNSHARED_PERCENT / 100);
+        if shared < MIN_SHARED
+            || a.len() - shared > allowed(a.len())
+            || b.len() - shared > allowed(b.len())
+        {
+            return None;
+        }
+        // The shared words' ranks in `b`, in `a`'s order.
+        let mut sorted = pos.clone();
+        sorted.sort_unstable();
+        let rank: Vec<usize> = pos
+            .iter()
+            .filter_map(|p| sorted.binary_search(p).ok())
+            .collect();
+        let mut ends = Vec::with_capacity(rank.len() + 2);
+        ends.push(0);
+        ends.extend(rank.iter().map(|r| r + 1));
+        ends.push(rank.len() + 1);
+        let breakpoints = ends.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        if breakpoints <= 3 {
+            return None;
+        }
+        let shown = |v: Vec<&str>| v.join(" ");
+        let in_b: Vec<&str> = {
+            let mut v: Vec<(usize, &str)> = Vec::new();
+            let mut used: HashMap<&str, usize> = HashMap::new();
+            for w in &a {
+                let k = used.entry(w).or_default();
+                if let Some(&j) = where_in_b.get(w).and_then(|v| v.get(*k)) {
+                    v.push((j, w));
+                    *k += 1;
+                }
+            }
+            v.sort_unstable();
+            v.into_iter().map(|(_, w)| w).collect()
+        };
+        let in_a: Vec<&str> = {
+            let mut used: HashMap<&str, usize> = HashMap::new();
+            a.iter()
+                .copied()
+                .filter(|w| {
+                    let k = used.entry(w).or_default();
+                    let hit = where_in_b.get(w).is_some_and(|v| v.len() > *k);
+                    *k += usize::from(hit);
+                    hit
+                })
+                .collect()
+        };
+        Some(format!(
+            "the same words in another order: \"{}\" vs \"{}\"",
+            shown(in_a),
+            shown(in_b)
+        ))
+    }
+}
