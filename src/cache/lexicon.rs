@@ -206,6 +206,32 @@ pub(crate) const ORDER_FREE: &[&str] = &[
 /// cancelled" is "I cancelled but still got charged").
 pub(crate) const OPPOSITES: &[(Group, Group)] = &[(&["before", "prior to", "within"], &["after"])];
 
+/// The question words, one group per thing asked: a reason, a way, a time, a
+/// place, a person. Two texts that each ask one the other does not ("How did
+/// the universe begin?" / "When did the universe begin?") ask two things.
+/// "What" and "which" ask anything ("What's the way to…" is "How do I…"), so
+/// they are in none. An English one asks only when a verb follows it ("when
+/// did", "how to", "why don't"): "what happens when it reacts" and "the
+/// folder where it is" ask nothing; a Spanish one asks by its accent.
+pub(crate) const QUESTION_WORDS: &[Group] = &[
+    &["why", "how come", "por qué"],
+    &["how", "cómo"],
+    &["when", "cuándo"],
+    &["where", "dónde"],
+    &["who", "whom", "quién", "quiénes"],
+];
+
+/// Question words that ask alike when a task follows: "How can I download
+/// my invoices?" is "Where can I download my invoices?".
+pub(crate) const QUESTION_WORDS_ALIKE: &[(&str, &str)] = &[("how", "where")];
+
+/// The verbs that make a question word ask ("how do", "why is", "when
+/// did"); a word ending in "n't" does too.
+pub(crate) const QUESTION_VERBS: &[&str] = &[
+    "do", "does", "did", "is", "are", "was", "were", "am", "be", "can", "could", "should", "would",
+    "will", "shall", "may", "might", "must", "to", "has", "have", "had",
+];
+
 pub(crate) const CODE: &[Group] = &[
     &[
         "python", ".py", "pytest", "pip", "django", "flask", "pandas", "numpy",

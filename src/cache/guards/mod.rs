@@ -126,6 +126,20 @@ mod tests {
                 "His father married Catherine Fagan, who later became governor of Arkansas.",
                 "His father married Arkansas, who later became governor of Catherine Fagan.",
             ),
+            // The same numbers in order, the words beside them exchanged.
+            (
+                "She retired in 1987 and died in 2004.",
+                "She died in 1987 and retired in 2004.",
+            ),
+            (
+                "The team had 29 female and 48 male athletes.",
+                "The team had 29 male and 48 female athletes.",
+            ),
+            // An accent or a typo does not hide an exchange.
+            (
+                "The Luhei River is a tributary of the Viseu River.",
+                "The Vişeu River is a tributary of the Luhei River.",
+            ),
         ];
         for (a, b) in swapped {
             let got = fails(&format!("user###{a}"), &format!("user###{b}"));
@@ -144,7 +158,7 @@ mod tests {
                 "What's the way to reverse a Python list?",
                 "How do I reverse a list in Python?",
             ),
-            // Numbers are the numbers guard's: a list as a set.
+            // A list of numbers is the numbers guard's (here, a set).
             (
                 "What is the average of 4, 8, 15, 16, 23 and 42?",
                 "What is the average of 42, 23, 16, 15, 8 and 4?",
@@ -208,7 +222,7 @@ mod tests {
                 "user###What is 2 to the power of 10?",
                 "user###What is 10 to the power of 2?"
             ),
-            ["numbers", "direction"]
+            ["numbers", "direction", "order"]
         );
         assert!(fails(
             "user###What is 2 to the power of 10?",
@@ -324,7 +338,7 @@ mod tests {
         );
         assert_eq!(
             fails("user###From 3 to 10", "user###From 10 to 3"),
-            ["numbers", "direction"]
+            ["numbers", "direction", "order"]
         );
         // "1 day" is "a day"; "2 days" is not.
         assert!(fails(
@@ -496,6 +510,62 @@ mod tests {
             "user###How can I enable the dark mode?"
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_question_that_asks_another_thing_fails() {
+        for (a, b) in [
+            (
+                "How did the universe begin?",
+                "When did the universe begin?",
+            ),
+            (
+                "Why did God create the universe?",
+                "How did God create the universe?",
+            ),
+            (
+                "Where do the Amish live?",
+                "Why do the Amish live like they do?",
+            ),
+            (
+                "¿Cómo funciona la fotosíntesis?",
+                "¿Por qué funciona la fotosíntesis?",
+            ),
+        ] {
+            let got = fails(&format!("user###{a}"), &format!("user###{b}"));
+            assert_eq!(got, ["negation"], "{b}");
+        }
+        // "How come" is "why"; "what" asks anything; one text with a
+        // question word against one without is not two things asked.
+        for (a, b) in [
+            ("How come the sky is blue?", "Why is the sky blue?"),
+            (
+                "What's the way to merge two dicts in Python?",
+                "How do I merge two dicts in Python?",
+            ),
+            (
+                "How do I find the folder where my files are saved?",
+                "Where are my files saved?",
+            ),
+            // A question word with no verb after it asks nothing.
+            (
+                "How does magnesium oxide react with water?",
+                "What happens when magnesium oxide reacts with water?",
+            ),
+            // Asking more is not asking another thing.
+            (
+                "When and how did you start the business?",
+                "When did you start the business?",
+            ),
+            // "How can I…" and "Where can I…" ask alike.
+            (
+                "How can I download my invoices?",
+                "Where can I download my invoices?",
+            ),
+        ] {
+            let got = fails(&format!("user###{a}"), &format!("user###{b}"));
+            assert!(!got.contains(&"negation"), "{b}: {got:?}");
+        }
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! Owns what makes a text negated ("not", "can't", "without", "-free",
 //! 不, ない …) and the comparison of the polarity groups ("enable" and
 //! "disable", "ascending" and "descending") and of the pairs of opposites
-//! ("within" and "after"). It must never fail a text that names one side of
+//! ("within" and "after"), and of the question words ("how" and "why").
+//! It must never fail a text that names one side of
 //! a pair against one that names neither: silence is not the opposite.
 
 use super::text::{show, Text};
 use crate::cache::lexicon::Group;
 use crate::cache::lexicon::OPPOSITES;
 use crate::cache::lexicon::POLARITY;
+use crate::cache::lexicon::QUESTION_VERBS;
+use crate::cache::lexicon::QUESTION_WORDS;
+use crate::cache::lexicon::QUESTION_WORDS_ALIKE;
 
 /// What differs in the negation, polarity or opposites of `a` and `b`, if
 /// anything; and, formatted only when asked, what was compared.
@@ -27,6 +31,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("polarity {} vs {}", show(&pa), show(&pb)))
     } else if let Some((x, y)) = a.opposite(b) {
         Some(format!("{x} vs {y}"))
+    } else if let Some((x, y)) = a.other_question(b) {
+        Some(format!("asks {x} vs {y}"))
     } else {
         None
     };
@@ -47,6 +53,58 @@ impl Text {
             || self.lower.contains("n't")
             || self.lower.contains("-free")
             || CJK.iter().any(|w| self.lower.contains(w))
+    }
+
+    /// Which question groups the text asks (an English question word
+    /// followed by a verb or by "and" and another question word, or ending
+    /// the text; "how come"; an accented Spanish one).
+    fn asks(&self) -> Vec<bool> {
+        let t = &self.tokens;
+        let verb = |w: Option<&String>| {
+            w.is_some_and(|w| QUESTION_VERBS.contains(&w.as_str()) || w.ends_with("n't"))
+        };
+        let asked = |q: &str| {
+            if q.contains(' ') || !q.is_ascii() {
+                return self.has_word(q);
+            }
+            let question = |w: Option<&String>| {
+                w.is_some_and(|w| QUESTION_WORDS.iter().any(|g| g.contains(&w.as_str())))
+            };
+            let joined = |i: usize| {
+                t.get(i).is_some_and(|w| w == "and" || w == "or") && question(t.get(i + 1))
+            };
+            // NOTE: "how's" is "how is"; "when and how did…" asks both; a
+            // last word asks ("…, and why?").
+            t.iter().enumerate().any(|(i, w)| {
+                w == q && (verb(t.get(i + 1)) || joined(i + 1) || i + 1 == t.len())
+                    || w.strip_suffix("'s") == Some(q)
+            })
+        };
+        QUESTION_WORDS
+            .iter()
+            .map(|g| g.iter().any(|q| asked(q)))
+            .collect()
+    }
+
+    /// A question word of each text that the other lacks ("how" and
+    /// "why"), when each has one and they do not ask alike.
+    fn other_question(&self, other: &Text) -> Option<(&'static str, &'static str)> {
+        let (qa, qb) = (self.asks(), other.asks());
+        let only = |x: &[bool], y: &[bool]| -> Vec<&'static str> {
+            (0..x.len())
+                .filter(|&i| x[i] && !y[i])
+                .map(|i| QUESTION_WORDS[i][0])
+                .collect()
+        };
+        let alike = |x: &str, y: &str| {
+            QUESTION_WORDS_ALIKE
+                .iter()
+                .any(|&(p, q)| (p, q) == (x, y) || (q, p) == (x, y))
+        };
+        let (oa, ob) = (only(&qa, &qb), only(&qb, &qa));
+        oa.iter()
+            .flat_map(|&x| ob.iter().map(move |&y| (x, y)))
+            .find(|&(x, y)| !alike(x, y))
     }
 
     /// A pair of opposites, one in each text and not the other.

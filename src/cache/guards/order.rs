@@ -10,15 +10,16 @@
 //! phrases that sit apart takes two moves, and that is what changes who does
 //! what to whom. It counts breakpoints (neighbours in one text that are not
 //! neighbours, in order, in the other, the two ends included): one block
-//! move makes at most three. Numbers are the numbers guard's, documents the
-//! long-text guard's, and two words joined by "and" or "or" in both texts
-//! may come in either order. It must never fail texts that share few words (a rewording is the
+//! move makes at most three. Numbers are words here (which word sits beside
+//! which number), a word one typo or accent from a word of the other text is
+//! that word, documents are the long-text guard's, and two words joined by
+//! "and" or "or" in both texts may come in either order. It must never fail texts that share few words (a rewording is the
 //! threshold's to judge), nor words that repeat in the same order.
 
 use std::collections::{HashMap, HashSet};
 
 use super::text::Text;
-use crate::cache::lexicon::FUNCTION_WORDS;
+use crate::cache::lexicon::{one_edit, FUNCTION_WORDS};
 
 /// At most this many content words of either text (or this share of them,
 /// if more) may be missing from the other for the order to be compared:
@@ -56,9 +57,36 @@ const MAX_WORDS: usize = 64;
 /// and vertically").
 const COORDINATORS: [&str; 3] = ["and", "or", "&"];
 
-/// Whether a token is a content word the order guard compares.
+/// Whether a token is a content word the order guard compares. Numbers
+/// count: the numbers guard compares their values in order, this guard
+/// which words sit beside them ("retired in 1987, died in 2004" is not
+/// "died in 1987, retired in 2004").
 fn is_word(w: &str) -> bool {
-    !FUNCTION_WORDS.contains(&w) && !w.chars().any(char::is_numeric)
+    !FUNCTION_WORDS.contains(&w)
+}
+
+/// The shortest word (in characters) matched across the texts forgiving one
+/// edit: a typo or an accent ("viseu" / "vişeu"), not another short word.
+const MIN_FORGIVEN: usize = 5;
+
+/// `b` with each word that `a` lacks renamed to the word of `a`, missing
+/// from `b`, that it is one edit from.
+fn forgive_typos<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
+    let (in_a, in_b): (HashSet<&str>, HashSet<&str>) =
+        (a.iter().copied().collect(), b.iter().copied().collect());
+    let only_a: Vec<&str> = a
+        .iter()
+        .copied()
+        .filter(|w| !in_b.contains(w) && w.chars().count() >= MIN_FORGIVEN)
+        .collect();
+    b.iter()
+        .map(|&w| {
+            if in_a.contains(w) || w.chars().count() < MIN_FORGIVEN {
+                return w;
+            }
+            only_a.iter().copied().find(|x| one_edit(x, w)).unwrap_or(w)
+        })
+        .collect()
 }
 
 /// An unordered pair of words.
@@ -80,9 +108,9 @@ impl Text {
             .collect()
     }
 
-    /// The content words in order, numbers left out (the numbers guard
-    /// compares them, as lists or as sets); two words joined by "and" or
-    /// "or" in both texts ("horizontally and vertically") put in one order.
+    /// The content words in order, a list of numbers left out; two words
+    /// joined by "and" or "or" in both texts ("horizontally and vertically")
+    /// put in one order.
     fn content_words(&self, both: &HashSet<(&str, &str)>) -> Vec<&str> {
         let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
         let mut out: Vec<&str> = Vec::with_capacity(t.len());
@@ -105,7 +133,19 @@ impl Text {
             }
             i += 1;
         }
-        out
+        // A list of numbers ("4, 8, 15 and 16") is the numbers guard's: it
+        // may compare one as a set.
+        let numeric = |w: &str| w.chars().any(char::is_numeric);
+        let listed: Vec<bool> = (0..out.len())
+            .map(|i| {
+                numeric(out[i])
+                    && (i > 0 && numeric(out[i - 1]) || i + 1 < out.len() && numeric(out[i + 1]))
+            })
+            .collect();
+        out.into_iter()
+            .zip(listed)
+            .filter_map(|(w, l)| (!l).then_some(w))
+            .collect()
     }
 
     /// The shared content words, exchanged, when one move cannot explain
@@ -114,6 +154,7 @@ impl Text {
         let (ca, cb) = (self.coordinated(), other.coordinated());
         let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
         let (a, b) = (self.content_words(&both), other.content_words(&both));
+        let b = forgive_typos(&a, &b);
         if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
             return None;
         }
