@@ -535,6 +535,7 @@ async fn the_dry_run_lookup_explains_every_candidate_and_writes_nothing() {
             "direction",
             "code",
             "language",
+            "order",
             "long_text",
             "similarity"
         ]

@@ -302,9 +302,9 @@ match_header = {{ name = "x-team", value = "beta" }}
             let mut fresh = ask(&format!("{q} told as a story for {team}"));
             fresh["stream"] = json!(true);
             let mut bodies = vec![fresh, ask(q)];
-            // The same words reordered: a semantic hit.
-            let reordered: Vec<&str> = q.split(' ').rev().collect();
-            bodies.push(ask(&reordered.join(" ")));
+            // The same words, the first moved to the end: a semantic hit.
+            let (first, rest) = q.split_once(' ').unwrap_or((q, ""));
+            bodies.push(ask(&format!("{rest} {first}")));
             let mut streamed = ask(q);
             streamed["stream"] = json!(true);
             bodies.push(streamed);

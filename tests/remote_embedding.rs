@@ -93,7 +93,7 @@ async fn a_remote_endpoint_decides_hits_and_gets_the_key_and_model() {
     verify_key(&app, &[]).await;
     Call::ask("alpha beta gamma delta").send(&app).await;
     settle(&app).await;
-    let got = Call::ask("delta gamma beta alpha").send(&app).await;
+    let got = Call::ask("beta gamma delta alpha").send(&app).await;
     assert_eq!(
         got.cache(),
         "hit",
@@ -137,7 +137,7 @@ async fn errors_and_timeouts_forward_the_request_uncached() {
     // HTTP 500 from the endpoint: the paraphrase is forwarded, and answered.
     status.store(500, Ordering::SeqCst);
     let calls = up.calls();
-    let got = Call::ask("delta gamma beta alpha").send(&app).await;
+    let got = Call::ask("beta gamma delta alpha").send(&app).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.cache(), "miss");
     assert_eq!(up.calls(), calls + 1);

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::text::Text;
-use crate::cache::lexicon::{one_edit, FUNCTION_WORDS};
+use crate::cache::lexicon::{one_edit, FUNCTION_WORDS, QUESTION_WORDS};
 
 /// At most this many content words of either text (or this share of them,
 /// if more) may be missing from the other for the order to be compared:
@@ -61,8 +61,12 @@ const COORDINATORS: [&str; 3] = ["and", "or", "&"];
 /// count: the numbers guard compares their values in order, this guard
 /// which words sit beside them ("retired in 1987, died in 2004" is not
 /// "died in 1987, retired in 2004").
+/// Question words are not: their place follows the sentence's form ("Which
+/// planet is the largest?" / "The largest planet is which?").
 fn is_word(w: &str) -> bool {
     !FUNCTION_WORDS.contains(&w)
+        && !["what", "which"].contains(&w)
+        && !QUESTION_WORDS.iter().any(|g| g.contains(&w))
 }
 
 /// The shortest word (in characters) matched across the texts forgiving one
