@@ -204,7 +204,7 @@ impl Metrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "modelcache_refused_total",
-                "Lookups that missed with a candidate in the request's partition, by each check the nearest one failed: similarity, a guard (numbers, negation, direction, code, language, long_text), unseen_text (spans the embedding model cannot see differ), turn (a turn on its own), turn_count, pair_model (its score), pair_model_timeout, pair_model_busy, pair_model_error (no score: a miss), feedback, fresh, max_age, origin.",
+                "Lookups that missed with a candidate in the request's partition, by each check the nearest one failed: similarity, a guard (numbers, negation, direction, code, language, order, long_text), unseen_text (spans the embedding model cannot see differ), turn (a turn on its own), turn_count, pair_model (its score), pair_model_timeout, pair_model_busy, pair_model_error (no score: a miss), feedback, fresh, max_age, origin.",
             ),
             &["tenant", "check"],
         )?;
