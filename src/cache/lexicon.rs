@@ -15,6 +15,16 @@ pub(crate) const FUNCTION_WORDS: &[&str] = &[
     "what", "please", "can", "me", "it",
 ];
 
+/// The words whose place follows a sentence's form, not what it asks:
+/// articles, possessives, pronouns, the auxiliaries a question is built with
+/// ("Is a tomato…" / "The tomato is…"), and "what" and "which". The order
+/// guard does not compare where they sit.
+pub(crate) const ORDER_SKIPS: &[&str] = &[
+    "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "these",
+    "those", "is", "are", "was", "were", "do", "does", "did", "i", "you", "we", "it", "me",
+    "please", "can", "could", "should", "would", "will", "what", "which",
+];
+
 /// The name of the unit, language or programming-language group a single
 /// Latin word belongs to, in any of its forms (`km`, `kilometers` →
 /// `kilometer`; `js` → `javascript`): the verifier compares names, not

@@ -135,6 +135,11 @@ mod tests {
                 "The team had 29 female and 48 male athletes.",
                 "The team had 29 male and 48 female athletes.",
             ),
+            // Prepositions are words of the order.
+            (
+                "What is the capital of the country next to France?",
+                "What is the country of the capital next to France?",
+            ),
             // An accent or a typo does not hide an exchange.
             (
                 "The Luhei River is a tributary of the Viseu River.",
@@ -157,6 +162,11 @@ mod tests {
             (
                 "What's the way to reverse a Python list?",
                 "How do I reverse a list in Python?",
+            ),
+            // Articles do not hide two words joined by "or".
+            (
+                "Is a tomato a fruit or a vegetable?",
+                "Is the tomato a vegetable or a fruit?",
             ),
             // A list of numbers is the numbers guard's (here, a set).
             (

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::text::Text;
-use crate::cache::lexicon::{one_edit, FUNCTION_WORDS, QUESTION_WORDS};
+use crate::cache::lexicon::{one_edit, ORDER_SKIPS, QUESTION_WORDS};
 
 /// At most this many content words of either text (or this share of them,
 /// if more) may be missing from the other for the order to be compared:
@@ -57,16 +57,17 @@ const MAX_WORDS: usize = 64;
 /// and vertically").
 const COORDINATORS: [&str; 3] = ["and", "or", "&"];
 
-/// Whether a token is a content word the order guard compares. Numbers
-/// count: the numbers guard compares their values in order, this guard
-/// which words sit beside them ("retired in 1987, died in 2004" is not
-/// "died in 1987, retired in 2004").
-/// Question words are not: their place follows the sentence's form ("Which
-/// planet is the largest?" / "The largest planet is which?").
+/// Whether a token is a word of the order. Prepositions count ("the
+/// capital of France" is not "France of the capital"), and so do numbers:
+/// the numbers guard compares their values in order, this guard which words
+/// sit beside them ("retired in 1987, died in 2004" is not "died in 1987,
+/// retired in 2004"). Articles, possessives, pronouns and the auxiliaries a
+/// question is built with are not, and neither are question words: their
+/// place follows the sentence's form ("Which planet is the largest?" / "The
+/// largest planet is which?"). A coordinator is a word only when it joins no
+/// pair both texts share.
 fn is_word(w: &str) -> bool {
-    !FUNCTION_WORDS.contains(&w)
-        && !["what", "which"].contains(&w)
-        && !QUESTION_WORDS.iter().any(|g| g.contains(&w))
+    !ORDER_SKIPS.contains(&w) && !QUESTION_WORDS.iter().any(|g| g.contains(&w))
 }
 
 /// The shortest word (in characters) matched across the texts forgiving one
@@ -103,28 +104,38 @@ fn unordered<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
 }
 
 impl Text {
-    /// The pairs of content words joined by "and" or "or", unordered.
-    fn coordinated(&self) -> HashSet<(&str, &str)> {
+    /// The tokens the order reads: words and coordinators.
+    fn order_tokens(&self) -> Vec<&str> {
         self.tokens
-            .windows(3)
-            .filter(|w| COORDINATORS.contains(&w[1].as_str()) && is_word(&w[0]) && is_word(&w[2]))
-            .map(|w| unordered(form(&w[0]), form(&w[2])))
+            .iter()
+            .map(String::as_str)
+            .filter(|w| is_word(w) || COORDINATORS.contains(w))
             .collect()
     }
 
-    /// The content words in order, a list of numbers left out; two words
-    /// joined by "and" or "or" in both texts ("horizontally and vertically")
-    /// put in one order.
+    /// The pairs of words joined by "and" or "or" ("a fruit or a
+    /// vegetable"), unordered.
+    fn coordinated(&self) -> HashSet<(&str, &str)> {
+        self.order_tokens()
+            .windows(3)
+            .filter(|w| {
+                COORDINATORS.contains(&w[1])
+                    && !COORDINATORS.contains(&w[0])
+                    && !COORDINATORS.contains(&w[2])
+            })
+            .map(|w| unordered(form(w[0]), form(w[2])))
+            .collect()
+    }
+
+    /// The words in order, a list of numbers left out; two words joined by
+    /// "and" or "or" in both texts ("horizontally and vertically") put in
+    /// one order, and the coordinator left out.
     fn content_words(&self, both: &HashSet<(&str, &str)>) -> Vec<&str> {
-        let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        let t = self.order_tokens();
         let mut out: Vec<&str> = Vec::with_capacity(t.len());
         let mut i = 0;
         while i < t.len() {
-            if i + 2 < t.len()
-                && COORDINATORS.contains(&t[i + 1])
-                && is_word(t[i])
-                && is_word(t[i + 2])
-            {
+            if i + 2 < t.len() && COORDINATORS.contains(&t[i + 1]) {
                 let pair = unordered(form(t[i]), form(t[i + 2]));
                 if both.contains(&pair) {
                     out.extend([pair.0, pair.1]);
@@ -132,18 +143,25 @@ impl Text {
                     continue;
                 }
             }
-            if is_word(t[i]) {
-                out.push(form(t[i]));
-            }
+            out.push(form(t[i]));
             i += 1;
         }
         // A list of numbers ("4, 8, 15 and 16") is the numbers guard's: it
         // may compare one as a set.
-        let numeric = |w: &str| w.chars().any(char::is_numeric);
+        let digits = |w: &str| w.chars().any(char::is_numeric);
+        let numeric: Vec<bool> = (0..out.len())
+            .map(|i| {
+                digits(out[i])
+                    || COORDINATORS.contains(&out[i])
+                        && i > 0
+                        && digits(out[i - 1])
+                        && out.get(i + 1).is_some_and(|w| digits(w))
+            })
+            .collect();
         let listed: Vec<bool> = (0..out.len())
             .map(|i| {
-                numeric(out[i])
-                    && (i > 0 && numeric(out[i - 1]) || i + 1 < out.len() && numeric(out[i + 1]))
+                numeric[i]
+                    && (i > 0 && numeric[i - 1] || i + 1 < out.len() && numeric[i + 1])
             })
             .collect();
         out.into_iter()
