@@ -159,10 +159,7 @@ impl Text {
             })
             .collect();
         let listed: Vec<bool> = (0..out.len())
-            .map(|i| {
-                numeric[i]
-                    && (i > 0 && numeric[i - 1] || i + 1 < out.len() && numeric[i + 1])
-            })
+            .map(|i| numeric[i] && (i > 0 && numeric[i - 1] || i + 1 < out.len() && numeric[i + 1]))
             .collect();
         out.into_iter()
             .zip(listed)
