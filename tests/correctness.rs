@@ -640,3 +640,41 @@ async fn the_pair_model_judges_last_and_when_it_cannot_judge_the_answer_is_a_mis
         app.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_chat_of_many_changed_turns_is_a_miss_not_unbounded_model_time() {
+    let (up, _dir, app) = real_gateway().await;
+    let chat = |end: &str| {
+        let turns: Vec<Value> = (1..=10)
+            .flat_map(|i| {
+                [
+                    json!({"role": "user", "content": format!("Tell me fact number {i} about the ocean{end}")}),
+                    json!({"role": "assistant", "content": format!("Fact {i}.")}),
+                ]
+            })
+            .collect();
+        let mut v = Value::Array(turns);
+        if let Some(a) = v.as_array_mut() {
+            a.pop();
+        }
+        v
+    };
+    // Each of the ten user turns differs by its punctuation only: every
+    // turn on its own would pass, but more than eight changed turns are not
+    // embedded one by one.
+    let (served, dry) = probe(&app, &up, chat("."), chat("!")).await;
+    assert_eq!(served, "miss", "{dry}");
+    let f = failed(&dry, &key_text(&chat(".")));
+    assert!(f.contains(&"turn".to_string()), "{f:?} in {dry}");
+    // Two changed turns are judged turn by turn, and hit.
+    let mut fewer = chat(".");
+    for i in [0, 2] {
+        fewer[i]["content"] = json!(format!(
+            "Tell me fact number {} about the ocean!",
+            i / 2 + 1
+        ));
+    }
+    let (served, dry) = probe(&app, &up, chat("."), fewer).await;
+    assert_eq!(served, "hit", "{dry}");
+    app.shutdown().await;
+}

@@ -97,6 +97,9 @@ pub struct Considered {
     pub verdict: Verdict,
 }
 
+/// The most changed turns one candidate's turns are embedded for.
+const MAX_CHANGED_TURNS: usize = 8;
+
 impl Core {
     /// A semantic candidate with its stored embedding, from memory or in
     /// one store read.
@@ -187,9 +190,17 @@ impl Core {
         if a.len() != b.len() {
             return Vec::new();
         }
+        // NOTE: each changed turn costs two embeddings; past a bound the
+        // candidate is a miss (NaN fails), so that one request of many
+        // small changed turns cannot buy unbounded model time.
+        let changed = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        let affordable = changed <= MAX_CHANGED_TURNS;
         let each = a.iter().zip(&b).map(|(x, y)| async move {
             if x == y {
                 return 1.0;
+            }
+            if !affordable {
+                return f32::NAN;
             }
             // NOTE: together, so that the embedder batches them.
             match tokio::join!(self.embed(x), self.embed(y)) {

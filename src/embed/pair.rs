@@ -162,14 +162,23 @@ impl PairModel {
         ];
         // NOTE: a free session, else wait for the first: the semaphore
         // admits no more runs than there are sessions.
-        let slot = self
-            .sessions
-            .iter()
-            .find_map(|s| s.try_lock().ok())
-            .map_or_else(|| self.sessions[0].lock(), Ok);
-        let mut session = slot.map_err(|_| PairError::Model("a session panicked".into()))?;
+        // A session whose run panicked is still a session.
+        let free = self.sessions.iter().find_map(|s| match s.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        });
+        let mut session = match (free, self.sessions.first()) {
+            (Some(g), _) => g,
+            (None, Some(s)) => s.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            (None, None) => return Err(PairError::Model("no session".into())),
+        };
         let outputs = session.run(inputs).map_err(|e| model(&e))?;
-        let (_, logits) = outputs["logits"]
+        // NOTE: never index the outputs: a model without "logits" is an
+        // error, not a panic that would poison its session.
+        let (_, logits) = outputs
+            .get("logits")
+            .ok_or_else(|| PairError::Model("the model has no \"logits\" output".into()))?
             .try_extract_tensor::<f32>()
             .map_err(|e| model(&e))?;
         if logits.len() != rows {
