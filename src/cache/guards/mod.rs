@@ -140,6 +140,11 @@ mod tests {
                 "What is the capital of the country next to France?",
                 "What is the country of the capital next to France?",
             ),
+            // Nor another form of a word.
+            (
+                "Anni Rossi interpretaba la canción de Rihanna en el concierto.",
+                "Rihanna interpretando la canción de Anni Rossi en el concierto.",
+            ),
             // An accent or a typo does not hide an exchange.
             (
                 "The Luhei River is a tributary of the Viseu River.",
@@ -167,6 +172,11 @@ mod tests {
             (
                 "Is a tomato a fruit or a vegetable?",
                 "Is the tomato a vegetable or a fruit?",
+            ),
+            // The order of what a symmetric question compares asks nothing.
+            (
+                "What's the difference between let and const in JavaScript?",
+                "In JavaScript, how does const differ from let?",
             ),
             // A list of numbers is the numbers guard's (here, a set).
             (

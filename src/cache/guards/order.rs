@@ -11,10 +11,13 @@
 //! what to whom. It counts breakpoints (neighbours in one text that are not
 //! neighbours, in order, in the other, the two ends included): one block
 //! move makes at most three. Numbers are words here (which word sits beside
-//! which number), a word one typo or accent from a word of the other text is
-//! that word, documents are the long-text guard's, and two words joined by
-//! "and" or "or" in both texts may come in either order. It must never fail texts that share few words (a rewording is the
-//! threshold's to judge), nor words that repeat in the same order.
+//! which number); a word one typo or accent from a word of the other text,
+//! or sharing its first six letters (a form of it), is that word; two words
+//! joined by "and" or "or" in both texts may come in either order; a text
+//! that asks about a symmetric relation ("the difference between A and B")
+//! is not compared; documents are the long-text guard's. It must never fail
+//! texts that share few words (a rewording is the threshold's to judge), nor
+//! words that repeat in the same order.
 
 use std::collections::{HashMap, HashSet};
 
@@ -53,6 +56,20 @@ fn form(w: &str) -> &str {
 /// judges it.
 const MAX_WORDS: usize = 64;
 
+/// Words that ask about a symmetric relation. Not "between" ("between 1990
+/// and 2000", "the road between A and B" name a direction as often as not),
+/// nor "different" ("different from" is said of one thing).
+const SYMMETRIC: [&str; 8] = [
+    "vs",
+    "versus",
+    "difference",
+    "differences",
+    "differ",
+    "differs",
+    "compare",
+    "comparison",
+];
+
 /// Words that join two words whose order does not matter ("horizontally
 /// and vertically").
 const COORDINATORS: [&str; 3] = ["and", "or", "&"];
@@ -74,6 +91,16 @@ fn is_word(w: &str) -> bool {
 /// edit: a typo or an accent ("viseu" / "vişeu"), not another short word.
 const MIN_FORGIVEN: usize = 5;
 
+/// The shortest common beginning that makes two words forms of one word
+/// ("publicó" / "publicada", "interpretando" / "interpretaba").
+const MIN_STEM: usize = 6;
+
+/// Whether two words begin with the same [`MIN_STEM`] characters.
+fn same_stem(x: &str, y: &str) -> bool {
+    let (mut a, mut b) = (x.chars(), y.chars());
+    (0..MIN_STEM).all(|_| matches!((a.next(), b.next()), (Some(p), Some(q)) if p == q))
+}
+
 /// `b` with each word that `a` lacks renamed to the word of `a`, missing
 /// from `b`, that it is one edit from.
 fn forgive_typos<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
@@ -89,7 +116,11 @@ fn forgive_typos<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
             if in_a.contains(w) || w.chars().count() < MIN_FORGIVEN {
                 return w;
             }
-            only_a.iter().copied().find(|x| one_edit(x, w)).unwrap_or(w)
+            only_a
+                .iter()
+                .copied()
+                .find(|x| one_edit(x, w) || same_stem(x, w))
+                .unwrap_or(w)
         })
         .collect()
 }
@@ -104,6 +135,13 @@ fn unordered<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
 }
 
 impl Text {
+    /// Whether the text asks about a symmetric relation ("the difference
+    /// between A and B", "how does B differ from A", "compare A with B", "A
+    /// vs B"), where the order of what is compared asks nothing.
+    fn symmetric(&self) -> bool {
+        self.tokens.iter().any(|w| SYMMETRIC.contains(&w.as_str()))
+    }
+
     /// The tokens the order reads: words and coordinators.
     fn order_tokens(&self) -> Vec<&str> {
         self.tokens
@@ -170,6 +208,9 @@ impl Text {
     /// The shared content words, exchanged, when one move cannot explain
     /// their order.
     fn order_swap(&self, other: &Text) -> Option<String> {
+        if self.symmetric() || other.symmetric() {
+            return None;
+        }
         let (ca, cb) = (self.coordinated(), other.coordinated());
         let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
         let (a, b) = (self.content_words(&both), other.content_words(&both));
