@@ -142,8 +142,8 @@ mod tests {
             ),
             // Nor another form of a word.
             (
-                "Anni Rossi interpretaba la canción de Rihanna en el concierto.",
-                "Rihanna interpretando la canción de Anni Rossi en el concierto.",
+                "Marta entrevistaba al director del museo en Madrid.",
+                "El director del museo entrevistando a Marta en Madrid.",
             ),
             // An accent or a typo does not hide an exchange.
             (

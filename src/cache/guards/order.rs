@@ -92,7 +92,7 @@ fn is_word(w: &str) -> bool {
 const MIN_FORGIVEN: usize = 5;
 
 /// The shortest common beginning that makes two words forms of one word
-/// ("publicó" / "publicada", "interpretando" / "interpretaba").
+/// ("entrevistaba" / "entrevistando").
 const MIN_STEM: usize = 6;
 
 /// Whether two words begin with the same [`MIN_STEM`] characters.
