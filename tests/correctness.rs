@@ -518,14 +518,18 @@ async fn a_changed_question_misses_however_it_changed_and_rewordings_still_hit()
     }
     // The same history with the last question reworded still hits, and
     // the dry run shows each turn's own similarity.
+    let stored = after_history("Now plot the sales as a bar chart.");
     let (served, dry) = probe(
         &app,
         &up,
-        after_history("Now plot the sales as a bar chart."),
+        stored.clone(),
         after_history("Now plot the sales as a bar chart, please."),
     )
     .await;
     assert_eq!(served, "hit", "{dry}");
+    let turn = check(&dry, &key_text(&stored), "turn");
+    assert_eq!(turn["passed"], true, "{dry}");
+    assert!(turn["value"].as_f64().is_some(), "{turn}");
     app.shutdown().await;
 }
 
