@@ -135,6 +135,12 @@ mod tests {
                 "The team had 29 female and 48 male athletes.",
                 "The team had 29 male and 48 female athletes.",
             ),
+            // A word moved inside the text, past more than two words, moves
+            // a role.
+            (
+                "Visitors to the museum near the beautiful old bridge buy tickets online.",
+                "Visitors to the old museum near the beautiful bridge buy tickets online.",
+            ),
             // Prepositions are words of the order.
             (
                 "What is the capital of the country next to France?",
@@ -182,6 +188,11 @@ mod tests {
             (
                 "What is the average of 4, 8, 15, 16, 23 and 42?",
                 "What is the average of 42, 23, 16, 15, 8 and 4?",
+            ),
+            // One word moved past a phrase: a compound reordered.
+            (
+                "Write a unit test in pytest for add(a, b) that returns a + b.",
+                "Write a pytest unit test for add(a, b), which returns a + b.",
             ),
             // Few shared words: a rewording, judged by the threshold.
             (

@@ -4,13 +4,14 @@
 //! France, moved to Spain").
 //!
 //! Owns the comparison of the order of the content words the two texts
-//! share. A paraphrase may move one phrase ("In Python, how do I …" for
-//! "How do I … in Python?") or swap two neighbours ("a Python list" for "a
-//! list in Python"): one block of words moved. Exchanging two words or
-//! phrases that sit apart takes two moves, and that is what changes who does
-//! what to whom. It counts breakpoints (neighbours in one text that are not
-//! neighbours, in order, in the other, the two ends included): one block
-//! move makes at most three. Numbers are words here (which word sits beside
+//! share, turn by turn. A paraphrase may move one phrase to or from an end
+//! ("In Python, how do I …" for "How do I … in Python?") or one word past a
+//! word or two ("a pytest unit test" for "a unit test in pytest"). Exchanging
+//! two words or phrases that sit apart takes two moves, and moving a phrase
+//! inside the text with both ends in place takes it to another role: that is
+//! what changes who does what to whom. It counts breakpoints (neighbours in
+//! one text that are not neighbours, in order, in the other, the two ends
+//! included): one block move makes at most three. Numbers are words here (which word sits beside
 //! which number); a word one typo or accent from a word of the other text,
 //! or sharing its first six letters (a form of it), is that word; two words
 //! joined by "and" or "or" in both texts may come in either order; a text
@@ -141,79 +142,105 @@ impl Text {
     fn symmetric(&self) -> bool {
         self.tokens.iter().any(|w| SYMMETRIC.contains(&w.as_str()))
     }
+}
 
-    /// The tokens the order reads: words and coordinators.
-    fn order_tokens(&self) -> Vec<&str> {
-        self.tokens
-            .iter()
-            .map(String::as_str)
-            .filter(|w| is_word(w) || COORDINATORS.contains(w))
-            .collect()
-    }
+/// The tokens the order reads: words and coordinators.
+fn order_tokens(tokens: &[String]) -> Vec<&str> {
+    tokens
+        .iter()
+        .map(String::as_str)
+        .filter(|w| is_word(w) || COORDINATORS.contains(w))
+        .collect()
+}
 
-    /// The pairs of words joined by "and" or "or" ("a fruit or a
-    /// vegetable"), unordered.
-    fn coordinated(&self) -> HashSet<(&str, &str)> {
-        self.order_tokens()
-            .windows(3)
-            .filter(|w| {
-                COORDINATORS.contains(&w[1])
-                    && !COORDINATORS.contains(&w[0])
-                    && !COORDINATORS.contains(&w[2])
-            })
-            .map(|w| unordered(form(w[0]), form(w[2])))
-            .collect()
-    }
+/// The pairs of words joined by "and" or "or" ("a fruit or a
+/// vegetable"), unordered.
+fn coordinated(tokens: &[String]) -> HashSet<(&str, &str)> {
+    order_tokens(tokens)
+        .windows(3)
+        .filter(|w| {
+            COORDINATORS.contains(&w[1])
+                && !COORDINATORS.contains(&w[0])
+                && !COORDINATORS.contains(&w[2])
+        })
+        .map(|w| unordered(form(w[0]), form(w[2])))
+        .collect()
+}
 
-    /// The words in order, a list of numbers left out; two words joined by
-    /// "and" or "or" in both texts ("horizontally and vertically") put in
-    /// one order, and the coordinator left out.
-    fn content_words(&self, both: &HashSet<(&str, &str)>) -> Vec<&str> {
-        let t = self.order_tokens();
-        let mut out: Vec<&str> = Vec::with_capacity(t.len());
-        let mut i = 0;
-        while i < t.len() {
-            if i + 2 < t.len() && COORDINATORS.contains(&t[i + 1]) {
-                let pair = unordered(form(t[i]), form(t[i + 2]));
-                if both.contains(&pair) {
-                    out.extend([pair.0, pair.1]);
-                    i += 3;
-                    continue;
-                }
+/// The words in order, a list of numbers left out; two words joined by
+/// "and" or "or" in both texts ("horizontally and vertically") put in
+/// one order, and the coordinator left out.
+fn content_words<'a>(tokens: &'a [String], both: &HashSet<(&'a str, &'a str)>) -> Vec<&'a str> {
+    let t = order_tokens(tokens);
+    let mut out: Vec<&str> = Vec::with_capacity(t.len());
+    let mut i = 0;
+    while i < t.len() {
+        if i + 2 < t.len() && COORDINATORS.contains(&t[i + 1]) {
+            let pair = unordered(form(t[i]), form(t[i + 2]));
+            if both.contains(&pair) {
+                out.extend([pair.0, pair.1]);
+                i += 3;
+                continue;
             }
-            out.push(form(t[i]));
-            i += 1;
         }
-        // A list of numbers ("4, 8, 15 and 16") is the numbers guard's: it
-        // may compare one as a set.
-        let digits = |w: &str| w.chars().any(char::is_numeric);
-        let numeric: Vec<bool> = (0..out.len())
-            .map(|i| {
-                digits(out[i])
-                    || COORDINATORS.contains(&out[i])
-                        && i > 0
-                        && digits(out[i - 1])
-                        && out.get(i + 1).is_some_and(|w| digits(w))
-            })
-            .collect();
-        let listed: Vec<bool> = (0..out.len())
-            .map(|i| numeric[i] && (i > 0 && numeric[i - 1] || i + 1 < out.len() && numeric[i + 1]))
-            .collect();
-        out.into_iter()
-            .zip(listed)
-            .filter_map(|(w, l)| (!l).then_some(w))
-            .collect()
+        out.push(form(t[i]));
+        i += 1;
     }
+    // A list of numbers ("4, 8, 15 and 16") is the numbers guard's: it
+    // may compare one as a set.
+    let digits = |w: &str| w.chars().any(char::is_numeric);
+    let numeric: Vec<bool> = (0..out.len())
+        .map(|i| {
+            digits(out[i])
+                || COORDINATORS.contains(&out[i])
+                    && i > 0
+                    && digits(out[i - 1])
+                    && out.get(i + 1).is_some_and(|w| digits(w))
+        })
+        .collect();
+    let listed: Vec<bool> = (0..out.len())
+        .map(|i| numeric[i] && (i > 0 && numeric[i - 1] || i + 1 < out.len() && numeric[i + 1]))
+        .collect();
+    out.into_iter()
+        .zip(listed)
+        .filter_map(|(w, l)| (!l).then_some(w))
+        .collect()
+}
 
-    /// The shared content words, exchanged, when one move cannot explain
-    /// their order.
+impl Text {
+    /// The shared words of each turn, exchanged, when one move cannot
+    /// explain their order (turn by turn when the turns line up: a role
+    /// word or a turn boundary is no word of the order).
     fn order_swap(&self, other: &Text) -> Option<String> {
         if self.symmetric() || other.symmetric() {
             return None;
         }
-        let (ca, cb) = (self.coordinated(), other.coordinated());
+        if self.turns.len() != other.turns.len() {
+            return swap_in(&self.tokens, &other.tokens);
+        }
+        let many = self.turns.len() > 1;
+        self.turns
+            .iter()
+            .zip(&other.turns)
+            .enumerate()
+            .find_map(|(i, (ra, rb))| {
+                let found = swap_in(&self.tokens[ra.clone()], &other.tokens[rb.clone()])?;
+                Some(if many {
+                    format!("turn {}: {found}", i + 1)
+                } else {
+                    found
+                })
+            })
+    }
+}
+
+/// The shared words of `a` and `b`, exchanged, when one move cannot explain
+/// their order.
+fn swap_in(ta: &[String], tb: &[String]) -> Option<String> {
+    {
+        let (ca, cb) = (coordinated(ta), coordinated(tb));
         let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
-        let (a, b) = (self.content_words(&both), other.content_words(&both));
+        let (a, b) = (content_words(ta, &both), content_words(tb, &both));
         let b = forgive_typos(&a, &b);
         if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
             return None;
@@ -253,7 +280,21 @@ impl Text {
         ends.extend(rank.iter().map(|r| r + 1));
         ends.push(rank.len() + 1);
         let breakpoints = ends.windows(2).filter(|w| w[1] != w[0] + 1).count();
-        if breakpoints <= 3 {
+        // NOTE: one move passes when it takes a phrase to or from an end of
+        // the turn ("In Python, how do I…"), or moves one word past a phrase
+        // ("a unit test in pytest" / "a pytest unit test"); a phrase moved
+        // inside, both ends in place, moves a role.
+        let n = rank.len();
+        let moved: Vec<usize> = (0..n).filter(|&i| rank[i] != i).collect();
+        let inside = rank.first() == Some(&0) && rank.last() == Some(&(n - 1));
+        let one_word = match (moved.first(), moved.last()) {
+            (Some(&lo), Some(&hi)) => {
+                let r = rank[lo] - lo;
+                r.min(hi - lo + 1 - r) <= 1 && hi - lo + 1 <= 3
+            }
+            _ => true,
+        };
+        if breakpoints <= 3 && (!inside || one_word) {
             return None;
         }
         let shown = |v: Vec<&str>| v.join(" ");

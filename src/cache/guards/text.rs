@@ -22,6 +22,8 @@ pub(super) struct Text {
     /// The words (letters, digits and apostrophes) and CJK characters, in
     /// order.
     pub(super) tokens: Vec<String>,
+    /// The tokens of each turn's content, the role left out.
+    pub(super) turns: Vec<std::ops::Range<usize>>,
     /// Every token, and every word a token may be a form of.
     set: HashSet<String>,
 }
@@ -40,6 +42,27 @@ pub(super) fn is_cjk(c: char) -> bool {
     matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}')
 }
 
+/// Appends the tokens of `s` (lower-cased and folded): words of letters,
+/// digits and apostrophes, and each CJK character.
+fn tokenize(s: &str, tokens: &mut Vec<String>) {
+    let mut cur = String::new();
+    for c in s.chars().map(fold).flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() && !is_cjk(c) || (c == '\'' || c == '’') && !cur.is_empty() {
+            cur.push(if c == '’' { '\'' } else { c });
+        } else {
+            if !cur.is_empty() {
+                tokens.push(std::mem::take(&mut cur));
+            }
+            if is_cjk(c) {
+                tokens.push(c.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        tokens.push(cur);
+    }
+}
+
 impl Text {
     pub(super) fn new(s: &str) -> Text {
         // The ModelCache key text joins turns as `role###content|||…`.
@@ -50,21 +73,19 @@ impl Text {
             .flat_map(char::to_lowercase)
             .collect();
         let mut tokens = Vec::new();
-        let mut cur = String::new();
-        for c in lower.chars() {
-            if c.is_alphanumeric() && !is_cjk(c) || (c == '\'' || c == '’') && !cur.is_empty() {
-                cur.push(if c == '’' { '\'' } else { c });
-            } else {
-                if !cur.is_empty() {
-                    tokens.push(std::mem::take(&mut cur));
+        let mut turns = Vec::new();
+        for part in s.split("|||") {
+            // NOTE: the role is a token as before, but not the turn's.
+            let content = match part.split_once("###") {
+                Some((role, rest)) if !role.contains(char::is_whitespace) => {
+                    tokenize(role, &mut tokens);
+                    rest
                 }
-                if is_cjk(c) {
-                    tokens.push(c.to_string());
-                }
-            }
-        }
-        if !cur.is_empty() {
-            tokens.push(cur);
+                _ => part,
+            };
+            let start = tokens.len();
+            tokenize(content, &mut tokens);
+            turns.push(start..tokens.len());
         }
         // Every word a token may be a form of: `enabling` is a form of
         // `enable` and `enabl`, `encryption` of `encrypt`; so that a lookup
@@ -81,7 +102,12 @@ impl Text {
                 }
             }
         }
-        Text { lower, tokens, set }
+        Text {
+            lower,
+            tokens,
+            turns,
+            set,
+        }
     }
 
     pub(super) fn has_word(&self, w: &str) -> bool {
