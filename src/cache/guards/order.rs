@@ -31,6 +31,10 @@ use crate::cache::lexicon::{one_edit, ORDER_SKIPS, QUESTION_WORDS};
 const MAX_UNSHARED: usize = 2;
 const MAX_UNSHARED_PERCENT: usize = 40;
 
+/// One word moved inside a turn passes over at most this many words, itself
+/// included (a compound reordered: "a pytest unit test").
+const MAX_ONE_WORD_SPAN: usize = 3;
+
 /// At least this many shared content words: fewer cannot be exchanged
 /// apart from a neighbour swap.
 const MIN_SHARED: usize = 3;
@@ -289,8 +293,10 @@ fn swap_in(ta: &[String], tb: &[String]) -> Option<String> {
         let inside = rank.first() == Some(&0) && rank.last() == Some(&(n - 1));
         let one_word = match (moved.first(), moved.last()) {
             (Some(&lo), Some(&hi)) => {
-                let r = rank[lo] - lo;
-                r.min(hi - lo + 1 - r) <= 1 && hi - lo + 1 <= 3
+                // The moved span is two blocks exchanged: r words and the rest.
+                let span = hi - lo + 1;
+                let r = rank[lo].saturating_sub(lo);
+                r.min(span.saturating_sub(r)) <= 1 && span <= MAX_ONE_WORD_SPAN
             }
             _ => true,
         };
