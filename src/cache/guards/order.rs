@@ -241,98 +241,96 @@ impl Text {
 /// The shared words of `a` and `b`, exchanged, when one move cannot explain
 /// their order.
 fn swap_in(ta: &[String], tb: &[String]) -> Option<String> {
+    let (ca, cb) = (coordinated(ta), coordinated(tb));
+    let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
+    let (a, b) = (content_words(ta, &both), content_words(tb, &both));
+    let b = forgive_typos(&a, &b);
+    if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
+        return None;
+    }
+    // NOTE: the k-th occurrence of a word in one text is its k-th in the
+    // other; a word with no partner is left out of the order.
+    let mut where_in_b: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, w) in b.iter().enumerate() {
+        where_in_b.entry(w).or_default().push(i);
+    }
+    let mut used: HashMap<&str, usize> = HashMap::new();
+    let mut pos = Vec::new();
+    for w in &a {
+        let k = used.entry(w).or_default();
+        if let Some(&j) = where_in_b.get(w).and_then(|v| v.get(*k)) {
+            pos.push(j);
+            *k += 1;
+        }
+    }
+    let shared = pos.len();
+    let allowed = |n: usize| MAX_UNSHARED.max(n * MAX_UNSHARED_PERCENT / 100);
+    if shared < MIN_SHARED
+        || a.len() - shared > allowed(a.len())
+        || b.len() - shared > allowed(b.len())
     {
-        let (ca, cb) = (coordinated(ta), coordinated(tb));
-        let both: HashSet<(&str, &str)> = ca.intersection(&cb).copied().collect();
-        let (a, b) = (content_words(ta, &both), content_words(tb, &both));
-        let b = forgive_typos(&a, &b);
-        if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
-            return None;
+        return None;
+    }
+    // The shared words' ranks in `b`, in `a`'s order.
+    let mut sorted = pos.clone();
+    sorted.sort_unstable();
+    let rank: Vec<usize> = pos
+        .iter()
+        .filter_map(|p| sorted.binary_search(p).ok())
+        .collect();
+    let mut ends = Vec::with_capacity(rank.len() + 2);
+    ends.push(0);
+    ends.extend(rank.iter().map(|r| r + 1));
+    ends.push(rank.len() + 1);
+    let breakpoints = ends.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    // NOTE: one move passes when it takes a phrase to or from an end of
+    // the turn ("In Python, how do I…"), or moves one word past a phrase
+    // ("a unit test in pytest" / "a pytest unit test"); a phrase moved
+    // inside, both ends in place, moves a role.
+    let n = rank.len();
+    let moved: Vec<usize> = (0..n).filter(|&i| rank[i] != i).collect();
+    let inside = rank.first() == Some(&0) && rank.last() == Some(&(n - 1));
+    let one_word = match (moved.first(), moved.last()) {
+        (Some(&lo), Some(&hi)) => {
+            // The moved span is two blocks exchanged: r words and the rest.
+            let span = hi - lo + 1;
+            let r = rank[lo].saturating_sub(lo);
+            r.min(span.saturating_sub(r)) <= 1 && span <= MAX_ONE_WORD_SPAN
         }
-        // NOTE: the k-th occurrence of a word in one text is its k-th in the
-        // other; a word with no partner is left out of the order.
-        let mut where_in_b: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, w) in b.iter().enumerate() {
-            where_in_b.entry(w).or_default().push(i);
-        }
+        _ => true,
+    };
+    if breakpoints <= 3 && (!inside || one_word) {
+        return None;
+    }
+    let shown = |v: Vec<&str>| v.join(" ");
+    let in_b: Vec<&str> = {
+        let mut v: Vec<(usize, &str)> = Vec::new();
         let mut used: HashMap<&str, usize> = HashMap::new();
-        let mut pos = Vec::new();
         for w in &a {
             let k = used.entry(w).or_default();
             if let Some(&j) = where_in_b.get(w).and_then(|v| v.get(*k)) {
-                pos.push(j);
+                v.push((j, w));
                 *k += 1;
             }
         }
-        let shared = pos.len();
-        let allowed = |n: usize| MAX_UNSHARED.max(n * MAX_UNSHARED_PERCENT / 100);
-        if shared < MIN_SHARED
-            || a.len() - shared > allowed(a.len())
-            || b.len() - shared > allowed(b.len())
-        {
-            return None;
-        }
-        // The shared words' ranks in `b`, in `a`'s order.
-        let mut sorted = pos.clone();
-        sorted.sort_unstable();
-        let rank: Vec<usize> = pos
-            .iter()
-            .filter_map(|p| sorted.binary_search(p).ok())
-            .collect();
-        let mut ends = Vec::with_capacity(rank.len() + 2);
-        ends.push(0);
-        ends.extend(rank.iter().map(|r| r + 1));
-        ends.push(rank.len() + 1);
-        let breakpoints = ends.windows(2).filter(|w| w[1] != w[0] + 1).count();
-        // NOTE: one move passes when it takes a phrase to or from an end of
-        // the turn ("In Python, how do I…"), or moves one word past a phrase
-        // ("a unit test in pytest" / "a pytest unit test"); a phrase moved
-        // inside, both ends in place, moves a role.
-        let n = rank.len();
-        let moved: Vec<usize> = (0..n).filter(|&i| rank[i] != i).collect();
-        let inside = rank.first() == Some(&0) && rank.last() == Some(&(n - 1));
-        let one_word = match (moved.first(), moved.last()) {
-            (Some(&lo), Some(&hi)) => {
-                // The moved span is two blocks exchanged: r words and the rest.
-                let span = hi - lo + 1;
-                let r = rank[lo].saturating_sub(lo);
-                r.min(span.saturating_sub(r)) <= 1 && span <= MAX_ONE_WORD_SPAN
-            }
-            _ => true,
-        };
-        if breakpoints <= 3 && (!inside || one_word) {
-            return None;
-        }
-        let shown = |v: Vec<&str>| v.join(" ");
-        let in_b: Vec<&str> = {
-            let mut v: Vec<(usize, &str)> = Vec::new();
-            let mut used: HashMap<&str, usize> = HashMap::new();
-            for w in &a {
+        v.sort_unstable();
+        v.into_iter().map(|(_, w)| w).collect()
+    };
+    let in_a: Vec<&str> = {
+        let mut used: HashMap<&str, usize> = HashMap::new();
+        a.iter()
+            .copied()
+            .filter(|w| {
                 let k = used.entry(w).or_default();
-                if let Some(&j) = where_in_b.get(w).and_then(|v| v.get(*k)) {
-                    v.push((j, w));
-                    *k += 1;
-                }
-            }
-            v.sort_unstable();
-            v.into_iter().map(|(_, w)| w).collect()
-        };
-        let in_a: Vec<&str> = {
-            let mut used: HashMap<&str, usize> = HashMap::new();
-            a.iter()
-                .copied()
-                .filter(|w| {
-                    let k = used.entry(w).or_default();
-                    let hit = where_in_b.get(w).is_some_and(|v| v.len() > *k);
-                    *k += usize::from(hit);
-                    hit
-                })
-                .collect()
-        };
-        Some(format!(
-            "the same words in another order: \"{}\" vs \"{}\"",
-            shown(in_a),
-            shown(in_b)
-        ))
-    }
+                let hit = where_in_b.get(w).is_some_and(|v| v.len() > *k);
+                *k += usize::from(hit);
+                hit
+            })
+            .collect()
+    };
+    Some(format!(
+        "the same words in another order: \"{}\" vs \"{}\"",
+        shown(in_a),
+        shown(in_b)
+    ))
 }
