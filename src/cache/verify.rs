@@ -198,13 +198,28 @@ const SKIP: &[&str] = &[
     "advance",
 ];
 
+/// A word's stem for comparison: an English inflection (`-s`, `-es`,
+/// `-ies`, `-ed`, `-ing`, `-ly`) taken off, and a final silent `e` with it,
+/// so that `hole` and `holes`, `make` and `making`, `city` and `cities`
+/// compare equal. Only a stem of three letters or more is taken.
 fn fold(word: &str) -> String {
+    let n = word.chars().count();
+    if n > 4 && word.ends_with("ies") {
+        return format!("{}y", &word[..word.len() - 3]);
+    }
+    let mut stem = word;
     for suffix in ["ing", "ed", "es", "s", "ly"] {
-        if word.len() > suffix.len() + 2 && word.ends_with(suffix) {
-            return word[..word.len() - suffix.len()].to_string();
+        if n > suffix.len() + 2 && word.ends_with(suffix) {
+            stem = &word[..word.len() - suffix.len()];
+            break;
         }
     }
-    word.to_string()
+    // NOTE: `-es` after anything but a sibilant is `-e` + `-s` (`holes`):
+    // dropping a final `e` from every stem makes both spellings one.
+    match stem.strip_suffix('e') {
+        Some(s) if s.chars().count() >= 3 && !s.ends_with('e') => s.to_string(),
+        _ => stem.to_string(),
+    }
 }
 
 fn is_cjk(c: char) -> bool {
@@ -265,11 +280,12 @@ fn missing_from(these: &[String], other: &[String]) -> Vec<String> {
         .filter(|w| !SKIP.contains(&w.as_str()) && !w.chars().any(char::is_numeric))
         .filter(|w| {
             let f = compared(w);
+            // NOTE: a typo is judged on the words as written (`tire` and
+            // `tyre`) and on their stems.
+            let long = |w: &str| w.chars().count() >= 4;
             let typo_of_other = || {
-                f.chars().count() >= 4
-                    && folded
-                        .iter()
-                        .any(|o| o.chars().count() >= 4 && one_edit(&f, o))
+                (long(&f) && folded.iter().any(|o| long(o) && one_edit(&f, o)))
+                    || (long(w) && other.iter().any(|o| long(o) && one_edit(w, o)))
             };
             !folded.contains(&f) && !typo_of_other()
         })
@@ -318,6 +334,24 @@ mod tests {
             0
         );
         assert_eq!(n("Sorting lists", "sort a list"), 0);
+        // A plural, a past or a gerund of a word ending in a silent `e`.
+        assert_eq!(
+            n(
+                "Explain what a black hole is.",
+                "Explain what black holes are."
+            ),
+            0
+        );
+        assert_eq!(n("Which cities are largest?", "Which city is largest?"), 0);
+        assert_eq!(n("Making bread", "bread, how to make it"), 0);
+        assert_eq!(n("a based estimate", "base the estimate"), 0);
+        assert_eq!(
+            n(
+                "How do I change a flat tire?",
+                "How do I change a flat tyre?"
+            ),
+            0
+        );
     }
 
     #[test]
