@@ -77,6 +77,9 @@ pub struct Prediction {
     pub similarity: f32,
     /// Content words that differ (the verifier's count).
     pub differing_words: usize,
+    /// Those words, stored side / probe side (`list / string`).
+    #[serde(default)]
+    pub differing: String,
     /// The tenant's threshold for this probe (short or long text).
     pub base: f32,
     /// The plain reference: one cosine of the joined system and user texts.
@@ -251,7 +254,8 @@ pub async fn run(
         let found = cache.explain(tenant, &probe, &opts, Scope::default()).await;
         let mine = found.candidates.iter().find(|c| c.entry.id == ids[0]);
         let similarity = mine.map_or(0.0, |c| c.similarity);
-        let differing_words = crate::cache::verify::diff(&cached.text, &probe.text).count();
+        let word_diff = crate::cache::verify::diff(&cached.text, &probe.text);
+        let differing_words = word_diff.count();
         let why: Vec<String> = mine.map_or_else(Vec::new, |c| {
             c.verdict
                 .checks
@@ -307,6 +311,7 @@ pub async fn run(
             why,
             similarity,
             differing_words,
+            differing: word_diff.describe(),
             base: base_threshold(&probe, &opts),
             plain_cosine: plain,
             turns: mine.map_or_else(Vec::new, |c| {
@@ -727,6 +732,7 @@ mod tests {
             why: vec![],
             similarity: score,
             differing_words: 0,
+            differing: String::new(),
             base: 0.9,
             plain_cosine: score,
             turns: vec![],
