@@ -247,6 +247,36 @@ mod tests {
     }
 
     #[test]
+    fn a_number_measured_in_another_unit_fails() {
+        // The same number and the same two units, the other way round.
+        assert!(fails(
+            "user###Convert 72°F to Celsius.",
+            "user###Convert 72°C to Fahrenheit."
+        )
+        .contains(&"numbers"));
+        assert!(fails(
+            "user###How far is 5 km in miles?",
+            "user###How far is 5 miles in km?"
+        )
+        .contains(&"numbers"));
+        // The unit written another way, or not after the number at all.
+        for (a, b) in [
+            (
+                "Convert 72°F to Celsius.",
+                "What is 72 degrees Fahrenheit in Celsius?",
+            ),
+            (
+                "Convert 100 kilometers to miles.",
+                "How many miles is 100 km?",
+            ),
+            ("Convert 100 km to miles.", "Convert 100 to miles from km."),
+        ] {
+            let got = fails(&format!("user###{a}"), &format!("user###{b}"));
+            assert!(!got.contains(&"numbers"), "{a} / {b}: {got:?}");
+        }
+    }
+
+    #[test]
     fn order_of_numbers_operators_and_direction() {
         assert_eq!(
             fails(
@@ -287,7 +317,8 @@ mod tests {
                 "user###Convert 100 kilometers to miles.",
                 "user###Convert 100 miles to kilometers."
             ),
-            ["direction", "order"]
+            // NOTE: and 100 is measured in another unit.
+            ["numbers", "direction", "order"]
         );
         // Coordination is not direction; hyphenated words are not minus signs.
         assert!(fails(

@@ -8,7 +8,7 @@
 //! same numbers in other forms, nor read punctuation (a hyphen, "and/or") as
 //! arithmetic.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::text::{show, Text};
 use crate::cache::lexicon::ORDER_FREE;
@@ -26,6 +26,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("operators {oa:?} vs {ob:?}"))
     } else if ua != ub {
         Some(format!("units {} vs {}", show(&ua), show(&ub)))
+    } else if let Some(d) = unit_swap(&a.measured(), &b.measured()) {
+        Some(d)
     } else {
         None
     };
@@ -42,7 +44,69 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
     (diff, agreed)
 }
 
+/// A number both texts measure in another unit ("72°F to Celsius" / "72°C
+/// to Fahrenheit": the same units, the same number, the other way round).
+/// A number written bare on either side says nothing.
+fn unit_swap(
+    a: &BTreeMap<String, BTreeSet<&'static str>>,
+    b: &BTreeMap<String, BTreeSet<&'static str>>,
+) -> Option<String> {
+    a.iter().find_map(|(value, ua)| {
+        let ub = b.get(value)?;
+        (ua != ub).then(|| {
+            let show = |u: &BTreeSet<&str>| u.iter().copied().collect::<Vec<_>>().join(", ");
+            format!("{value} in {} vs {value} in {}", show(ua), show(ub))
+        })
+    })
+}
+
+/// The unit group a word names, written as it is (`km`, `°f`) or with a
+/// plural ending (`kilometers`, `inches`).
+fn unit_of(word: &str) -> Option<&'static str> {
+    let forms = [Some(word), word.strip_suffix("es"), word.strip_suffix('s')];
+    UNITS.iter().find_map(|g| {
+        forms
+            .iter()
+            .flatten()
+            .any(|f| !f.is_empty() && g.contains(f))
+            .then_some(g[0])
+    })
+}
+
 impl Text {
+    /// The unit written right after each number ("72°F", "100 km", "72
+    /// degrees Fahrenheit"), by value: what the number measures. Latin
+    /// units only; a number with no unit after it is left out.
+    fn measured(&self) -> BTreeMap<String, BTreeSet<&'static str>> {
+        let chars: Vec<char> = self.lower.chars().collect();
+        let mut out: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+        for (_, end, value) in self.number_spans(&chars) {
+            let rest: String = chars[end..].iter().take(40).collect();
+            let mut words = rest
+                .split(|c: char| !(c.is_alphanumeric() || c == '°'))
+                .filter(|w| !w.is_empty());
+            let rest_starts_word = chars
+                .get(end)
+                .is_some_and(|c| *c == ' ' || *c == '°' || c.is_alphabetic());
+            if !rest_starts_word {
+                continue;
+            }
+            let mut word = words.next();
+            let degrees = matches!(word, Some("degrees" | "degree" | "°"));
+            if degrees {
+                word = words.next();
+            }
+            // NOTE: "72° F", "72 degrees C": the letter after a degree.
+            let unit = word.and_then(|w| {
+                unit_of(w).or_else(|| degrees.then(|| unit_of(&format!("°{w}"))).flatten())
+            });
+            if let Some(u) = unit {
+                out.entry(value).or_default().insert(u);
+            }
+        }
+        out
+    }
+
     /// The units and currencies the text names. An age ("35 years old") is
     /// not a unit: "I'm 35" says the same.
     fn units(&self) -> BTreeSet<String> {
