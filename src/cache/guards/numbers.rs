@@ -26,10 +26,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("operators {oa:?} vs {ob:?}"))
     } else if ua != ub {
         Some(format!("units {} vs {}", show(&ua), show(&ub)))
-    } else if let Some(d) = unit_swap(&a.measured(), &b.measured()) {
-        Some(d)
     } else {
-        None
+        unit_swap(&a.measured(), &b.measured())
     };
     let agreed = move || {
         format!(
