@@ -78,7 +78,6 @@ pub struct Prediction {
     /// Content words that differ (the verifier's count).
     pub differing_words: usize,
     /// Those words, stored side / probe side (`list / string`).
-    #[serde(default)]
     pub differing: String,
     /// The tenant's threshold for this probe (short or long text).
     pub base: f32,

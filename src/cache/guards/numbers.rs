@@ -26,6 +26,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("operators {oa:?} vs {ob:?}"))
     } else if ua != ub {
         Some(format!("units {} vs {}", show(&ua), show(&ub)))
+    } else if na.is_empty() {
+        None
     } else {
         unit_swap(&a.measured(), &b.measured())
     };
