@@ -150,6 +150,110 @@ async fn streamed_and_non_streamed_answers_serve_each_other() {
     app.shutdown().await;
 }
 
+/// A reasoning model's stream (DeepSeek's shape): reasoning deltas first,
+/// then the answer.
+fn reasoning_stream(reasoning: &str, content: &str) -> Vec<Bytes> {
+    let chunk = |delta: Value, fr: Value| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1700000000,
+                   "model": "deepseek-reasoner",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": fr}]})
+        ))
+    };
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": null, "reasoning_content": ""}),
+        Value::Null,
+    )];
+    for w in reasoning.split_inclusive(' ') {
+        out.push(chunk(
+            json!({"content": null, "reasoning_content": w}),
+            Value::Null,
+        ));
+    }
+    for w in content.split_inclusive(' ') {
+        out.push(chunk(
+            json!({"content": w, "reasoning_content": null}),
+            Value::Null,
+        ));
+    }
+    out.push(chunk(json!({}), json!("stop")));
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// The non-empty text fields of a chat stream's deltas, in order.
+fn delta_fields(body: &str) -> Vec<(String, String)> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .flat_map(|v| {
+            let d = v["choices"][0]["delta"].clone();
+            ["reasoning_content", "reasoning", "content"]
+                .into_iter()
+                .filter_map(move |f| {
+                    d[f].as_str()
+                        .filter(|s| !s.is_empty())
+                        .map(|s| (f.to_string(), s.to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reasoning_survives_a_streamed_miss_and_is_replayed_before_the_answer() {
+    const THOUGHT: &str =
+        "The user wants the boiling point at sea level, which is one hundred degrees.";
+    const ANSWER: &str = "Water boils at 100 degrees Celsius at sea level.";
+    let up = mock(Arc::new(|_: &Seen, _| {
+        Reply::Chunks(
+            vec![],
+            reasoning_stream(THOUGHT, ANSWER),
+            Duration::from_millis(1),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let mut s = json!({"model": "deepseek-reasoner", "stream": true,
+        "messages": [{"role": "user", "content": "At what temperature does water boil?"}]});
+
+    let miss = Call::chat(s.clone()).send(&app).await;
+    assert_eq!(miss.cache(), "miss");
+    settle(&app).await;
+    let hit = Call::chat(s.clone()).send(&app).await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(up.calls(), 1, "the hit must not reach the upstream");
+
+    let fields = delta_fields(&hit.text());
+    let joined = |name: &str| -> String {
+        fields
+            .iter()
+            .filter(|(f, _)| f == name)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    };
+    assert_eq!(joined("reasoning_content"), THOUGHT);
+    assert_eq!(joined("content"), ANSWER);
+    let first_answer = fields.iter().position(|(f, _)| f == "content").unwrap();
+    assert!(
+        fields[first_answer..].iter().all(|(f, _)| f == "content"),
+        "all reasoning comes before the answer: {fields:?}"
+    );
+    assert!(first_answer > 1, "reasoning in pieces");
+
+    // The same entry as JSON carries the reasoning in the message.
+    s["stream"] = json!(false);
+    let json_hit = Call::chat(s).send(&app).await;
+    assert_eq!(json_hit.cache(), "hit");
+    let msg = &json_hit.json()["choices"][0]["message"];
+    assert_eq!(msg["reasoning_content"], THOUGHT);
+    assert_eq!(msg["content"], ANSWER);
+    assert_eq!(up.calls(), 1);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn entries_survive_a_restart() {
     let (up, dir, app) = Gateway::with_mock_llm().await;

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::sse::REASONING;
 use crate::keying::Endpoint;
 
 /// The stored answer with a fresh `id` and `created`.
@@ -101,6 +102,14 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
                     first["refusal"] = Value::Null;
                 }
                 out.push(chunk(delta(first)));
+                // NOTE: reasoning streams before the answer, as the upstream sent it.
+                for field in REASONING {
+                    if let Some(r) = msg.get(field).and_then(Value::as_str) {
+                        for p in pieces(r, PIECE) {
+                            out.push(chunk(delta(json!({ field: p }))));
+                        }
+                    }
+                }
                 for p in pieces(content.unwrap_or(""), PIECE) {
                     out.push(chunk(delta(json!({"content": p}))));
                 }
@@ -192,6 +201,47 @@ mod tests {
         );
         assert_eq!(back["usage"], orig["usage"]);
         assert_ne!(back["id"], "x");
+    }
+
+    #[test]
+    fn reasoning_is_replayed_before_the_content_and_assembles_back() {
+        let answer = json!({
+            "model": "deepseek-reasoner",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42, because six sevens make forty-two.",
+                "reasoning_content": "Six times seven is forty-two, so the answer follows.",
+                "reasoning": "OpenRouter carries its reasoning under another name."},
+                "finish_reason": "stop"}]
+        })
+        .to_string();
+        let events = sse_events(Endpoint::Chat, &answer, false).unwrap();
+        let body: String = events
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        let back = assemble(Endpoint::Chat, &body).unwrap();
+        let orig: Value = serde_json::from_str(&answer).unwrap();
+        for f in ["content", "reasoning_content", "reasoning"] {
+            assert_eq!(
+                back["choices"][0]["message"][f], orig["choices"][0]["message"][f],
+                "{f}"
+            );
+        }
+        // Every reasoning delta comes before the first content delta.
+        let kinds: Vec<&str> = body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                let d = v["choices"][0]["delta"].clone();
+                ["reasoning_content", "reasoning", "content"]
+                    .into_iter()
+                    .find(|f| d[*f].as_str().is_some_and(|s| !s.is_empty()))
+            })
+            .collect();
+        let first_content = kinds.iter().position(|k| *k == "content").unwrap();
+        assert!(kinds.len() > first_content + 1, "content in pieces");
+        assert!(kinds[..first_content].contains(&"reasoning_content"));
+        assert!(kinds[first_content..].iter().all(|k| *k == "content"));
     }
 
     #[test]

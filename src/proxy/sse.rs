@@ -125,10 +125,17 @@ struct ChoiceAcc {
     role: Option<String>,
     content: Option<String>,
     refusal: Option<String>,
+    /// `reasoning_content` (DeepSeek, vLLM) and `reasoning` (OpenRouter).
+    reasoning: [Option<String>; 2],
     tools: BTreeMap<u64, ToolAcc>,
     finish_reason: Value,
     logprobs: Option<Vec<Value>>,
 }
+
+/// The message fields that carry a chat model's reasoning, in the order a
+/// replay sends them (both before the content): `reasoning_content` from
+/// DeepSeek and vLLM, `reasoning` from OpenRouter.
+pub const REASONING: [&str; 2] = ["reasoning_content", "reasoning"];
 
 fn append(slot: &mut Option<String>, v: Option<&Value>) {
     if let Some(s) = v.and_then(Value::as_str) {
@@ -207,6 +214,9 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                     }
                     append(&mut acc.content, d.get("content"));
                     append(&mut acc.refusal, d.get("refusal"));
+                    for (slot, field) in acc.reasoning.iter_mut().zip(REASONING) {
+                        append(slot, d.get(field));
+                    }
                     if let Some(tcs) = d.get("tool_calls").and_then(Value::as_array) {
                         for tc in tcs {
                             let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -262,6 +272,11 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                         "refusal".into(),
                         c.refusal.map_or(Value::Null, Value::String),
                     );
+                    for (text, field) in c.reasoning.into_iter().zip(REASONING) {
+                        if let Some(t) = text {
+                            msg.insert(field.into(), Value::String(t));
+                        }
+                    }
                     if !c.tools.is_empty() {
                         let tcs: Vec<Value> = c
                             .tools
