@@ -42,7 +42,8 @@ pub fn completion_id(endpoint: Endpoint) -> String {
         .collect();
     match endpoint {
         Endpoint::Chat => format!("chatcmpl-mc{tail}"),
-        Endpoint::Completions => format!("cmpl-mc{tail}"),
+        // NOTE: an embeddings answer carries no id; the tail names nothing.
+        Endpoint::Completions | Endpoint::Embeddings => format!("cmpl-mc{tail}"),
     }
 }
 

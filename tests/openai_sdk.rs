@@ -117,3 +117,50 @@ async fn the_openai_sdk_with_a_virtual_key_and_an_unknown_one() {
     assert_eq!(up.last().headers["authorization"], "Bearer sk-sdk-provider");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_openai_sdk_gets_cached_embeddings_in_order_as_base64_or_floats() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let base = format!("http://{}/v1", app.proxy_addr);
+    let calls = run_script("sdk_embeddings.py", vec![base]).await;
+    let want = |inputs: &[&str]| -> Value {
+        inputs
+            .iter()
+            .map(|i| {
+                vector_for("", &Value::from(*i), 8)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .into()
+    };
+    assert_eq!(calls["miss"]["cache"], "miss");
+    assert_eq!(
+        calls["miss"]["vectors"],
+        want(&["first chunk", "second chunk"])
+    );
+    assert_eq!(calls["mixed"]["cache"], "miss");
+    assert_eq!(calls["mixed"]["cached_inputs"], "2/4");
+    assert_eq!(calls["mixed"]["indexes"], serde_json::json!([0, 1, 2, 3]));
+    assert_eq!(
+        calls["mixed"]["vectors"],
+        want(&["third chunk", "first chunk", "second chunk", "third chunk"])
+    );
+    assert_eq!(calls["mixed"]["prompt_tokens"], 2, "one new input billed");
+    assert_eq!(calls["hit-float"]["cache"], "hit");
+    assert_eq!(
+        calls["hit-float"]["vectors"],
+        want(&["second chunk", "third chunk", "first chunk"])
+    );
+    assert_eq!(calls["hit-float"]["prompt_tokens"], 0);
+    assert_eq!(calls["hit-single"]["cache"], "hit");
+    assert_eq!(calls["hit-single"]["vectors"], want(&["third chunk"]));
+    assert_eq!(up.calls(), 2, "only the first batch and the one new input");
+    let asked: Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert_eq!(asked["input"], serde_json::json!(["third chunk"]));
+    assert_eq!(asked["encoding_format"], "base64", "the SDK's default");
+    app.shutdown().await;
+}

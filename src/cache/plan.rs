@@ -47,7 +47,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Every reason, for metrics created at zero.
-    pub const ALL: [SkipReason; 13] = [
+    pub const ALL: [SkipReason; 14] = [
         SkipReason::Route,
         SkipReason::UnknownCaller,
         SkipReason::CacheOff,
@@ -61,6 +61,7 @@ impl SkipReason {
         SkipReason::Uncacheable(Uncacheable::NoModel),
         SkipReason::Uncacheable(Uncacheable::BadMessages),
         SkipReason::Uncacheable(Uncacheable::PromptNotString),
+        SkipReason::Uncacheable(Uncacheable::BadInput),
     ];
 
     /// A short stable name.
@@ -305,7 +306,7 @@ pub fn plan(policy: Option<&Policy>, loaded: bool, facts: &Facts<'_>) -> Plan {
         Namespace::Named(n) => Some(n),
         Namespace::Invalid => return skip(SkipReason::BadNamespace),
     };
-    if facts.samples && too_hot(body, policy) {
+    if facts.samples && endpoint.samples() && too_hot(body, policy) {
         return skip(SkipReason::TooHot);
     }
     let key_options = crate::keying::KeyOptions {

@@ -20,6 +20,10 @@ pub enum GatewayError {
     /// (broken framing, a reset right after the head).
     #[error("the upstream's answer broke off before it could be relayed: {0}")]
     UpstreamBody(String),
+    /// The upstream's answer could not be merged with cached parts (an
+    /// embeddings batch answered with the wrong number of vectors).
+    #[error("the upstream's answer to the uncached part of the request could not be used: {0}")]
+    UpstreamShape(String),
     /// The upstream took too long to send headers.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
@@ -41,9 +45,9 @@ impl GatewayError {
     /// HTTP status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamBody(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamUnreachable(_)
+            | GatewayError::UpstreamBody(_)
+            | GatewayError::UpstreamShape(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -56,6 +60,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamBody(_)
+            | GatewayError::UpstreamShape(_)
             | GatewayError::UpstreamTimeout(_) => "api_error",
             GatewayError::BadRequestBody(_)
             | GatewayError::RequestTimeout(_)
@@ -69,6 +74,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamBody(_) => "upstream_body",
+            GatewayError::UpstreamShape(_) => "upstream_shape",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadRequestBody(_) => "bad_request_body",
             GatewayError::RequestTimeout(_) => "request_timeout",

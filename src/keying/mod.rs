@@ -7,6 +7,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub mod inputs;
+
 /// The cacheable endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -14,6 +16,8 @@ pub enum Endpoint {
     Chat,
     /// `POST /v1/completions` with a string prompt.
     Completions,
+    /// `POST /v1/embeddings`: each input matched exactly, never by meaning.
+    Embeddings,
 }
 
 impl Endpoint {
@@ -22,6 +26,7 @@ impl Endpoint {
         match path {
             "/v1/chat/completions" => Some(Endpoint::Chat),
             "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
             _ => None,
         }
     }
@@ -31,7 +36,13 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
         }
+    }
+
+    /// Whether requests on it sample, so that a temperature limit applies.
+    pub fn samples(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
     }
 }
 
@@ -50,6 +61,10 @@ pub enum Uncacheable {
     /// A completions prompt that is not one string.
     #[error("prompt is not a single string")]
     PromptNotString,
+    /// An embeddings `input` that is not a string, a token array, or a
+    /// non-empty list of either.
+    #[error("input is not a string, a token array or a list of them")]
+    BadInput,
 }
 
 impl Uncacheable {
@@ -60,6 +75,7 @@ impl Uncacheable {
             Uncacheable::NoModel => "no_model",
             Uncacheable::BadMessages => "bad_messages",
             Uncacheable::PromptNotString => "prompt_not_string",
+            Uncacheable::BadInput => "bad_input",
         }
     }
 }
@@ -300,7 +316,11 @@ pub fn key_with(
 
     let mut params = Map::new();
     for (k, v) in obj {
-        if !IGNORED.contains(&k.as_str()) && !v.is_null() {
+        // NOTE: an embeddings request's inputs are keyed one by one, and
+        // the encoding only changes how the same vector is written.
+        let per_input =
+            endpoint == Endpoint::Embeddings && matches!(k.as_str(), "input" | "encoding_format");
+        if !per_input && !IGNORED.contains(&k.as_str()) && !v.is_null() {
             params.insert(k.clone(), v.clone());
         }
     }
@@ -417,6 +437,16 @@ pub fn key_with(
                 .ok_or(Uncacheable::PromptNotString)?;
             push_exact(&mut text_turns, 0, "prompt", p);
             (format!("prompt###{p}"), p.to_string(), true)
+        }
+        Endpoint::Embeddings => {
+            let all = inputs::of(obj.get("input"))?;
+            let mut texts = Vec::new();
+            for (i, input) in all.iter().enumerate() {
+                let (tag, text) = input.tagged();
+                push_exact(&mut text_turns, i, tag, &text);
+                texts.push(format!("{tag}###{text}"));
+            }
+            (texts.join("|||"), String::new(), false)
         }
     };
     // NOTE: one user turn compared by meaning sits in the one gap the exactly

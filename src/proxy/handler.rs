@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{stream, FutureExt, StreamExt};
+use futures_util::{future::join_all, stream, FutureExt, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{
+    embeddings,
     flight::{FlightGuard, Flights, Joined},
     replay,
     sse::storable_answer,
@@ -27,7 +28,7 @@ use super::{
 use crate::{
     cache::{
         plan::{self, Facts, Plan, SkipReason},
-        Cache, Hit, HitKind, Scope,
+        Cache, Hit, HitKind, LookupOptions, Scope,
     },
     clock::now_ms,
     config::{ServerSettings, UnknownKeys},
@@ -38,7 +39,7 @@ use crate::{
         },
         upstream::{strip_hop_by_hop, Upstream},
     },
-    keying::{CacheKey, Endpoint},
+    keying::{inputs, CacheKey, Endpoint},
     metrics::{Metrics, OTHER_MODEL},
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
@@ -397,6 +398,29 @@ impl Gateway {
         let verified = self
             .key_verified(cache, tenant.name(), &caller, set.verified_key_ttl)
             .await;
+        let forwarded = if !reads {
+            Outcome::Refresh
+        } else if !verified {
+            Outcome::Unverified
+        } else {
+            Outcome::Miss
+        };
+        if let (Endpoint::Embeddings, Some(body), Some(original)) =
+            (key.endpoint, parsed.as_ref(), bytes.as_ref())
+        {
+            let batch = EmbeddingsBatch {
+                tenant: &tenant,
+                cache,
+                parts: &parts,
+                original,
+                body,
+                whole: &key,
+                options: &options,
+                look: reads && verified,
+                write,
+            };
+            return self.embeddings(batch, verify, forwarded).await;
+        }
         let mut embedding = None;
         if reads && verified {
             let found = cache.lookup(tenant.name(), &key, &options).await;
@@ -457,14 +481,224 @@ impl Gateway {
         let resp = self
             .forward(&tenant.upstream, &parts, body, write, verify)
             .await?;
-        let outcome = if !reads {
-            Outcome::Refresh
-        } else if !verified {
-            Outcome::Unverified
-        } else {
-            Outcome::Miss
+        Ok((resp, forwarded))
+    }
+
+    /// An embeddings request: each input looked up exactly; only the inputs
+    /// the cache lacks go upstream, and the answer has every vector at its
+    /// input's index. A request whose every input misses goes upstream as
+    /// it came, and its answer back as it came.
+    async fn embeddings(
+        &self,
+        b: EmbeddingsBatch<'_>,
+        verify: Option<Verify>,
+        forwarded: Outcome,
+    ) -> Result<(Response<ProxyBody>, Outcome), GatewayError> {
+        let tenant = b.tenant.name();
+        let Ok(inputs) = inputs::of(b.body.get("input")) else {
+            let body = full(b.original.clone());
+            let resp = self
+                .forward(&b.tenant.upstream, b.parts, body, None, verify)
+                .await?;
+            return Ok((resp, forwarded));
         };
-        Ok((resp, outcome))
+        let batch = embeddings::Batch::of(inputs);
+        let keys: Vec<CacheKey> = batch
+            .unique
+            .iter()
+            .map(|i| inputs::key(b.whole, i))
+            .collect();
+        let mut found: Vec<Option<(embeddings::Vector, Value, Hit)>> = vec![None; keys.len()];
+        if b.look {
+            for (keys, slots) in keys.chunks(16).zip(found.chunks_mut(16)) {
+                let mut looked = Vec::with_capacity(keys.len());
+                for k in keys {
+                    looked.push(b.cache.lookup(tenant, k, b.options));
+                }
+                for (slot, l) in slots.iter_mut().zip(join_all(looked).await) {
+                    *slot = l.hit.and_then(|h| {
+                        embeddings::Vector::from_stored(&h.entry.answer).map(|(v, m)| (v, m, h))
+                    });
+                }
+            }
+        }
+        let base64 = embeddings::wants_base64(b.body);
+        let cached = batch.at.iter().filter(|u| found[**u].is_some()).count();
+        let tally = format!("{cached}/{}", batch.at.len());
+        let missing: Vec<usize> = (0..keys.len()).filter(|u| found[*u].is_none()).collect();
+
+        if missing.is_empty() {
+            let mut vectors = Vec::with_capacity(batch.at.len());
+            for u in &batch.at {
+                if let Some((v, _, _)) = &found[*u] {
+                    vectors.push(v);
+                }
+            }
+            let model = found
+                .iter()
+                .flatten()
+                .map(|(_, m, _)| m.clone())
+                .next()
+                .unwrap_or(Value::Null);
+            let out = embeddings::merged(&model, &vectors, base64, embeddings::no_usage());
+            let request_id = crate::clock::new_request_id();
+            for (k, (_, _, h)) in keys.iter().zip(found.iter().flatten()) {
+                b.cache.record_hit(tenant, h, &k.text, &request_id);
+            }
+            let mut resp = json_response(out);
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                h.insert("x-modelcache-request-id", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&tally) {
+                h.insert("x-modelcache-cached-inputs", v);
+            }
+            return Ok((resp, Outcome::HitExact));
+        }
+
+        let asked: Vec<&inputs::Input> = missing.iter().map(|u| &batch.unique[*u]).collect();
+        let cap = self.server.max_answer_bytes;
+        let dims = found.iter().flatten().map(|(v, _, _)| v.len()).max();
+        // NOTE: every input missed, or the answer to the missing ones might
+        // not fit in max_answer_bytes to be merged: the upstream gets the
+        // request as the client wrote it, and the client the upstream's bytes.
+        let untouched = missing.len() == keys.len()
+            || dims.is_some_and(|d| embeddings::answer_bound(asked.len(), d, base64) > cap);
+        // The answer's vectors: one per input position when untouched, else
+        // one per input asked for.
+        let expected = if untouched {
+            batch.at.len()
+        } else {
+            asked.len()
+        };
+        let (parts, body) = if untouched {
+            (clone_parts(b.parts), b.original.clone())
+        } else {
+            let Some(body) = embeddings::request_for(b.body, &asked) else {
+                return Err(GatewayError::UpstreamShape(
+                    "the batch could not be rewritten".into(),
+                ));
+            };
+            let mut parts = clone_parts(b.parts);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            // NOTE: the answer is merged here, so it is asked for unencoded.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+            (parts, body)
+        };
+        let resp = self
+            .forward(&b.tenant.upstream, &parts, full(body), None, verify)
+            .await?;
+        let (mut rparts, mut rbody) = resp.into_parts();
+        let mut buf = BytesMut::new();
+        while let Some(frame) = rbody.frame().await {
+            let frame = frame.map_err(|e| GatewayError::UpstreamBody(e.to_string()))?;
+            if let Some(d) = frame.data_ref() {
+                buf.extend_from_slice(d);
+            }
+            if buf.len() > cap {
+                if untouched {
+                    // Too large to cache: passed on as it comes.
+                    let prefix = stream::iter([Ok::<_, BoxError>(Frame::data(buf.freeze()))]);
+                    let rest = rbody.into_data_stream().map(|r| r.map(Frame::data));
+                    let body = StreamBody::new(prefix.chain(rest)).boxed_unsync();
+                    b.cache.count_refused();
+                    return Ok((Response::from_parts(rparts, body), forwarded));
+                }
+                return Err(GatewayError::UpstreamShape(format!(
+                    "the answer to the uncached inputs is over max_answer_bytes ({cap})"
+                )));
+            }
+        }
+        let got = buf.freeze();
+        let passed_on = |rparts, got: Bytes| {
+            let mut r = Response::from_parts(rparts, full(got));
+            if let Ok(v) = HeaderValue::from_str(&tally) {
+                r.headers_mut().insert("x-modelcache-cached-inputs", v);
+            }
+            r
+        };
+        if rparts.status != StatusCode::OK {
+            if untouched {
+                return Ok((passed_on(rparts, got), forwarded));
+            }
+            return Ok((passed_on(rparts, got), Outcome::Miss));
+        }
+        let encoding = rparts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let answer = super::sse::decode(encoding.as_deref(), &got, cap)
+            .map_err(|_| "an encoding that does not decode")
+            .and_then(|raw| embeddings::read_answer(&raw, expected));
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) if untouched => {
+                tracing::debug!(why, "embeddings answer not cached");
+                b.cache.count_refused();
+                return Ok((passed_on(rparts, got), forwarded));
+            }
+            Err(why) => {
+                return Err(GatewayError::UpstreamShape(format!(
+                    "the upstream answered the uncached inputs with {why}"
+                )))
+            }
+        };
+        // The fresh vector of each unique input that missed.
+        let mut fresh: Vec<Option<&embeddings::Vector>> = vec![None; keys.len()];
+        if untouched {
+            for (u, v) in batch.at.iter().zip(&answer.vectors) {
+                if found[*u].is_none() {
+                    fresh[*u].get_or_insert(v);
+                }
+            }
+        } else {
+            for (u, v) in missing.iter().zip(&answer.vectors) {
+                fresh[*u] = Some(v);
+            }
+        }
+        if let Some(ttl) = b.write {
+            let rows: Vec<(CacheKey, String)> = keys
+                .iter()
+                .zip(&fresh)
+                .filter_map(|(k, v)| v.map(|v| (k.clone(), v.stored(&answer.model))))
+                .collect();
+            let (cache, tenant) = (b.cache.clone(), b.tenant.clone());
+            cache.begin_write();
+            tokio::spawn(async move {
+                for (k, row) in rows {
+                    cache.store_answer(tenant.name(), &k, row, None, ttl).await;
+                }
+                cache.end_write();
+            });
+        }
+        if untouched {
+            return Ok((passed_on(rparts, got), forwarded));
+        }
+        let mut vectors = Vec::with_capacity(batch.at.len());
+        for u in &batch.at {
+            match (&found[*u], fresh[*u]) {
+                (Some((v, _, _)), _) | (None, Some(v)) => vectors.push(v),
+                (None, None) => {
+                    return Err(GatewayError::UpstreamShape("a vector went missing".into()))
+                }
+            }
+        }
+        let out = embeddings::merged(&answer.model, &vectors, base64, answer.usage.clone());
+        for n in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::TRANSFER_ENCODING,
+        ] {
+            rparts.headers.remove(n);
+        }
+        rparts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok((passed_on(rparts, out), Outcome::Miss))
     }
 
     /// Sends the request upstream and streams the answer back, teeing it into
@@ -603,6 +837,42 @@ impl Gateway {
         }
         Some(resp)
     }
+}
+
+/// An embeddings request the cache takes part in.
+#[derive(Clone, Copy)]
+struct EmbeddingsBatch<'a> {
+    tenant: &'a Arc<Tenant>,
+    cache: &'a Arc<Cache>,
+    parts: &'a http::request::Parts,
+    original: &'a Bytes,
+    body: &'a Value,
+    whole: &'a CacheKey,
+    options: &'a LookupOptions,
+    /// Whether to look the inputs up (else every input misses).
+    look: bool,
+    /// How long the vectors live, if they are written.
+    write: Option<Duration>,
+}
+
+/// A copy of a request's head.
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let (mut out, ()) = Request::new(()).into_parts();
+    out.method = p.method.clone();
+    out.uri = p.uri.clone();
+    out.version = p.version;
+    out.headers = p.headers.clone();
+    out
+}
+
+/// A JSON response of `body`.
+fn json_response(body: Bytes) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// A miss waiting for its answer.

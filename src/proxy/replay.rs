@@ -59,6 +59,8 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
     let object = match endpoint {
         Endpoint::Chat => "chat.completion.chunk",
         Endpoint::Completions => "text_completion",
+        // NOTE: embeddings are never streamed.
+        Endpoint::Embeddings => return None,
     };
     let chunk = |choice: Value| {
         let mut m = Map::new();
@@ -80,7 +82,7 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
         let index = c.get("index").cloned().unwrap_or(json!(n));
         let finish = c.get("finish_reason").cloned().unwrap_or(Value::Null);
         match endpoint {
-            Endpoint::Completions => {
+            Endpoint::Completions | Endpoint::Embeddings => {
                 let text = c.get("text").and_then(Value::as_str).unwrap_or("");
                 for p in pieces(text, PIECE) {
                     out.push(chunk(

@@ -145,6 +145,9 @@ fn append(slot: &mut Option<String>, v: Option<&Value>) {
 
 /// Assembles an SSE answer into the equivalent non-streamed answer.
 pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
+    if endpoint == Endpoint::Embeddings {
+        return Err(Reject::Shape("an embeddings answer is never a stream"));
+    }
     let mut done = false;
     let mut top = Map::new();
     let mut choices: BTreeMap<u64, ChoiceAcc> = BTreeMap::new();
@@ -206,7 +209,9 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                     .extend(lp.iter().cloned());
             }
             match endpoint {
-                Endpoint::Completions => append(&mut acc.content, c.get("text")),
+                Endpoint::Completions | Endpoint::Embeddings => {
+                    append(&mut acc.content, c.get("text"))
+                }
                 Endpoint::Chat => {
                     let Some(d) = c.get("delta") else { continue };
                     if let Some(r) = d.get("role").and_then(Value::as_str) {
@@ -252,7 +257,7 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         .map(|(idx, c)| {
             let logprobs = c.logprobs.map_or(Value::Null, |l| json!({ "content": l }));
             match endpoint {
-                Endpoint::Completions => json!({
+                Endpoint::Completions | Endpoint::Embeddings => json!({
                     "text": c.content.unwrap_or_default(),
                     "index": idx,
                     "logprobs": logprobs,
@@ -305,7 +310,7 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         "object".into(),
         json!(match endpoint {
             Endpoint::Chat => "chat.completion",
-            Endpoint::Completions => "text_completion",
+            Endpoint::Completions | Endpoint::Embeddings => "text_completion",
         }),
     );
     top.insert("choices".into(), Value::Array(out_choices));

@@ -216,8 +216,63 @@ pub fn answer_for(q: &str, n: usize) -> String {
     format!("Answer #{n} to: {q}")
 }
 
+/// The vector the mock upstream gives `input` (a string, or a token array as
+/// JSON) with `dims` components, behind an upstream tagged `tag`: derived from
+/// a hash, every component exact in float32.
+pub fn vector_for(tag: &str, input: &Value, dims: usize) -> Vec<f32> {
+    use sha2::{Digest, Sha256};
+    let text = match input {
+        Value::String(s) => format!("text:{s}"),
+        other => format!("tokens:{other}"),
+    };
+    let mut out = Vec::with_capacity(dims);
+    let mut round = 0u32;
+    while out.len() < dims {
+        let h = Sha256::digest(format!("{tag}|{round}|{text}"));
+        out.extend(h.iter().map(|b| (*b as f32 - 127.5) / 128.0));
+        round += 1;
+    }
+    out.truncate(dims);
+    out
+}
+
+/// The inputs of an embeddings request, one per vector asked for.
+pub fn embedding_inputs(body: &Value) -> Vec<Value> {
+    match &body["input"] {
+        Value::Array(a) if a.iter().all(|x| x.is_string() || x.is_array()) => a.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// An OpenAI embeddings answer to `body`: one vector per input, in the
+/// encoding asked for, with usage of 2 tokens per input.
+pub fn embeddings_json(tag: &str, body: &Value) -> Value {
+    use base64::Engine;
+    let dims = body["dimensions"].as_u64().unwrap_or(8) as usize;
+    let b64 = body["encoding_format"] == "base64";
+    let inputs = embedding_inputs(body);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let v = vector_for(tag, input, dims);
+            let e = if b64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())
+            };
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
+        .collect();
+    let n = inputs.len() * 2;
+    json!({"object": "list", "data": data, "model": body["model"],
+           "usage": {"prompt_tokens": n, "total_tokens": n}})
+}
+
 /// A mock that answers chat requests (JSON or SSE, as asked) with
-/// `answer_for(question, call number)`, and anything else with `{"ok":true}`.
+/// `answer_for(question, call number)`, embeddings requests with
+/// [`embeddings_json`], and anything else with `{"ok":true}`.
 pub fn llm() -> Handler {
     llm_tagged("")
 }
@@ -227,6 +282,13 @@ pub fn llm() -> Handler {
 pub fn llm_tagged(tag: &'static str) -> Handler {
     Arc::new(move |seen: &Seen, n: usize| {
         let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if seen.path_and_query.starts_with("/v1/embeddings") {
+            return Reply::Full(
+                200,
+                vec![("content-type", "application/json".into())],
+                Bytes::from(embeddings_json(tag, &v).to_string()),
+            );
+        }
         if !seen.path_and_query.starts_with("/v1/chat/completions")
             && !seen.path_and_query.starts_with("/v1/completions")
         {
