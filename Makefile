@@ -60,4 +60,5 @@ lint:
 bench: models
 	cargo build --release
 	cargo bench --bench gateway
+	cargo bench --bench routes
 	cargo bench --bench verifier

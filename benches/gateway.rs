@@ -30,8 +30,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use common::{
-    chat_json, client, cpu_time, metric_sum, mock, proc_status, question, release_bin, stat_cpu,
-    Binary, Handler, HttpClient, Reply as MockReply, Running, Seen,
+    chat_json, client, cpu_time, header_row, metric_sum, mock, ms, overhead, proc_status, question,
+    release_bin, row, stat_cpu, stats, Binary, Handler, HttpClient, Reply as MockReply, Running,
+    Seen, Stats,
 };
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -256,44 +257,6 @@ async fn call_ok(client: &HttpClient, t: &Target) -> Result<Reply> {
         );
     }
     Ok(r)
-}
-
-/// Latency summary in milliseconds.
-struct Stats {
-    n: usize,
-    p50: f64,
-    p99: f64,
-    mean: f64,
-    max: f64,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentiles.
-fn stats(samples: &[Duration]) -> Stats {
-    let mut v: Vec<f64> = samples.iter().copied().map(ms).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let rank = |p: f64| -> f64 {
-        if n == 0 {
-            return f64::NAN;
-        }
-        let i = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
-        v[i]
-    };
-    Stats {
-        n,
-        p50: rank(0.50),
-        p99: rank(0.99),
-        mean: if n == 0 {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / n as f64
-        },
-        max: v.last().copied().unwrap_or(f64::NAN),
-    }
 }
 
 /// Result of a throughput run.
@@ -535,30 +498,6 @@ fn chat_body(model: &str, q: &str) -> Bytes {
 }
 
 // ---------------------------------------------------------------- report
-
-fn row(label: &str, s: &Stats) {
-    println!(
-        "  {label:<44} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-        s.n, s.p50, s.p99, s.mean, s.max
-    );
-}
-
-fn header_row() {
-    println!(
-        "  {:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "latency (ms)", "n", "p50", "p99", "mean", "max"
-    );
-}
-
-fn overhead(label: &str, via: &Stats, direct: &Stats) {
-    println!(
-        "  {label:<44} p50 {:+.3} ms ({:.1}x)   p99 {:+.3} ms ({:.1}x)",
-        via.p50 - direct.p50,
-        via.p50 / direct.p50,
-        via.p99 - direct.p99,
-        via.p99 / direct.p99
-    );
-}
 
 fn throughput_row(label: &str, r: &Run) {
     let s = stats(&r.latencies);

@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 /// Routes, as labelled.
-pub const ROUTES: [&str; 3] = ["chat", "completions", "other"];
+pub const ROUTES: [&str; 4] = ["chat", "completions", "embeddings", "other"];
 /// Request results, as labelled.
 pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
 /// A cache stage that can fail: the `stage` label of

@@ -564,13 +564,6 @@ impl Gateway {
         // request as the client wrote it, and the client the upstream's bytes.
         let untouched = missing.len() == keys.len()
             || dims.is_some_and(|d| embeddings::answer_bound(asked.len(), d, base64) > cap);
-        // The answer's vectors: one per input position when untouched, else
-        // one per input asked for.
-        let expected = if untouched {
-            batch.at.len()
-        } else {
-            asked.len()
-        };
         let (parts, body) = if untouched {
             (clone_parts(b.parts), b.original.clone())
         } else {
@@ -591,6 +584,66 @@ impl Gateway {
             .forward(&b.tenant.upstream, &parts, full(body), None, verify)
             .await?;
         let (mut rparts, mut rbody) = resp.into_parts();
+        if let Ok(v) = HeaderValue::from_str(&tally) {
+            rparts.headers.insert("x-modelcache-cached-inputs", v);
+        }
+        let encoding = rparts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if untouched {
+            // NOTE: the answer goes to the client as it comes, like a chat
+            // miss; its copy is read and stored once it has ended cleanly.
+            let body = match b.write {
+                Some(ttl) if rparts.status == StatusCode::OK => {
+                    // Each input that missed, at its first position.
+                    let mut first: Vec<Option<usize>> = vec![None; keys.len()];
+                    for (p, u) in batch.at.iter().enumerate() {
+                        if found[*u].is_none() {
+                            first[*u].get_or_insert(p);
+                        }
+                    }
+                    let rows: Vec<(CacheKey, usize)> = keys
+                        .into_iter()
+                        .zip(first)
+                        .filter_map(|(k, p)| p.map(|p| (k, p)))
+                        .collect();
+                    let expected = batch.at.len();
+                    let (cache, tenant) = (b.cache.clone(), b.tenant.clone());
+                    let on_complete = Box::new(move |copy: Bytes| {
+                        cache.begin_write();
+                        tokio::spawn(async move {
+                            let answer = super::sse::decode(encoding.as_deref(), &copy, cap)
+                                .map_err(|_| "an encoding that does not decode")
+                                .and_then(|raw| embeddings::read_answer(&raw, expected));
+                            match answer {
+                                Ok(a) => {
+                                    for (k, p) in rows {
+                                        if let Some(v) = a.vectors.get(p) {
+                                            let row = v.stored(&a.model);
+                                            cache
+                                                .store_answer(tenant.name(), &k, row, None, ttl)
+                                                .await;
+                                        }
+                                    }
+                                }
+                                Err(why) => {
+                                    tracing::debug!(why, "embeddings answer not cached");
+                                    cache.count_refused();
+                                }
+                            }
+                            cache.end_write();
+                        });
+                    });
+                    boxed(Tee::new(rbody, cap, on_complete))
+                }
+                _ => rbody,
+            };
+            return Ok((Response::from_parts(rparts, body), forwarded));
+        }
+        // The new part of a mixed batch: read whole (within
+        // max_answer_bytes, which the estimate above kept it under) to merge.
         let mut buf = BytesMut::new();
         while let Some(frame) = rbody.frame().await {
             let frame = frame.map_err(|e| GatewayError::UpstreamBody(e.to_string()))?;
@@ -598,66 +651,26 @@ impl Gateway {
                 buf.extend_from_slice(d);
             }
             if buf.len() > cap {
-                if untouched {
-                    // Too large to cache: passed on as it comes.
-                    let prefix = stream::iter([Ok::<_, BoxError>(Frame::data(buf.freeze()))]);
-                    let rest = rbody.into_data_stream().map(|r| r.map(Frame::data));
-                    let body = StreamBody::new(prefix.chain(rest)).boxed_unsync();
-                    b.cache.count_refused();
-                    return Ok((Response::from_parts(rparts, body), forwarded));
-                }
                 return Err(GatewayError::UpstreamShape(format!(
                     "the answer to the uncached inputs is over max_answer_bytes ({cap})"
                 )));
             }
         }
         let got = buf.freeze();
-        let passed_on = |rparts, got: Bytes| {
-            let mut r = Response::from_parts(rparts, full(got));
-            if let Ok(v) = HeaderValue::from_str(&tally) {
-                r.headers_mut().insert("x-modelcache-cached-inputs", v);
-            }
-            r
-        };
         if rparts.status != StatusCode::OK {
-            if untouched {
-                return Ok((passed_on(rparts, got), forwarded));
-            }
-            return Ok((passed_on(rparts, got), Outcome::Miss));
+            return Ok((Response::from_parts(rparts, full(got)), Outcome::Miss));
         }
-        let encoding = rparts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         let answer = super::sse::decode(encoding.as_deref(), &got, cap)
             .map_err(|_| "an encoding that does not decode")
-            .and_then(|raw| embeddings::read_answer(&raw, expected));
-        let answer = match answer {
-            Ok(a) => a,
-            Err(why) if untouched => {
-                tracing::debug!(why, "embeddings answer not cached");
-                b.cache.count_refused();
-                return Ok((passed_on(rparts, got), forwarded));
-            }
-            Err(why) => {
-                return Err(GatewayError::UpstreamShape(format!(
+            .and_then(|raw| embeddings::read_answer(&raw, asked.len()))
+            .map_err(|why| {
+                GatewayError::UpstreamShape(format!(
                     "the upstream answered the uncached inputs with {why}"
-                )))
-            }
-        };
-        // The fresh vector of each unique input that missed.
+                ))
+            })?;
         let mut fresh: Vec<Option<&embeddings::Vector>> = vec![None; keys.len()];
-        if untouched {
-            for (u, v) in batch.at.iter().zip(&answer.vectors) {
-                if found[*u].is_none() {
-                    fresh[*u].get_or_insert(v);
-                }
-            }
-        } else {
-            for (u, v) in missing.iter().zip(&answer.vectors) {
-                fresh[*u] = Some(v);
-            }
+        for (u, v) in missing.iter().zip(&answer.vectors) {
+            fresh[*u] = Some(v);
         }
         if let Some(ttl) = b.write {
             let rows: Vec<(CacheKey, String)> = keys
@@ -673,9 +686,6 @@ impl Gateway {
                 }
                 cache.end_write();
             });
-        }
-        if untouched {
-            return Ok((passed_on(rparts, got), forwarded));
         }
         let mut vectors = Vec::with_capacity(batch.at.len());
         for u in &batch.at {
@@ -698,7 +708,7 @@ impl Gateway {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        Ok((passed_on(rparts, out), Outcome::Miss))
+        Ok((Response::from_parts(rparts, full(out)), Outcome::Miss))
     }
 
     /// Sends the request upstream and streams the answer back, teeing it into

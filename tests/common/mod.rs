@@ -7,7 +7,8 @@
 //! - [`client`]: requests to a gateway ([`Call`]) and their answers ([`Got`]);
 //! - [`admin`]: admin calls with the test token;
 //! - [`metrics`]: scraping and waiting for the write-back;
-//! - [`faults`]: a failing store, and checks for leaked secrets.
+//! - [`faults`]: a failing store, and checks for leaked secrets;
+//! - [`timing`]: latency percentiles and the rows benches print.
 //!
 //! Not every test or bench uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -17,6 +18,7 @@ pub mod client;
 pub mod faults;
 pub mod gateway;
 pub mod metrics;
+pub mod timing;
 pub mod upstream;
 
 pub use admin::*;
@@ -24,4 +26,5 @@ pub use client::*;
 pub use faults::*;
 pub use gateway::*;
 pub use metrics::*;
+pub use timing::*;
 pub use upstream::*;
