@@ -32,7 +32,7 @@ use bytes::Bytes;
 use common::{
     chat_json, client, cpu_time, header_row, metric_sum, mock, ms, overhead, proc_status, question,
     release_bin, row, stat_cpu, stats, Binary, Handler, HttpClient, Reply as MockReply, Running,
-    Seen, Stats,
+    Seen,
 };
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
