@@ -44,6 +44,7 @@ pub fn completion_id(endpoint: Endpoint) -> String {
         Endpoint::Chat => format!("chatcmpl-mc{tail}"),
         // NOTE: an embeddings answer carries no id; the tail names nothing.
         Endpoint::Completions | Endpoint::Embeddings => format!("cmpl-mc{tail}"),
+        Endpoint::Messages => format!("msg_mc{tail}"),
     }
 }
 

@@ -185,6 +185,9 @@ pub struct Facts<'a> {
     pub namespace: Namespace<'a>,
     /// The raw query string.
     pub query: Option<&'a str>,
+    /// `anthropic-version` and `anthropic-beta`: what shape of Messages
+    /// answer, and which beta features, the client asked for.
+    pub anthropic: [Option<&'a str>; 2],
     /// `x-modelcache-threshold`: a stricter similarity for this request.
     pub min_similarity: Option<f32>,
     /// `x-modelcache-ttl`: a shorter life for this request's answer.
@@ -204,6 +207,7 @@ impl<'a> Facts<'a> {
             cache_control: CacheControl::default(),
             namespace: Namespace::None,
             query: None,
+            anthropic: [None, None],
             min_similarity: None,
             ttl: None,
             samples: true,
@@ -227,6 +231,7 @@ impl<'a> Facts<'a> {
                 headers.get("x-modelcache-namespace").map(|v| v.as_bytes()),
             ),
             query,
+            anthropic: [text("anthropic-version"), text("anthropic-beta")],
             min_similarity: text("x-modelcache-threshold").and_then(|v| v.trim().parse().ok()),
             ttl: text("x-modelcache-ttl")
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -313,6 +318,8 @@ pub fn plan(policy: Option<&Policy>, loaded: bool, facts: &Facts<'_>) -> Plan {
         // NOTE: an upstream may answer by the query (`?api-version=` on
         // Azure), so requests with another query never share an answer.
         query: facts.query,
+        anthropic_version: facts.anthropic[0],
+        anthropic_beta: facts.anthropic[1],
         ..policy.key_options(namespace)
     };
     let key = match key_with(endpoint, body, &key_options) {

@@ -231,6 +231,8 @@ impl Policy {
             max_messages: Some(self.max_messages),
             namespace,
             query: None,
+            anthropic_version: None,
+            anthropic_beta: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub mod anthropic;
 pub mod inputs;
 
 /// The cacheable endpoints.
@@ -18,6 +19,8 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`: each input matched exactly, never by meaning.
     Embeddings,
+    /// `POST /v1/messages`, Anthropic's Messages API.
+    Messages,
 }
 
 impl Endpoint {
@@ -27,6 +30,7 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::Chat),
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/messages" => Some(Endpoint::Messages),
             _ => None,
         }
     }
@@ -37,6 +41,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -288,6 +293,10 @@ pub struct KeyOptions<'a> {
     /// The request's query string (`?api-version=...`), raw; part of the
     /// partition, never of the embedded text.
     pub query: Option<&'a str>,
+    /// `anthropic-version`: the shape of a Messages answer.
+    pub anthropic_version: Option<&'a str>,
+    /// `anthropic-beta`: features that can change a Messages answer.
+    pub anthropic_beta: Option<&'a str>,
 }
 
 /// Builds the key of a request body with the default options.
@@ -301,6 +310,15 @@ pub fn key_with(
     body: &Value,
     opts: &KeyOptions<'_>,
 ) -> Result<CacheKey, Uncacheable> {
+    // NOTE: a Messages request is keyed as the chat it amounts to, under
+    // its own endpoint name, so that it never shares a chat's partition.
+    let chat_shaped;
+    let body = if endpoint == Endpoint::Messages {
+        chat_shaped = anthropic::as_chat(body)?;
+        &chat_shaped
+    } else {
+        body
+    };
     let obj = body.as_object().ok_or(Uncacheable::NotAnObject)?;
     let model = obj
         .get("model")
@@ -332,7 +350,7 @@ pub fn key_with(
     // Where the turns compared by meaning sit, and their roles.
     let mut meaning_turns: Vec<(usize, &str)> = Vec::new();
     let (text, embed_text, semantic) = match endpoint {
-        Endpoint::Chat => {
+        Endpoint::Chat | Endpoint::Messages => {
             let msgs = obj
                 .get("messages")
                 .and_then(Value::as_array)
@@ -477,6 +495,8 @@ pub fn key_with(
         ("namespace", opts.namespace),
         ("query", query.as_deref()),
         ("layout", layout.as_deref()),
+        ("anthropic-version", opts.anthropic_version),
+        ("anthropic-beta", opts.anthropic_beta),
     ] {
         if let Some(piece) = piece {
             h.update(name.as_bytes());

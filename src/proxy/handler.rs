@@ -256,9 +256,10 @@ impl Gateway {
     fn count_savings(&self, set: &TenantSet, tenant: &str, key: &CacheKey, answer: &str) {
         #[derive(serde::Deserialize)]
         struct Usage {
-            #[serde(default)]
+            // NOTE: a Messages answer counts `input_tokens` and `output_tokens`.
+            #[serde(default, alias = "input_tokens")]
             prompt_tokens: u64,
-            #[serde(default)]
+            #[serde(default, alias = "output_tokens")]
             completion_tokens: u64,
         }
         #[derive(serde::Deserialize)]

@@ -3,10 +3,12 @@
 //! `handler` runs the phases, `tee` copies answers for the cache, `sse` turns
 //! copies into storable answers, `replay` serves hits, and `flight` lets
 //! identical misses in flight share one upstream call; `embeddings` reads and
-//! writes the vectors of a batch served partly from the cache. The provider's client
+//! writes the vectors of a batch served partly from the cache, and `anthropic`
+//! reads and replays Anthropic's Messages stream. The provider's client
 //! and the body types are `http`'s. Nothing here stores or looks up anything
 //! itself: that is `cache`.
 
+pub mod anthropic;
 pub mod embeddings;
 pub mod flight;
 pub mod handler;

@@ -17,7 +17,10 @@ pub fn json_body(endpoint: Endpoint, answer: &str) -> Option<Bytes> {
     let mut v: Value = serde_json::from_str(answer).ok()?;
     let o = v.as_object_mut()?;
     o.insert("id".into(), json!(crate::clock::completion_id(endpoint)));
-    o.insert("created".into(), json!(crate::clock::now_secs()));
+    // NOTE: a Messages answer has no `created`.
+    if endpoint != Endpoint::Messages {
+        o.insert("created".into(), json!(crate::clock::now_secs()));
+    }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
@@ -47,6 +50,9 @@ fn event(v: &Value) -> Bytes {
 /// the answer cannot be replayed faithfully: usage is asked for and the
 /// stored answer has none (it came from a stream that did not ask for it).
 pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Option<Vec<Bytes>> {
+    if endpoint == Endpoint::Messages {
+        return super::anthropic::sse_events(answer);
+    }
     let v: Value = serde_json::from_str(answer).ok()?;
     if include_usage && v.get("usage").is_none_or(Value::is_null) {
         return None;
@@ -59,8 +65,8 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
     let object = match endpoint {
         Endpoint::Chat => "chat.completion.chunk",
         Endpoint::Completions => "text_completion",
-        // NOTE: embeddings are never streamed.
-        Endpoint::Embeddings => return None,
+        // NOTE: embeddings are never streamed; messages returned above.
+        Endpoint::Embeddings | Endpoint::Messages => return None,
     };
     let chunk = |choice: Value| {
         let mut m = Map::new();
@@ -82,7 +88,7 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
         let index = c.get("index").cloned().unwrap_or(json!(n));
         let finish = c.get("finish_reason").cloned().unwrap_or(Value::Null);
         match endpoint {
-            Endpoint::Completions | Endpoint::Embeddings => {
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {
                 let text = c.get("text").and_then(Value::as_str).unwrap_or("");
                 for p in pieces(text, PIECE) {
                     out.push(chunk(

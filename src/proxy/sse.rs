@@ -145,8 +145,12 @@ fn append(slot: &mut Option<String>, v: Option<&Value>) {
 
 /// Assembles an SSE answer into the equivalent non-streamed answer.
 pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
-    if endpoint == Endpoint::Embeddings {
-        return Err(Reject::Shape("an embeddings answer is never a stream"));
+    match endpoint {
+        Endpoint::Embeddings => {
+            return Err(Reject::Shape("an embeddings answer is never a stream"))
+        }
+        Endpoint::Messages => return super::anthropic::assemble(body),
+        Endpoint::Chat | Endpoint::Completions => {}
     }
     let mut done = false;
     let mut top = Map::new();
@@ -209,7 +213,8 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
                     .extend(lp.iter().cloned());
             }
             match endpoint {
-                Endpoint::Completions | Endpoint::Embeddings => {
+                // NOTE: the other endpoints returned above.
+                Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {
                     append(&mut acc.content, c.get("text"))
                 }
                 Endpoint::Chat => {
@@ -257,7 +262,7 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         .map(|(idx, c)| {
             let logprobs = c.logprobs.map_or(Value::Null, |l| json!({ "content": l }));
             match endpoint {
-                Endpoint::Completions | Endpoint::Embeddings => json!({
+                Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => json!({
                     "text": c.content.unwrap_or_default(),
                     "index": idx,
                     "logprobs": logprobs,
@@ -310,7 +315,7 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         "object".into(),
         json!(match endpoint {
             Endpoint::Chat => "chat.completion",
-            Endpoint::Completions | Endpoint::Embeddings => "text_completion",
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => "text_completion",
         }),
     );
     top.insert("choices".into(), Value::Array(out_choices));
@@ -358,7 +363,10 @@ pub fn storable_answer(
     } else {
         serde_json::from_slice(&raw).map_err(|_| Reject::Shape("not JSON"))?
     };
-    validate(&answer, allowed_finish)?;
+    match endpoint {
+        Endpoint::Messages => super::anthropic::validate(&answer, allowed_finish)?,
+        _ => validate(&answer, allowed_finish)?,
+    }
     Ok(answer)
 }
 
