@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderName};
 
 use crate::{
     config::{glob_match, key_hash, Policy, PriceTable, Settings, TenantSettings, UnknownKeys},
-    http::upstream::Upstream,
+    http::upstream::{is_anthropic, Upstream},
     store::Limits,
 };
 
@@ -23,6 +23,8 @@ pub struct Tenant {
     pub settings: TenantSettings,
     /// Its upstream client (auth and extra headers applied there).
     pub upstream: Upstream,
+    /// Its client for Anthropic's API.
+    pub anthropic: Upstream,
 }
 
 impl Tenant {
@@ -34,6 +36,15 @@ impl Tenant {
     /// The tenant's cache policy.
     pub fn policy(&self) -> &Policy {
         &self.settings.policy
+    }
+
+    /// Where a request of `parts` goes: Anthropic's family or the rest.
+    pub fn upstream_for(&self, parts: &http::request::Parts) -> &Upstream {
+        if is_anthropic(parts.uri.path(), &parts.headers) {
+            &self.anthropic
+        } else {
+            &self.upstream
+        }
     }
 }
 
@@ -50,6 +61,8 @@ pub struct TenantSet {
     pub verified_key_ttl: Duration,
     /// `[upstream]`, for unknown callers in `passthrough`.
     pub fallback: Upstream,
+    /// `[upstream].anthropic_url`, likewise.
+    pub fallback_anthropic: Upstream,
     /// `[prices]`, for the money saved.
     pub prices: PriceTable,
     default_max_entries: u64,
@@ -89,6 +102,7 @@ impl TenantSet {
             unknown_keys: settings.auth.unknown_keys,
             verified_key_ttl: settings.auth.verified_key_ttl,
             fallback: Upstream::new(&settings.upstream)?,
+            fallback_anthropic: Upstream::anthropic(&settings.upstream)?,
             prices: settings.prices.clone(),
             default_max_entries: settings.cache.policy.max_entries,
         };
@@ -108,10 +122,21 @@ impl TenantSet {
             set.tenants.push(Arc::new(Tenant {
                 upstream: Upstream::new(&t.upstream)
                     .map_err(|e| format!("tenant {}: {e}", t.name))?,
+                anthropic: Upstream::anthropic(&t.upstream)
+                    .map_err(|e| format!("tenant {}: {e}", t.name))?,
                 settings: t.clone(),
             }));
         }
         Ok(set)
+    }
+
+    /// Where a request of a caller that matches no tenant goes.
+    pub fn fallback_for(&self, parts: &http::request::Parts) -> &Upstream {
+        if is_anthropic(parts.uri.path(), &parts.headers) {
+            &self.fallback_anthropic
+        } else {
+            &self.fallback
+        }
     }
 
     /// The tenant a caller belongs to by key or header, if any.

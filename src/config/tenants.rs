@@ -185,11 +185,19 @@ fn tenant(
                 "auth = \"replace\" tenants are matched by key only; remove match_header and match_models",
             );
         }
-    } else if t.upstream.api_key_env.is_some() {
-        errs.push(
-            &k("upstream.api_key_env"),
-            "only used with auth = \"replace\"",
-        );
+    } else {
+        if t.upstream.api_key_env.is_some() {
+            errs.push(
+                &k("upstream.api_key_env"),
+                "only used with auth = \"replace\"",
+            );
+        }
+        if t.upstream.anthropic_api_key_env.is_some() {
+            errs.push(
+                &k("upstream.anthropic_api_key_env"),
+                "only used with auth = \"replace\"",
+            );
+        }
     }
     for (j, m) in t.match_models.iter().enumerate() {
         if m.is_empty() {

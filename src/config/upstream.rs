@@ -33,6 +33,10 @@ pub struct RawUpstream {
     /// Extra headers sent with every upstream request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Origin of Anthropic's API: `/v1/messages`, and any request that
+    /// carries an `anthropic-version` header, go there.
+    #[serde(default = "d_anthropic_url")]
+    pub anthropic_url: String,
 }
 
 /// `[tenants.upstream]`: every key defaults to `[upstream]`.
@@ -51,10 +55,16 @@ pub struct RawTenantUpstream {
     pub headers: Option<BTreeMap<String, String>>,
     /// Environment variable holding the tenant's upstream key (`auth = "replace"`).
     pub api_key_env: Option<String>,
+    /// Origin of Anthropic's API for this tenant.
+    pub anthropic_url: Option<String>,
+    /// Environment variable holding the tenant's Anthropic key (`auth =
+    /// "replace"`), sent as `x-api-key`.
+    pub anthropic_api_key_env: Option<String>,
 }
 
 defaults! {
     d_upstream_url: String = "https://api.openai.com".into();
+    d_anthropic_url: String = "https://api.anthropic.com".into();
     d_connect_timeout: String = "10s".into();
     d_header_timeout: String = "10m".into();
     d_idle_timeout: String = "5m".into();
@@ -77,6 +87,10 @@ pub struct UpstreamSettings {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The key sent instead of the caller's (`auth = "replace"`).
     pub api_key: Option<Secret>,
+    /// Origin of Anthropic's API (the Messages family).
+    pub anthropic_url: url::Url,
+    /// The Anthropic key sent instead of the caller's (`auth = "replace"`).
+    pub anthropic_api_key: Option<Secret>,
 }
 
 /// Parses and checks an upstream origin (`http(s)://host[:port]`).
@@ -120,13 +134,18 @@ pub(super) fn load(errs: &mut Errors, u: &RawUpstream, o: &Overrides) -> Upstrea
     let upstream = UpstreamSettings {
         url: errs.take(
             upstream_url("upstream.url", o.upstream.as_deref().unwrap_or(&u.url)),
-            fallback_url,
+            fallback_url.clone(),
         ),
         connect_timeout: duration(errs, "upstream.connect_timeout", &u.connect_timeout),
         header_timeout: duration(errs, "upstream.header_timeout", &u.header_timeout),
         idle_timeout: duration(errs, "upstream.idle_timeout", &u.idle_timeout),
         headers: headers(errs, "upstream.headers", &u.headers),
         api_key: None,
+        anthropic_url: errs.take(
+            upstream_url("upstream.anthropic_url", &u.anthropic_url),
+            fallback_url,
+        ),
+        anthropic_api_key: None,
     };
     upstream
 }
@@ -167,6 +186,17 @@ pub(super) fn tenant_upstream(
         },
         api_key: u.api_key_env.as_deref().and_then(|name| {
             env_var(errs, env, &k("api_key_env"), name).map(|v| Secret(v.trim().to_string()))
+        }),
+        anthropic_url: match &u.anthropic_url {
+            Some(v) => errs.take(
+                upstream_url(&k("anthropic_url"), v),
+                base.anthropic_url.clone(),
+            ),
+            None => base.anthropic_url.clone(),
+        },
+        anthropic_api_key: u.anthropic_api_key_env.as_deref().and_then(|name| {
+            env_var(errs, env, &k("anthropic_api_key_env"), name)
+                .map(|v| Secret(v.trim().to_string()))
         }),
     }
 }

@@ -83,6 +83,35 @@ impl GatewayError {
         }
     }
 
+    /// The response in the shape of the API called: Anthropic's
+    /// (`{"type":"error","error":{"type","message"}}`) or OpenAI's.
+    pub fn to_response_as(&self, anthropic: bool) -> Response<ProxyBody> {
+        if !anthropic {
+            return self.to_response();
+        }
+        let kind = match self {
+            GatewayError::UnknownKey => "authentication_error",
+            GatewayError::BadRequestBody(_)
+            | GatewayError::RequestTimeout(_)
+            | GatewayError::BadTarget(_) => "invalid_request_error",
+            GatewayError::UpstreamTimeout(_) => "timeout_error",
+            _ => "api_error",
+        };
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.to_string()},
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert("x-modelcache", header::HeaderValue::from_static("error"));
+        resp
+    }
+
     /// The response: `{"error":{"message","type","param","code"}}`.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let body = serde_json::json!({

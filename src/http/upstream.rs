@@ -29,7 +29,26 @@ pub struct Upstream {
     header_timeout: Duration,
     idle_timeout: Duration,
     extra: Vec<(HeaderName, HeaderValue)>,
-    authorization: Option<HeaderValue>,
+    /// `auth = "replace"`: the caller's credentials never go upstream ...
+    replace: bool,
+    /// ... and this header carries the tenant's key instead, if it has one.
+    auth: Option<(HeaderName, HeaderValue)>,
+}
+
+fn secret_header(value: String) -> Result<HeaderValue, String> {
+    let mut v = HeaderValue::from_str(&value)
+        .map_err(|_| "the upstream key is not a valid header value".to_string())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Whether a request belongs to Anthropic's API: `/v1/messages` (and the
+/// paths under it), or any request that names an `anthropic-version`, as
+/// Anthropic's SDKs always do.
+pub fn is_anthropic(path: &str, headers: &HeaderMap) -> bool {
+    path == "/v1/messages"
+        || path.starts_with("/v1/messages/")
+        || headers.contains_key("anthropic-version")
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
@@ -83,25 +102,46 @@ where
 }
 
 impl Upstream {
-    /// A client for `s.url`.
+    /// A client for `s.url`, the OpenAI family: a replaced key goes as
+    /// `Authorization: Bearer`.
     pub fn new(s: &UpstreamSettings) -> Result<Upstream, String> {
-        let client = https_client(s.connect_timeout)?;
-        let authorization = match &s.api_key {
-            Some(k) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                    .map_err(|_| "the upstream key is not a valid header value".to_string())?;
-                v.set_sensitive(true);
-                Some(v)
-            }
+        let auth = match &s.api_key {
+            Some(k) => Some((
+                header::AUTHORIZATION,
+                secret_header(format!("Bearer {}", k.expose()))?,
+            )),
             None => None,
         };
         Ok(Upstream {
-            client,
+            client: https_client(s.connect_timeout)?,
             base: s.url.as_str().trim_end_matches('/').to_string(),
             header_timeout: s.header_timeout,
             idle_timeout: s.idle_timeout,
             extra: s.headers.clone(),
-            authorization,
+            replace: s.api_key.is_some(),
+            auth,
+        })
+    }
+
+    /// A client for `s.anthropic_url`, the Anthropic family: a replaced key
+    /// goes as `x-api-key`. A tenant that replaces keys but names no
+    /// Anthropic key sends none there (the caller's never leaves).
+    pub fn anthropic(s: &UpstreamSettings) -> Result<Upstream, String> {
+        let auth = match &s.anthropic_api_key {
+            Some(k) => Some((
+                HeaderName::from_static("x-api-key"),
+                secret_header(k.expose().to_string())?,
+            )),
+            None => None,
+        };
+        Ok(Upstream {
+            client: https_client(s.connect_timeout)?,
+            base: s.anthropic_url.as_str().trim_end_matches('/').to_string(),
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            extra: s.headers.clone(),
+            replace: s.api_key.is_some() || s.anthropic_api_key.is_some(),
+            auth,
         })
     }
 
@@ -143,13 +183,15 @@ impl Upstream {
         for (n, v) in &self.extra {
             headers.insert(n.clone(), v.clone());
         }
-        if let Some(auth) = &self.authorization {
+        if self.replace {
             // Virtual keys: the caller's gateway key never leaves the gateway,
             // and no extra header can replace the tenant's key.
-            for n in ["api-key", "x-api-key"] {
+            for n in ["authorization", "api-key", "x-api-key"] {
                 headers.remove(n);
             }
-            headers.insert(header::AUTHORIZATION, auth.clone());
+            if let Some((n, v)) = &self.auth {
+                headers.insert(n.clone(), v.clone());
+            }
         }
         *req.headers_mut() = headers;
         match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {

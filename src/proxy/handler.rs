@@ -37,7 +37,7 @@ use crate::{
         body::{
             boxed, full, BoxError, FirstByte, FlushBeforeError, IdleTimeout, Peeked, ProxyBody,
         },
-        upstream::{strip_hop_by_hop, Upstream},
+        upstream::{is_anthropic, strip_hop_by_hop, Upstream},
     },
     keying::{inputs, CacheKey, Endpoint},
     metrics::{Metrics, OTHER_MODEL},
@@ -191,7 +191,8 @@ impl Gateway {
         }
     }
 
-    /// Handles one request. Never fails: errors become OpenAI-shaped responses.
+    /// Handles one request. Never fails: errors become responses in the
+    /// shape of the API called (OpenAI's, or Anthropic's).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let endpoint = if req.method() == Method::POST {
@@ -200,12 +201,13 @@ impl Gateway {
             None
         };
         let route = endpoint.map_or("other", Endpoint::as_str);
+        let anthropic = is_anthropic(req.uri().path(), req.headers());
         let mut who = None;
         let (mut resp, outcome) = match self.serve(endpoint, req, &mut who).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), "request failed");
-                (e.to_response(), Outcome::Error)
+                (e.to_response_as(anthropic), Outcome::Error)
             }
         };
         let h = resp.headers_mut();
@@ -348,10 +350,14 @@ impl Gateway {
             // NOTE: never a cache read or write for a caller that is no tenant's.
             return match set.unknown_keys {
                 UnknownKeys::Reject => {
-                    Ok((GatewayError::UnknownKey.to_response(), Outcome::Rejected))
+                    let anthropic = is_anthropic(parts.uri.path(), &parts.headers);
+                    Ok((
+                        GatewayError::UnknownKey.to_response_as(anthropic),
+                        Outcome::Rejected,
+                    ))
                 }
                 UnknownKeys::Passthrough => Ok((
-                    self.forward(&set.fallback, &parts, body, None, None)
+                    self.forward(set.fallback_for(&parts), &parts, body, None, None)
                         .await?,
                     Outcome::Bypass(SkipReason::UnknownCaller),
                 )),
@@ -383,7 +389,7 @@ impl Gateway {
                 // Not cacheable, malformed, or the cache is skipped: the upstream decides.
                 tracing::debug!(reason = reason.as_str(), "bypassing the cache");
                 return Ok((
-                    self.forward(&tenant.upstream, &parts, body, None, verify)
+                    self.forward(tenant.upstream_for(&parts), &parts, body, None, verify)
                         .await?,
                     Outcome::Bypass(reason),
                 ));
@@ -480,7 +486,7 @@ impl Gateway {
             flight,
         });
         let resp = self
-            .forward(&tenant.upstream, &parts, body, write, verify)
+            .forward(tenant.upstream_for(&parts), &parts, body, write, verify)
             .await?;
         Ok((resp, forwarded))
     }
@@ -499,7 +505,7 @@ impl Gateway {
         let Ok(inputs) = inputs::of(b.body.get("input")) else {
             let body = full(b.original.clone());
             let resp = self
-                .forward(&b.tenant.upstream, b.parts, body, None, verify)
+                .forward(b.tenant.upstream_for(b.parts), b.parts, body, None, verify)
                 .await?;
             return Ok((resp, forwarded));
         };
@@ -582,7 +588,13 @@ impl Gateway {
             (parts, body)
         };
         let resp = self
-            .forward(&b.tenant.upstream, &parts, full(body), None, verify)
+            .forward(
+                b.tenant.upstream_for(&parts),
+                &parts,
+                full(body),
+                None,
+                verify,
+            )
             .await?;
         let (mut rparts, mut rbody) = resp.into_parts();
         if let Ok(v) = HeaderValue::from_str(&tally) {

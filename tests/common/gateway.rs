@@ -112,6 +112,8 @@ pub fn settings(upstream: &str, data_dir: &Path) -> Settings {
         },
     )
     .unwrap();
+    // NOTE: Anthropic's family goes to the same mock.
+    upstreams(&mut s, |u| u.anthropic_url = u.url.clone());
     for_tests(&mut s);
     s
 }

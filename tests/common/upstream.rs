@@ -270,9 +270,116 @@ pub fn embeddings_json(tag: &str, body: &Value) -> Value {
            "usage": {"prompt_tokens": n, "total_tokens": n}})
 }
 
+/// The last user text of a Messages request (a string, or its text blocks).
+pub fn messages_question(body: &Value) -> String {
+    let Some(m) = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// An Anthropic message answering with `text`, led by a thinking block
+/// when `thinking` is given, stopped for `stop`.
+pub fn messages_json(text: &str, thinking: Option<&str>, stop: &str) -> Value {
+    let mut content = Vec::new();
+    if let Some(t) = thinking {
+        content.push(json!({"type": "thinking", "thinking": t, "signature": "EqQBCkYIBRgCIkDsig"}));
+    }
+    content.push(json!({"type": "text", "text": text}));
+    json!({"id": "msg_01upstream", "type": "message", "role": "assistant", "model": "claude-test",
+           "content": content, "stop_reason": stop, "stop_sequence": null,
+           "usage": {"input_tokens": 21, "cache_creation_input_tokens": 0,
+                     "cache_read_input_tokens": 0, "output_tokens": 9}})
+}
+
+/// The message `m` as Anthropic streams it: `message_start`, a ping, each
+/// block word by word, `message_delta`, `message_stop`.
+pub fn messages_sse(m: &Value) -> Vec<Bytes> {
+    let ev = |kind: &str, data: Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+    let mut start = m.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"]["output_tokens"] = json!(1);
+    let mut out = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": start}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    for (i, b) in m["content"].as_array().unwrap().iter().enumerate() {
+        let (field, delta_kind) = if b["type"] == "thinking" {
+            ("thinking", "thinking_delta")
+        } else {
+            ("text", "text_delta")
+        };
+        out.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": i, "content_block": {"type": b["type"], field: ""}}),
+        ));
+        for w in b[field].as_str().unwrap().split_inclusive(' ') {
+            out.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": i, "delta": {"type": delta_kind, field: w}}),
+            ));
+        }
+        if let Some(sig) = b["signature"].as_str() {
+            out.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": sig}}),
+            ));
+        }
+        out.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    out.push(ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": m["stop_reason"], "stop_sequence": null},
+               "usage": {"output_tokens": m["usage"]["output_tokens"]}}),
+    ));
+    out.push(ev("message_stop", json!({"type": "message_stop"})));
+    out
+}
+
+/// The reply to a Messages request: `answer_for(question, n)` behind `tag`,
+/// streamed or not as asked, with a thinking block when thinking is on.
+pub fn messages_reply(tag: &str, seen: &Seen, n: usize) -> Reply {
+    let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+    let text = format!("{tag}{}", answer_for(&messages_question(&v), n));
+    let thinking = v["thinking"]["type"] == "enabled";
+    let m = messages_json(
+        &text,
+        thinking.then_some("Let me think this through, step by step."),
+        "end_turn",
+    );
+    if v["stream"] == json!(true) {
+        Reply::Chunks(vec![], messages_sse(&m), Duration::from_millis(1))
+    } else {
+        Reply::Full(
+            200,
+            vec![("content-type", "application/json".into())],
+            Bytes::from(m.to_string()),
+        )
+    }
+}
+
 /// A mock that answers chat requests (JSON or SSE, as asked) with
-/// `answer_for(question, call number)`, embeddings requests with
-/// [`embeddings_json`], and anything else with `{"ok":true}`.
+/// `answer_for(question, call number)`, Messages requests likewise in
+/// Anthropic's shapes, embeddings requests with [`embeddings_json`], and
+/// anything else with `{"ok":true}`.
 pub fn llm() -> Handler {
     llm_tagged("")
 }
@@ -282,6 +389,9 @@ pub fn llm() -> Handler {
 pub fn llm_tagged(tag: &'static str) -> Handler {
     Arc::new(move |seen: &Seen, n: usize| {
         let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if seen.path_and_query.starts_with("/v1/messages") {
+            return messages_reply(tag, seen, n);
+        }
         if seen.path_and_query.starts_with("/v1/embeddings") {
             return Reply::Full(
                 200,
