@@ -164,3 +164,55 @@ async fn the_openai_sdk_gets_cached_embeddings_in_order_as_base64_or_floats() {
     assert_eq!(asked["encoding_format"], "base64", "the SDK's default");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_anthropic_sdk_gets_a_miss_then_hits_with_create_and_stream() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let base = format!("http://{}", app.proxy_addr);
+    let calls = run_script("sdk_anthropic.py", vec![base]).await;
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    let light = answer_for("What is the speed of light?", 1);
+    assert_eq!(calls["json-miss"]["cache"], "miss");
+    assert_eq!(calls["json-miss"]["text"], light);
+    assert_eq!(calls["json-hit"]["cache"], "hit");
+    assert_eq!(calls["json-hit"]["text"], light);
+    assert_ne!(calls["json-hit"]["id"], calls["json-miss"]["id"]);
+    assert_eq!(calls["json-hit"]["stop_reason"], "end_turn");
+    // messages.stream() over a replayed stream: its text events and final message.
+    let s = &calls["stream-hit-of-json"];
+    assert_eq!(s["cache"], "hit");
+    assert_eq!(s["streamed_text"], light);
+    assert_eq!(s["text"], light);
+    assert!(s["pieces"].as_u64().unwrap() >= 2, "text in pieces");
+    assert_eq!(s["output_tokens"], 9);
+
+    let sky = answer_for("Why is the sky blue?", 2);
+    assert_eq!(calls["stream-miss"]["cache"], "miss");
+    assert_eq!(calls["stream-miss"]["text"], sky);
+    assert_eq!(calls["stream-hit"]["cache"], "hit");
+    assert_eq!(calls["stream-hit"]["text"], sky);
+    assert_eq!(
+        calls["stream-hit"]["thinking"], calls["stream-miss"]["thinking"],
+        "thinking and its signature survive"
+    );
+    assert_eq!(calls["stream-hit"]["thinking"][0][1], "EqQBCkYIBRgCIkDsig");
+    assert_eq!(calls["json-hit-of-stream"]["cache"], "hit");
+    assert_eq!(
+        calls["json-hit-of-stream"]["thinking"],
+        calls["stream-miss"]["thinking"]
+    );
+    assert_eq!(up.calls(), 2, "only the two misses reach the upstream");
+    // The SDK's own key reached the upstream untouched (this SDK version
+    // sends it as a bearer token; older ones as x-api-key).
+    let h = up.last().headers;
+    let key = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert!(
+        key("authorization").as_deref() == Some("Bearer sk-ant-test-not-real")
+            || key("x-api-key").as_deref() == Some("sk-ant-test-not-real"),
+        "{h:?}"
+    );
+    assert!(h.contains_key("anthropic-version"));
+    app.shutdown().await;
+}
