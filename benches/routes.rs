@@ -1,5 +1,5 @@
-//! The routes issue 16 adds, end to end: hit latency and the overhead on a
-//! miss, each quoted against the same run's direct call to the mock with
+//! The routes issue 16 adds (embeddings, Anthropic's Messages), end to end:
+//! hit latency and the overhead on a miss, each quoted against the same run's direct call to the mock with
 //! the same request (absolute times drift on a shared machine). It only
 //! reports: nothing here asserts on a timing.
 //!
@@ -32,6 +32,13 @@ const DIMS: usize = 1536;
 fn embeddings(body: &Value) -> Call {
     Call::new("POST", "/v1/embeddings")
         .header("content-type", "application/json")
+        .body(body.to_string())
+}
+
+fn anthropic(body: &Value) -> Call {
+    Call::new("POST", "/v1/messages")
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
         .body(body.to_string())
 }
 
@@ -82,7 +89,13 @@ async fn bench() -> Result<()> {
     let client = client();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[server]\ndrain_timeout = \"5s\"\n")?;
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndrain_timeout = \"5s\"\n[upstream]\nanthropic_url = \"{}\"\n",
+            up.url()
+        ),
+    )?;
     let mut gw = Binary::serve(&config, dir.path())
         .bin(bin)
         .args(&["--upstream", &up.url()])
@@ -154,6 +167,43 @@ async fn bench() -> Result<()> {
         }
         mixed.push(t);
     }
+    // Messages: misses, then hits, JSON and streamed, each next to a
+    // direct call with the same request.
+    let question = |i: usize| {
+        json!({"model": "claude-bench", "max_tokens": 256,
+               "messages": [{"role": "user", "content": format!("Question number {i}: what is it?")}]})
+    };
+    let mut lat: [(Vec<Duration>, Vec<Duration>); 4] = Default::default();
+    let w1 = written(&client, gw.admin).await?;
+    for (phase, stream, want) in [(0, false, "miss"), (1, false, "hit"), (2, true, "hit")] {
+        for i in 0..BATCHES {
+            let mut b = question(i);
+            b["stream"] = json!(stream);
+            lat[phase]
+                .0
+                .push(timed(&client, anthropic(&b), up.addr).await?.1);
+            let (got, t) = timed(&client, anthropic(&b), gw.proxy).await?;
+            if got.cache() != want {
+                bail!("a Messages request was {}, not {want}", got.cache());
+            }
+            lat[phase].1.push(t);
+        }
+        if phase == 0 {
+            wait_written(&client, gw.admin, w1 + BATCHES as f64).await?;
+        }
+    }
+    for i in 0..BATCHES {
+        let mut b = question(BATCHES + i);
+        b["stream"] = json!(true);
+        lat[3]
+            .0
+            .push(timed(&client, anthropic(&b), up.addr).await?.1);
+        let (got, t) = timed(&client, anthropic(&b), gw.proxy).await?;
+        if got.cache() != "miss" {
+            bail!("a new streamed Messages request was {}", got.cache());
+        }
+        lat[3].1.push(t);
+    }
     let status = gw.terminate().await;
 
     let (dm, m) = (stats(&direct_miss), stats(&miss));
@@ -172,6 +222,23 @@ async fn bench() -> Result<()> {
     overhead("embeddings miss vs direct", &m, &dm);
     overhead("embeddings hit vs direct", &h, &dh);
     overhead("embeddings half cached vs direct", &x, &dx);
+    println!();
+    header_row();
+    let names = [
+        "messages miss",
+        "messages hit",
+        "messages streamed hit",
+        "messages streamed miss",
+    ];
+    for (name, (direct, via)) in names.iter().zip(&lat) {
+        row(&format!("direct to mock: {name}"), &stats(direct));
+        row(&format!("gateway: {name}"), &stats(via));
+    }
+    println!();
+    println!("against the direct call (same client, same run)");
+    for (name, (direct, via)) in names.iter().zip(&lat) {
+        overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
+    }
     println!();
     println!("gateway stopped: {status}");
     Ok(())
