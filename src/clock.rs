@@ -45,6 +45,7 @@ pub fn completion_id(endpoint: Endpoint) -> String {
         // NOTE: an embeddings answer carries no id; the tail names nothing.
         Endpoint::Completions | Endpoint::Embeddings => format!("cmpl-mc{tail}"),
         Endpoint::Messages => format!("msg_mc{tail}"),
+        Endpoint::Responses => format!("resp_mc{tail}"),
     }
 }
 

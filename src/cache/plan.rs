@@ -47,7 +47,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Every reason, for metrics created at zero.
-    pub const ALL: [SkipReason; 14] = [
+    pub const ALL: [SkipReason; 15] = [
         SkipReason::Route,
         SkipReason::UnknownCaller,
         SkipReason::CacheOff,
@@ -62,6 +62,7 @@ impl SkipReason {
         SkipReason::Uncacheable(Uncacheable::BadMessages),
         SkipReason::Uncacheable(Uncacheable::PromptNotString),
         SkipReason::Uncacheable(Uncacheable::BadInput),
+        SkipReason::Uncacheable(Uncacheable::Stateful),
     ];
 
     /// A short stable name.

@@ -36,6 +36,10 @@ pub enum GatewayError {
     /// The request URI could not be mapped onto the upstream.
     #[error("bad request target: {0}")]
     BadTarget(String),
+    /// A response id this gateway minted for a cached answer and no longer
+    /// holds (a restart, another replica, or a day unused).
+    #[error("response {0} was served from the modelcache gateway's cache and is no longer held here (the gateway restarted, another replica served it, or it went unused for a day); send the conversation as input instead of previous_response_id")]
+    NotHeld(String),
     /// The caller matches no tenant and `auth.unknown_keys = "reject"`.
     #[error("this API key is not known to the gateway (modelcache): ask its operator for a key")]
     UnknownKey,
@@ -52,6 +56,7 @@ impl GatewayError {
             GatewayError::BadRequestBody(_) | GatewayError::BadTarget(_) => StatusCode::BAD_REQUEST,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
+            GatewayError::NotHeld(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -65,6 +70,7 @@ impl GatewayError {
             GatewayError::BadRequestBody(_)
             | GatewayError::RequestTimeout(_)
             | GatewayError::BadTarget(_)
+            | GatewayError::NotHeld(_)
             | GatewayError::UnknownKey => "invalid_request_error",
         }
     }
@@ -80,6 +86,7 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::BadTarget(_) => "bad_target",
             GatewayError::UnknownKey => "unknown_key",
+            GatewayError::NotHeld(_) => "response_not_held",
         }
     }
 
@@ -94,6 +101,7 @@ impl GatewayError {
             GatewayError::BadRequestBody(_)
             | GatewayError::RequestTimeout(_)
             | GatewayError::BadTarget(_) => "invalid_request_error",
+            GatewayError::NotHeld(_) => "not_found_error",
             GatewayError::UpstreamTimeout(_) => "timeout_error",
             _ => "api_error",
         };

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 pub mod anthropic;
 pub mod inputs;
+pub mod responses;
 
 /// The cacheable endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub enum Endpoint {
     Embeddings,
     /// `POST /v1/messages`, Anthropic's Messages API.
     Messages,
+    /// `POST /v1/responses`, OpenAI's Responses API.
+    Responses,
 }
 
 impl Endpoint {
@@ -31,6 +34,7 @@ impl Endpoint {
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
             "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -42,6 +46,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -70,6 +75,10 @@ pub enum Uncacheable {
     /// non-empty list of either.
     #[error("input is not a string, a token array or a list of them")]
     BadInput,
+    /// A Responses request that depends on the upstream's state
+    /// (`previous_response_id`, `conversation`) or runs in the background.
+    #[error("the answer depends on state the upstream holds")]
+    Stateful,
 }
 
 impl Uncacheable {
@@ -81,6 +90,7 @@ impl Uncacheable {
             Uncacheable::BadMessages => "bad_messages",
             Uncacheable::PromptNotString => "prompt_not_string",
             Uncacheable::BadInput => "bad_input",
+            Uncacheable::Stateful => "stateful",
         }
     }
 }
@@ -310,14 +320,20 @@ pub fn key_with(
     body: &Value,
     opts: &KeyOptions<'_>,
 ) -> Result<CacheKey, Uncacheable> {
-    // NOTE: a Messages request is keyed as the chat it amounts to, under
-    // its own endpoint name, so that it never shares a chat's partition.
+    // NOTE: a Messages or Responses request is keyed as the chat it amounts
+    // to, under its own endpoint name, so that it never shares a chat's
+    // partition.
     let chat_shaped;
-    let body = if endpoint == Endpoint::Messages {
-        chat_shaped = anthropic::as_chat(body)?;
-        &chat_shaped
-    } else {
-        body
+    let body = match endpoint {
+        Endpoint::Messages => {
+            chat_shaped = anthropic::as_chat(body)?;
+            &chat_shaped
+        }
+        Endpoint::Responses => {
+            chat_shaped = responses::as_chat(body)?;
+            &chat_shaped
+        }
+        _ => body,
     };
     let obj = body.as_object().ok_or(Uncacheable::NotAnObject)?;
     let model = obj
@@ -350,7 +366,7 @@ pub fn key_with(
     // Where the turns compared by meaning sit, and their roles.
     let mut meaning_turns: Vec<(usize, &str)> = Vec::new();
     let (text, embed_text, semantic) = match endpoint {
-        Endpoint::Chat | Endpoint::Messages => {
+        Endpoint::Chat | Endpoint::Messages | Endpoint::Responses => {
             let msgs = obj
                 .get("messages")
                 .and_then(Value::as_array)

@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{replay::pieces, sse::Reject};
+use super::wire::{events, pieces, Reject};
 
 /// The chat `finish_reason` a Messages `stop_reason` amounts to, which the
 /// tenant's `cacheable_finish_reasons` is written in; None for a stop
@@ -66,7 +66,7 @@ pub fn assemble(body: &str) -> Result<Value, Reject> {
     let mut message: Option<Map<String, Value>> = None;
     let mut blocks: std::collections::BTreeMap<u64, Block> = Default::default();
     let mut done = false;
-    for event in super::sse::events(body) {
+    for event in events(body) {
         if event.is_error() {
             return Err(Reject::ErrorEvent);
         }

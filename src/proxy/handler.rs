@@ -16,12 +16,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{
     embeddings,
     flight::{FlightGuard, Flights, Joined},
-    replay,
+    replay, responses,
     sse::storable_answer,
     tee::Tee,
 };
@@ -43,6 +43,9 @@ use crate::{
     metrics::{Metrics, OTHER_MODEL},
     tenants::{caller_hash, Tenant, TenantSet, VerifiedKeys},
 };
+
+/// How many bytes of minted Responses answers each gateway process holds.
+const MINTED_BYTES: u64 = 64 << 20;
 
 /// The metrics label of callers that match no tenant (tenant names cannot
 /// start with `_`).
@@ -127,6 +130,8 @@ pub struct Gateway {
     cache: Arc<OnceLock<Arc<Cache>>>,
     metrics: Arc<Metrics>,
     flights: Flights,
+    /// The Responses ids minted for hits, so that clients can chain onto them.
+    minted: responses::Minted,
     single_flight_wait: Duration,
 }
 
@@ -157,6 +162,7 @@ impl Gateway {
             cache,
             metrics,
             flights: Flights::default(),
+            minted: responses::Minted::new(MINTED_BYTES),
             single_flight_wait,
         }
     }
@@ -301,7 +307,7 @@ impl Gateway {
         let set = self.snapshot();
         let caller = caller_hash(req.headers());
         let known = set.by_key_or_header(req.headers(), &caller);
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
 
         // The body of a cacheable request is read (bounded) to key it and to
         // match model patterns; anything else streams through.
@@ -331,7 +337,8 @@ impl Gateway {
             },
             _ => (None, Some(boxed(IdleTimeout::new(body, stall)))),
         };
-        let parsed: Option<Value> = bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok());
+        let mut bytes = bytes;
+        let mut parsed: Option<Value> = bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok());
         let tenant = known
             .or_else(|| {
                 parsed
@@ -364,6 +371,35 @@ impl Gateway {
             };
         };
         *who = Some(tenant.clone());
+        let mut body = body;
+        if let Some(served) = self.minted_response(&parts, tenant.name()) {
+            return Ok(served);
+        }
+        // NOTE: a request chained onto a response this gateway minted goes
+        // upstream written out in full, for the upstream has never seen it.
+        if let (Some(Endpoint::Responses), Some(v)) = (endpoint, &parsed) {
+            if let Some(id) = v
+                .get("previous_response_id")
+                .and_then(Value::as_str)
+                .filter(|id| id.starts_with(responses::MINTED_PREFIX))
+            {
+                let Some(served) = self.minted.get(tenant.name(), id) else {
+                    return Ok((
+                        GatewayError::NotHeld(id.to_string()).to_response(),
+                        Outcome::Error,
+                    ));
+                };
+                if let Some(full_body) = responses::chained(v, &served) {
+                    let b = Bytes::from(full_body.to_string());
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                    body = full(b.clone());
+                    bytes = Some(b);
+                    parsed = Some(full_body);
+                }
+            }
+        }
         // Only answers on the cacheable routes prove a key: an upstream may
         // well serve other paths without authentication.
         let verify = endpoint.map(|_| Verify {
@@ -428,6 +464,10 @@ impl Gateway {
             };
             return self.embeddings(batch, verify, forwarded).await;
         }
+        let mint = parsed.as_ref().map(|b| Mint {
+            tenant: tenant.name(),
+            body: b,
+        });
         let mut embedding = None;
         if reads && verified {
             let found = cache.lookup(tenant.name(), &key, &options).await;
@@ -443,7 +483,7 @@ impl Gateway {
                 // NOTE: None when the entry cannot be replayed faithfully (no
                 // usage stored, usage asked for): forwarded, and the fresh
                 // answer replaces the entry.
-                if let Some(mut resp) = self.hit_response(&key, &hit) {
+                if let Some(mut resp) = self.hit_response(&key, &hit, mint) {
                     let request_id = crate::clock::new_request_id();
                     if let Ok(v) = HeaderValue::from_str(&request_id) {
                         resp.headers_mut().insert("x-modelcache-request-id", v);
@@ -468,7 +508,7 @@ impl Gateway {
                 Joined::Leader(guard) => flight = Some(guard),
                 Joined::Follower(f) if reads && verified => {
                     if let Some(answer) = f.answer(self.single_flight_wait).await {
-                        if let Some(resp) = self.answer_response(&key, &answer) {
+                        if let Some(resp) = self.answer_response(&key, &answer, mint) {
                             self.count_savings(&set, tenant.name(), &key, &answer);
                             return Ok((resp, Outcome::HitCoalesced));
                         }
@@ -813,9 +853,37 @@ impl Gateway {
 
     /// A stored answer as the response `key` asks for: JSON, or SSE events;
     /// None when it cannot be replayed faithfully.
-    fn answer_response(&self, key: &CacheKey, answer: &str) -> Option<Response<ProxyBody>> {
+    fn answer_response(
+        &self,
+        key: &CacheKey,
+        answer: &str,
+        mint: Option<Mint<'_>>,
+    ) -> Option<Response<ProxyBody>> {
+        // NOTE: a Responses answer is served under an id minted here, which
+        // the client may chain onto or fetch: remembered for the tenant.
+        let served = match key.endpoint {
+            Endpoint::Responses => {
+                let id = crate::clock::completion_id(Endpoint::Responses);
+                let served = responses::served(answer, &id)?;
+                if let Some(m) = mint.filter(|m| m.body.get("store") != Some(&Value::Bool(false))) {
+                    self.minted.remember(
+                        &id,
+                        responses::Served {
+                            tenant: m.tenant.to_string(),
+                            response: served.clone(),
+                            input: responses::input_items(m.body),
+                        },
+                    );
+                }
+                Some(served)
+            }
+            _ => None,
+        };
         let mut resp = if key.stream {
-            let events = replay::sse_events(key.endpoint, answer, key.include_usage)?;
+            let events = match &served {
+                Some(r) => responses::sse_events(r)?,
+                None => replay::sse_events(key.endpoint, answer, key.include_usage)?,
+            };
             let frames = stream::iter(
                 events
                     .into_iter()
@@ -830,7 +898,10 @@ impl Gateway {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
         } else {
-            let body = replay::json_body(key.endpoint, answer)?;
+            let body = match &served {
+                Some(r) => Bytes::from(r.to_string()),
+                None => replay::json_body(key.endpoint, answer)?,
+            };
             let mut r = Response::new(full(body));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -845,8 +916,42 @@ impl Gateway {
         Some(resp)
     }
 
-    fn hit_response(&self, key: &CacheKey, hit: &Hit) -> Option<Response<ProxyBody>> {
-        let mut resp = self.answer_response(key, &hit.entry.answer)?;
+    /// `GET` or `DELETE /v1/responses/{id}` for an id this gateway minted:
+    /// answered here, for the tenant it was served to (404 if it is not
+    /// held); None for anything else.
+    fn minted_response(
+        &self,
+        parts: &http::request::Parts,
+        tenant: &str,
+    ) -> Option<(Response<ProxyBody>, Outcome)> {
+        let id = parts.uri.path().strip_prefix("/v1/responses/")?;
+        if !id.starts_with(responses::MINTED_PREFIX) || id.contains('/') {
+            return None;
+        }
+        let found = match parts.method {
+            Method::GET => self.minted.get(tenant, id).map(|s| s.response.to_string()),
+            Method::DELETE => self
+                .minted
+                .forget(tenant, id)
+                .then(|| json!({"id": id, "object": "response", "deleted": true}).to_string()),
+            _ => return None,
+        };
+        Some(match found {
+            Some(body) => (json_response(Bytes::from(body)), Outcome::HitExact),
+            None => (
+                GatewayError::NotHeld(id.to_string()).to_response(),
+                Outcome::Error,
+            ),
+        })
+    }
+
+    fn hit_response(
+        &self,
+        key: &CacheKey,
+        hit: &Hit,
+        mint: Option<Mint<'_>>,
+    ) -> Option<Response<ProxyBody>> {
+        let mut resp = self.answer_response(key, &hit.entry.answer, mint)?;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", hit.similarity)) {
             h.insert("x-modelcache-similarity", v);
@@ -860,6 +965,13 @@ impl Gateway {
         }
         Some(resp)
     }
+}
+
+/// Whom a Responses answer is minted for, and the request it answers.
+#[derive(Clone, Copy)]
+struct Mint<'a> {
+    tenant: &'a str,
+    body: &'a Value,
 }
 
 /// An embeddings request the cache takes part in.

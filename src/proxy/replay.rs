@@ -24,21 +24,7 @@ pub fn json_body(endpoint: Endpoint, answer: &str) -> Option<Bytes> {
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
-/// Splits text into stream-sized pieces at whitespace, about `size` bytes each.
-pub fn pieces(text: &str, size: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for ch in text.chars() {
-        cur.push(ch);
-        if cur.len() >= size && ch.is_whitespace() {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
+pub use super::wire::pieces;
 
 const PIECE: usize = 16;
 
@@ -65,8 +51,9 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
     let object = match endpoint {
         Endpoint::Chat => "chat.completion.chunk",
         Endpoint::Completions => "text_completion",
-        // NOTE: embeddings are never streamed; messages returned above.
-        Endpoint::Embeddings | Endpoint::Messages => return None,
+        // NOTE: embeddings are never streamed; messages returned above, and
+        // responses are replayed by `responses` under the id they are served.
+        Endpoint::Embeddings | Endpoint::Messages | Endpoint::Responses => return None,
     };
     let chunk = |choice: Value| {
         let mut m = Map::new();
@@ -88,7 +75,10 @@ pub fn sse_events(endpoint: Endpoint, answer: &str, include_usage: bool) -> Opti
         let index = c.get("index").cloned().unwrap_or(json!(n));
         let finish = c.get("finish_reason").cloned().unwrap_or(Value::Null);
         match endpoint {
-            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {
+            Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Messages
+            | Endpoint::Responses => {
                 let text = c.get("text").and_then(Value::as_str).unwrap_or("");
                 for p in pieces(text, PIECE) {
                     out.push(chunk(

@@ -7,110 +7,13 @@
 //! an event of type `error`), a truncated body or a disallowed
 //! `finish_reason` all mean "do not cache".
 
-use std::{collections::BTreeMap, io::Read};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
 use crate::keying::Endpoint;
 
-/// Why an upstream answer is not cached.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Reject {
-    /// `Content-Encoding` we cannot decode.
-    #[error("unsupported content-encoding {0}")]
-    Encoding(String),
-    /// The body did not decompress.
-    #[error("body does not decode")]
-    Corrupt,
-    /// Not JSON, or not the expected shape.
-    #[error("not a complete answer: {0}")]
-    Shape(&'static str),
-    /// The stream carried an error event.
-    #[error("the stream carried an error")]
-    ErrorEvent,
-    /// The stream ended without `[DONE]`.
-    #[error("the stream ended without [DONE]")]
-    NoDone,
-    /// A `finish_reason` the policy does not cache.
-    #[error("finish_reason {0} is not cacheable")]
-    FinishReason(String),
-}
-
-/// Undoes `Content-Encoding`.
-pub fn decode(encoding: Option<&str>, body: &[u8], cap: usize) -> Result<Vec<u8>, Reject> {
-    let enc = encoding.unwrap_or("identity").trim().to_ascii_lowercase();
-    let mut out = Vec::new();
-    let res = match enc.as_str() {
-        "" | "identity" => return Ok(body.to_vec()),
-        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(body)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out),
-        "deflate" => flate2::read::ZlibDecoder::new(body)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out),
-        other => return Err(Reject::Encoding(other.to_string())),
-    };
-    match res {
-        Ok(_) if out.len() <= cap => Ok(out),
-        _ => Err(Reject::Corrupt),
-    }
-}
-
-/// One Server-Sent Event: its type (the `event:` field) and its data, each
-/// if present.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Event {
-    /// The `event:` field.
-    pub kind: Option<String>,
-    /// The `data:` lines, joined with `\n`.
-    pub data: Option<String>,
-}
-
-impl Event {
-    /// Whether the upstream flagged this event as an error (`event: error`).
-    pub fn is_error(&self) -> bool {
-        self.kind
-            .as_deref()
-            .is_some_and(|k| k.trim().eq_ignore_ascii_case("error"))
-    }
-}
-
-/// The events of an SSE body, in order: every block with a `data:` or an
-/// `event:` line.
-pub fn events(body: &str) -> Vec<Event> {
-    let mut out = Vec::new();
-    let mut cur = Event::default();
-    for line in body.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            if cur.kind.is_some() || cur.data.is_some() {
-                out.push(std::mem::take(&mut cur));
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("data:") {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut cur.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(rest);
-                }
-                None => cur.data = Some(rest.to_string()),
-            }
-        } else if let Some(rest) = line.strip_prefix("event:") {
-            cur.kind = Some(rest.strip_prefix(' ').unwrap_or(rest).to_string());
-        }
-    }
-    if cur.kind.is_some() || cur.data.is_some() {
-        out.push(cur);
-    }
-    out
-}
-
-/// The `data` payloads of an SSE body, in order.
-pub fn data_events(body: &str) -> Vec<String> {
-    events(body).into_iter().filter_map(|e| e.data).collect()
-}
+pub use super::wire::{data_events, decode, events, Event, Reject};
 
 #[derive(Default)]
 struct ToolAcc {
@@ -150,6 +53,7 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
             return Err(Reject::Shape("an embeddings answer is never a stream"))
         }
         Endpoint::Messages => return super::anthropic::assemble(body),
+        Endpoint::Responses => return super::responses::assemble(body),
         Endpoint::Chat | Endpoint::Completions => {}
     }
     let mut done = false;
@@ -214,9 +118,10 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
             }
             match endpoint {
                 // NOTE: the other endpoints returned above.
-                Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => {
-                    append(&mut acc.content, c.get("text"))
-                }
+                Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::Messages
+                | Endpoint::Responses => append(&mut acc.content, c.get("text")),
                 Endpoint::Chat => {
                     let Some(d) = c.get("delta") else { continue };
                     if let Some(r) = d.get("role").and_then(Value::as_str) {
@@ -262,7 +167,10 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         .map(|(idx, c)| {
             let logprobs = c.logprobs.map_or(Value::Null, |l| json!({ "content": l }));
             match endpoint {
-                Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => json!({
+                Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::Messages
+                | Endpoint::Responses => json!({
                     "text": c.content.unwrap_or_default(),
                     "index": idx,
                     "logprobs": logprobs,
@@ -315,7 +223,10 @@ pub fn assemble(endpoint: Endpoint, body: &str) -> Result<Value, Reject> {
         "object".into(),
         json!(match endpoint {
             Endpoint::Chat => "chat.completion",
-            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => "text_completion",
+            Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Messages
+            | Endpoint::Responses => "text_completion",
         }),
     );
     top.insert("choices".into(), Value::Array(out_choices));
@@ -365,6 +276,7 @@ pub fn storable_answer(
     };
     match endpoint {
         Endpoint::Messages => super::anthropic::validate(&answer, allowed_finish)?,
+        Endpoint::Responses => super::responses::validate(&answer, allowed_finish)?,
         _ => validate(&answer, allowed_finish)?,
     }
     Ok(answer)

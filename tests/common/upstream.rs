@@ -376,9 +376,137 @@ pub fn messages_reply(tag: &str, seen: &Seen, n: usize) -> Reply {
     }
 }
 
+/// The last user text of a Responses request (its string input, or the
+/// text of its last user item).
+pub fn responses_question(body: &Value) -> String {
+    match &body["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .rev()
+            .find(|i| i["role"] == "user")
+            .map(|i| match &i["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// A completed Responses answer with `text`, led by a reasoning item (with
+/// encrypted content) when `reasoning` is given.
+pub fn responses_json(id: &str, text: &str, reasoning: Option<&str>) -> Value {
+    let mut output = Vec::new();
+    if let Some(r) = reasoning {
+        output.push(json!({"type": "reasoning", "id": format!("rs_{id}"),
+            "summary": [{"type": "summary_text", "text": r}], "encrypted_content": "gAAAAABenc-opaque"}));
+    }
+    output.push(json!({"type": "message", "id": format!("msg_{id}"), "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}));
+    json!({"id": id, "object": "response", "created_at": 1700000000, "status": "completed",
+           "error": null, "incomplete_details": null, "instructions": null, "max_output_tokens": null,
+           "model": "gpt-test", "output": output, "parallel_tool_calls": true, "previous_response_id": null,
+           "reasoning": {"effort": null, "summary": null}, "store": true, "temperature": 1.0,
+           "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+           "truncation": "disabled", "metadata": {},
+           "usage": {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
+                     "output_tokens": 8, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 20}})
+}
+
+/// The response `r` as OpenAI streams it: the lifecycle with sequence
+/// numbers, word-sized text deltas carrying `obfuscation` padding.
+pub fn responses_sse(r: &Value) -> Vec<Bytes> {
+    let mut seq = 0;
+    let mut out = Vec::new();
+    let mut ev = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        out.push(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")));
+    };
+    let mut start = r.clone();
+    start["status"] = json!("in_progress");
+    start["output"] = json!([]);
+    start["usage"] = Value::Null;
+    ev("response.created", json!({"response": start}));
+    ev("response.in_progress", json!({"response": start}));
+    for (i, item) in r["output"].as_array().unwrap().iter().enumerate() {
+        let mut added = item.clone();
+        if item["type"] == "message" {
+            added["content"] = json!([]);
+            added["status"] = json!("in_progress");
+            ev(
+                "response.output_item.added",
+                json!({"output_index": i, "item": added}),
+            );
+            let part = &item["content"][0];
+            ev(
+                "response.content_part.added",
+                json!({"item_id": item["id"], "output_index": i, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+            );
+            for w in part["text"].as_str().unwrap().split_inclusive(' ') {
+                ev(
+                    "response.output_text.delta",
+                    json!({"item_id": item["id"], "output_index": i, "content_index": 0,
+                    "delta": w, "logprobs": [], "obfuscation": "pAdDiNg"}),
+                );
+            }
+            ev(
+                "response.output_text.done",
+                json!({"item_id": item["id"], "output_index": i, "content_index": 0,
+                "text": part["text"], "logprobs": []}),
+            );
+            ev(
+                "response.content_part.done",
+                json!({"item_id": item["id"], "output_index": i, "content_index": 0, "part": part}),
+            );
+        } else {
+            added["summary"] = json!([]);
+            ev(
+                "response.output_item.added",
+                json!({"output_index": i, "item": added}),
+            );
+        }
+        ev(
+            "response.output_item.done",
+            json!({"output_index": i, "item": item}),
+        );
+    }
+    ev("response.completed", json!({"response": r}));
+    out
+}
+
+/// The reply to a Responses request: `answer_for(question, n)` behind `tag`,
+/// streamed or not as asked, with a reasoning item when `reasoning` is set.
+pub fn responses_reply(tag: &str, seen: &Seen, n: usize) -> Reply {
+    let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+    let text = format!("{tag}{}", answer_for(&responses_question(&v), n));
+    let reasoning = v
+        .get("reasoning")
+        .is_some()
+        .then_some("Considering the question carefully.");
+    let r = responses_json(&format!("resp_up{n}"), &text, reasoning);
+    if v["stream"] == json!(true) {
+        Reply::Chunks(vec![], responses_sse(&r), Duration::from_millis(1))
+    } else {
+        Reply::Full(
+            200,
+            vec![("content-type", "application/json".into())],
+            Bytes::from(r.to_string()),
+        )
+    }
+}
+
 /// A mock that answers chat requests (JSON or SSE, as asked) with
-/// `answer_for(question, call number)`, Messages requests likewise in
-/// Anthropic's shapes, embeddings requests with [`embeddings_json`], and
+/// `answer_for(question, call number)`, Responses and Messages requests
+/// likewise in their own shapes, embeddings requests with [`embeddings_json`], and
 /// anything else with `{"ok":true}`.
 pub fn llm() -> Handler {
     llm_tagged("")
@@ -389,6 +517,9 @@ pub fn llm() -> Handler {
 pub fn llm_tagged(tag: &'static str) -> Handler {
     Arc::new(move |seen: &Seen, n: usize| {
         let v: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if seen.path_and_query.starts_with("/v1/responses") {
+            return responses_reply(tag, seen, n);
+        }
         if seen.path_and_query.starts_with("/v1/messages") {
             return messages_reply(tag, seen, n);
         }
