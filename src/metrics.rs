@@ -10,7 +10,14 @@ use prometheus::{
 };
 
 /// Routes, as labelled.
-pub const ROUTES: [&str; 4] = ["chat", "completions", "embeddings", "other"];
+pub const ROUTES: [&str; 6] = [
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "responses",
+    "other",
+];
 /// Request results, as labelled.
 pub const RESULTS: [&str; 5] = ["hit_exact", "hit_semantic", "miss", "bypass", "error"];
 /// A cache stage that can fail: the `stage` label of

@@ -216,3 +216,51 @@ async fn the_anthropic_sdk_gets_a_miss_then_hits_with_create_and_stream() {
     assert!(h.contains_key("anthropic-version"));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_openai_sdk_gets_responses_from_cache_streamed_or_not_and_chains_onto_them() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let base = format!("http://{}/v1", app.proxy_addr);
+    let calls = run_script("sdk_responses.py", vec![base]).await;
+    assert_eq!(calls.len(), 8, "{calls:?}");
+    let paris = answer_for("What is the capital of France?", 1);
+    assert_eq!(calls["miss"]["cache"], "miss");
+    assert_eq!(calls["miss"]["text"], paris);
+    assert_eq!(calls["hit"]["cache"], "hit");
+    assert_eq!(calls["hit"]["text"], paris);
+    assert!(calls["hit"]["id"].as_str().unwrap().starts_with("resp_mc"));
+    // responses.create(stream=True) over a replayed lifecycle.
+    let s = &calls["stream-hit"];
+    assert_eq!(s["cache"], "hit");
+    assert_eq!(s["deltas"], paris);
+    assert_eq!(s["text"], paris);
+    assert_eq!(s["first"], "response.created");
+    assert_eq!(s["last"], "response.completed");
+    // The responses.stream() helper accepts it and builds the final response.
+    assert_eq!(calls["helper-hit"]["deltas"], paris);
+    assert_eq!(calls["helper-hit"]["text"], paris);
+    assert_eq!(calls["helper-hit"]["status"], "completed");
+    let sky = answer_for("Why is the sky blue?", 2);
+    assert_eq!(calls["stream-miss"]["cache"], "miss");
+    assert_eq!(calls["stream-miss"]["text"], sky);
+    assert_eq!(calls["helper-hit-of-stream"]["text"], sky);
+    // Chained onto a minted id: answered by the upstream from the whole
+    // conversation, and the minted response can be retrieved.
+    assert!(calls["chained"]["first_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("resp_mc"));
+    assert_eq!(
+        calls["chained"]["text"],
+        answer_for("And its population?", 3)
+    );
+    assert_eq!(calls["retrieved"]["id"], calls["chained"]["first_id"]);
+    assert_eq!(calls["retrieved"]["text"], paris);
+    assert_eq!(up.calls(), 3, "two misses and the chained request");
+    let seen: Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert!(seen.get("previous_response_id").is_none());
+    assert_eq!(seen["input"].as_array().unwrap().len(), 3);
+    app.shutdown().await;
+}
