@@ -1,4 +1,5 @@
-//! The routes issue 16 adds (embeddings, Anthropic's Messages), end to end:
+//! The routes issue 16 adds (embeddings, Anthropic's Messages, OpenAI's
+//! Responses), end to end:
 //! hit latency and the overhead on a miss, each quoted against the same run's direct call to the mock with
 //! the same request (absolute times drift on a shared machine). It only
 //! reports: nothing here asserts on a timing.
@@ -39,6 +40,12 @@ fn anthropic(body: &Value) -> Call {
     Call::new("POST", "/v1/messages")
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
+        .body(body.to_string())
+}
+
+fn openai_responses(body: &Value) -> Call {
+    Call::new("POST", "/v1/responses")
+        .header("content-type", "application/json")
         .body(body.to_string())
 }
 
@@ -204,6 +211,32 @@ async fn bench() -> Result<()> {
         }
         lat[3].1.push(t);
     }
+    // Responses: the same four phases.
+    let input = |i: usize| json!({"model": "gpt-bench", "input": format!("Question number {i}: what is it?")});
+    let mut rlat: [(Vec<Duration>, Vec<Duration>); 4] = Default::default();
+    let w2 = written(&client, gw.admin).await?;
+    for (phase, stream, want, offset) in [
+        (0, false, "miss", 0),
+        (1, false, "hit", 0),
+        (2, true, "hit", 0),
+        (3, true, "miss", BATCHES),
+    ] {
+        for i in 0..BATCHES {
+            let mut b = input(offset + i);
+            b["stream"] = json!(stream);
+            rlat[phase]
+                .0
+                .push(timed(&client, openai_responses(&b), up.addr).await?.1);
+            let (got, t) = timed(&client, openai_responses(&b), gw.proxy).await?;
+            if got.cache() != want {
+                bail!("a Responses request was {}, not {want}", got.cache());
+            }
+            rlat[phase].1.push(t);
+        }
+        if phase == 0 {
+            wait_written(&client, gw.admin, w2 + BATCHES as f64).await?;
+        }
+    }
     let status = gw.terminate().await;
 
     let (dm, m) = (stats(&direct_miss), stats(&miss));
@@ -237,6 +270,23 @@ async fn bench() -> Result<()> {
     println!();
     println!("against the direct call (same client, same run)");
     for (name, (direct, via)) in names.iter().zip(&lat) {
+        overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
+    }
+    println!();
+    header_row();
+    let names = [
+        "responses miss",
+        "responses hit",
+        "responses streamed hit",
+        "responses streamed miss",
+    ];
+    for (name, (direct, via)) in names.iter().zip(&rlat) {
+        row(&format!("direct to mock: {name}"), &stats(direct));
+        row(&format!("gateway: {name}"), &stats(via));
+    }
+    println!();
+    println!("against the direct call (same client, same run)");
+    for (name, (direct, via)) in names.iter().zip(&rlat) {
         overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
     }
     println!();
