@@ -308,3 +308,69 @@ async fn incomplete_cut_or_failed_answers_are_never_stored() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_tenants_share_neither_answers_nor_minted_ids() {
+    let (ua, ub) = (mock(llm_tagged("A: ")).await, mock(llm_tagged("B: ")).await);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[tenants]]\nname = \"alpha\"\nkeys_env = [\"ALPHA_KEY\"]\nupstream = {{ url = \"{}\", anthropic_url = \"{}\" }}\n\n\
+         [[tenants]]\nname = \"beta\"\nkeys_env = [\"BETA_KEY\"]\nupstream = {{ url = \"{}\", anthropic_url = \"{}\" }}\n",
+        ua.url(),
+        ua.url(),
+        ub.url(),
+        ub.url()
+    );
+    let env = [("ALPHA_KEY", "key-alpha"), ("BETA_KEY", "key-beta")];
+    let app = Gateway::new(settings_from(&text, dir.path(), &env))
+        .start()
+        .await;
+    let q = ask_r("Shared words, two tenants");
+    let claude = json!({"model": "claude-test", "max_tokens": 64,
+                        "messages": [{"role": "user", "content": "Shared words, two tenants"}]});
+    let ask = |key: &str, responses_api: bool| {
+        let call = if responses_api {
+            responses(&q)
+        } else {
+            Call::new("POST", "/v1/messages")
+                .header("content-type", "application/json")
+                .body(claude.to_string())
+        };
+        call.key(key)
+    };
+    for api in [true, false] {
+        for key in ["key-alpha", "key-beta"] {
+            assert_eq!(
+                ask(key, api).send(&app).await.cache(),
+                "miss",
+                "{key} {api}"
+            );
+            settle(&app).await;
+        }
+    }
+    let a = ask("key-alpha", true).send(&app).await;
+    let b = ask("key-beta", true).send(&app).await;
+    assert_eq!((a.cache(), b.cache()), ("hit".into(), "hit".into()));
+    assert!(text_of(&a).starts_with("A: ") && text_of(&b).starts_with("B: "));
+    let ma = ask("key-alpha", false).send(&app).await;
+    let mb = ask("key-beta", false).send(&app).await;
+    assert_eq!((ma.cache(), mb.cache()), ("hit".into(), "hit".into()));
+    assert!(ma.text().contains("A: ") && mb.text().contains("B: "));
+    // Alpha's minted id is nothing to beta.
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/responses/{id}");
+    assert_eq!(
+        Call::get(&path).key("key-alpha").send(&app).await.status,
+        200
+    );
+    assert_eq!(
+        Call::get(&path).key("key-beta").send(&app).await.status,
+        404
+    );
+    let mut chained = ask_r("And then?");
+    chained["previous_response_id"] = json!(id);
+    let got = responses(&chained).key("key-beta").send(&app).await;
+    assert_eq!(got.status, 404);
+    assert_eq!((ua.calls(), ub.calls()), (2, 2));
+    app.shutdown().await;
+}
