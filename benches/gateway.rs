@@ -955,27 +955,5 @@ async fn bench() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    // NOTE: `cargo test --all-targets` (make test) builds and runs benches too,
-    // without `--bench`; there the bench only proves it compiles.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("gateway bench: built; run it with `make bench` (cargo bench --bench gateway)");
-        return ExitCode::SUCCESS;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gateway bench: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gateway bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("gateway", bench)
 }

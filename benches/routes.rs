@@ -30,25 +30,6 @@ const INPUTS: usize = 8;
 /// Components per vector, as `text-embedding-3-small` gives.
 const DIMS: usize = 1536;
 
-fn embeddings(body: &Value) -> Call {
-    Call::new("POST", "/v1/embeddings")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-}
-
-fn anthropic(body: &Value) -> Call {
-    Call::new("POST", "/v1/messages")
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .body(body.to_string())
-}
-
-fn openai_responses(body: &Value) -> Call {
-    Call::new("POST", "/v1/responses")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-}
-
 fn batch(model: &str, inputs: &[String]) -> Value {
     json!({"model": model, "input": inputs, "dimensions": DIMS})
 }
@@ -90,6 +71,59 @@ async fn wait_written(client: &HttpClient, admin: SocketAddr, target: f64) -> Re
     Ok(())
 }
 
+/// Gateway and direct latencies of one phase.
+type Phase = (Vec<Duration>, Vec<Duration>);
+
+/// The four phases of a chat-like route: `BATCHES` misses, the same as JSON
+/// hits and as streamed hits, then new questions streamed (misses). Each
+/// gateway call is timed next to a direct call with the same request.
+async fn four_phases(
+    client: &HttpClient,
+    gw: &common::Running,
+    direct: SocketAddr,
+    call: fn(&Value) -> Call,
+    question: impl Fn(usize) -> Value,
+) -> Result<[Phase; 4]> {
+    let mut lat: [Phase; 4] = Default::default();
+    let w = written(client, gw.admin).await?;
+    for (phase, stream, want, offset) in [
+        (0, false, "miss", 0),
+        (1, false, "hit", 0),
+        (2, true, "hit", 0),
+        (3, true, "miss", BATCHES),
+    ] {
+        for i in 0..BATCHES {
+            let mut b = question(offset + i);
+            b["stream"] = json!(stream);
+            lat[phase].0.push(timed(client, call(&b), direct).await?.1);
+            let (got, t) = timed(client, call(&b), gw.proxy).await?;
+            if got.cache() != want {
+                bail!("phase {phase}: a request was {}, not {want}", got.cache());
+            }
+            lat[phase].1.push(t);
+        }
+        if phase == 0 {
+            wait_written(client, gw.admin, w + BATCHES as f64).await?;
+        }
+    }
+    Ok(lat)
+}
+
+fn print_phases(route: &str, lat: &[Phase; 4]) {
+    let names = ["miss", "hit", "streamed hit", "streamed miss"].map(|n| format!("{route} {n}"));
+    println!();
+    header_row();
+    for (name, (direct, via)) in names.iter().zip(lat) {
+        row(&format!("direct to mock: {name}"), &stats(direct));
+        row(&format!("gateway: {name}"), &stats(via));
+    }
+    println!();
+    println!("against the direct call (same client, same run)");
+    for (name, (direct, via)) in names.iter().zip(lat) {
+        overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
+    }
+}
+
 async fn bench() -> Result<()> {
     let bin = release_bin().map_err(anyhow::Error::msg)?;
     let up = mock(llm()).await;
@@ -123,8 +157,8 @@ async fn bench() -> Result<()> {
     // Warm-up: connections both ways; another model, so nothing here serves.
     for i in 0..50 {
         let b = batch("warm-up", &[format!("warm {i}")]);
-        timed(&client, embeddings(&b), up.addr).await?;
-        timed(&client, embeddings(&b), gw.proxy).await?;
+        timed(&client, Call::embeddings(&b), up.addr).await?;
+        timed(&client, Call::embeddings(&b), gw.proxy).await?;
     }
     let inputs = |round: &str, i: usize| -> Vec<String> {
         (0..INPUTS)
@@ -138,8 +172,8 @@ async fn bench() -> Result<()> {
     let (mut direct_miss, mut miss) = (Vec::new(), Vec::new());
     for i in 0..BATCHES {
         let b = batch(model, &inputs("first", i));
-        direct_miss.push(timed(&client, embeddings(&b), up.addr).await?.1);
-        let (got, t) = timed(&client, embeddings(&b), gw.proxy).await?;
+        direct_miss.push(timed(&client, Call::embeddings(&b), up.addr).await?.1);
+        let (got, t) = timed(&client, Call::embeddings(&b), gw.proxy).await?;
         if got.cache() != "miss" {
             bail!("a first-time batch was {}", got.cache());
         }
@@ -151,8 +185,8 @@ async fn bench() -> Result<()> {
     let (mut direct_hit, mut hit) = (Vec::new(), Vec::new());
     for i in 0..BATCHES {
         let b = batch(model, &inputs("first", i));
-        direct_hit.push(timed(&client, embeddings(&b), up.addr).await?.1);
-        let (got, t) = timed(&client, embeddings(&b), gw.proxy).await?;
+        direct_hit.push(timed(&client, Call::embeddings(&b), up.addr).await?.1);
+        let (got, t) = timed(&client, Call::embeddings(&b), gw.proxy).await?;
         if got.cache() != "hit" {
             bail!("a cached batch was {}", got.cache());
         }
@@ -166,77 +200,29 @@ async fn bench() -> Result<()> {
         half.truncate(INPUTS / 2);
         half.extend(inputs("second", i).into_iter().take(INPUTS / 2));
         let b = batch(model, &half);
-        direct_mixed.push(timed(&client, embeddings(&b), up.addr).await?.1);
-        let (got, t) = timed(&client, embeddings(&b), gw.proxy).await?;
+        direct_mixed.push(timed(&client, Call::embeddings(&b), up.addr).await?.1);
+        let (got, t) = timed(&client, Call::embeddings(&b), gw.proxy).await?;
         let want = format!("{}/{INPUTS}", INPUTS / 2);
         if got.header("x-modelcache-cached-inputs") != want {
             bail!("a half-cached batch was not served half from the cache");
         }
         mixed.push(t);
     }
-    // Messages: misses, then hits, JSON and streamed, each next to a
-    // direct call with the same request.
-    let question = |i: usize| {
+    // Messages, then Responses: misses, then hits, JSON and streamed, then
+    // streamed misses, each next to a direct call with the same request.
+    let messages = four_phases(&client, &gw, up.addr, Call::messages, |i| {
         json!({"model": "claude-bench", "max_tokens": 256,
                "messages": [{"role": "user", "content": format!("Question number {i}: what is it?")}]})
-    };
-    let mut lat: [(Vec<Duration>, Vec<Duration>); 4] = Default::default();
-    let w1 = written(&client, gw.admin).await?;
-    for (phase, stream, want) in [(0, false, "miss"), (1, false, "hit"), (2, true, "hit")] {
-        for i in 0..BATCHES {
-            let mut b = question(i);
-            b["stream"] = json!(stream);
-            lat[phase]
-                .0
-                .push(timed(&client, anthropic(&b), up.addr).await?.1);
-            let (got, t) = timed(&client, anthropic(&b), gw.proxy).await?;
-            if got.cache() != want {
-                bail!("a Messages request was {}, not {want}", got.cache());
-            }
-            lat[phase].1.push(t);
-        }
-        if phase == 0 {
-            wait_written(&client, gw.admin, w1 + BATCHES as f64).await?;
-        }
-    }
-    for i in 0..BATCHES {
-        let mut b = question(BATCHES + i);
-        b["stream"] = json!(true);
-        lat[3]
-            .0
-            .push(timed(&client, anthropic(&b), up.addr).await?.1);
-        let (got, t) = timed(&client, anthropic(&b), gw.proxy).await?;
-        if got.cache() != "miss" {
-            bail!("a new streamed Messages request was {}", got.cache());
-        }
-        lat[3].1.push(t);
-    }
-    // Responses: the same four phases.
-    let input = |i: usize| json!({"model": "gpt-bench", "input": format!("Question number {i}: what is it?")});
-    let mut rlat: [(Vec<Duration>, Vec<Duration>); 4] = Default::default();
-    let w2 = written(&client, gw.admin).await?;
-    for (phase, stream, want, offset) in [
-        (0, false, "miss", 0),
-        (1, false, "hit", 0),
-        (2, true, "hit", 0),
-        (3, true, "miss", BATCHES),
-    ] {
-        for i in 0..BATCHES {
-            let mut b = input(offset + i);
-            b["stream"] = json!(stream);
-            rlat[phase]
-                .0
-                .push(timed(&client, openai_responses(&b), up.addr).await?.1);
-            let (got, t) = timed(&client, openai_responses(&b), gw.proxy).await?;
-            if got.cache() != want {
-                bail!("a Responses request was {}, not {want}", got.cache());
-            }
-            rlat[phase].1.push(t);
-        }
-        if phase == 0 {
-            wait_written(&client, gw.admin, w2 + BATCHES as f64).await?;
-        }
-    }
+    })
+    .await?;
+    let responses = four_phases(
+        &client,
+        &gw,
+        up.addr,
+        Call::responses,
+        |i| json!({"model": "gpt-bench", "input": format!("Question number {i}: what is it?")}),
+    )
+    .await?;
     let status = gw.terminate().await;
 
     let (dm, m) = (stats(&direct_miss), stats(&miss));
@@ -255,67 +241,13 @@ async fn bench() -> Result<()> {
     overhead("embeddings miss vs direct", &m, &dm);
     overhead("embeddings hit vs direct", &h, &dh);
     overhead("embeddings half cached vs direct", &x, &dx);
-    println!();
-    header_row();
-    let names = [
-        "messages miss",
-        "messages hit",
-        "messages streamed hit",
-        "messages streamed miss",
-    ];
-    for (name, (direct, via)) in names.iter().zip(&lat) {
-        row(&format!("direct to mock: {name}"), &stats(direct));
-        row(&format!("gateway: {name}"), &stats(via));
-    }
-    println!();
-    println!("against the direct call (same client, same run)");
-    for (name, (direct, via)) in names.iter().zip(&lat) {
-        overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
-    }
-    println!();
-    header_row();
-    let names = [
-        "responses miss",
-        "responses hit",
-        "responses streamed hit",
-        "responses streamed miss",
-    ];
-    for (name, (direct, via)) in names.iter().zip(&rlat) {
-        row(&format!("direct to mock: {name}"), &stats(direct));
-        row(&format!("gateway: {name}"), &stats(via));
-    }
-    println!();
-    println!("against the direct call (same client, same run)");
-    for (name, (direct, via)) in names.iter().zip(&rlat) {
-        overhead(&format!("{name} vs direct"), &stats(via), &stats(direct));
-    }
+    print_phases("messages", &messages);
+    print_phases("responses", &responses);
     println!();
     println!("gateway stopped: {status}");
     Ok(())
 }
 
 fn main() -> ExitCode {
-    // NOTE: `cargo test --all-targets` builds and runs benches without
-    // `--bench`; there the bench only proves it compiles.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("routes bench: built; run it with `make bench` (cargo bench --bench routes)");
-        return ExitCode::SUCCESS;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("routes bench: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("routes bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("routes", bench)
 }

@@ -15,12 +15,6 @@ use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
-fn embed(body: Value) -> Call {
-    Call::new("POST", "/v1/embeddings")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-}
-
 /// The vectors of an answer, decoded from floats or base64, by `index`.
 fn vectors(got: &Got) -> Vec<Vec<f32>> {
     let v = got.json();
@@ -55,11 +49,11 @@ fn sent_upstream(up: &Mock) -> Vec<Value> {
 async fn an_input_is_a_miss_then_an_exact_hit_and_another_input_misses() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let body = json!({"model": "text-embedding-3-small", "input": "The quick brown fox"});
-    let miss = embed(body.clone()).send(&app).await;
+    let miss = Call::embeddings(&body).send(&app).await;
     assert_eq!(miss.status, 200);
     assert_eq!(miss.cache(), "miss");
     settle(&app).await;
-    let hit = embed(body.clone()).send(&app).await;
+    let hit = Call::embeddings(&body).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(up.calls(), 1, "the hit must not reach the upstream");
     assert_eq!(vectors(&hit), vectors(&miss));
@@ -77,7 +71,7 @@ async fn an_input_is_a_miss_then_an_exact_hit_and_another_input_misses() {
         json!({"model": "text-embedding-3-large", "input": "The quick brown fox"}),
         json!({"model": "text-embedding-3-small", "input": "The quick brown fox", "dimensions": 4}),
     ] {
-        let got = embed(other.clone()).send(&app).await;
+        let got = Call::embeddings(&other).send(&app).await;
         assert_eq!(got.cache(), "miss", "{other}");
     }
     assert_eq!(up.calls(), 4);
@@ -87,7 +81,7 @@ async fn an_input_is_a_miss_then_an_exact_hit_and_another_input_misses() {
 #[tokio::test]
 async fn a_mixed_batch_sends_only_new_inputs_and_answers_in_input_order() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
-    let first = embed(json!({"model": "e", "input": ["alpha", "beta"]}))
+    let first = Call::embeddings(&json!({"model": "e", "input": ["alpha", "beta"]}))
         .send(&app)
         .await;
     assert_eq!(first.cache(), "miss");
@@ -107,7 +101,7 @@ async fn a_mixed_batch_sends_only_new_inputs_and_answers_in_input_order() {
         if let Some(e) = encoding {
             body["encoding_format"] = json!(e);
         }
-        let got = embed(body).send(&app).await;
+        let got = Call::embeddings(&body).send(&app).await;
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(got.cache(), "miss");
         assert_eq!(up.calls(), n, "one upstream call per batch");
@@ -126,7 +120,7 @@ async fn a_mixed_batch_sends_only_new_inputs_and_answers_in_input_order() {
         assert_eq!(got.header("x-modelcache-cached-inputs"), "2/5");
         // The new inputs were written: now the whole batch is a hit.
         settle(&app).await;
-        let again = embed(json!({"model": "e", "input": [y.clone(), x.clone()]}))
+        let again = Call::embeddings(&json!({"model": "e", "input": [y.clone(), x.clone()]}))
             .send(&app)
             .await;
         assert_eq!(again.cache(), "hit");
@@ -140,13 +134,13 @@ async fn a_mixed_batch_sends_only_new_inputs_and_answers_in_input_order() {
 async fn token_arrays_and_repeats_keep_their_positions() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let inputs = vec![json!([1, 2, 3]), json!([4]), json!([1, 2, 3])];
-    let miss = embed(json!({"model": "e", "input": inputs}))
+    let miss = Call::embeddings(&json!({"model": "e", "input": inputs}))
         .send(&app)
         .await;
     assert_eq!(miss.cache(), "miss");
     assert_eq!(vectors(&miss), expected(&inputs));
     settle(&app).await;
-    let hit = embed(json!({"model": "e", "input": [[4], [1, 2, 3], [4]]}))
+    let hit = Call::embeddings(&json!({"model": "e", "input": [[4], [1, 2, 3], [4]]}))
         .send(&app)
         .await;
     assert_eq!(hit.cache(), "hit");
@@ -155,13 +149,13 @@ async fn token_arrays_and_repeats_keep_their_positions() {
         expected(&[json!([4]), json!([1, 2, 3]), json!([4])])
     );
     // One token array as the whole input is one input.
-    let single = embed(json!({"model": "e", "input": [1, 2, 3]}))
+    let single = Call::embeddings(&json!({"model": "e", "input": [1, 2, 3]}))
         .send(&app)
         .await;
     assert_eq!(single.cache(), "hit");
     assert_eq!(vectors(&single), expected(&[json!([1, 2, 3])]));
     // A string never passes for tokens.
-    let text = embed(json!({"model": "e", "input": "[1,2,3]"}))
+    let text = Call::embeddings(&json!({"model": "e", "input": "[1,2,3]"}))
         .send(&app)
         .await;
     assert_eq!(text.cache(), "miss");
@@ -189,30 +183,32 @@ async fn a_broken_answer_is_never_cached_and_a_mixed_batch_gets_a_clear_502() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
-    embed(json!({"model": "e", "input": "kept"}))
+    Call::embeddings(&json!({"model": "e", "input": "kept"}))
         .send(&app)
         .await;
     settle(&app).await;
     broken.store(true, Ordering::SeqCst);
 
     // Every input new: the answer is passed on as it came, and not cached.
-    let all_new = embed(json!({"model": "e", "input": ["a", "b"]}))
+    let all_new = Call::embeddings(&json!({"model": "e", "input": ["a", "b"]}))
         .send(&app)
         .await;
     assert_eq!(all_new.status, 200);
     assert_eq!(all_new.json()["data"].as_array().unwrap().len(), 1);
     settle(&app).await;
-    let again = embed(json!({"model": "e", "input": "a"})).send(&app).await;
+    let again = Call::embeddings(&json!({"model": "e", "input": "a"}))
+        .send(&app)
+        .await;
     assert_eq!(again.cache(), "miss", "a broken answer was cached");
     // Partly cached: a short answer cannot be merged, and the client is told.
-    let mixed = embed(json!({"model": "e", "input": ["kept", "x", "y"]}))
+    let mixed = Call::embeddings(&json!({"model": "e", "input": ["kept", "x", "y"]}))
         .send(&app)
         .await;
     assert_eq!(mixed.status, 502, "{}", mixed.text());
     assert_eq!(mixed.json()["error"]["code"], "modelcache_upstream_shape");
     settle(&app).await;
     broken.store(false, Ordering::SeqCst);
-    let after = embed(json!({"model": "e", "input": ["x", "y"]}))
+    let after = Call::embeddings(&json!({"model": "e", "input": ["x", "y"]}))
         .send(&app)
         .await;
     assert_eq!(
@@ -245,7 +241,7 @@ async fn upstream_errors_pass_through_and_bad_inputs_are_forwarded_uncached() {
     let dir = tempfile::tempdir().unwrap();
     let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
     for _ in 0..2 {
-        let got = embed(json!({"model": "e", "input": "boom"}))
+        let got = Call::embeddings(&json!({"model": "e", "input": "boom"}))
             .send(&app)
             .await;
         assert_eq!(got.status, 400);
@@ -255,7 +251,7 @@ async fn upstream_errors_pass_through_and_bad_inputs_are_forwarded_uncached() {
     assert_eq!(up.calls(), 2, "an error is never cached");
     // An input of no known shape: forwarded untouched, never keyed.
     for _ in 0..2 {
-        let got = embed(json!({"model": "e", "input": [{"text": "x"}]}))
+        let got = Call::embeddings(&json!({"model": "e", "input": [{"text": "x"}]}))
             .send(&app)
             .await;
         assert_eq!(got.cache(), "bypass");
@@ -285,12 +281,12 @@ async fn two_tenants_never_share_vectors() {
         .await;
     let body = json!({"model": "e", "input": "shared words"});
     for key in ["key-alpha", "key-beta"] {
-        let got = embed(body.clone()).key(key).send(&app).await;
+        let got = Call::embeddings(&body).key(key).send(&app).await;
         assert_eq!(got.cache(), "miss", "{key}");
         settle(&app).await;
     }
-    let a = embed(body.clone()).key("key-alpha").send(&app).await;
-    let b = embed(body.clone()).key("key-beta").send(&app).await;
+    let a = Call::embeddings(&body).key("key-alpha").send(&app).await;
+    let b = Call::embeddings(&body).key("key-beta").send(&app).await;
     assert_eq!((a.cache(), b.cache()), ("hit".into(), "hit".into()));
     assert_eq!(
         vectors(&a),

@@ -18,13 +18,6 @@ fn ask_claude(q: &str) -> Value {
            "messages": [{"role": "user", "content": q}]})
 }
 
-fn messages(body: &Value) -> Call {
-    Call::new("POST", "/v1/messages")
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .body(body.to_string())
-}
-
 fn streamed(body: &Value) -> Value {
     let mut b = body.clone();
     b["stream"] = json!(true);
@@ -55,11 +48,11 @@ fn text_of(got: &Got) -> String {
 async fn a_miss_then_hits_streamed_or_not_each_way() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let q = ask_claude("What is the capital of France?");
-    let miss = messages(&q).send(&app).await;
+    let miss = Call::messages(&q).send(&app).await;
     assert_eq!(miss.status, 200);
     assert_eq!(miss.cache(), "miss");
     settle(&app).await;
-    let hit = messages(&q).send(&app).await;
+    let hit = Call::messages(&q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(up.calls(), 1, "the hit must not reach the upstream");
     assert_eq!(text_of(&hit), text_of(&miss));
@@ -71,7 +64,7 @@ async fn a_miss_then_hits_streamed_or_not_each_way() {
     assert_eq!(h["usage"], miss.json()["usage"]);
 
     // The JSON entry replayed as Anthropic's stream, every event typed.
-    let sh = messages(&streamed(&q)).send(&app).await;
+    let sh = Call::messages(&streamed(&q)).send(&app).await;
     assert_eq!(sh.cache(), "hit");
     assert!(sh.header("content-type").starts_with("text/event-stream"));
     let body = sh.text();
@@ -86,13 +79,13 @@ async fn a_miss_then_hits_streamed_or_not_each_way() {
 
     // A streamed miss, then a streamed and a JSON hit.
     let q2 = ask_claude("Why is the sky blue?");
-    let smiss = messages(&streamed(&q2)).send(&app).await;
+    let smiss = Call::messages(&streamed(&q2)).send(&app).await;
     assert_eq!(smiss.cache(), "miss");
     settle(&app).await;
-    let shit = messages(&streamed(&q2)).send(&app).await;
+    let shit = Call::messages(&streamed(&q2)).send(&app).await;
     assert_eq!(shit.cache(), "hit");
     assert_eq!(text_of(&shit), text_of(&smiss));
-    let jhit = messages(&q2).send(&app).await;
+    let jhit = Call::messages(&q2).send(&app).await;
     assert_eq!(jhit.cache(), "hit");
     assert_eq!(text_of(&jhit), text_of(&smiss));
     assert_eq!(jhit.json()["usage"]["input_tokens"], 21);
@@ -106,7 +99,7 @@ async fn what_splits_the_partition_and_what_does_not() {
     let mut base = ask_claude("Name three primes.");
     base["system"] = json!([{"type": "text", "text": "You are terse.",
                              "cache_control": {"type": "ephemeral"}}]);
-    assert_eq!(messages(&base).send(&app).await.cache(), "miss");
+    assert_eq!(Call::messages(&base).send(&app).await.cache(), "miss");
     settle(&app).await;
     // Anthropic's prompt-cache markers are hints, not part of the key.
     let mut unmarked = base.clone();
@@ -114,7 +107,7 @@ async fn what_splits_the_partition_and_what_does_not() {
         .as_object_mut()
         .unwrap()
         .remove("cache_control");
-    assert_eq!(messages(&unmarked).send(&app).await.cache(), "hit");
+    assert_eq!(Call::messages(&unmarked).send(&app).await.cache(), "hit");
     assert_eq!(up.calls(), 1);
 
     let variant = |f: &str, v: Value| {
@@ -152,11 +145,15 @@ async fn what_splits_the_partition_and_what_does_not() {
         ),
     ];
     for (i, (name, body)) in cases.iter().enumerate() {
-        assert_eq!(messages(body).send(&app).await.cache(), "miss", "{name}");
+        assert_eq!(
+            Call::messages(body).send(&app).await.cache(),
+            "miss",
+            "{name}"
+        );
         assert_eq!(up.calls(), 2 + i, "{name}");
     }
     // A beta header can change the answer.
-    let beta = messages(&base)
+    let beta = Call::messages(&base)
         .header("anthropic-beta", "output-128k-2025-02-19")
         .send(&app)
         .await;
@@ -178,9 +175,9 @@ async fn thinking_blocks_survive_a_streamed_miss_and_a_streamed_hit() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let mut q = streamed(&ask_claude("Is 97 prime?"));
     q["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
-    let miss = messages(&q).send(&app).await;
+    let miss = Call::messages(&q).send(&app).await;
     settle(&app).await;
-    let hit = messages(&q).send(&app).await;
+    let hit = Call::messages(&q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(up.calls(), 1);
     let (a, b) = (message_of(&miss), message_of(&hit));
@@ -261,7 +258,7 @@ async fn unfinished_refused_cut_or_errored_answers_are_never_stored() {
             ask_claude(q)
         };
         for _ in 0..2 {
-            let got = messages(&body).send(&app).await;
+            let got = Call::messages(&body).send(&app).await;
             assert_ne!(got.cache(), "hit", "{q}");
             calls += 1;
             assert_eq!(up.calls(), calls, "{q} must reach the upstream every time");
@@ -269,7 +266,7 @@ async fn unfinished_refused_cut_or_errored_answers_are_never_stored() {
         }
     }
     // The upstream's own error comes back untouched.
-    let got = messages(&ask_claude("overloaded")).send(&app).await;
+    let got = Call::messages(&ask_claude("overloaded")).send(&app).await;
     assert_eq!(got.status, 529);
     assert_eq!(got.json()["error"]["type"], "overloaded_error");
     app.shutdown().await;
@@ -299,7 +296,7 @@ async fn the_anthropic_family_has_its_own_upstream_and_x_api_key_callers_are_rep
     let q = ask_claude("What is a monad?");
 
     // The first answer verifies the caller's key; the repeat is a hit.
-    let first = messages(&q)
+    let first = Call::messages(&q)
         .header("x-api-key", "mc-virtual-key")
         .send(&app)
         .await;
@@ -314,7 +311,7 @@ async fn the_anthropic_family_has_its_own_upstream_and_x_api_key_callers_are_rep
     assert!(seen.headers.get("authorization").is_none());
     assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
     settle(&app).await;
-    let again = messages(&q)
+    let again = Call::messages(&q)
         .header("x-api-key", "mc-virtual-key")
         .send(&app)
         .await;
@@ -344,7 +341,7 @@ async fn the_anthropic_family_has_its_own_upstream_and_x_api_key_callers_are_rep
     assert_eq!(anthropic.calls(), 2);
 
     // An unknown key is refused in Anthropic's error shape.
-    let unknown = messages(&q)
+    let unknown = Call::messages(&q)
         .header("x-api-key", "sk-ant-someone-else")
         .send(&app)
         .await;
@@ -364,16 +361,16 @@ async fn a_paraphrase_hits_through_the_real_model() {
         .real_model()
         .start()
         .await;
-    let miss = messages(&ask_claude("How do I reverse a list in Python?"))
+    let miss = Call::messages(&ask_claude("How do I reverse a list in Python?"))
         .send(&app)
         .await;
     settle(&app).await;
-    let para = messages(&ask_claude("How can I reverse a list in Python?"))
+    let para = Call::messages(&ask_claude("How can I reverse a list in Python?"))
         .send(&app)
         .await;
     assert_eq!(para.cache(), "hit", "{}", para.header("cache-status"));
     assert_eq!(text_of(&para), text_of(&miss));
-    let other = messages(&ask_claude("How do I sort a list in Python?"))
+    let other = Call::messages(&ask_claude("How do I sort a list in Python?"))
         .send(&app)
         .await;
     assert_eq!(other.cache(), "miss");

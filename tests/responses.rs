@@ -13,12 +13,6 @@ use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
-fn responses(body: &Value) -> Call {
-    Call::new("POST", "/v1/responses")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-}
-
 fn ask_r(q: &str) -> Value {
     json!({"model": "gpt-test", "input": q})
 }
@@ -69,10 +63,10 @@ fn text_of(got: &Got) -> String {
 async fn a_miss_then_hits_streamed_or_not_each_way_with_a_consistent_lifecycle() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let q = ask_r("What is the capital of France?");
-    let miss = responses(&q).send(&app).await;
+    let miss = Call::responses(&q).send(&app).await;
     assert_eq!(miss.cache(), "miss");
     settle(&app).await;
-    let hit = responses(&q).send(&app).await;
+    let hit = Call::responses(&q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(up.calls(), 1);
     assert_eq!(text_of(&hit), text_of(&miss));
@@ -83,7 +77,7 @@ async fn a_miss_then_hits_streamed_or_not_each_way_with_a_consistent_lifecycle()
     assert_eq!(h["usage"], miss.json()["usage"]);
 
     // Streamed from the JSON entry: the full lifecycle.
-    let sh = responses(&streamed(&q)).send(&app).await;
+    let sh = Call::responses(&streamed(&q)).send(&app).await;
     assert_eq!(sh.cache(), "hit");
     let evs = events(&sh);
     let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -120,22 +114,22 @@ async fn a_miss_then_hits_streamed_or_not_each_way_with_a_consistent_lifecycle()
 
     // A streamed miss (its deltas padded), then hits both ways.
     let q2 = ask_r("Why is the sky blue?");
-    let smiss = responses(&streamed(&q2)).send(&app).await;
+    let smiss = Call::responses(&streamed(&q2)).send(&app).await;
     assert_eq!(smiss.cache(), "miss");
     settle(&app).await;
-    let shit = responses(&streamed(&q2)).send(&app).await;
+    let shit = Call::responses(&streamed(&q2)).send(&app).await;
     assert_eq!(shit.cache(), "hit");
     assert_eq!(text_of(&shit), text_of(&smiss));
     assert!(
         !shit.text().contains("obfuscation"),
         "no padding in the cache"
     );
-    let jhit = responses(&q2).send(&app).await;
+    let jhit = Call::responses(&q2).send(&app).await;
     assert_eq!(jhit.cache(), "hit");
     assert_eq!(text_of(&jhit), text_of(&smiss));
     // Another question misses.
     assert_eq!(
-        responses(&ask_r("Why is grass green?"))
+        Call::responses(&ask_r("Why is grass green?"))
             .send(&app)
             .await
             .cache(),
@@ -155,7 +149,7 @@ async fn requests_on_upstream_state_always_reach_the_upstream() {
     conv["conversation"] = json!("conv_123");
     for body in [&chained, &conv] {
         for _ in 0..2 {
-            let got = responses(body).send(&app).await;
+            let got = Call::responses(body).send(&app).await;
             assert_eq!(got.cache(), "bypass");
             settle(&app).await;
         }
@@ -174,9 +168,9 @@ async fn requests_on_upstream_state_always_reach_the_upstream() {
 async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
     let q = ask_r("What is the capital of France?");
-    responses(&q).send(&app).await;
+    Call::responses(&q).send(&app).await;
     settle(&app).await;
-    let hit = responses(&q).send(&app).await;
+    let hit = Call::responses(&q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     let minted = hit.json();
     let id = minted["id"].as_str().unwrap().to_string();
@@ -189,7 +183,7 @@ async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     // Chained: the upstream gets the whole conversation, never the minted id.
     let next =
         json!({"model": "gpt-test", "input": "And its population?", "previous_response_id": id});
-    let chained = responses(&next).send(&app).await;
+    let chained = Call::responses(&next).send(&app).await;
     assert_eq!(chained.status, 200, "{}", chained.text());
     assert_eq!(up.calls(), 2);
     let seen: Value = serde_json::from_slice(&up.last().body).unwrap();
@@ -215,7 +209,7 @@ async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
         assert_eq!(got.json()["error"]["code"], "modelcache_response_not_held");
         let mut c = next.clone();
         c["previous_response_id"] = json!(gone);
-        let got = responses(&c).send(&app).await;
+        let got = Call::responses(&c).send(&app).await;
         assert_eq!(got.status, 404);
     }
     // Ids the upstream minted are the upstream's business.
@@ -231,9 +225,9 @@ async fn reasoning_items_survive_a_streamed_miss_and_hit() {
     let mut q = streamed(&ask_r("Is 97 prime?"));
     q["reasoning"] = json!({"effort": "low", "summary": "auto"});
     q["include"] = json!(["reasoning.encrypted_content"]);
-    let miss = responses(&q).send(&app).await;
+    let miss = Call::responses(&q).send(&app).await;
     settle(&app).await;
-    let hit = responses(&q).send(&app).await;
+    let hit = Call::responses(&q).send(&app).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(up.calls(), 1);
     let (a, b) = (response_of(&miss), response_of(&hit));
@@ -299,7 +293,7 @@ async fn incomplete_cut_or_failed_answers_are_never_stored() {
             ask_r(q)
         };
         for _ in 0..2 {
-            let got = responses(&body).send(&app).await;
+            let got = Call::responses(&body).send(&app).await;
             assert_ne!(got.cache(), "hit", "{q}");
             calls += 1;
             assert_eq!(up.calls(), calls, "{q} must reach the upstream every time");
@@ -330,7 +324,7 @@ async fn two_tenants_share_neither_answers_nor_minted_ids() {
                         "messages": [{"role": "user", "content": "Shared words, two tenants"}]});
     let ask = |key: &str, responses_api: bool| {
         let call = if responses_api {
-            responses(&q)
+            Call::responses(&q)
         } else {
             Call::new("POST", "/v1/messages")
                 .header("content-type", "application/json")
@@ -369,7 +363,7 @@ async fn two_tenants_share_neither_answers_nor_minted_ids() {
     );
     let mut chained = ask_r("And then?");
     chained["previous_response_id"] = json!(id);
-    let got = responses(&chained).key("key-beta").send(&app).await;
+    let got = Call::responses(&chained).key("key-beta").send(&app).await;
     assert_eq!(got.status, 404);
     assert_eq!((ua.calls(), ub.calls()), (2, 2));
     app.shutdown().await;

@@ -105,10 +105,14 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "timeout_error",
             _ => "api_error",
         };
-        let body = serde_json::json!({
+        self.respond(serde_json::json!({
             "type": "error",
             "error": {"type": kind, "message": self.to_string()},
-        });
+        }))
+    }
+
+    /// `body` as this error's JSON response.
+    fn respond(&self, body: serde_json::Value) -> Response<ProxyBody> {
         let mut resp = Response::new(full(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
@@ -134,14 +138,6 @@ impl GatewayError {
                 },
             }
         });
-        let mut resp = Response::new(full(Bytes::from(body.to_string())));
-        *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        resp.headers_mut()
-            .insert("x-modelcache", header::HeaderValue::from_static("error"));
-        resp
+        self.respond(body)
     }
 }

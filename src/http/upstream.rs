@@ -112,15 +112,7 @@ impl Upstream {
             )),
             None => None,
         };
-        Ok(Upstream {
-            client: https_client(s.connect_timeout)?,
-            base: s.url.as_str().trim_end_matches('/').to_string(),
-            header_timeout: s.header_timeout,
-            idle_timeout: s.idle_timeout,
-            extra: s.headers.clone(),
-            replace: s.api_key.is_some(),
-            auth,
-        })
+        Upstream::build(s, &s.url, s.api_key.is_some(), auth)
     }
 
     /// A client for `s.anthropic_url`, the Anthropic family: a replaced key
@@ -134,13 +126,23 @@ impl Upstream {
             )),
             None => None,
         };
+        let replace = s.api_key.is_some() || s.anthropic_api_key.is_some();
+        Upstream::build(s, &s.anthropic_url, replace, auth)
+    }
+
+    fn build(
+        s: &UpstreamSettings,
+        base: &url::Url,
+        replace: bool,
+        auth: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<Upstream, String> {
         Ok(Upstream {
             client: https_client(s.connect_timeout)?,
-            base: s.anthropic_url.as_str().trim_end_matches('/').to_string(),
+            base: base.as_str().trim_end_matches('/').to_string(),
             header_timeout: s.header_timeout,
             idle_timeout: s.idle_timeout,
             extra: s.headers.clone(),
-            replace: s.api_key.is_some() || s.anthropic_api_key.is_some(),
+            replace,
             auth,
         })
     }

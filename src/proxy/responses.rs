@@ -111,6 +111,19 @@ pub fn served(answer: &str, id: &str) -> Option<Value> {
 
 const PIECE: usize = 16;
 
+/// An event's data about one part of one item: the item's id, its output
+/// index, the part's index under `part.0`, then `extra`'s fields.
+fn located(id: &Value, output: usize, part: (&str, usize), extra: Value) -> Value {
+    let mut m = Map::new();
+    m.insert("item_id".into(), id.clone());
+    m.insert("output_index".into(), json!(output));
+    m.insert(part.0.into(), json!(part.1));
+    if let Value::Object(e) = extra {
+        m.extend(e);
+    }
+    Value::Object(m)
+}
+
 /// The event lifecycle that replays `response` (as [`served`] made it).
 /// None when an item or a part is of a kind this replay cannot reproduce
 /// exactly: the request is then forwarded.
@@ -152,16 +165,7 @@ pub fn sse_events(response: &Value) -> Option<Vec<Bytes>> {
                     let mut empty = p.clone();
                     empty.insert("text".into(), json!(""));
                     empty.insert("annotations".into(), json!([]));
-                    let at = |extra: Value| {
-                        let mut m = Map::new();
-                        m.insert("item_id".into(), id.clone());
-                        m.insert("output_index".into(), json!(i));
-                        m.insert("content_index".into(), json!(j));
-                        if let Value::Object(e) = extra {
-                            m.extend(e);
-                        }
-                        Value::Object(m)
-                    };
+                    let at = |extra: Value| located(&id, i, ("content_index", j), extra);
                     push("response.content_part.added", at(json!({"part": empty})));
                     for d in pieces(text, PIECE) {
                         push(
@@ -190,16 +194,7 @@ pub fn sse_events(response: &Value) -> Option<Vec<Bytes>> {
                     .unwrap_or_default();
                 for (j, part) in summary.iter().enumerate() {
                     let text = part.get("text")?.as_str()?;
-                    let at = |extra: Value| {
-                        let mut m = Map::new();
-                        m.insert("item_id".into(), id.clone());
-                        m.insert("output_index".into(), json!(i));
-                        m.insert("summary_index".into(), json!(j));
-                        if let Value::Object(e) = extra {
-                            m.extend(e);
-                        }
-                        Value::Object(m)
-                    };
+                    let at = |extra: Value| located(&id, i, ("summary_index", j), extra);
                     push(
                         "response.reasoning_summary_part.added",
                         at(json!({"part": {"type": "summary_text", "text": ""}})),

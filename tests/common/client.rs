@@ -93,6 +93,29 @@ impl Call {
             .body(body.to_string())
     }
 
+    /// `POST /v1/embeddings` with `body` as JSON.
+    pub fn embeddings(body: &Value) -> Call {
+        Call::new("POST", "/v1/embeddings")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// `POST /v1/messages` with `body` as JSON, as Anthropic's SDKs send it
+    /// (with an `anthropic-version`).
+    pub fn messages(body: &Value) -> Call {
+        Call::new("POST", "/v1/messages")
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(body.to_string())
+    }
+
+    /// `POST /v1/responses` with `body` as JSON.
+    pub fn responses(body: &Value) -> Call {
+        Call::new("POST", "/v1/responses")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
     /// A chat request with the one user message `q` to `gpt-test` ([`ask`]).
     pub fn ask(q: &str) -> Call {
         Call::chat(ask(q))

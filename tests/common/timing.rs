@@ -1,7 +1,7 @@
 //! Latency summaries for the benches: nearest-rank percentiles, and the rows
 //! that print a figure next to its same-run baseline.
 
-use std::time::Duration;
+use std::{future::Future, process::ExitCode, time::Duration};
 
 /// Latency summary in milliseconds.
 pub struct Stats {
@@ -67,4 +67,34 @@ pub fn overhead(label: &str, via: &Stats, direct: &Stats) {
         via.p99 - direct.p99,
         via.p99 / direct.p99
     );
+}
+
+/// A bench's `main`: runs `bench` on a current-thread runtime when cargo
+/// runs it as a bench. `cargo test --all-targets` (make test) builds and runs
+/// benches too, without `--bench`; there it only proves it compiles.
+pub fn bench_main<F>(name: &str, bench: impl FnOnce() -> F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} bench: built; run it with `make bench` (cargo bench --bench {name})");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
