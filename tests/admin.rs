@@ -708,3 +708,54 @@ async fn mutations_are_logged_with_who_made_them_and_never_the_token() {
     );
     assert_no_file_contains(&dir.path().join("data"), ADMIN_TOKEN);
 }
+
+#[tokio::test]
+async fn the_dry_run_knows_the_messages_and_responses_routes() {
+    let (up, _dir, app) = Gateway::with_mock_llm().await;
+    let claude = json!({"model": "claude-test", "max_tokens": 64,
+                        "messages": [{"role": "user", "content": "What is a monad?"}]});
+    let resp = json!({"model": "gpt-test", "input": "What is a monad?"});
+    assert_eq!(Call::messages(&claude).send(&app).await.cache(), "miss");
+    assert_eq!(Call::responses(&resp).send(&app).await.cache(), "miss");
+    settle(&app).await;
+    for (route, request) in [("messages", &claude), ("responses", &resp)] {
+        // Call::messages sends anthropic-version, which is in the key.
+        let headers = if route == "messages" {
+            json!({"anthropic-version": "2023-06-01"})
+        } else {
+            json!({})
+        };
+        let v = lookup(
+            &app,
+            json!({"route": route, "request": request, "headers": headers}),
+        )
+        .await;
+        assert_eq!(v["route"], route);
+        assert_eq!(v["verdict"], "hit", "{v}");
+    }
+    // The same body as a chat is another partition.
+    let v = lookup(&app, json!({"route": "chat", "request": claude})).await;
+    assert_eq!(v["verdict"], "miss", "{v}");
+    // A request on upstream state is explained, not served.
+    let mut chained = resp.clone();
+    chained["conversation"] = json!("conv_1");
+    let got = admin(
+        &app,
+        "POST",
+        "/admin/lookup",
+        json!({"route": "responses", "request": chained}),
+    )
+    .await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("state the upstream holds"));
+    for bad in [
+        json!({"route": "embeddings", "request": {"model": "e", "input": "x"}}),
+        json!({"route": "nonsense", "request": {}}),
+        json!({"route": "messages"}),
+    ] {
+        let got = admin(&app, "POST", "/admin/lookup", bad.clone()).await;
+        assert_eq!(got.status, 400, "{bad}");
+    }
+    assert_eq!(up.calls(), 2, "the dry run never reaches the upstream");
+    app.shutdown().await;
+}

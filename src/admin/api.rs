@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::{answer_text, error, json_response, request_body, request_key, Admin};
+use super::{answer_text, error, json_response, request_body, Admin};
 use crate::{
     cache::{
         plan::{plan, Facts, Namespace, Plan},
@@ -20,6 +20,7 @@ use crate::{
         Cache, Considered, Explanation, LookupOptions, Scope,
     },
     http::body::ProxyBody,
+    keying::{key_with, Endpoint},
     store::{Entry, ListQuery},
 };
 
@@ -505,7 +506,9 @@ impl Admin {
         ))
     }
 
-    /// `POST /admin/lookup`: the real lookup of a chat request, dry.
+    /// `POST /admin/lookup`: the real lookup of a chat request (or, with
+    /// `route`, of a request of another cacheable API as a client sends
+    /// it), dry.
     async fn lookup(&self, body: &[u8]) -> Result<Resp, Fail> {
         let o = body_object(body)?;
         let bad = |msg: &str| fail(StatusCode::BAD_REQUEST, "invalid_request", msg.to_string());
@@ -516,17 +519,49 @@ impl Admin {
             Some(_) => return Err(bad("tenant must be a tenant's name")),
         }
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant"))?;
-        let Some(Value::String(model)) = o.get("model") else {
-            return Err(bad("model is required"));
+        let route = match o.get("route") {
+            None | Some(Value::Null) => Endpoint::Chat,
+            Some(Value::String(r)) => match Endpoint::from_path(&format!("/v1/{r}"))
+                .or_else(|| (r == "chat").then_some(Endpoint::Chat))
+            {
+                Some(Endpoint::Embeddings) => {
+                    return Err(bad("embeddings are matched exactly, one input at a time: the dry run covers chat, completions, messages and responses"))
+                }
+                Some(e) => e,
+                None => return Err(bad("route must be chat, completions, messages or responses")),
+            },
+            Some(_) => return Err(bad("route must be a string")),
         };
-        let Some(Value::Array(msgs)) = o.get("messages") else {
-            return Err(bad("messages must be a list of chat messages"));
+        // NOTE: a chat is given as model, messages and params; any route
+        // may instead give `request`, the body as a client sends it.
+        let body = match (o.get("request"), route) {
+            (Some(Value::Object(r)), _) => Value::Object(r.clone()),
+            (Some(_), _) => return Err(bad("request must be the request body, a JSON object")),
+            (None, Endpoint::Chat) => {
+                let Some(Value::String(model)) = o.get("model") else {
+                    return Err(bad("model is required"));
+                };
+                let Some(Value::Array(msgs)) = o.get("messages") else {
+                    return Err(bad("messages must be a list of chat messages"));
+                };
+                let params = match o.get("params") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(p)) => Some(p),
+                    Some(_) => return Err(bad("params must be an object of request fields")),
+                };
+                request_body(model, msgs, params)
+            }
+            (None, _) => return Err(bad("with this route, request must be the request body")),
         };
-        let params = match o.get("params") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(p)) => Some(p),
-            Some(_) => return Err(bad("params must be an object of request fields")),
+        let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+        // The request headers that shape a key (`anthropic-version`,
+        // `anthropic-beta`), as a client sends them.
+        let headers = match o.get("headers") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(h)) => h.clone(),
+            Some(_) => return Err(bad("headers must be an object of header names to values")),
         };
+        let header = |n: &str| headers.get(n).and_then(Value::as_str);
         let namespace = match o.get("namespace") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if crate::keying::namespace(s.as_bytes()).is_some() => {
@@ -547,8 +582,9 @@ impl Admin {
         };
         let policy = tenant.policy();
         let cache = self.loaded()?;
-        let body = request_body(model, msgs, params);
         let facts = Facts {
+            endpoint: Some(route),
+            anthropic: [header("anthropic-version"), header("anthropic-beta")],
             namespace: namespace.map_or(Namespace::None, Namespace::Named),
             min_similarity,
             ..Facts::chat(&body)
@@ -568,8 +604,12 @@ impl Admin {
             }
             Plan::Skip(reason) => {
                 notes.push(reason.describe());
-                let key =
-                    request_key(policy, model, msgs, params, namespace).map_err(|e| bad(&e))?;
+                let opts = crate::keying::KeyOptions {
+                    anthropic_version: facts.anthropic[0],
+                    anthropic_beta: facts.anthropic[1],
+                    ..policy.key_options(namespace)
+                };
+                let key = key_with(route, &body, &opts).map_err(|e| bad(&e.to_string()))?;
                 let opts = LookupOptions {
                     min_similarity,
                     ..LookupOptions::for_policy(policy)
@@ -609,6 +649,7 @@ impl Admin {
             StatusCode::OK,
             &json!({
                 "tenant": tenant.name(),
+                "route": route.as_str(),
                 "model": model,
                 "verdict": if would_serve { "hit" } else { "miss" },
                 "hit": hit.map(|h| json!({
