@@ -1,7 +1,8 @@
 //! The web console at `/ui`, for real: a gateway with the real model and
 //! data, driven in headless Chromium (Debian's `chromium`) by Playwright
 //! (`playwright-core` from npm, in tests/ui). The script signs in, reads the
-//! tiles and the entry browser, runs "try a question" for a hit and a miss,
+//! tiles and the entry browser, runs "try a question" for a hit and a miss
+//! (and for an Anthropic Messages request under its own route),
 //! deletes an entry and sees it gone, and reads the hit log. Screenshots are
 //! saved under the target folder's tmp dir (`console-screenshots/`).
 //!
@@ -58,6 +59,11 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me the capital of France."}]});
     assert_eq!(Call::chat(paraphrase).send(&app).await.cache(), "hit");
     settle(&app).await;
+    // An Anthropic Messages answer, for the console's other-API dry run.
+    let claude = json!({"model": "claude-test", "max_tokens": 256,
+        "messages": [{"role": "user", "content": "What is a monad in Haskell?"}]});
+    assert_eq!(Call::messages(&claude).send(&app).await.cache(), "miss");
+    settle(&app).await;
 
     let entries = admin(&app, "GET", "/admin/entries?model=gpt-4o-mini", Value::Null)
         .await
@@ -80,6 +86,8 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
         "expect_entry_id": id_of("How do I sort a list in Python?"),
         "delete_entry_id": id_of("What does HTTP status 429 mean?"),
         "unrelated_user": "What is the boiling point of water?",
+        "messages_request": claude,
+        "messages_headers": {"anthropic-version": "2023-06-01"},
     });
     let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let admin_url = format!("http://{}", app.admin_addr);
@@ -105,6 +113,10 @@ async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
     assert!(
         out.status.success(),
         "the console test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("a /v1/messages request is a HIT under its route"),
+        "the other-API dry run ran:\n{stdout}"
     );
     // The deletion was real: gone from the store and from lookups.
     let deleted = scenario["delete_entry_id"].as_i64().unwrap();

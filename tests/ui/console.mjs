@@ -271,6 +271,25 @@ try {
   await shot('05-try-hit.png');
   done(`"${S.paraphrase_user}" is a HIT on entry ${S.expect_entry_id} (bar ${width.style}%)`);
 
+  // 5b. Another API: the Anthropic request the proxy answered, as a client
+  // sent it, is a HIT; the same words as a chat are not.
+  if (S.messages_request) {
+    await page.$eval('#try-advanced', (d) => { d.open = true; });
+    await page.selectOption('#try-route', 'messages');
+    await page.fill('#try-request', JSON.stringify(S.messages_request));
+    await page.fill('#try-headers', JSON.stringify(S.messages_headers || {}));
+    await page.click('#try-run');
+    v = await verdict();
+    assert.equal(v.text, 'HIT', `the messages request is a hit: ${await page.textContent('#try-result')}`);
+    await page.selectOption('#try-route', 'chat');
+    await page.click('#try-run');
+    v = await verdict();
+    assert.equal(v.text, 'MISS', 'the same body as a chat is another partition');
+    await page.fill('#try-request', '');
+    await page.fill('#try-headers', '');
+    done('a /v1/messages request is a HIT under its route, a MISS as a chat');
+  }
+
   // 6. An unrelated question misses; every candidate fails a check.
   step = 6;
   await page.fill('#try-system', '');
