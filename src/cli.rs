@@ -61,6 +61,10 @@ pub struct EvalArgs {
     /// threshold moved to --target-fpr on the other K-1 folds.
     #[arg(long, value_parser = clap::value_parser!(u16).range(2..))]
     pub folds: Option<u16>,
+    /// Send each pair as a request of this API, keyed as the proxy keys it:
+    /// chat, messages (Anthropic) or responses (OpenAI).
+    #[arg(long, default_value = "chat", value_parser = ["chat", "messages", "responses"])]
+    pub route: String,
 }
 
 /// Flags of `serve`; each overrides the config file and the environment.

@@ -29,6 +29,7 @@ use crate::{
     clock::now_ms,
     config::{Policy, Settings},
     embed::{EmbedService, EmbedderFactory},
+    keying::Endpoint,
     store::{memory::MemoryStore, Origin},
 };
 
@@ -143,8 +144,34 @@ impl ProgressBar {
 
 const MODEL: &str = "eval-model";
 
-fn body(model: &str, messages: &[Value]) -> Value {
-    json!({"model": model, "messages": messages})
+/// The request a pair's chat turns amount to on `route`: a chat, an
+/// Anthropic Messages request (system turns as `system`), or a Responses
+/// request (system turns as `instructions`, the rest as input items).
+fn body(route: Endpoint, model: &str, messages: &[Value]) -> Value {
+    let system: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "system")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    let rest: Vec<Value> = messages
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .cloned()
+        .collect();
+    let mut b = match route {
+        Endpoint::Messages => json!({"model": model, "max_tokens": 1024, "messages": rest}),
+        Endpoint::Responses => json!({"model": model, "input": rest}),
+        _ => return json!({"model": model, "messages": messages}),
+    };
+    if !system.is_empty() {
+        let field = if route == Endpoint::Messages {
+            "system"
+        } else {
+            "instructions"
+        };
+        b[field] = json!(system.join("\n\n"));
+    }
+    b
 }
 
 /// Opens a cache over an in-memory store with the settings' embedder (or
@@ -178,8 +205,16 @@ pub fn open_cache_on(settings: &Settings, service: EmbedService) -> Result<Cache
 
 /// The key the proxy would build for a chat `body` of a tenant with
 /// `policy`: its plan's key (a pair the plan skips is an error).
-fn planned_key(policy: &Policy, body: &Value) -> Result<crate::keying::CacheKey, String> {
-    match plan(Some(policy), true, &Facts::chat(body)) {
+fn planned_key(
+    route: Endpoint,
+    policy: &Policy,
+    body: &Value,
+) -> Result<crate::keying::CacheKey, String> {
+    let facts = Facts {
+        endpoint: Some(route),
+        ..Facts::chat(body)
+    };
+    match plan(Some(policy), true, &facts) {
         Plan::Lookup(l) => Ok(l.key),
         Plan::Skip(reason) => Err(reason.describe()),
     }
@@ -197,15 +232,28 @@ pub async fn run(
     tenant: &str,
     policy: &Policy,
     pairs: &[Pair],
+    progress: impl FnMut(usize),
+) -> Result<Vec<Prediction>, String> {
+    run_on(Endpoint::Chat, cache, tenant, policy, pairs, progress).await
+}
+
+/// [`run`], with each pair sent as a request of `route` (chat, Messages or
+/// Responses), keyed as the proxy keys that API.
+pub async fn run_on(
+    route: Endpoint,
+    cache: &Cache,
+    tenant: &str,
+    policy: &Policy,
+    pairs: &[Pair],
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Prediction>, String> {
     let opts = LookupOptions::for_policy(policy);
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         let model = pair.model.as_deref().unwrap_or(MODEL);
-        let cached = planned_key(policy, &body(model, &pair.cached))
+        let cached = planned_key(route, policy, &body(route, model, &pair.cached))
             .map_err(|e| format!("pair {}: cached: {e}", pair.id))?;
-        let probe = planned_key(policy, &body(model, &pair.probe))
+        let probe = planned_key(route, policy, &body(route, model, &pair.probe))
             .map_err(|e| format!("pair {}: probe: {e}", pair.id))?;
         // The reference of shared/eval/README.md: one cosine over the joined
         // system and user text, no partition, no guard.
@@ -736,6 +784,37 @@ mod tests {
             plain_cosine: score,
             turns: vec![],
             pair_score: None,
+        }
+    }
+
+    #[test]
+    fn a_pair_sent_on_another_api_keys_to_the_same_text() {
+        let policy = crate::config::load(None, Vec::new(), &crate::config::Overrides::default())
+            .expect("the embedded defaults load")
+            .cache
+            .policy;
+        let turns = vec![
+            json!({"role": "system", "content": "Be terse."}),
+            json!({"role": "user", "content": "What is Rust?"}),
+            json!({"role": "assistant", "content": "A language."}),
+            json!({"role": "user", "content": "Who made it?"}),
+        ];
+        let chat =
+            planned_key(Endpoint::Chat, &policy, &body(Endpoint::Chat, "m", &turns)).unwrap();
+        let messages_body = body(Endpoint::Messages, "m", &turns);
+        assert_eq!(messages_body["system"], "Be terse.");
+        assert_eq!(messages_body["messages"].as_array().unwrap().len(), 3);
+        let responses_body = body(Endpoint::Responses, "m", &turns);
+        assert_eq!(responses_body["instructions"], "Be terse.");
+        for (route, b) in [
+            (Endpoint::Messages, messages_body),
+            (Endpoint::Responses, responses_body),
+        ] {
+            let k = planned_key(route, &policy, &b).unwrap();
+            assert_eq!(k.endpoint, route);
+            assert_eq!(k.embed_text, chat.embed_text, "{route:?}");
+            assert_eq!(k.semantic, chat.semantic);
+            assert_ne!(k.partition, chat.partition, "never a chat's partition");
         }
     }
 

@@ -124,9 +124,16 @@ fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
             .map_err(|e| e.to_string())??;
         let bar = modelcache::eval::ProgressBar::new(pairs.len(), false);
         let started = std::time::Instant::now();
+        let route = match args.route.as_str() {
+            "messages" => modelcache::keying::Endpoint::Messages,
+            "responses" => modelcache::keying::Endpoint::Responses,
+            _ => modelcache::keying::Endpoint::Chat,
+        };
         let preds =
-            modelcache::eval::run(&cache, &tenant.name, &tenant.policy, &pairs, |n| bar.set(n))
-                .await?;
+            modelcache::eval::run_on(route, &cache, &tenant.name, &tenant.policy, &pairs, |n| {
+                bar.set(n)
+            })
+            .await?;
         cache.flush(std::time::Duration::from_secs(5)).await;
         Ok::<_, String>((preds, started.elapsed()))
     });
