@@ -368,3 +368,41 @@ async fn two_tenants_share_neither_answers_nor_minted_ids() {
     assert_eq!((ua.calls(), ub.calls()), (2, 2));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_minted_id_outlives_a_restart_in_the_tenants_store() {
+    let (up, dir, app) = Gateway::with_mock_llm().await;
+    let q = ask_r("What is the capital of France?");
+    Call::responses(&q).send(&app).await;
+    settle(&app).await;
+    let hit = Call::responses(&q).send(&app).await;
+    assert_eq!(hit.cache(), "hit");
+    let id = hit.json()["id"].as_str().unwrap().to_string();
+    settle(&app).await;
+    app.shutdown().await;
+
+    // A new process over the same data: nothing of it in memory.
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let got = Call::get(&format!("/v1/responses/{id}")).send(&app).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["id"], id.as_str());
+    assert_eq!(text_of(&got), text_of(&hit));
+    let next =
+        json!({"model": "gpt-test", "input": "And its population?", "previous_response_id": id});
+    let chained = Call::responses(&next).send(&app).await;
+    assert_eq!(chained.status, 200, "{}", chained.text());
+    let seen: Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert!(seen.get("previous_response_id").is_none());
+    assert_eq!(seen["input"].as_array().unwrap().len(), 3);
+    // Deleted from the store too: gone after another restart.
+    let del = Call::new("DELETE", &format!("/v1/responses/{id}"))
+        .send(&app)
+        .await;
+    assert_eq!(del.status, 200);
+    settle(&app).await;
+    app.shutdown().await;
+    let app = Gateway::new(settings(&up.url(), dir.path())).start().await;
+    let got = Call::get(&format!("/v1/responses/{id}")).send(&app).await;
+    assert_eq!(got.status, 404);
+    app.shutdown().await;
+}

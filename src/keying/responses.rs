@@ -7,7 +7,29 @@
 
 use serde_json::{json, Map, Value};
 
-use super::Uncacheable;
+use sha2::{Digest, Sha256};
+
+use super::{exact_hash, CacheKey, Endpoint, Uncacheable};
+
+/// The key under which a response the gateway minted an id for is kept
+/// (in its tenant's store): a partition of its own that no request's key
+/// can have (a request's is a hash of its endpoint, model and fields), the
+/// id as its only turn, exact only.
+pub fn minted_key(id: &str) -> CacheKey {
+    let partition = hex::encode(Sha256::digest(b"modelcache minted responses v1"));
+    CacheKey {
+        endpoint: Endpoint::Responses,
+        model: String::new(),
+        exact_hash: exact_hash(&partition, id),
+        partition,
+        text: format!("minted###{id}"),
+        embed_text: String::new(),
+        semantic: false,
+        stream: false,
+        include_usage: false,
+        params: "{}".into(),
+    }
+}
 
 /// The request fields that make an answer depend on the upstream's state.
 pub const STATEFUL: [&str; 2] = ["previous_response_id", "conversation"];

@@ -28,6 +28,7 @@ use super::{
 use crate::{
     cache::{
         plan::{self, Facts, Plan, SkipReason},
+        writeback::RemoveTarget,
         Cache, Hit, HitKind, LookupOptions, Scope,
     },
     clock::now_ms,
@@ -372,7 +373,7 @@ impl Gateway {
         };
         *who = Some(tenant.clone());
         let mut body = body;
-        if let Some(served) = self.minted_response(&parts, tenant.name()) {
+        if let Some(served) = self.minted_response(&parts, &tenant).await {
             return Ok(served);
         }
         // NOTE: a request chained onto a response this gateway minted goes
@@ -383,7 +384,7 @@ impl Gateway {
                 .and_then(Value::as_str)
                 .filter(|id| id.starts_with(responses::MINTED_PREFIX))
             {
-                let Some(served) = self.minted.get(tenant.name(), id) else {
+                let Some(served) = self.find_minted(&tenant, id).await else {
                     return Ok((
                         GatewayError::NotHeld(id.to_string()).to_response(),
                         Outcome::Error,
@@ -467,6 +468,7 @@ impl Gateway {
         let mint = parsed.as_ref().map(|b| Mint {
             tenant: tenant.name(),
             body: b,
+            ttl: policy.ttl,
         });
         let mut embedding = None;
         if reads && verified {
@@ -866,14 +868,24 @@ impl Gateway {
                 let id = crate::clock::completion_id(Endpoint::Responses);
                 let served = responses::served(answer, &id)?;
                 if let Some(m) = mint.filter(|m| m.body.get("store") != Some(&Value::Bool(false))) {
-                    self.minted.remember(
-                        &id,
-                        responses::Served {
-                            tenant: m.tenant.to_string(),
-                            response: served.clone(),
-                            input: responses::input_items(m.body),
-                        },
-                    );
+                    let s = responses::Served {
+                        tenant: m.tenant.to_string(),
+                        response: served.clone(),
+                        input: responses::input_items(m.body),
+                    };
+                    // NOTE: kept in the tenant's store too, so that a restart or
+                    // another replica can still answer a chain onto it.
+                    if let Some(cache) = self.cache.get() {
+                        let (cache, row) = (cache.clone(), s.stored());
+                        let (tenant, id, ttl) = (m.tenant.to_string(), id.clone(), m.ttl);
+                        cache.begin_write();
+                        tokio::spawn(async move {
+                            let key = crate::keying::responses::minted_key(&id);
+                            cache.store_answer(&tenant, &key, row, None, ttl).await;
+                            cache.end_write();
+                        });
+                    }
+                    self.minted.remember(&id, s);
                 }
                 Some(served)
             }
@@ -919,20 +931,23 @@ impl Gateway {
     /// `GET` or `DELETE /v1/responses/{id}` for an id this gateway minted:
     /// answered here, for the tenant it was served to (404 if it is not
     /// held); None for anything else.
-    fn minted_response(
+    async fn minted_response(
         &self,
         parts: &http::request::Parts,
-        tenant: &str,
+        tenant: &Tenant,
     ) -> Option<(Response<ProxyBody>, Outcome)> {
         let id = parts.uri.path().strip_prefix("/v1/responses/")?;
         if !id.starts_with(responses::MINTED_PREFIX) || id.contains('/') {
             return None;
         }
         let found = match parts.method {
-            Method::GET => self.minted.get(tenant, id).map(|s| s.response.to_string()),
+            Method::GET => self
+                .find_minted(tenant, id)
+                .await
+                .map(|s| s.response.to_string()),
             Method::DELETE => self
-                .minted
-                .forget(tenant, id)
+                .forget_minted(tenant, id)
+                .await
                 .then(|| json!({"id": id, "object": "response", "deleted": true}).to_string()),
             _ => return None,
         };
@@ -943,6 +958,39 @@ impl Gateway {
                 Outcome::Error,
             ),
         })
+    }
+
+    /// What `tenant` was served under the minted `id`: from memory, else
+    /// from its store (after a restart, or minted by another replica).
+    async fn find_minted(&self, tenant: &Tenant, id: &str) -> Option<Arc<responses::Served>> {
+        if let Some(s) = self.minted.get(tenant.name(), id) {
+            return Some(s);
+        }
+        let cache = self.cache.get()?;
+        let key = crate::keying::responses::minted_key(id);
+        let opts = LookupOptions::for_policy(tenant.policy());
+        let hit = cache.lookup(tenant.name(), &key, &opts).await.hit?;
+        let served = responses::Served::from_stored(tenant.name(), &hit.entry.answer)?;
+        self.minted.remember(id, served);
+        self.minted.get(tenant.name(), id)
+    }
+
+    /// Forgets the minted `id` of `tenant` everywhere; whether it was held.
+    async fn forget_minted(&self, tenant: &Tenant, id: &str) -> bool {
+        let in_memory = self.minted.forget(tenant.name(), id);
+        let Some(cache) = self.cache.get() else {
+            return in_memory;
+        };
+        let key = crate::keying::responses::minted_key(id);
+        let opts = LookupOptions::for_policy(tenant.policy());
+        let in_store = match cache.lookup(tenant.name(), &key, &opts).await.hit {
+            Some(h) => cache
+                .remove(tenant.name(), RemoveTarget::Ids(vec![h.entry.id]))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        in_memory || in_store
     }
 
     fn hit_response(
@@ -967,11 +1015,13 @@ impl Gateway {
     }
 }
 
-/// Whom a Responses answer is minted for, and the request it answers.
+/// Whom a Responses answer is minted for, the request it answers, and how
+/// long what was served is kept.
 #[derive(Clone, Copy)]
 struct Mint<'a> {
     tenant: &'a str,
     body: &'a Value,
+    ttl: Duration,
 }
 
 /// An embeddings request the cache takes part in.

@@ -259,6 +259,23 @@ pub struct Served {
     pub input: Vec<Value>,
 }
 
+impl Served {
+    /// As it is kept in the store: the response and the input.
+    pub fn stored(&self) -> String {
+        json!({"response": self.response, "input": self.input}).to_string()
+    }
+
+    /// Back from the store, for `tenant`.
+    pub fn from_stored(tenant: &str, answer: &str) -> Option<Served> {
+        let v: Value = serde_json::from_str(answer).ok()?;
+        Some(Served {
+            tenant: tenant.to_string(),
+            response: v.get("response").filter(|r| r.is_object())?.clone(),
+            input: v.get("input")?.as_array()?.clone(),
+        })
+    }
+}
+
 /// The request's `input` as a list of items.
 pub fn input_items(body: &Value) -> Vec<Value> {
     match body.get("input") {
@@ -269,7 +286,8 @@ pub fn input_items(body: &Value) -> Vec<Value> {
 }
 
 /// The ids minted for hits, in memory, bounded by bytes, forgotten after a
-/// day without use.
+/// day without use: the fast layer in front of the store, which keeps them
+/// as long as the tenant's entries live (and shares them with replicas).
 pub struct Minted {
     cache: moka::sync::Cache<String, Arc<Served>>,
 }
