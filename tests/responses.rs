@@ -406,3 +406,37 @@ async fn a_minted_id_outlives_a_restart_in_the_tenants_store() {
     assert_eq!(got.status, 404);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_paraphrase_hits_through_the_real_model() {
+    let up = mock(llm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Gateway::new(settings(&up.url(), dir.path()))
+        .real_model()
+        .start()
+        .await;
+    let mut q = ask_r("How do I reverse a list in Python?");
+    q["instructions"] = json!("You are a helpful assistant.");
+    let miss = Call::responses(&q).send(&app).await;
+    settle(&app).await;
+    let mut para = q.clone();
+    para["input"] = json!([{"role": "user", "content": [
+        {"type": "input_text", "text": "How can I reverse a list in Python?"}]}]);
+    let hit = Call::responses(&para).send(&app).await;
+    assert_eq!(hit.cache(), "hit", "{}", hit.header("cache-status"));
+    assert_eq!(text_of(&hit), text_of(&miss));
+    let mut other = q.clone();
+    other["input"] = json!("How do I sort a list in Python?");
+    assert_eq!(Call::responses(&other).send(&app).await.cache(), "miss");
+    let mut other_instructions = q.clone();
+    other_instructions["instructions"] = json!("Answer in French.");
+    assert_eq!(
+        Call::responses(&other_instructions)
+            .send(&app)
+            .await
+            .cache(),
+        "miss"
+    );
+    assert_eq!(up.calls(), 3);
+    app.shutdown().await;
+}
