@@ -179,13 +179,24 @@ async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     let got = Call::get(&format!("/v1/responses/{id}")).send(&app).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json(), minted);
+    // A key the upstream has not accepted is the upstream's to judge.
+    let calls = up.calls();
+    Call::get(&format!("/v1/responses/{id}"))
+        .key("sk-never-verified")
+        .send(&app)
+        .await;
+    assert_eq!(
+        up.calls(),
+        calls + 1,
+        "an unverified caller is not answered from memory"
+    );
 
     // Chained: the upstream gets the whole conversation, never the minted id.
     let next =
         json!({"model": "gpt-test", "input": "And its population?", "previous_response_id": id});
     let chained = Call::responses(&next).send(&app).await;
     assert_eq!(chained.status, 200, "{}", chained.text());
-    assert_eq!(up.calls(), 2);
+    assert_eq!(up.calls(), 3);
     let seen: Value = serde_json::from_slice(&up.last().body).unwrap();
     assert!(seen.get("previous_response_id").is_none(), "{seen}");
     let input = seen["input"].as_array().unwrap();
@@ -195,7 +206,7 @@ async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     assert_eq!(input[1]["role"], "assistant");
     assert_eq!(input[1]["content"][0]["text"], text_of(&hit));
     assert_eq!(input[2]["content"], "And its population?");
-    assert_eq!(text_of(&chained), answer_for("And its population?", 2));
+    assert_eq!(text_of(&chained), answer_for("And its population?", 3));
 
     // Deleted, then gone; an id the gateway never held is a clear 404.
     let del = Call::new("DELETE", &format!("/v1/responses/{id}"))
@@ -215,7 +226,7 @@ async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     // Ids the upstream minted are the upstream's business.
     let theirs = Call::get("/v1/responses/resp_up1").send(&app).await;
     assert_eq!(theirs.status, 200);
-    assert_eq!(up.calls(), 3);
+    assert_eq!(up.calls(), 4);
     app.shutdown().await;
 }
 

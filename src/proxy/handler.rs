@@ -373,7 +373,10 @@ impl Gateway {
         };
         *who = Some(tenant.clone());
         let mut body = body;
-        if let Some(served) = self.minted_response(&parts, &tenant).await {
+        if let Some(served) = self
+            .minted_response(&parts, &tenant, &caller, set.verified_key_ttl)
+            .await
+        {
             return Ok(served);
         }
         // NOTE: a request chained onto a response this gateway minted goes
@@ -929,15 +932,25 @@ impl Gateway {
     }
 
     /// `GET` or `DELETE /v1/responses/{id}` for an id this gateway minted:
-    /// answered here, for the tenant it was served to (404 if it is not
-    /// held); None for anything else.
+    /// answered here, for a verified caller of the tenant it was served to
+    /// (404 if it is not held); None for anything else, which the upstream
+    /// answers (an unverified key included: the upstream judges it).
     async fn minted_response(
         &self,
         parts: &http::request::Parts,
         tenant: &Tenant,
+        caller: &[u8; 32],
+        ttl: Duration,
     ) -> Option<(Response<ProxyBody>, Outcome)> {
         let id = parts.uri.path().strip_prefix("/v1/responses/")?;
         if !id.starts_with(responses::MINTED_PREFIX) || id.contains('/') {
+            return None;
+        }
+        if !matches!(parts.method, Method::GET | Method::DELETE) {
+            return None;
+        }
+        let cache = self.cache.get()?;
+        if !self.key_verified(cache, tenant.name(), caller, ttl).await {
             return None;
         }
         let found = match parts.method {
