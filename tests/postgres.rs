@@ -604,3 +604,57 @@ fn the_config_names_what_postgres_needs() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_responses_id_minted_on_one_replica_is_fetched_and_chained_on_the_other() {
+    let _turn = TURN.lock().await;
+    let up = mock(llm()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let schema = format!("rep_{:016x}", rand::random::<u64>());
+    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
+        .start()
+        .await;
+    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
+        .start()
+        .await;
+    verify_key(&a, &[]).await;
+    verify_key(&b, &[]).await;
+    let q = json!({"model": "gpt-test", "input": "What is the capital of France?"});
+    assert_eq!(Call::responses(&q).send(&a).await.cache(), "miss");
+    settle(&a).await;
+    let hit = Call::responses(&q).send(&a).await;
+    assert_eq!(hit.cache(), "hit");
+    let id = hit.json()["id"].as_str().unwrap().to_string();
+    settle(&a).await;
+    // B never served it, yet answers for it within a second.
+    let started = std::time::Instant::now();
+    let path = format!("/v1/responses/{id}");
+    loop {
+        let got = Call::get(&path).send(&b).await;
+        if got.status == 200 {
+            assert_eq!(got.json()["id"], id.as_str());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B never held {id}: {}",
+            got.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "a response minted on A was readable on B after {:?}",
+        started.elapsed()
+    );
+    let calls = up.calls();
+    let next =
+        json!({"model": "gpt-test", "input": "And its population?", "previous_response_id": id});
+    let chained = Call::responses(&next).send(&b).await;
+    assert_eq!(chained.status, 200, "{}", chained.text());
+    assert_eq!(up.calls(), calls + 1);
+    let seen: Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert!(seen.get("previous_response_id").is_none());
+    assert_eq!(seen["input"].as_array().unwrap().len(), 3);
+    a.shutdown().await;
+    b.shutdown().await;
+}
