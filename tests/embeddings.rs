@@ -118,6 +118,19 @@ async fn a_mixed_batch_sends_only_new_inputs_and_answers_in_input_order() {
         assert_eq!(v["model"], "e");
         assert_eq!(v["usage"]["prompt_tokens"], 4, "what the upstream billed");
         assert_eq!(got.header("x-modelcache-cached-inputs"), "2/5");
+        assert!(!got.header("x-modelcache-request-id").is_empty());
+        // The two inputs the cache answered were used: in the hit log.
+        settle(&app).await;
+        let log = admin(&app, "GET", "/admin/hits?limit=200", Value::Null)
+            .await
+            .json();
+        let logged = log["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["matched"] == "text###alpha" || h["matched"] == "text###beta")
+            .count();
+        assert_eq!(logged, 2 * (n - 1), "{log}");
         // The new inputs were written: now the whole batch is a hit.
         settle(&app).await;
         let again = Call::embeddings(&json!({"model": "e", "input": [y.clone(), x.clone()]}))

@@ -594,8 +594,10 @@ impl Gateway {
                 .unwrap_or(Value::Null);
             let out = embeddings::merged(&model, &vectors, base64, embeddings::no_usage());
             let request_id = crate::clock::new_request_id();
-            for (k, (_, _, h)) in keys.iter().zip(found.iter().flatten()) {
-                b.cache.record_hit(tenant, h, &k.text, &request_id);
+            for (k, f) in keys.iter().zip(&found) {
+                if let Some((_, _, h)) = f {
+                    b.cache.record_hit(tenant, h, &k.text, &request_id);
+                }
             }
             let mut resp = json_response(out);
             let h = resp.headers_mut();
@@ -755,6 +757,14 @@ impl Gateway {
             }
         }
         let out = embeddings::merged(&answer.model, &vectors, base64, answer.usage.clone());
+        // NOTE: the inputs the cache answered were used: counted as hits, so
+        // that eviction keeps them.
+        let request_id = crate::clock::new_request_id();
+        for (k, f) in keys.iter().zip(&found) {
+            if let Some((_, _, h)) = f {
+                b.cache.record_hit(tenant, h, &k.text, &request_id);
+            }
+        }
         for n in [
             header::CONTENT_LENGTH,
             header::CONTENT_ENCODING,
@@ -766,6 +776,9 @@ impl Gateway {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            rparts.headers.insert("x-modelcache-request-id", v);
+        }
         Ok((Response::from_parts(rparts, full(out)), Outcome::Miss))
     }
 
