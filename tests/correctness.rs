@@ -22,12 +22,7 @@ fn req(messages: Value) -> Value {
 
 /// A gateway on the real model in front of a mock LLM, its key verified.
 async fn real_gateway() -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
+    let (up, dir, app) = Gateway::with_mock_llm_real_model().await;
     verify_key(&app, &[]).await;
     (up, dir, app)
 }

@@ -355,12 +355,7 @@ async fn the_anthropic_family_has_its_own_upstream_and_x_api_key_callers_are_rep
 
 #[tokio::test]
 async fn a_paraphrase_hits_through_the_real_model() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
+    let (up, _dir, app) = Gateway::with_mock_llm_real_model().await;
     let miss = Call::messages(&ask_claude("How do I reverse a list in Python?"))
         .send(&app)
         .await;

@@ -43,17 +43,7 @@ async fn until_verdict_at(
 #[tokio::test]
 async fn running_replicas_see_each_others_writes_and_deletes_within_a_second() {
     let _turn = TURN.lock().await;
-    let up = mock(llm()).await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let schema = format!("rep_{:016x}", rand::random::<u64>());
-    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
-        .start()
-        .await;
-    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
-        .start()
-        .await;
-    verify_key(&a, &[]).await;
-    verify_key(&b, &[]).await;
+    let (up, _dirs, a, b) = two_replicas("rep").await;
     let calls = up.calls();
     // Cached through A: B serves it, exactly and by meaning, within 1 s.
     let q = "How far is the Moon from the Earth";
@@ -117,17 +107,7 @@ async fn replicas_that_cannot_listen_follow_by_polling() {
 #[tokio::test]
 async fn two_replicas_writing_the_same_question_make_one_entry() {
     let _turn = TURN.lock().await;
-    let up = mock(llm()).await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let schema = format!("dup_{:016x}", rand::random::<u64>());
-    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
-        .start()
-        .await;
-    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
-        .start()
-        .await;
-    verify_key(&a, &[]).await;
-    verify_key(&b, &[]).await;
+    let (_up, _dirs, a, b) = two_replicas("dup").await;
     let q = ask("What is the tallest mountain on Earth?");
     let (x, y) = tokio::join!(
         Call::chat(q.clone()).send(&a),
@@ -507,6 +487,30 @@ async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls() {
     app.shutdown().await;
 }
 
+/// The `llm()` mock and two gateways on one fresh schema (named from
+/// `prefix`), each caller's key verified on both.
+async fn two_replicas(
+    prefix: &str,
+) -> (
+    Mock,
+    [tempfile::TempDir; 2],
+    modelcache::app::RunningApp,
+    modelcache::app::RunningApp,
+) {
+    let up = mock(llm()).await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let schema = format!("{prefix}_{:016x}", rand::random::<u64>());
+    let a = Gateway::new(pg_settings(&up, dirs[0].path(), &schema))
+        .start()
+        .await;
+    let b = Gateway::new(pg_settings(&up, dirs[1].path(), &schema))
+        .start()
+        .await;
+    verify_key(&a, &[]).await;
+    verify_key(&b, &[]).await;
+    (up, dirs, a, b)
+}
+
 fn pg_settings(up: &Mock, dir: &std::path::Path, schema: &str) -> modelcache::config::Settings {
     let url = std::env::var("MODELCACHE_TEST_POSTGRES_URL").expect(
         "MODELCACHE_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL with scripts/postgres-up.sh",
@@ -608,17 +612,7 @@ fn the_config_names_what_postgres_needs() {
 #[tokio::test]
 async fn a_responses_id_minted_on_one_replica_is_fetched_and_chained_on_the_other() {
     let _turn = TURN.lock().await;
-    let up = mock(llm()).await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let schema = format!("rep_{:016x}", rand::random::<u64>());
-    let a = Gateway::new(pg_settings(&up, da.path(), &schema))
-        .start()
-        .await;
-    let b = Gateway::new(pg_settings(&up, db.path(), &schema))
-        .start()
-        .await;
-    verify_key(&a, &[]).await;
-    verify_key(&b, &[]).await;
+    let (up, _dirs, a, b) = two_replicas("rep").await;
     let q = json!({"model": "gpt-test", "input": "What is the capital of France?"});
     assert_eq!(Call::responses(&q).send(&a).await.cache(), "miss");
     settle(&a).await;

@@ -8,12 +8,7 @@ use common::*;
 
 #[tokio::test]
 async fn a_paraphrase_hits_and_an_unrelated_question_misses() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
+    let (up, _dir, app) = Gateway::with_mock_llm_real_model().await;
 
     let first = Call::ask("How do I reverse a list in Python?")
         .send(&app)

@@ -420,12 +420,7 @@ async fn a_minted_id_outlives_a_restart_in_the_tenants_store() {
 
 #[tokio::test]
 async fn a_paraphrase_hits_through_the_real_model() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
+    let (up, _dir, app) = Gateway::with_mock_llm_real_model().await;
     let mut q = ask_r("How do I reverse a list in Python?");
     q["instructions"] = json!("You are a helpful assistant.");
     let miss = Call::responses(&q).send(&app).await;

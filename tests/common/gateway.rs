@@ -211,6 +211,18 @@ impl Gateway {
         app
     }
 
+    /// The `llm()` mock, a fresh data folder, and a gateway with the real
+    /// model from `models/`.
+    pub async fn with_mock_llm_real_model() -> (Mock, tempfile::TempDir, RunningApp) {
+        let up = mock(llm()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let app = Gateway::new(settings(&up.url(), dir.path()))
+            .real_model()
+            .start()
+            .await;
+        (up, dir, app)
+    }
+
     /// The usual setup: the `llm()` mock, a fresh data folder, a gateway with
     /// the hashing embedder. Keep the folder alive as long as the gateway.
     pub async fn with_mock_llm() -> (Mock, tempfile::TempDir, RunningApp) {
