@@ -20,12 +20,7 @@ const SYSTEM: &str = "You are a helpful assistant.";
 
 #[tokio::test]
 async fn the_console_browses_tries_and_deletes_in_a_real_browser() {
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = Gateway::new(settings(&up.url(), dir.path()))
-        .real_model()
-        .start()
-        .await;
+    let (_up, _dir, app) = Gateway::with_mock_llm_real_model().await;
     let pairs = [
         (
             "How do I sort a list in Python?",
