@@ -164,14 +164,19 @@ async fn requests_on_upstream_state_always_reach_the_upstream() {
     app.shutdown().await;
 }
 
+/// `q` asked twice: a miss, then a hit served under a minted id.
+async fn minted_hit(app: &modelcache::app::RunningApp, q: &str) -> Got {
+    Call::responses(&ask_r(q)).send(app).await;
+    settle(app).await;
+    let hit = Call::responses(&ask_r(q)).send(app).await;
+    assert_eq!(hit.cache(), "hit");
+    hit
+}
+
 #[tokio::test]
 async fn a_minted_id_can_be_chained_onto_fetched_and_deleted() {
     let (up, _dir, app) = Gateway::with_mock_llm().await;
-    let q = ask_r("What is the capital of France?");
-    Call::responses(&q).send(&app).await;
-    settle(&app).await;
-    let hit = Call::responses(&q).send(&app).await;
-    assert_eq!(hit.cache(), "hit");
+    let hit = minted_hit(&app, "What is the capital of France?").await;
     let minted = hit.json();
     let id = minted["id"].as_str().unwrap().to_string();
 
@@ -383,11 +388,7 @@ async fn two_tenants_share_neither_answers_nor_minted_ids() {
 #[tokio::test]
 async fn a_minted_id_outlives_a_restart_in_the_tenants_store() {
     let (up, dir, app) = Gateway::with_mock_llm().await;
-    let q = ask_r("What is the capital of France?");
-    Call::responses(&q).send(&app).await;
-    settle(&app).await;
-    let hit = Call::responses(&q).send(&app).await;
-    assert_eq!(hit.cache(), "hit");
+    let hit = minted_hit(&app, "What is the capital of France?").await;
     let id = hit.json()["id"].as_str().unwrap().to_string();
     settle(&app).await;
     app.shutdown().await;

@@ -394,6 +394,14 @@ mod tests {
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.server.admin_listen.to_string(), "127.0.0.1:5000");
         assert_eq!(s.upstream.url.as_str(), "https://api.openai.com/");
+        assert_eq!(
+            s.upstream.anthropic_url.as_str(),
+            "https://api.anthropic.com/"
+        );
+        assert_eq!(
+            s.tenants[0].upstream.anthropic_url.as_str(),
+            "https://api.anthropic.com/"
+        );
         assert_eq!(s.cache.policy.ttl, Duration::from_secs(7 * 86400));
         assert_eq!(s.tenants.len(), 1);
         assert_eq!(s.tenants[0].name, DEFAULT_TENANT);
