@@ -43,7 +43,8 @@ ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
 test: system-test models models-e5 venv ui-deps
-	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo test --all-targets
+	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && \
+	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my cargo test --all-targets
 
 ## Replicas on PostgreSQL: write-to-hit latency across replicas, start-up over
 ## 100k entries (snapshot against rebuild), memory per entry (BENCHMARKS.md).

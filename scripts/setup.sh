@@ -2,7 +2,7 @@
 # Installs the Debian packages a target needs, if any is missing.
 #   scripts/setup.sh run    what `make run` needs: a C/C++ compiler, Python 3 with venv and pip
 #   scripts/setup.sh test   also what `make test` needs: Prometheus, Chromium, Node.js with npm,
-#                           and PostgreSQL
+#                           PostgreSQL and MariaDB
 # Idempotent, and quiet when everything is there. Uses apt-get as root, or
 # through sudo; without either it names what to install and fails.
 set -euo pipefail
@@ -23,6 +23,9 @@ if [ "$what" = test ]; then
   # tests/postgres.rs and the store suite run against a real PostgreSQL
   # (scripts/postgres-up.sh starts the cluster on loopback).
   command -v pg_lsclusters >/dev/null || need+=(postgresql)
+  # tests/mysql.rs and the store suite run against a real MariaDB
+  # (scripts/mariadb-up.sh starts it on loopback).
+  { command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server mariadb-client)
 fi
 if ! command -v cargo >/dev/null; then
   echo "setup: no Rust toolchain (cargo) on PATH; install one with rustup first" >&2

@@ -296,6 +296,18 @@ fn load_cache(
                 .context("connecting to PostgreSQL (storage.url)")?
                 .notify(*notify),
         ),
+        (
+            None,
+            crate::config::StorageBackend::Mysql {
+                url,
+                database,
+                poll_interval,
+            },
+        ) => Arc::new(
+            crate::store::mysql::MySqlStore::open(url.expose(), 8, database.as_deref())
+                .context("connecting to MySQL (storage.url)")?
+                .poll_every(*poll_interval),
+        ),
     };
     // NOTE: the pair model goes with the configured embedder (its tokenizer
     // is the model's); an embedder given in code runs without it.

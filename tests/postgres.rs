@@ -594,7 +594,10 @@ fn the_config_names_what_postgres_needs() {
             "[storage]\nbackend = \"postgres\"\nurl = \"mysql://x\"\n",
             "postgres://",
         ),
-        ("[storage]\nbackend = \"mongo\"\n", "sqlite or postgres"),
+        (
+            "[storage]\nbackend = \"mongo\"\n",
+            "sqlite, postgres or mysql",
+        ),
         (
             "[storage]\nurl = \"postgres://x\"\n",
             "only used with backend",

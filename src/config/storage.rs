@@ -1,5 +1,5 @@
 //! `[storage]`: the data folder, the vector index settings and the store
-//! backend (SQLite or PostgreSQL).
+//! backend (SQLite, PostgreSQL or MySQL).
 //!
 //! Owns the raw section, the typed settings and their `load()`. It must never
 //! open a database: it only checks what the file names.
@@ -23,18 +23,24 @@ pub struct RawStorage {
     /// `f16`, `i8` or `f32`.
     #[serde(default = "d_index_quantization")]
     pub index_quantization: String,
-    /// `sqlite` (embedded, in `data_dir`) or `postgres`.
+    /// `sqlite` (embedded, in `data_dir`), `postgres` or `mysql`.
     #[serde(default = "d_storage_backend")]
     pub backend: String,
-    /// The PostgreSQL URL (`backend = "postgres"`); prefer `url_env`.
+    /// The database URL (`backend = "postgres"` or `"mysql"`); prefer `url_env`.
     #[serde(default)]
     pub url: Option<String>,
-    /// The environment variable holding the PostgreSQL URL.
+    /// The environment variable holding the database URL.
     #[serde(default)]
     pub url_env: Option<String>,
-    /// A PostgreSQL schema of its own for the tables (default: the user's).
+    /// A PostgreSQL schema of its own for the tables (default: the user's);
+    /// with MySQL, a database of its own (created if missing) instead of
+    /// the URL's.
     #[serde(default)]
     pub schema: Option<String>,
+    /// How often replicas on MySQL read the change log (MySQL cannot
+    /// notify), e.g. "100ms".
+    #[serde(default)]
+    pub poll_interval: Option<String>,
     /// Wake replicas with LISTEN/NOTIFY (default true); false polls only,
     /// for poolers that cannot LISTEN (PgBouncer in transaction mode).
     #[serde(default)]
@@ -88,6 +94,15 @@ pub enum StorageBackend {
         /// Replicas wake on LISTEN/NOTIFY (otherwise they only poll).
         notify: bool,
     },
+    /// A MySQL, MariaDB or OceanBase database shared by replicas.
+    Mysql {
+        /// The connection URL (it may hold a password: never printed).
+        url: Secret,
+        /// A database of its own, if set.
+        database: Option<String>,
+        /// How often replicas read the change log.
+        poll_interval: Duration,
+    },
 }
 
 /// `[storage]` into [`StorageSettings`]; `--data-dir` wins.
@@ -122,30 +137,25 @@ pub(super) fn load(
                     ("url_env", st.url_env.is_some()),
                     ("schema", st.schema.is_some()),
                     ("notify", st.notify.is_some()),
+                    ("poll_interval", st.poll_interval.is_some()),
                 ] {
                     if set {
                         errs.push(
                             &format!("storage.{key}"),
-                            "only used with backend = \"postgres\"",
+                            "only used with backend = \"postgres\" or \"mysql\"",
                         );
                     }
                 }
                 StorageBackend::Sqlite
             }
             "postgres" => {
-                let url = match (&st.url, &st.url_env) {
-                    (Some(u), None) => Some(u.clone()),
-                    (None, Some(name)) => {
-                        env_var(errs, env, "storage.url_env", name).map(|v| v.trim().to_string())
-                    }
-                    _ => {
-                        errs.push(
-                            "storage.url",
-                            "backend = \"postgres\" needs url or url_env (one of them), e.g. url_env = \"DATABASE_URL\"",
-                        );
-                        None
-                    }
-                };
+                if st.poll_interval.is_some() {
+                    errs.push(
+                        "storage.poll_interval",
+                        "only used with backend = \"mysql\" (PostgreSQL replicas are notified; see notify)",
+                    );
+                }
+                let url = database_url(errs, st, env, "postgres");
                 match url {
                     Some(u)
                         if u.starts_with("postgres://")
@@ -168,10 +178,40 @@ pub(super) fn load(
                     None => StorageBackend::Sqlite,
                 }
             }
+            "mysql" => {
+                if st.notify.is_some() {
+                    errs.push(
+                        "storage.notify",
+                        "only used with backend = \"postgres\" (MySQL replicas poll; see poll_interval)",
+                    );
+                }
+                let poll_interval = match &st.poll_interval {
+                    Some(p) => duration(errs, "storage.poll_interval", p),
+                    None => crate::store::mysql::DEFAULT_POLL,
+                };
+                if poll_interval.is_zero() {
+                    errs.push("storage.poll_interval", "must be longer than 0");
+                }
+                match database_url(errs, st, env, "mysql") {
+                    Some(u) if u.starts_with("mysql://") => StorageBackend::Mysql {
+                        url: Secret(u),
+                        database: st.schema.clone(),
+                        poll_interval,
+                    },
+                    Some(_) => {
+                        errs.push(
+                            "storage.url",
+                            "expected mysql://user:password@host:port/database",
+                        );
+                        StorageBackend::Sqlite
+                    }
+                    None => StorageBackend::Sqlite,
+                }
+            }
             other => {
                 errs.push(
                     "storage.backend",
-                    format!("`{other}`: expected sqlite or postgres"),
+                    format!("`{other}`: expected sqlite, postgres or mysql"),
                 );
                 StorageBackend::Sqlite
             }
@@ -182,4 +222,26 @@ pub(super) fn load(
         errs.push("storage.index_save_interval", "must be longer than 0");
     }
     storage
+}
+
+/// The URL of a database backend, from `url` or the variable `url_env` names.
+fn database_url(
+    errs: &mut Errors,
+    st: &RawStorage,
+    env: &HashMap<String, String>,
+    backend: &str,
+) -> Option<String> {
+    match (&st.url, &st.url_env) {
+        (Some(u), None) => Some(u.clone()),
+        (None, Some(name)) => {
+            env_var(errs, env, "storage.url_env", name).map(|v| v.trim().to_string())
+        }
+        _ => {
+            errs.push(
+                "storage.url",
+                format!("backend = \"{backend}\" needs url or url_env (one of them), e.g. url_env = \"DATABASE_URL\""),
+            );
+            None
+        }
+    }
 }

@@ -5,13 +5,16 @@
 //! must provide), the entry types, and the shared suite every backend passes
 //! (`store_suite!`). The implementations are SQLite
 //! ([`sqlite::SqliteStore`], embedded, the default), PostgreSQL
-//! ([`postgres::PgStore`], shared by replicas, with a change log) and a
+//! ([`postgres::PgStore`], shared by replicas, with a change log), MySQL
+//! ([`mysql::MySqlStore`], the same for MySQL, MariaDB and OceanBase, whose
+//! change log is polled) and a
 //! map ([`memory::MemoryStore`], for tests and `eval`). Every query is scoped
 //! by tenant with an equality filter. A store must never judge a candidate or
 //! touch the vector index, and must never run on a runtime thread: callers
 //! use the write-back thread or `spawn_blocking`.
 
 pub mod memory;
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,6 +30,10 @@ pub enum StoreError {
     /// PostgreSQL reported an error (or is unreachable).
     #[error("postgres: {0}")]
     Postgres(String),
+    /// MySQL (or MariaDB, OceanBase) reported an error, is unreachable or
+    /// did not answer in time.
+    #[error("mysql: {0}")]
+    Mysql(String),
     /// The store is up but refused this data (a value it cannot hold, a
     /// broken constraint): trying again cannot help.
     #[error("rejected: {0}")]
@@ -449,6 +456,7 @@ pub trait ChangeLog: Send + Sync {
     /// Blocks until the shared store's change log may have grown (another
     /// process wrote) or `timeout` passed; true when woken by a change. The
     /// caller reads the log either way: a wake-up is a hint, not a promise.
+    /// A store that cannot notify waits its own polling interval instead.
     fn wait_for_change(&self, timeout: std::time::Duration) -> bool;
 }
 
