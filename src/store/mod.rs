@@ -938,6 +938,28 @@ pub(crate) mod suite {
         assert!(s.get(ids[3]).unwrap().is_some());
     }
 
+    /// A shared store that keeps two changes: a sweep trims its change log
+    /// to the newest two and records up to where it trimmed (`s` is made
+    /// with `keep_changes(2)`).
+    pub fn a_trimmed_change_log_records_its_floor(s: &dyn Store) {
+        let Some(log) = s.change_log() else {
+            panic!("only a store with a change log trims one");
+        };
+        let entries: Vec<NewEntry> = (0..5)
+            .map(|i| entry("a", &format!("h{i}"), 1000, 1000))
+            .collect();
+        s.insert_batch(&entries).unwrap();
+        let last = log.last_change().unwrap();
+        s.sweep(1500, &cap(100)).unwrap();
+        assert_eq!(log.change_log_floor().unwrap(), last - 2);
+        let kept = log.changes_since(0, 10).unwrap();
+        assert_eq!(
+            kept.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![last - 1, last]
+        );
+        assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 5)]);
+    }
+
     /// Registration is idempotent and per tenant.
     pub fn register_model_once(s: &dyn Store) {
         assert!(s.register_model("t", "m1", 1).unwrap());

@@ -1201,23 +1201,7 @@ mod tests {
         let s = MySqlStore::open(&url(), 1, Some(&fresh_database()))
             .unwrap()
             .keep_changes(2);
-        let entries: Vec<NewEntry> = (0..5)
-            .map(|i| crate::store::suite::entry("a", &format!("h{i}"), 1000, 1000))
-            .collect();
-        s.insert_batch(&entries).unwrap();
-        let last = s.last_change().unwrap();
-        let limits = Limits {
-            per_tenant: Default::default(),
-            default: 100,
-        };
-        s.sweep(1500, &limits).unwrap();
-        assert_eq!(s.change_log_floor().unwrap(), last - 2);
-        let kept = s.changes_since(0, 10).unwrap();
-        assert_eq!(
-            kept.iter().map(|c| c.id).collect::<Vec<_>>(),
-            vec![last - 1, last]
-        );
-        assert_eq!(s.counts().unwrap(), vec![("a".to_string(), 5)]);
+        crate::store::suite::a_trimmed_change_log_records_its_floor(&s);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`admin`]: admin calls with the test token;
 //! - [`metrics`]: scraping and waiting for the write-back;
 //! - [`faults`]: a failing store, and checks for leaked secrets;
-//! - [`timing`]: latency percentiles and the rows benches print.
+//! - [`timing`]: latency percentiles and the rows benches print;
+//! - [`replicas`]: the replica tests every shared store passes.
 //!
 //! Not every test or bench uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -18,6 +19,7 @@ pub mod client;
 pub mod faults;
 pub mod gateway;
 pub mod metrics;
+pub mod replicas;
 pub mod timing;
 pub mod upstream;
 
