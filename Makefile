@@ -46,11 +46,12 @@ test: system-test models models-e5 venv ui-deps
 	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && \
 	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my cargo test --all-targets
 
-## Replicas on PostgreSQL: write-to-hit latency across replicas, start-up over
+## Replicas on PostgreSQL and MySQL: write-to-hit latency across replicas, start-up over
 ## 100k entries (snapshot against rebuild), memory per entry (BENCHMARKS.md).
 bench-replicas: models
 	cargo build --release
-	url=$$(./scripts/postgres-up.sh) && MODELCACHE_TEST_POSTGRES_URL=$$url cargo bench --bench replicas
+	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && \
+	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my cargo bench --bench replicas
 
 ## Formatting and lints, as CI enforces them.
 lint:

@@ -1,6 +1,6 @@
-//! Replicas on a shared PostgreSQL: how fast a write on one replica becomes
-//! servable on another, how fast a replica starts over a large table, and
-//! what each replica holds in memory per entry.
+//! Replicas on a shared PostgreSQL (and MySQL): how fast a write on one
+//! replica becomes servable on another, how fast a replica starts over a
+//! large table, and what each replica holds in memory per entry.
 //!
 //! Runs the release binary as separate processes against the real PostgreSQL
 //! that `scripts/postgres-up.sh` starts (`make bench-replicas` does both), with
@@ -11,7 +11,10 @@
 //!    on A (it answers once the entry is stored), then dry-run lookups on B
 //!    (`/admin/lookup`, which write nothing) until B's vector index returns
 //!    the entry. With LISTEN/NOTIFY (the default), and with polling only
-//!    (`[storage] notify = false`) as the baseline. Writes are spaced by a
+//!    (`[storage] notify = false`) as the baseline; and on MySQL (MariaDB
+//!    from `scripts/mariadb-up.sh`), which can only poll, at its default
+//!    interval and a shorter one, when `MODELCACHE_TEST_MYSQL_URL` is set.
+//!    Writes are spaced by a
 //!    random pause of up to 250 ms, so that they do not fall in step with the
 //!    polling interval.
 //! 2. **Start-up over `ENTRIES` entries**: the time to `/readyz` and the time
@@ -22,7 +25,8 @@
 //!    one over an empty table, per entry and per million entries.
 //!
 //! Nothing here asserts on a timing; it prints. Environment:
-//! `MODELCACHE_TEST_POSTGRES_URL` (the database), `BENCH_ENTRIES`,
+//! `MODELCACHE_TEST_POSTGRES_URL` (the database), `MODELCACHE_TEST_MYSQL_URL`
+//! (optional), `BENCH_ENTRIES` (0 skips 2 and 3),
 //! `BENCH_WRITES`, `MODELCACHE_BIN` (the binary; default the release build).
 
 #[path = "../tests/common/mod.rs"]
@@ -58,21 +62,43 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Starts a replica, `modelcache serve` on the shared schema with its own
+/// A shared store a replica runs on: its `[storage]` lines, and the URL
+/// they read from `BENCH_DB_URL`.
+#[derive(Clone)]
+struct Shared {
+    /// `[storage]` body after `url_env` (backend, schema, notify or poll).
+    storage: String,
+    url: String,
+}
+
+impl Shared {
+    /// PostgreSQL, in `schema`, woken by LISTEN/NOTIFY or polling.
+    fn postgres(url: &str, schema: &str, notify: bool) -> Shared {
+        Shared {
+            storage: format!("backend = \"postgres\"\nschema = \"{schema}\"\nnotify = {notify}"),
+            url: url.into(),
+        }
+    }
+
+    /// MySQL (MariaDB here), in database `db`, polling every `poll`.
+    fn mysql(url: &str, db: &str, poll: &str) -> Shared {
+        Shared {
+            storage: format!("backend = \"mysql\"\nschema = \"{db}\"\npoll_interval = \"{poll}\""),
+            url: url.into(),
+        }
+    }
+}
+
+/// Starts a replica, `modelcache serve` on the shared store with its own
 /// data folder; how long it took to be ready.
-async fn replica(
-    bin: &Path,
-    dir: &Path,
-    pg: &str,
-    schema: &str,
-    notify: bool,
-) -> Result<(Running, Duration)> {
+async fn replica(bin: &Path, dir: &Path, shared: &Shared) -> Result<(Running, Duration)> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\ndrain_timeout = \"5s\"\n[storage]\nbackend = \"postgres\"\nurl_env = \"BENCH_PG_URL\"\nschema = \"{schema}\"\nnotify = {notify}\n[admin]\ntoken_env = \"BENCH_ADMIN_TOKEN\"\n"
+            "[server]\ndrain_timeout = \"5s\"\n[storage]\nurl_env = \"BENCH_DB_URL\"\n{}\n[admin]\ntoken_env = \"BENCH_ADMIN_TOKEN\"\n",
+            shared.storage
         ),
     )?;
     let t0 = Instant::now();
@@ -81,7 +107,7 @@ async fn replica(
         // Never called: every write is an insert through /modelcache.
         .args(&["--upstream", "http://127.0.0.1:9"])
         .only_defaults()
-        .env("BENCH_PG_URL", pg)
+        .env("BENCH_DB_URL", &shared.url)
         .env("BENCH_ADMIN_TOKEN", ADMIN_TOKEN)
         .rust_log("info,ort=warn")
         .ready_within(READY_WITHIN)
@@ -274,6 +300,10 @@ async fn bench() -> Result<()> {
     if writes > 0 {
         write_then_hit(&client, &bin, tmp.path(), &pg, &run, writes).await?;
     }
+    // 2 and 3 (BENCH_ENTRIES=0 skips them).
+    if entries == 0 {
+        return Ok(());
+    }
     start_up_and_memory(&bin, tmp.path(), &pg, &run, entries).await
 }
 
@@ -285,33 +315,50 @@ async fn write_then_hit(
     run: &str,
     writes: usize,
 ) -> Result<()> {
+    let mysql = std::env::var("MODELCACHE_TEST_MYSQL_URL").ok();
     println!("## Write on A, hit on B ({writes} writes per mode)\n");
     println!(
-        "| mode | writes | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "| store and mode | writes | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    for notify in [true, false] {
-        let schema = format!("bench_rep_{run}_{notify}");
-        let (a, _) = replica(bin, &tmp.join(format!("a{notify}")), pg, &schema, notify).await?;
-        let (b, _) = replica(bin, &tmp.join(format!("b{notify}")), pg, &schema, notify).await?;
+    let mut modes = vec![
+        (
+            "PostgreSQL, LISTEN/NOTIFY (default)",
+            Shared::postgres(pg, &format!("bench_rep_{run}_listen"), true),
+        ),
+        (
+            "PostgreSQL, polling only, every 250 ms (baseline)",
+            Shared::postgres(pg, &format!("bench_rep_{run}_poll"), false),
+        ),
+    ];
+    match &mysql {
+        Some(url) => {
+            for (label, poll) in [
+                ("MySQL (MariaDB), polling every 100 ms (default)", "100ms"),
+                ("MySQL (MariaDB), polling every 25 ms", "25ms"),
+            ] {
+                modes.push((
+                    label,
+                    Shared::mysql(url, &format!("mctest_bench_{run}_{poll}"), poll),
+                ));
+            }
+        }
+        None => eprintln!("MODELCACHE_TEST_MYSQL_URL is not set: MySQL is left out"),
+    }
+    for (i, (label, shared)) in modes.iter().enumerate() {
+        let (a, _) = replica(bin, &tmp.join(format!("a{i}")), shared).await?;
+        let (b, _) = replica(bin, &tmp.join(format!("b{i}")), shared).await?;
         // Warm both (model, connections) before timing.
         write_to_hit(client, a.admin, b.admin, 20, "warm").await?;
         let took = write_to_hit(client, a.admin, b.admin, writes, "timed").await?;
-        print_latency(
-            if notify {
-                "LISTEN/NOTIFY (default)"
-            } else {
-                "polling only, every 250 ms (baseline)"
-            },
-            &took,
-        );
+        print_latency(label, &took);
         a.stop().await;
         b.stop().await;
-        drop_schema(pg, &schema);
+        drop_store(shared).await;
     }
     // What one dry-run lookup costs: the resolution of the figures above.
     {
-        let schema = format!("bench_res_{run}");
-        let (a, _) = replica(bin, &tmp.join("res"), pg, &schema, true).await?;
+        let shared = Shared::postgres(pg, &format!("bench_res_{run}"), true);
+        let (a, _) = replica(bin, &tmp.join("res"), &shared).await?;
         let mut t = Vec::new();
         for i in 0..200 {
             let t0 = Instant::now();
@@ -324,9 +371,30 @@ async fn write_then_hit(
             pct(&t, 0.5)
         );
         a.stop().await;
-        drop_schema(pg, &schema);
+        drop_store(&shared).await;
     }
     Ok(())
+}
+
+/// Drops the schema (PostgreSQL) or database (MySQL) a run made.
+async fn drop_store(shared: &Shared) {
+    let name = shared
+        .storage
+        .lines()
+        .find_map(|l| l.strip_prefix("schema = \""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .unwrap_or_default();
+    if shared.storage.contains("\"mysql\"") {
+        if let Ok(mut c) = mysql_async::Conn::from_url(shared.url.as_str()).await {
+            use mysql_async::prelude::Queryable;
+            let _ = c
+                .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await;
+            let _ = c.disconnect().await;
+        }
+    } else {
+        drop_schema(&shared.url, &name);
+    }
 }
 
 /// 2 and 3. Start-up and memory over a large table.
@@ -339,7 +407,12 @@ async fn start_up_and_memory(
 ) -> Result<()> {
     println!("\n## Start-up over {entries} entries\n");
     let empty_schema = format!("bench_empty_{run}");
-    let (empty, empty_ready) = replica(bin, &tmp.join("empty"), pg, &empty_schema, true).await?;
+    let (empty, empty_ready) = replica(
+        bin,
+        &tmp.join("empty"),
+        &Shared::postgres(pg, &empty_schema, true),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let empty_rss = proc_status(empty.pid(), "VmRSS").unwrap_or(0);
     empty.stop().await;
@@ -353,7 +426,8 @@ async fn start_up_and_memory(
         t0.elapsed().as_secs_f64()
     );
     let dir = tmp.join("big");
-    let (cold, cold_ready) = replica(bin, &dir, pg, &schema, true).await?;
+    let big = Shared::postgres(pg, &schema, true);
+    let (cold, cold_ready) = replica(bin, &dir, &big).await?;
     let cold_ms = index_open_ms(&cold);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let big_rss = proc_status(cold.pid(), "VmRSS").unwrap_or(0);
@@ -365,7 +439,7 @@ async fn start_up_and_memory(
         store.delete("default", &[1, 2, 3])?;
         Ok(())
     })?;
-    let (warm, warm_ready) = replica(bin, &dir, pg, &schema, true).await?;
+    let (warm, warm_ready) = replica(bin, &dir, &big).await?;
     let warm_ms = index_open_ms(&warm);
     let warm_log = warm.log();
     warm.stop().await;
