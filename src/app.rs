@@ -28,7 +28,7 @@ use crate::{
     embed::{EmbedService, EmbedderFactory},
     metrics::Metrics,
     proxy::handler::{Gateway, UNKNOWN_TENANT},
-    store::{sqlite::SqliteStore, Store},
+    store::Store,
     tenants::TenantSet,
 };
 
@@ -278,36 +278,9 @@ fn load_cache(
 ) -> anyhow::Result<Cache> {
     let data = &settings.storage.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let store: Arc<dyn Store> = match (opts.store, &settings.storage.backend) {
-        (Some(s), _) => s,
-        (None, crate::config::StorageBackend::Sqlite) => Arc::new(
-            SqliteStore::open(&data.join("modelcache.db"), 4)
-                .with_context(|| format!("opening {}", data.join("modelcache.db").display()))?,
-        ),
-        (
-            None,
-            crate::config::StorageBackend::Postgres {
-                url,
-                schema,
-                notify,
-            },
-        ) => Arc::new(
-            crate::store::postgres::PgStore::open(url.expose(), 4, schema.as_deref())
-                .context("connecting to PostgreSQL (storage.url)")?
-                .notify(*notify),
-        ),
-        (
-            None,
-            crate::config::StorageBackend::Mysql {
-                url,
-                database,
-                poll_interval,
-            },
-        ) => Arc::new(
-            crate::store::mysql::MySqlStore::open(url.expose(), 8, database.as_deref())
-                .context("connecting to MySQL (storage.url)")?
-                .poll_every(*poll_interval),
-        ),
+    let store: Arc<dyn Store> = match opts.store {
+        Some(s) => s,
+        None => crate::store::open(&settings.storage)?,
     };
     // NOTE: the pair model goes with the configured embedder (its tokenizer
     // is the model's); an embedder given in code runs without it.

@@ -1,9 +1,9 @@
-//! The command line: `modelcache serve`, `modelcache eval` and
-//! `modelcache check-config`.
+//! The command line: `modelcache serve`, `modelcache eval`,
+//! `modelcache import` and `modelcache check-config`.
 //!
 //! Owns flag parsing and turning flags into config overrides. It must never
-//! hold logic of its own beyond that: `app` runs, `eval` measures, `config`
-//! validates.
+//! hold logic of its own beyond that: `app` runs, `eval` measures, `import`
+//! moves ModelCache's answers in, `config` validates.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,9 @@ pub enum Command {
     /// Measure the cache's lookups on labelled pairs (precision, recall,
     /// false-positive rate per category; --sweep recommends thresholds).
     Eval(EvalArgs),
+    /// Copy the answers of a ModelCache MySQL database into a tenant, keyed
+    /// and embedded as the gateway keys and embeds them.
+    Import(ImportArgs),
     /// Validate a config file and print every error with its key path.
     CheckConfig {
         /// The file to check.
@@ -65,6 +68,25 @@ pub struct EvalArgs {
     /// chat, messages (Anthropic) or responses (OpenAI).
     #[arg(long, default_value = "chat", value_parser = ["chat", "messages", "responses"])]
     pub route: String,
+}
+
+/// Flags of `import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The ModelCache database: mysql://user:password@host:3306/db (its
+    /// table modelcache_llm_answer).
+    #[arg(long, value_name = "URL")]
+    pub from_modelcache: String,
+    /// Config file whose store and embedding model receive the answers
+    /// [default: ./config.toml if present, else built-in defaults].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The tenant that receives them [default: the catch-all tenant, else the first].
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The data folder (SQLite and the vector indexes), overriding the config's.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Flags of `serve`; each overrides the config file and the environment.

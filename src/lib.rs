@@ -16,6 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod eval;
+pub mod import;
 
 pub mod admin;
 pub mod proxy;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Eval(args) => eval(args),
+        Command::Import(args) => import(args),
         Command::Serve(args) => {
             // NOTE: an explicit --config must exist; the implicit ./config.toml may not.
             let default = std::path::PathBuf::from("config.toml");
@@ -79,33 +80,83 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// `modelcache eval`.
-fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
+/// The settings of `--config` (or ./config.toml, or the defaults) and the
+/// tenant `--tenant` names (or the catch-all, or the first); or the exit
+/// code after saying what is wrong.
+fn settings_and_tenant(
+    config_path: Option<&std::path::Path>,
+    tenant: Option<&str>,
+    overrides: &config::Overrides,
+) -> Result<(config::Settings, config::TenantSettings), ExitCode> {
     let default = std::path::PathBuf::from("config.toml");
-    let path = match &args.config {
-        Some(p) => Some(p.as_path()),
+    let path = match config_path {
+        Some(p) => Some(p),
         None => default.exists().then_some(default.as_path()),
     };
-    let settings = match config::load(path, std::env::vars(), &config::Overrides::default()) {
+    let settings = match config::load(path, std::env::vars(), overrides) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("config error: {e}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
-    let tenant = match &args.tenant {
-        Some(name) => settings.tenants.iter().find(|t| &t.name == name),
+    let found = match tenant {
+        Some(name) => settings.tenants.iter().find(|t| t.name == name),
         None => settings
             .tenants
             .iter()
             .find(|t| t.is_catch_all())
             .or(settings.tenants.first()),
     };
-    let Some(tenant) = tenant.cloned() else {
-        eprintln!(
-            "no tenant {:?} in the config",
-            args.tenant.unwrap_or_default()
-        );
-        return ExitCode::from(2);
+    let Some(found) = found.cloned() else {
+        eprintln!("no tenant {:?} in the config", tenant.unwrap_or_default());
+        return Err(ExitCode::from(2));
+    };
+    Ok((settings, found))
+}
+
+fn import(args: modelcache::cli::ImportArgs) -> ExitCode {
+    let overrides = config::Overrides {
+        data_dir: args
+            .data_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        ..config::Overrides::default()
+    };
+    let (settings, tenant) =
+        match settings_and_tenant(args.config.as_deref(), args.tenant.as_deref(), &overrides) {
+            Ok(v) => v,
+            Err(code) => return code,
+        };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let name = tenant.name.clone();
+    let done = rt.block_on(modelcache::import::import(
+        std::sync::Arc::new(settings),
+        name.clone(),
+        args.from_modelcache,
+    ));
+    match done {
+        Ok(summary) => {
+            println!("{}", summary.report(&name));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn eval(args: modelcache::cli::EvalArgs) -> ExitCode {
+    let (settings, tenant) = match settings_and_tenant(
+        args.config.as_deref(),
+        args.tenant.as_deref(),
+        &config::Overrides::default(),
+    ) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let pairs = match modelcache::eval::read_pairs(&args.pairs) {
         Ok(p) => p,

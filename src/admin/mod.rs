@@ -14,6 +14,8 @@ mod api;
 mod console;
 mod modelcache;
 
+pub use modelcache::{api_entry, api_key};
+
 use std::{
     net::SocketAddr,
     sync::{Arc, OnceLock, RwLock},

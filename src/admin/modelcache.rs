@@ -165,6 +165,39 @@ fn completion(model: &str, answer: &str, now: i64) -> String {
     .to_string()
 }
 
+/// The key `insert` gives a ModelCache question (`msgs`) under `model`, for
+/// a tenant with `policy`: the proxy's key of the same chat.
+pub fn api_key(
+    policy: &crate::config::Policy,
+    model: &str,
+    msgs: &[Value],
+    namespace: Option<&str>,
+) -> Result<CacheKey, String> {
+    super::request_key(policy, model, msgs, None, namespace)
+}
+
+/// The entry `insert` writes for `answer` under `key`: the `chat.completion`
+/// it replays, living the tenant's TTL. `modelcache import` writes the same.
+pub fn api_entry(
+    tenant: &str,
+    policy: &crate::config::Policy,
+    key: &CacheKey,
+    model: &str,
+    answer: &str,
+    embedding: Option<Vec<f32>>,
+    now: i64,
+) -> NewEntry {
+    row(
+        tenant,
+        key,
+        completion(model, answer, now),
+        embedding,
+        now,
+        policy.ttl,
+        Origin::Api,
+    )
+}
+
 impl Admin {
     /// The tenant a `/modelcache` caller addresses for a call of type
     /// `kind`, and who it is for the audit log; or the refusal.
@@ -330,7 +363,7 @@ impl Admin {
         msgs: &[Value],
         namespace: Option<&str>,
     ) -> Result<CacheKey, String> {
-        super::request_key(tenant.policy(), model, msgs, None, namespace)
+        api_key(tenant.policy(), model, msgs, namespace)
     }
 
     async fn mc_query(
@@ -483,16 +516,7 @@ impl Admin {
             .into_iter()
             .map(|(k, answer)| {
                 let embedding = if k.semantic { vectors.next() } else { None };
-                let answer = completion(model, answer, now);
-                row(
-                    tenant.name(),
-                    &k,
-                    answer,
-                    embedding,
-                    now,
-                    policy.ttl,
-                    Origin::Api,
-                )
+                api_entry(tenant.name(), policy, &k, model, answer, embedding, now)
             })
             .collect();
         let count = entries.len();

@@ -51,7 +51,7 @@ pub use cache::{ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, GuardSet, 
 pub use embedding::{EmbeddingBackend, EmbeddingSettings, RemoteSettings};
 pub use prices::{ModelPrice, PriceTable};
 pub use server::ServerSettings;
-pub use storage::{Quantization, StorageBackend, StorageSettings};
+pub use storage::{Quantization, StorageBackend, StorageSettings, MYSQL_POLL};
 pub use tenants::{key_hash, AuthMode, TenantSettings, DEFAULT_TENANT};
 pub use upstream::{upstream_url, UpstreamSettings};
 

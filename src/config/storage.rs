@@ -56,6 +56,10 @@ defaults! {
 
 default_from_serde!(RawStorage);
 
+/// How often replicas on MySQL read the change log, unless
+/// `poll_interval` says otherwise.
+pub const MYSQL_POLL: Duration = Duration::from_millis(100);
+
 /// Scalar type used for vectors in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
@@ -187,7 +191,7 @@ pub(super) fn load(
                 }
                 let poll_interval = match &st.poll_interval {
                     Some(p) => duration(errs, "storage.poll_interval", p),
-                    None => crate::store::mysql::DEFAULT_POLL,
+                    None => MYSQL_POLL,
                 };
                 if poll_interval.is_zero() {
                     errs.push("storage.poll_interval", "must be longer than 0");

@@ -18,6 +18,44 @@ pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
+/// Opens the store `[storage]` names: SQLite in the data folder (created if
+/// missing), or a shared PostgreSQL or MySQL database (its migrations
+/// applied). Blocking.
+pub fn open(storage: &crate::config::StorageSettings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    use crate::config::StorageBackend;
+    use anyhow::Context;
+    Ok(match &storage.backend {
+        StorageBackend::Sqlite => {
+            let data = &storage.data_dir;
+            std::fs::create_dir_all(data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            let path = data.join("modelcache.db");
+            std::sync::Arc::new(
+                sqlite::SqliteStore::open(&path, 4)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
+        }
+        StorageBackend::Postgres {
+            url,
+            schema,
+            notify,
+        } => std::sync::Arc::new(
+            postgres::PgStore::open(url.expose(), 4, schema.as_deref())
+                .context("connecting to PostgreSQL (storage.url)")?
+                .notify(*notify),
+        ),
+        StorageBackend::Mysql {
+            url,
+            database,
+            poll_interval,
+        } => std::sync::Arc::new(
+            mysql::MySqlStore::open(url.expose(), 8, database.as_deref())
+                .context("connecting to MySQL (storage.url)")?
+                .poll_every(*poll_interval),
+        ),
+    })
+}
+
 /// Store failures. None of them fails a request.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -142,9 +142,6 @@ const CHUNK: usize = 500;
 
 const COLUMNS: &str = "id, tenant, part, exact_hash, endpoint, model, key_text, params, answer, created_at, expires_at, hits, last_hit_at, origin";
 
-/// How replicas on MySQL find each other's writes.
-pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
-
 /// The shared store, in one MySQL database.
 pub struct MySqlStore {
     /// The driver's runtime (one worker); taken on drop.
@@ -361,7 +358,7 @@ impl MySqlStore {
         let mut store = MySqlStore {
             rt: Some(rt),
             pool,
-            poll: DEFAULT_POLL,
+            poll: crate::config::MYSQL_POLL,
             keep_changes: CHANGE_LOG_KEEP,
             id: String::new(),
         };
