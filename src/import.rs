@@ -373,6 +373,11 @@ pub async fn import(
         .find(|t| t.name == tenant)
         .ok_or_else(|| format!("no tenant {tenant:?} in the config"))?
         .clone();
+    if t.policy.mode == crate::config::CacheMode::Off {
+        return Err(format!(
+            "tenant {tenant} has caching off (cache mode off): nothing would serve the answers"
+        ));
+    }
     let s = settings.clone();
     let cache = tokio::task::spawn_blocking(move || -> Result<Cache, String> {
         let store = crate::store::open(&s.storage).map_err(|e| format!("{e:#}"))?;
