@@ -54,7 +54,9 @@ impl Core {
                 ChangeKind::Insert => {}
             }
             let generation = self.generation();
-            let Ok(Some(e)) = self.store.get(c.entry_id) else {
+            // NOTE: the entry and its vector in one read (one round trip to
+            // a shared store, not two).
+            let Ok(Some((e, vector))) = self.store.get_with_embedding(c.entry_id) else {
                 continue; // removed since: a later change says so
             };
             if e.tenant != c.tenant {
@@ -73,7 +75,7 @@ impl Core {
                 self.exact.invalidate(&k);
             }
             self.by_id.invalidate(&e.id);
-            if let (Ok(Some(v)), Some(idx)) = (self.store.embedding(e.id), self.index(&e.tenant)) {
+            if let (Some(v), Some(idx)) = (vector, self.index(&e.tenant)) {
                 if v.len() == self.dims {
                     if let Err(err) =
                         idx.add(e.id as u64, crate::keying::partition_tag(&e.partition), &v)
