@@ -285,8 +285,11 @@ async fn run(
 ) -> Result<Summary, String> {
     let (all, deleted) = src.counts().await?;
     let mut summary = Summary::default();
-    for _ in 0..deleted {
-        summary.skip("marked deleted in ModelCache (is_deleted)");
+    if deleted > 0 {
+        summary.skipped.insert(
+            "marked deleted in ModelCache (is_deleted)".to_string(),
+            deleted,
+        );
     }
     let mut progress = Progress::new(all);
     let mut seen: HashSet<String> = HashSet::new();
