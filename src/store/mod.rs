@@ -976,6 +976,46 @@ pub(crate) mod suite {
         assert!(s.get(ids[3]).unwrap().is_some());
     }
 
+    /// A shared store logs an insert, a removal (with the entry's id and
+    /// hash) and a reported wrong answer, in order, and trims nothing yet;
+    /// returns the newest change id before them (four changes follow it).
+    pub fn a_change_log_logs_each_kind_in_order(s: &dyn Store) -> i64 {
+        let Some(log) = s.change_log() else {
+            panic!("only a store with a change log logs changes");
+        };
+        let before = log.last_change().unwrap();
+        let ids = s.insert_batch(&[entry("a", "h", 1, 1000)]).unwrap();
+        s.delete("a", &ids).unwrap();
+        assert_eq!(log.last_change().unwrap(), before + 2);
+        let changes = log.changes_since(before, 10).unwrap();
+        assert_eq!(
+            changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![ChangeKind::Insert, ChangeKind::Remove]
+        );
+        assert_eq!(
+            (changes[1].entry_id, changes[1].exact_hash.as_str()),
+            (ids[0], "h")
+        );
+        // A reported wrong answer is a change other replicas follow.
+        let kept = s.insert_batch(&[entry("a", "h2", 1, 1000)]).unwrap();
+        s.add_negative(&Negative {
+            entry_id: kept[0],
+            tenant: "a".into(),
+            probe: "p".into(),
+            embedding: vec![1.0, 0.0],
+            at: 5,
+        })
+        .unwrap();
+        let tail = log.changes_since(before + 2, 10).unwrap();
+        assert_eq!(
+            tail.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![ChangeKind::Insert, ChangeKind::Negative]
+        );
+        assert_eq!(s.negatives_of(kept[0]).unwrap().len(), 1);
+        assert_eq!(log.change_log_floor().unwrap(), 0);
+        before
+    }
+
     /// A shared store that keeps two changes: a sweep trims its change log
     /// to the newest two and records up to where it trimmed (`s` is made
     /// with `keep_changes(2)`).

@@ -1076,38 +1076,7 @@ mod tests {
     fn migrations_apply_once_and_changes_are_logged() {
         let db = fresh_database();
         let s = MySqlStore::open(&url(), 1, Some(&db)).unwrap();
-        let before = s.last_change().unwrap();
-        let ids = s
-            .insert_batch(&[crate::store::suite::entry("a", "h", 1, 1000)])
-            .unwrap();
-        s.delete("a", &ids).unwrap();
-        assert_eq!(s.last_change().unwrap(), before + 2);
-        let changes = s.changes_since(before, 10).unwrap();
-        assert_eq!(
-            changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
-            vec![ChangeKind::Insert, ChangeKind::Remove]
-        );
-        assert_eq!(
-            (changes[1].entry_id, changes[1].exact_hash.as_str()),
-            (ids[0], "h")
-        );
-        let kept = s
-            .insert_batch(&[crate::store::suite::entry("a", "h2", 1, 1000)])
-            .unwrap();
-        s.add_negative(&Negative {
-            entry_id: kept[0],
-            tenant: "a".into(),
-            probe: "p".into(),
-            embedding: vec![1.0, 0.0],
-            at: 5,
-        })
-        .unwrap();
-        let tail = s.changes_since(before + 2, 10).unwrap();
-        assert_eq!(
-            tail.iter().map(|c| c.kind).collect::<Vec<_>>(),
-            vec![ChangeKind::Insert, ChangeKind::Negative]
-        );
-        assert_eq!(s.change_log_floor().unwrap(), 0);
+        let before = crate::store::suite::a_change_log_logs_each_kind_in_order(&s);
         // A second open of the same database applies nothing again and
         // finds the same store id; another database is another store.
         let again = MySqlStore::open(&url(), 1, Some(&db)).unwrap();
