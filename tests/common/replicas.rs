@@ -363,17 +363,28 @@ pub async fn a_replica_killed_and_restarted_while_another_writes_serves_everythi
     a.stop().await;
 }
 
-pub async fn serving_goes_on_while_the_database_is_down_and_resumes_by_itself(db: &Db) {
-    let _turn = TURN.lock().await;
+/// The `llm()` mock and a gateway on a fresh schema (named from `what`),
+/// the caller's key verified and `q` cached.
+async fn one_cached(
+    db: &Db,
+    what: &str,
+    q: &str,
+) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
-    let schema = db.schema("down");
+    let schema = db.schema(what);
     let app = Gateway::new(db.settings(&up, dir.path(), &schema))
         .start()
         .await;
     verify_key(&app, &[]).await;
-    Call::ask("cached before the outage").send(&app).await;
+    Call::ask(q).send(&app).await;
     settle(&app).await;
+    (up, dir, app)
+}
+
+pub async fn serving_goes_on_while_the_database_is_down_and_resumes_by_itself(db: &Db) {
+    let _turn = TURN.lock().await;
+    let (up, _dir, app) = one_cached(db, "down", "cached before the outage").await;
     assert_eq!(
         Call::ask("cached before the outage")
             .send(&app)
@@ -465,15 +476,7 @@ pub async fn stored(app: &modelcache::app::RunningApp, q: &str) -> bool {
 
 pub async fn a_hung_database_turns_lookups_into_misses_and_nothing_stalls(db: &Db) {
     let _turn = TURN.lock().await;
-    let up = mock(llm()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let schema = db.schema("hung");
-    let app = Gateway::new(db.settings(&up, dir.path(), &schema))
-        .start()
-        .await;
-    verify_key(&app, &[]).await;
-    Call::ask("cached before the hang").send(&app).await;
-    settle(&app).await;
+    let (_up, _dir, app) = one_cached(db, "hung", "cached before the hang").await;
     assert_eq!(
         Call::ask("cached before the hang").send(&app).await.cache(),
         "hit"
