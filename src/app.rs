@@ -299,13 +299,19 @@ fn load_cache(
     });
     let embedder = EmbedService::start(factory, crate::embed::EmbedLimits::of(&em), Some(observe))?
         .with_pair(pair);
+    let place = crate::cache::IndexPlace::configured(
+        &settings.index,
+        Some(data.join("index")),
+        settings.storage.index_quantization,
+        embedder.dims(),
+    )
+    .map_err(anyhow::Error::msg)?;
     Cache::open(
         settings.cache.clone(),
         store,
         embedder,
         metrics,
-        Some(data.join("index")),
-        settings.storage.index_quantization,
+        place,
         &settings
             .tenants
             .iter()

@@ -196,8 +196,10 @@ pub fn open_cache_on(settings: &Settings, service: EmbedService) -> Result<Cache
         Arc::new(MemoryStore::default()),
         service,
         Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?),
-        None,
-        settings.storage.index_quantization,
+        crate::cache::IndexPlace::Memory {
+            dir: None,
+            quantization: settings.storage.index_quantization,
+        },
         &[],
     )
     .map_err(|e| e.to_string())

@@ -391,13 +391,19 @@ pub async fn import(
             None,
         )
         .map_err(|e| e.to_string())?;
+        let place = crate::cache::IndexPlace::configured(
+            &s.index,
+            Some(s.storage.data_dir.join("index")),
+            s.storage.index_quantization,
+            service.dims(),
+        )
+        .map_err(|e| e.to_string())?;
         Cache::open(
             s.cache.clone(),
             store,
             service,
             Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?),
-            Some(s.storage.data_dir.join("index")),
-            s.storage.index_quantization,
+            place,
             &s.tenants.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         )
         .map_err(|e| e.to_string())

@@ -33,7 +33,7 @@ pub enum CacheStage {
     Ann,
     /// Opening (loading or rebuilding) a tenant's vector index.
     IndexOpen,
-    /// Adding vectors to an index.
+    /// Adding or removing vectors of an index.
     IndexAdd,
     /// Saving an index snapshot.
     IndexSave,

@@ -75,8 +75,10 @@ impl Core {
                 self.exact.invalidate(&k);
             }
             self.by_id.invalidate(&e.id);
+            // NOTE: a shared index (Milvus) already has it: the replica that
+            // stored the entry wrote it there.
             if let (Some(v), Some(idx)) = (vector, self.index(&e.tenant)) {
-                if v.len() == self.dims {
+                if v.len() == self.dims && !idx.shared() {
                     if let Err(err) =
                         idx.add(e.id as u64, crate::keying::partition_tag(&e.partition), &v)
                     {
@@ -86,7 +88,7 @@ impl Core {
             }
         }
         if !removed.is_empty() {
-            self.forget(&removed);
+            self.forget_followed(&removed);
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     clock::now_ms,
     embed::pair::PairError,
     keying::{meaning_turns, CacheKey},
+    index::{IndexError, VectorIndex},
     metrics::CacheStage,
     store::{Entry, Origin},
 };
@@ -101,6 +102,26 @@ pub struct Considered {
 const MAX_CHANGED_TURNS: usize = 8;
 
 impl Core {
+    /// Searches `idx`: in place for an index in memory; on a blocking
+    /// thread for a shared one (Milvus), whose client bounds the call by
+    /// `[index] search_timeout`, so that a slow Milvus costs a miss, never a
+    /// stalled worker.
+    async fn search(
+        &self,
+        idx: &Arc<dyn VectorIndex>,
+        v: &[f32],
+        tag: Option<u64>,
+        k: usize,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        if !idx.shared() {
+            return idx.search(v, tag, k);
+        }
+        let (idx, v) = (idx.clone(), v.to_vec());
+        tokio::task::spawn_blocking(move || idx.search(&v, tag, k))
+            .await
+            .map_err(|e| IndexError::Native(format!("search task: {e}")))?
+    }
+
     /// A semantic candidate with its stored embedding, from memory or in
     /// one store read.
     async fn entry_by_id(&self, id: i64) -> Option<Known> {
@@ -378,8 +399,9 @@ impl Core {
             // NOTE: the nearest entries of every partition of the tenant, so
             // that a near question stored under another model or other
             // parameters shows up, failing the partition check.
-            let mut any = idx.search(v, None, 10);
-            if let (Ok(a), Ok(own)) = (&mut any, idx.search(v, Some(key.partition_tag()), 8)) {
+            let mut any = self.search(&idx, v, None, 10).await;
+            let own = self.search(&idx, v, Some(key.partition_tag()), 8).await;
+            if let (Ok(a), Ok(own)) = (&mut any, own) {
                 for c in own {
                     if !a.iter().any(|(id, _)| *id == c.0) {
                         a.push(c);
@@ -389,7 +411,7 @@ impl Core {
             }
             any
         } else {
-            idx.search(v, Some(key.partition_tag()), 8)
+            self.search(&idx, v, Some(key.partition_tag()), 8).await
         };
         if !all {
             self.metrics.ann_seconds.observe(t0.elapsed().as_secs_f64());

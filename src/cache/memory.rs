@@ -17,10 +17,54 @@ use std::{
 use super::error::CacheError;
 use crate::{
     config::Quantization,
-    index::{UsearchIndex, VectorIndex},
+    index::{milvus::Milvus, UsearchIndex, VectorIndex},
     metrics::{CacheStage, Metrics},
     store::{Entry, NewEntry, Removed, Store},
 };
+
+/// Where the cache's vector indexes live.
+pub enum IndexPlace {
+    /// One usearch index per tenant in this process's memory, snapshotted
+    /// in `dir` (never, without one).
+    Memory {
+        /// The snapshots' folder.
+        dir: Option<PathBuf>,
+        /// The vectors' scalar type.
+        quantization: Quantization,
+    },
+    /// One Milvus collection that every replica searches and writes.
+    Milvus(Arc<Milvus>),
+}
+
+impl IndexPlace {
+    /// Where `[index]` puts the indexes: usearch snapshotted in `dir`, or
+    /// the Milvus collection it names (connected to now; Milvus away is not
+    /// an error, a collection of another shape is).
+    pub fn configured(
+        settings: &crate::config::IndexSettings,
+        dir: Option<PathBuf>,
+        quantization: Quantization,
+        dims: usize,
+    ) -> Result<IndexPlace, CacheError> {
+        Ok(match &settings.backend {
+            crate::config::IndexBackend::Usearch => IndexPlace::Memory { dir, quantization },
+            crate::config::IndexBackend::Milvus {
+                url,
+                collection,
+                search_timeout,
+                queue,
+            } => IndexPlace::Milvus(Milvus::connect(
+                crate::index::milvus::MilvusSettings {
+                    url: url.clone(),
+                    collection: collection.clone(),
+                    search_within: *search_timeout,
+                    queue: *queue,
+                },
+                dims,
+            )?),
+        })
+    }
+}
 
 /// An entry read for the semantic layer, with its stored embedding: the
 /// similarity that decides a semantic hit is computed from it, never taken
@@ -42,9 +86,9 @@ pub struct Core {
     /// The store's identity, sealed into every index snapshot.
     pub(super) store_id: String,
     pub(super) indexes: RwLock<HashMap<String, Arc<dyn VectorIndex>>>,
-    pub(super) index_dir: Option<PathBuf>,
+    /// Where the vector indexes live.
+    pub(super) place: IndexPlace,
     pub(super) dims: usize,
-    pub(super) quantization: Quantization,
     /// Bumped before removed entries are forgotten, so that a store read that
     /// raced a removal does not put the entry back into memory.
     pub(super) removals: std::sync::atomic::AtomicU64,
@@ -150,15 +194,23 @@ impl Core {
     fn index_path(&self, tenant: &str) -> Option<PathBuf> {
         // NOTE: tenant names come from the config, but are hex-encoded anyway so
         // that no name can escape the folder.
-        self.index_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}.usearch", hex::encode(tenant))))
+        match &self.place {
+            IndexPlace::Memory { dir: Some(d), .. } => {
+                Some(d.join(format!("{}.usearch", hex::encode(tenant))))
+            }
+            _ => None,
+        }
     }
 
     fn open_index(&self, tenant: &str) -> Result<Arc<dyn VectorIndex>, CacheError> {
+        let quantization = match &self.place {
+            // NOTE: nothing to load or rebuild: Milvus holds the vectors.
+            IndexPlace::Milvus(m) => return Ok(Arc::new(m.tenant(tenant))),
+            IndexPlace::Memory { quantization, .. } => *quantization,
+        };
         let rows = self.store.index_rows(tenant)?;
         let Some(path) = self.index_path(tenant) else {
-            let idx = UsearchIndex::new(self.dims, self.quantization)?;
+            let idx = UsearchIndex::new(self.dims, quantization)?;
             return Ok(Arc::new(idx));
         };
         let started = Instant::now();
@@ -170,7 +222,7 @@ impl Core {
             &path,
             &owner,
             self.dims,
-            self.quantization,
+            quantization,
             &rows,
             changed.as_deref().unwrap_or(&[]),
             |ids| {
@@ -281,6 +333,20 @@ impl Core {
         }
     }
 
+    /// Waits up to `within` for index writes a shared index (Milvus) still
+    /// queues; says how many were left unwritten.
+    pub(crate) fn flush_shared_index(&self, within: Duration) {
+        if let IndexPlace::Milvus(m) = &self.place {
+            let left = m.flush(within);
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "Milvus did not take every queued index write before shutdown; those entries hit exactly only until written again"
+                );
+            }
+        }
+    }
+
     /// Makes freshly stored entries visible to lookups.
     pub(crate) fn publish(&self, entries: &[NewEntry], ids: &[i64]) {
         for (e, id) in entries.iter().zip(ids) {
@@ -307,8 +373,18 @@ impl Core {
         }
     }
 
-    /// Forgets removed entries in every layer.
+    /// Forgets entries this replica removed, in every layer.
     pub(crate) fn forget(&self, removed: &[Removed]) {
+        self.forget_in(removed, true);
+    }
+
+    /// Forgets entries the change log says were removed. A shared index
+    /// (Milvus) is left alone: the replica that removed them wrote that.
+    pub(crate) fn forget_followed(&self, removed: &[Removed]) {
+        self.forget_in(removed, false);
+    }
+
+    fn forget_in(&self, removed: &[Removed], shared_index_too: bool) {
         self.removals
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut negs) = self.negatives.write() {
@@ -320,7 +396,12 @@ impl Core {
             self.exact.invalidate(&exact_key(&r.tenant, &r.exact_hash));
             self.by_id.invalidate(&r.id);
             if let Some(idx) = self.index(&r.tenant) {
-                let _ = idx.remove(r.id as u64);
+                if shared_index_too || !idx.shared() {
+                    if let Err(e) = idx.remove(r.id as u64) {
+                        tracing::debug!(error = %e, "index remove failed");
+                        self.metrics.cache_error(CacheStage::IndexAdd);
+                    }
+                }
             }
         }
     }

@@ -12,13 +12,12 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use crate::{
-    config::{CacheSettings, Quantization},
+    config::CacheSettings,
     embed::EmbedService,
     keying::CacheKey,
     metrics::{CacheStage, Metrics},
@@ -48,7 +47,7 @@ pub mod writeback;
 pub use self::{
     error::CacheError,
     lookup::{Considered, Explanation, Scope},
-    memory::Calibration,
+    memory::{Calibration, IndexPlace},
     plan::{plan, Plan, SkipReason},
     types::{Hit, HitKind, Lookup, LookupOptions, Thresholds},
     writeback::row,
@@ -85,11 +84,10 @@ impl Cache {
         store: Arc<dyn Store>,
         embedder: EmbedService,
         metrics: Arc<Metrics>,
-        index_dir: Option<PathBuf>,
-        quantization: Quantization,
+        place: IndexPlace,
         tenants: &[String],
     ) -> Result<Cache, CacheError> {
-        if let Some(d) = &index_dir {
+        if let IndexPlace::Memory { dir: Some(d), .. } = &place {
             std::fs::create_dir_all(d).map_err(|source| CacheError::Io {
                 path: d.clone(),
                 source,
@@ -104,10 +102,9 @@ impl Cache {
             by_id: moka::sync::Cache::new(settings.exact_capacity),
             store_id,
             indexes: RwLock::new(HashMap::new()),
-            index_dir,
+            place,
             dims: embedder.dims(),
             embedder,
-            quantization,
             removals: std::sync::atomic::AtomicU64::new(0),
             negatives: RwLock::new(HashMap::new()),
             calibrations: RwLock::new(HashMap::new()),
@@ -501,6 +498,7 @@ impl Cache {
     pub fn close(&self) {
         self.writeback.close();
         self.core.save_indexes();
+        self.core.flush_shared_index(Duration::from_secs(5));
     }
 }
 
@@ -522,8 +520,10 @@ mod tests {
             Arc::new(crate::store::memory::MemoryStore::default()),
             embedder,
             Arc::new(Metrics::new().unwrap()),
-            None,
-            Quantization::F16,
+            IndexPlace::Memory {
+                dir: None,
+                quantization: crate::config::Quantization::F16,
+            },
             &[],
         )
         .unwrap();

@@ -7,7 +7,7 @@
 //!
 //! One file per section, each with its raw serde struct, its typed settings
 //! and its `load()`: [`server`](ServerSettings), [`upstream`](UpstreamSettings),
-//! [`storage`](StorageSettings), [`embedding`](EmbeddingSettings),
+//! [`storage`](StorageSettings), [`index`](IndexSettings), [`embedding`](EmbeddingSettings),
 //! [`cache`](CacheSettings), [`auth`](AuthSettings), [`admin`](AdminSettings),
 //! [`tenants`](TenantSettings) and [`prices`](PriceTable). This file keeps the
 //! whole: reading the file, environment overrides, the error collection and
@@ -33,6 +33,7 @@ mod admin;
 mod auth;
 mod cache;
 mod embedding;
+mod index;
 mod prices;
 pub mod raw;
 mod server;
@@ -49,6 +50,7 @@ pub use admin::{AdminSettings, KeylessAccess};
 pub use auth::{AuthSettings, UnknownKeys};
 pub use cache::{ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, GuardSet, Policy, Verifier};
 pub use embedding::{EmbeddingBackend, EmbeddingSettings, RemoteSettings};
+pub use index::{IndexBackend, IndexSettings, MILVUS_QUEUE, MILVUS_SEARCH_TIMEOUT};
 pub use prices::{ModelPrice, PriceTable};
 pub use server::ServerSettings;
 pub use storage::{Quantization, StorageBackend, StorageSettings, MYSQL_POLL};
@@ -128,6 +130,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// `[storage]`
     pub storage: StorageSettings,
+    /// `[index]`
+    pub index: IndexSettings,
     /// `[embedding]`
     pub embedding: EmbeddingSettings,
     /// `[cache]`
@@ -155,10 +159,11 @@ pub struct Overrides {
     pub data_dir: Option<String>,
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "server",
     "upstream",
     "storage",
+    "index",
     "embedding",
     "cache",
     "auth",
@@ -341,6 +346,7 @@ fn settings_from_raw(
     let server = server::load(&mut errs, &raw.server, o);
     let upstream = upstream::load(&mut errs, &raw.upstream, o);
     let storage = storage::load(&mut errs, &raw.storage, o, env);
+    let index = index::load(&mut errs, &raw.index, env);
     let embedding = embedding::load(&mut errs, &raw.embedding, env);
     let cache = cache::load(&mut errs, &raw.cache, embedding.max_length);
     let auth = auth::load(&mut errs, &raw.auth);
@@ -352,6 +358,7 @@ fn settings_from_raw(
             server,
             upstream,
             storage,
+            index,
             embedding,
             cache,
             auth,

@@ -15,6 +15,7 @@ pub use super::{
     auth::RawAuth,
     cache::{RawGuards, RawPolicy},
     embedding::RawEmbedding,
+    index::RawIndex,
     prices::RawPrice,
     server::RawServer,
     storage::RawStorage,
@@ -35,6 +36,9 @@ pub struct RawConfig {
     /// Where the cache keeps its state.
     #[serde(default)]
     pub storage: RawStorage,
+    /// Where the vector index lives.
+    #[serde(default)]
+    pub index: RawIndex,
     /// The embedding model.
     #[serde(default)]
     pub embedding: RawEmbedding,

@@ -1,8 +1,9 @@
 //! Vector indexes: nearest neighbours by cosine, filtered to one partition.
 //!
-//! Owns the [`VectorIndex`] seam, its usearch implementation and a brute-force
-//! one for tests, and the index files under `data/index/`. It must never be the
-//! source of truth: SQLite is, and a missing or stale index is rebuilt from it.
+//! Owns the [`VectorIndex`] seam, its usearch implementation, Milvus as an
+//! index replicas share ([`milvus`]), a brute-force one for tests, and the
+//! index files under `data/index/`. It must never be the source of truth:
+//! the store is, and a missing or stale index is rebuilt from it.
 //! Partition filtering is an equality test on a tag, never a distance.
 
 use std::{
@@ -15,6 +16,8 @@ use std::{
 };
 
 use crate::config::Quantization;
+
+pub mod milvus;
 
 /// Index failures. A search failure makes the lookup a miss, never an error.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,15 @@ pub trait VectorIndex: Send + Sync {
     fn memory_bytes(&self) -> usize;
     /// Writes a snapshot to `path` if anything changed since the last one.
     fn save(&self, path: &Path) -> Result<bool, IndexError>;
+    /// True when replicas share this index (Milvus): each change is written
+    /// to it once, by the replica that made it, never again by followers.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Waits up to `within` for writes still queued; the number left.
+    fn flush(&self, _within: std::time::Duration) -> usize {
+        0
+    }
 }
 
 /// Each id's partition tag, and each partition's ids.
