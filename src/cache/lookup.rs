@@ -18,8 +18,8 @@ use super::{
 use crate::{
     clock::now_ms,
     embed::pair::PairError,
-    keying::{meaning_turns, CacheKey},
     index::{IndexError, VectorIndex},
+    keying::{meaning_turns, CacheKey},
     metrics::CacheStage,
     store::{Entry, Origin},
 };

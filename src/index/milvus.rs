@@ -191,7 +191,10 @@ impl Milvus {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v1/vector/{path}", self.settings.url.trim_end_matches('/'))
+        format!(
+            "{}/v1/vector/{path}",
+            self.settings.url.trim_end_matches('/')
+        )
     }
 
     /// One call; Milvus answers 200 with its own `code` in the body.
@@ -459,11 +462,27 @@ impl Milvus {
             if let Ok(mut recent) = self.recent.lock() {
                 let now = Instant::now();
                 for (e, pk) in ids.into_iter().zip(inserted) {
-                    recent.entry(e).or_insert_with(|| (now, Vec::new())).1.push(pk);
+                    recent
+                        .entry(e)
+                        .or_insert_with(|| (now, Vec::new()))
+                        .1
+                        .push(pk);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Drops the collection (and every row in it).
+    pub fn drop_collection(&self) -> Result<(), IndexError> {
+        self.ready.store(false, Ordering::Release);
+        self.call(
+            &self.write,
+            "collections/drop",
+            Some(json!({"collectionName": self.settings.collection})),
+        )
+        .map(|_| ())
+        .map_err(fail)
     }
 
     /// Whether Milvus has a row of `entry` (a query; for tests and tools).
@@ -609,13 +628,94 @@ impl VectorIndex for MilvusIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::index::suite;
+
+    /// The test server (`scripts/milvus-up.sh` prints it; `make test` and
+    /// `.ci/run` set it).
+    pub(crate) fn url() -> String {
+        std::env::var("MODELCACHE_TEST_MILVUS_URL").expect(
+            "MODELCACHE_TEST_MILVUS_URL is not set: run `make test`, which starts Milvus with scripts/milvus-up.sh",
+        )
+    }
+
+    /// A fresh collection of `dims`, dropped with the fixture.
+    pub(crate) struct Fresh(pub(crate) Arc<Milvus>);
+
+    impl Fresh {
+        pub(crate) fn new(dims: usize) -> Fresh {
+            let settings = MilvusSettings {
+                url: url(),
+                collection: format!("mctest_{:016x}", rand::random::<u64>()),
+                search_within: Duration::from_secs(5),
+                queue: 10_000,
+            };
+            let m = Milvus::connect(settings, dims).unwrap();
+            assert!(
+                m.ready.load(Ordering::Acquire),
+                "the test collection is not ready"
+            );
+            Fresh(m)
+        }
+    }
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            let _ = self.0.drop_collection();
+        }
+    }
+
+    impl suite::Fixture for Fresh {
+        fn open(&self, tenant: &str) -> Arc<dyn VectorIndex> {
+            Arc::new(self.0.tenant(tenant))
+        }
+    }
+
+    suite::index_suite!(|| Fresh::new(suite::DIMS));
+
+    #[test]
+    fn a_collection_of_another_size_is_refused() {
+        let fresh = Fresh::new(8);
+        let settings = MilvusSettings {
+            collection: fresh.0.settings.collection.clone(),
+            ..fresh.0.settings.clone()
+        };
+        let err = Milvus::connect(settings, 16).err().expect("refused");
+        assert!(err.to_string().contains("FloatVector(8)"), "{err}");
+    }
+
+    #[test]
+    fn milvus_away_is_a_failed_search_and_queued_writes() {
+        let settings = MilvusSettings {
+            url: "http://127.0.0.1:9".into(),
+            collection: "nowhere".into(),
+            search_within: Duration::from_millis(200),
+            queue: 2,
+        };
+        let m = Milvus::connect(settings, 4).unwrap();
+        let idx = m.tenant("t");
+        assert!(idx.search(&[1.0, 0.0, 0.0, 0.0], None, 1).is_err());
+        idx.add(1, 1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        idx.remove(2).unwrap();
+        // The queue holds two; a third waits nowhere and says so.
+        let mut refused = false;
+        for i in 3..6 {
+            refused |= idx.add(i, 1, &[0.0, 1.0, 0.0, 0.0]).is_err();
+        }
+        assert!(refused);
+        assert!(m.dropped() >= 1);
+        assert!(m.pending() >= 2);
+        assert!(idx.add(9, 1, &[f32::NAN, 0.0, 0.0, 0.0]).is_err());
+    }
 
     #[test]
     fn filter_literals_cannot_be_escaped_from() {
         assert_eq!(literal("a"), "\"a\"");
-        assert_eq!(literal("a\" or tenant != \""), "\"a\\\" or tenant != \\\"\"");
+        assert_eq!(
+            literal("a\" or tenant != \""),
+            "\"a\\\" or tenant != \\\"\""
+        );
         assert_eq!(literal("b\\"), "\"b\\\\\"");
         assert_eq!(tag_literal(255), "\"00000000000000ff\"");
         assert_eq!(ids_list([1u64, 22].into_iter()), "[1,22]");

@@ -18,6 +18,8 @@ use std::{
 use crate::config::Quantization;
 
 pub mod milvus;
+#[cfg(test)]
+pub(crate) mod suite;
 
 /// Index failures. A search failure makes the lookup a miss, never an error.
 #[derive(Debug, thiserror::Error)]
@@ -702,30 +704,6 @@ mod tests {
     }
 
     #[test]
-    fn usearch_agrees_with_brute_force_and_filters_by_tag() {
-        let u = UsearchIndex::new(32, Quantization::F32).unwrap();
-        let b = BruteIndex::default();
-        let vs = vecs(3000);
-        for (i, v) in vs.iter().enumerate() {
-            let tag = (i % 3) as u64;
-            u.add(i as u64, tag, v).unwrap();
-            b.add(i as u64, tag, v).unwrap();
-        }
-        for q in [5usize, 77, 1500] {
-            let got = u.search(&vs[q], Some(2), 1).unwrap();
-            let want = b.search(&vs[q], Some(2), 1).unwrap();
-            assert_eq!(got.first().map(|r| r.0), want.first().map(|r| r.0));
-            assert!(got.iter().all(|(id, _)| id % 3 == 2));
-        }
-        let own = u.search(&vs[5], Some(2), 1).unwrap();
-        assert_eq!(own[0].0, 5);
-        assert!((own[0].1 - 1.0).abs() < 1e-3);
-        // Without a tag, every partition is searched.
-        assert_eq!(u.search(&vs[4], None, 1).unwrap()[0].0, 4);
-        assert_eq!(b.search(&vs[4], None, 1).unwrap()[0].0, 4);
-    }
-
-    #[test]
     fn snapshot_round_trip_and_stale_rebuild() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.usearch");
@@ -823,18 +801,35 @@ mod tests {
         assert_eq!(l.search(&vs[11], Some(1), 1).unwrap()[0].0, 3);
         assert_eq!(l.search(&vs[10], Some(1), 1).unwrap()[0].0, 10);
     }
+}
 
-    #[test]
-    fn remove_and_replace() {
-        let u = UsearchIndex::new(32, Quantization::F32).unwrap();
-        let vs = vecs(2);
-        u.add(1, 1, &vs[0]).unwrap();
-        u.add(1, 1, &vs[1]).unwrap();
-        assert_eq!(u.len(), 1);
-        u.remove(1).unwrap();
-        assert!(u.search(&vs[1], Some(1), 3).unwrap().is_empty());
-        assert!(matches!(u.add(2, 1, &[1.0]), Err(IndexError::Dims { .. })));
+#[cfg(test)]
+mod usearch_suite {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+
+    use super::{suite, Quantization, UsearchIndex, VectorIndex};
+
+    /// One usearch index per tenant, as the cache keeps them.
+    #[derive(Default)]
+    struct Usearch(Mutex<HashMap<String, Arc<UsearchIndex>>>);
+
+    impl suite::Fixture for Usearch {
+        fn open(&self, tenant: &str) -> Arc<dyn VectorIndex> {
+            self.0
+                .lock()
+                .unwrap()
+                .entry(tenant.to_string())
+                .or_insert_with(|| {
+                    Arc::new(UsearchIndex::new(suite::DIMS, Quantization::F32).unwrap())
+                })
+                .clone()
+        }
     }
+
+    suite::index_suite!(Usearch::default);
 }
 
 #[cfg(test)]
