@@ -18,6 +18,7 @@ const MYSQL: Db = Db {
     stop: || replicas::script("mariadb-up.sh", &["stop"]),
     start: || replicas::script("mariadb-up.sh", &[]),
     freeze: |on| replicas::signal_all(on, &["-x", "mariadbd"]),
+    milvus: false,
 };
 
 #[tokio::test]

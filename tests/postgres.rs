@@ -14,9 +14,10 @@ const PG: Db = Db {
     backend: "postgres",
     url_var: "MODELCACHE_TEST_POSTGRES_URL",
     prefix: "",
-    stop: || cluster("stop"),
+    stop: || replicas::pg_cluster("stop"),
     start: || replicas::script("postgres-up.sh", &[]),
     freeze: |on| replicas::signal_all(on, &["-u", "postgres"]),
+    milvus: false,
 };
 
 #[tokio::test]
@@ -77,28 +78,6 @@ async fn replicas_that_cannot_listen_follow_by_polling() {
     eprintln!("polling only: a write on A became a hit on B after {took:?}");
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// `pg_ctlcluster` on the machine's (first) cluster.
-fn cluster(action: &str) {
-    let list = std::process::Command::new("pg_lsclusters")
-        .arg("--no-header")
-        .output()
-        .unwrap();
-    let line = String::from_utf8_lossy(&list.stdout).to_string();
-    let mut f = line.split_whitespace();
-    let (ver, name) = (f.next().unwrap().to_string(), f.next().unwrap().to_string());
-    let mut cmd = std::process::Command::new("pg_ctlcluster");
-    cmd.args([ver.as_str(), name.as_str(), action]);
-    if action == "stop" {
-        cmd.args(["-m", "fast"]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_ctlcluster {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

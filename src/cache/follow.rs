@@ -75,13 +75,13 @@ impl Core {
                 self.exact.invalidate(&k);
             }
             self.by_id.invalidate(&e.id);
-            // NOTE: a shared index (Milvus) already has it: the replica that
-            // stored the entry wrote it there.
             if let (Some(v), Some(idx)) = (vector, self.index(&e.tenant)) {
-                if v.len() == self.dims && !idx.shared() {
-                    if let Err(err) =
-                        idx.add(e.id as u64, crate::keying::partition_tag(&e.partition), &v)
-                    {
+                if v.len() == self.dims {
+                    if let Err(err) = idx.followed_add(
+                        e.id as u64,
+                        crate::keying::partition_tag(&e.partition),
+                        &v,
+                    ) {
                         tracing::warn!(error = %err, "index add of a followed entry failed");
                     }
                 }

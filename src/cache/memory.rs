@@ -375,16 +375,16 @@ impl Core {
 
     /// Forgets entries this replica removed, in every layer.
     pub(crate) fn forget(&self, removed: &[Removed]) {
-        self.forget_in(removed, true);
-    }
-
-    /// Forgets entries the change log says were removed. A shared index
-    /// (Milvus) is left alone: the replica that removed them wrote that.
-    pub(crate) fn forget_followed(&self, removed: &[Removed]) {
         self.forget_in(removed, false);
     }
 
-    fn forget_in(&self, removed: &[Removed], shared_index_too: bool) {
+    /// Forgets entries the change log says were removed (a shared index
+    /// already has that from the replica that removed them).
+    pub(crate) fn forget_followed(&self, removed: &[Removed]) {
+        self.forget_in(removed, true);
+    }
+
+    fn forget_in(&self, removed: &[Removed], followed: bool) {
         self.removals
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut negs) = self.negatives.write() {
@@ -396,11 +396,13 @@ impl Core {
             self.exact.invalidate(&exact_key(&r.tenant, &r.exact_hash));
             self.by_id.invalidate(&r.id);
             if let Some(idx) = self.index(&r.tenant) {
-                if shared_index_too || !idx.shared() {
-                    if let Err(e) = idx.remove(r.id as u64) {
-                        tracing::debug!(error = %e, "index remove failed");
-                        self.metrics.cache_error(CacheStage::IndexAdd);
-                    }
+                let removed = match followed {
+                    true => idx.followed_remove(r.id as u64),
+                    false => idx.remove(r.id as u64),
+                };
+                if let Err(e) = removed {
+                    tracing::debug!(error = %e, "index remove failed");
+                    self.metrics.cache_error(CacheStage::IndexAdd);
                 }
             }
         }

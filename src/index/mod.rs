@@ -69,10 +69,19 @@ pub trait VectorIndex: Send + Sync {
     fn memory_bytes(&self) -> usize;
     /// Writes a snapshot to `path` if anything changed since the last one.
     fn save(&self, path: &Path) -> Result<bool, IndexError>;
-    /// True when replicas share this index (Milvus): each change is written
-    /// to it once, by the replica that made it, never again by followers.
+    /// True when replicas share this index (Milvus): searched off the
+    /// request's thread, and each change written once, by the replica that
+    /// made it.
     fn shared(&self) -> bool {
         false
+    }
+    /// Applies an add another replica made (read from the change log).
+    fn followed_add(&self, id: u64, tag: u64, vector: &[f32]) -> Result<(), IndexError> {
+        self.add(id, tag, vector)
+    }
+    /// Applies a removal another replica made.
+    fn followed_remove(&self, id: u64) -> Result<(), IndexError> {
+        self.remove(id)
     }
     /// Waits up to `within` for writes still queued; the number left.
     fn flush(&self, _within: std::time::Duration) -> usize {
