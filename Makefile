@@ -43,15 +43,17 @@ ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
 test: system-test models models-e5 venv ui-deps
-	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && \
-	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my cargo test --all-targets
+	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && mv=$$(./scripts/milvus-up.sh) && \
+	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my MODELCACHE_TEST_MILVUS_URL=$$mv \
+	  cargo test --all-targets
 
-## Replicas on PostgreSQL and MySQL: write-to-hit latency across replicas, start-up over
+## Replicas on PostgreSQL, MySQL and PostgreSQL + Milvus: write-to-hit latency across replicas, start-up over
 ## 100k entries (snapshot against rebuild), memory per entry (BENCHMARKS.md).
 bench-replicas: models
 	cargo build --release
-	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && \
-	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my cargo bench --bench replicas
+	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && mv=$$(./scripts/milvus-up.sh) && \
+	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my MODELCACHE_TEST_MILVUS_URL=$$mv \
+	  cargo bench --bench replicas
 
 ## Formatting and lints, as CI enforces them.
 lint:

@@ -152,6 +152,8 @@ pub struct Metrics {
     pub entries: IntGaugeVec,
     /// Vector index memory per tenant.
     pub index_bytes: IntGaugeVec,
+    /// Index writes waiting for a shared index (Milvus).
+    pub index_pending: IntGauge,
     /// Tokens served from cache, by tenant and kind (prompt, completion).
     pub saved_tokens: IntCounterVec,
     /// Estimated USD saved, by tenant and priced model.
@@ -308,6 +310,10 @@ impl Metrics {
             ),
             &["tenant"],
         )?;
+        let index_pending = IntGauge::new(
+            "modelcache_index_pending",
+            "Vector index writes waiting for Milvus (0 with the in-memory index).",
+        )?;
         let saved_tokens = IntCounterVec::new(
             Opts::new(
                 "modelcache_saved_tokens_total",
@@ -350,6 +356,7 @@ impl Metrics {
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(stream_first_byte_seconds.clone()))?;
         registry.register(Box::new(index_bytes.clone()))?;
+        registry.register(Box::new(index_pending.clone()))?;
         registry.register(Box::new(saved_tokens.clone()))?;
         registry.register(Box::new(saved_usd.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
@@ -398,6 +405,7 @@ impl Metrics {
             refused,
             stream_first_byte_seconds,
             index_bytes,
+            index_pending,
             saved_tokens,
             saved_usd,
             request_seconds,

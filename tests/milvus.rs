@@ -81,8 +81,9 @@ async fn a_responses_id_minted_on_one_replica_is_fetched_and_chained_on_the_othe
         .await;
 }
 
-/// One gateway on PostgreSQL + Milvus, the caller's key verified.
-async fn gateway(what: &str) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp) {
+/// One gateway on PostgreSQL + Milvus (on a fresh schema, which it
+/// returns), the caller's key verified.
+async fn gateway(what: &str) -> (Mock, tempfile::TempDir, modelcache::app::RunningApp, String) {
     let up = mock(llm()).await;
     let dir = tempfile::tempdir().unwrap();
     let schema = PG_MILVUS.schema(what);
@@ -90,7 +91,7 @@ async fn gateway(what: &str) -> (Mock, tempfile::TempDir, modelcache::app::Runni
         .start()
         .await;
     verify_key(&app, &[]).await;
-    (up, dir, app)
+    (up, dir, app, schema)
 }
 
 /// Waits up to `within` until the dry run of `q` on `app` gives `verdict`.
@@ -101,7 +102,7 @@ async fn until(app: &modelcache::app::RunningApp, q: &str, verdict: &str, within
 #[tokio::test]
 async fn semantic_hits_wait_out_a_milvus_outage_and_come_back_by_themselves() {
     let _turn = TURN.lock().await;
-    let (up, _dir, app) = gateway("mvdown").await;
+    let (up, _dir, app, schema) = gateway("mvdown").await;
     Call::ask("How tall is the Eiffel Tower").send(&app).await;
     until(
         &app,
@@ -135,35 +136,55 @@ async fn semantic_hits_wait_out_a_milvus_outage_and_come_back_by_themselves() {
             .await;
         assert_eq!(got.status, 200);
     }
+    settle(&app).await;
     let m = metrics(&app).await;
     assert!(metric_sum(&m, "modelcache_cache_errors_total", &["stage=\"ann\""]) >= 1.0);
+    assert!(
+        metric_sum(&m, "modelcache_index_pending", &[]) >= 3.0,
+        "the three answers wait for Milvus"
+    );
 
     milvus(&[]);
     drop(restart);
-    // What was asked meanwhile waited in the index queue: reworded, it hits
-    // once Milvus is back, and the upstream is not asked again.
+    // What was asked meanwhile waited in the index queue and is written to
+    // Milvus now: the queue empties by itself, and a gateway started
+    // afterwards (nothing of its own in memory) finds it reworded there.
+    let t0 = Instant::now();
+    while metric_sum(&metrics(&app).await, "modelcache_index_pending", &[]) > 0.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the queued index writes were not written after Milvus came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir2 = tempfile::tempdir().unwrap();
+    let b = Gateway::new(PG_MILVUS.settings(&up, dir2.path(), &schema))
+        .start()
+        .await;
+    verify_key(&b, &[]).await;
     let calls = up.calls();
     for i in 0..3 {
         until(
-            &app,
+            &b,
             &format!("river number {i} of Spain: how long is it"),
             "hit",
-            Duration::from_secs(60),
+            Duration::from_secs(5),
         )
         .await;
     }
     let got = Call::ask("river number 1 of Spain: how long is it")
-        .send(&app)
+        .send(&b)
         .await;
     assert_eq!(got.cache(), "hit");
     assert_eq!(up.calls(), calls);
+    b.shutdown().await;
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_hung_milvus_costs_a_miss_within_its_timeout_and_nothing_stalls() {
     let _turn = TURN.lock().await;
-    let (_up, _dir, app) = gateway("mvhung").await;
+    let (_up, _dir, app, _) = gateway("mvhung").await;
     Call::ask("How heavy is a blue whale").send(&app).await;
     until(
         &app,

@@ -93,6 +93,9 @@ impl Cache {
                 source,
             })?;
         }
+        if let IndexPlace::Milvus(m) = &place {
+            m.observe(metrics.index_pending.clone());
+        }
         let followed = store_last_change(&store)?;
         let store_id = store.store_id()?;
         let core = Arc::new(Core {

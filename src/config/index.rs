@@ -171,3 +171,93 @@ pub(super) fn load(
     };
     IndexSettings { backend }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{from_str, with_env};
+    use super::*;
+
+    #[test]
+    fn usearch_is_the_default_and_takes_no_milvus_keys() {
+        assert_eq!(from_str("").unwrap().index.backend, IndexBackend::Usearch);
+        let err = from_str("[index]\ncollection = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("index.collection") && err.contains("milvus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn milvus_needs_an_http_url_and_has_defaults() {
+        let s =
+            from_str("[index]\nbackend = \"milvus\"\nurl = \"http://127.0.0.1:19530\"\n").unwrap();
+        assert_eq!(
+            s.index.backend,
+            IndexBackend::Milvus {
+                url: "http://127.0.0.1:19530".into(),
+                collection: "modelcache".into(),
+                search_timeout: MILVUS_SEARCH_TIMEOUT,
+                queue: MILVUS_QUEUE,
+            }
+        );
+        let s = with_env(
+            "[index]\nbackend = \"milvus\"\nurl_env = \"MV\"\ncollection = \"c_1\"\nsearch_timeout = \"2s\"\nqueue = 5\n",
+            &[("MV", "http://milvus:19530 ")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.index.backend,
+            IndexBackend::Milvus {
+                url: "http://milvus:19530".into(),
+                collection: "c_1".into(),
+                search_timeout: Duration::from_secs(2),
+                queue: 5,
+            }
+        );
+        for (text, needle) in [
+            ("[index]\nbackend = \"milvus\"\n", "index.url"),
+            (
+                "[index]\nbackend = \"milvus\"\nurl = \"127.0.0.1:19530\"\n",
+                "http://host:port",
+            ),
+            (
+                "[index]\nbackend = \"milvus\"\nurl_env = \"NOPE\"\n",
+                "NOPE is not set",
+            ),
+            (
+                "[index]\nbackend = \"milvus\"\nurl = \"http://m\"\ncollection = \"a-b\"\n",
+                "index.collection",
+            ),
+            (
+                "[index]\nbackend = \"milvus\"\nurl = \"http://m\"\nsearch_timeout = \"0s\"\n",
+                "index.search_timeout",
+            ),
+            (
+                "[index]\nbackend = \"milvus\"\nurl = \"http://m\"\nqueue = 0\n",
+                "index.queue",
+            ),
+            (
+                "[index]\nbackend = \"faiss\"\n",
+                "expected usearch or milvus",
+            ),
+        ] {
+            let err = from_str(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_environment_sets_index_keys() {
+        let s = with_env(
+            "",
+            &[
+                ("MODELCACHE_INDEX_BACKEND", "milvus"),
+                ("MODELCACHE_INDEX_URL", "http://m:19530"),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(s.index.backend, IndexBackend::Milvus { .. }));
+    }
+}

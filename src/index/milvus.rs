@@ -114,6 +114,8 @@ pub struct Milvus {
     overlay: std::sync::RwLock<HashMap<u64, Recent>>,
     /// Numbers the adds.
     seq: AtomicU64,
+    /// Where the number of waiting writes is shown, once set.
+    gauge: std::sync::OnceLock<prometheus::IntGauge>,
 }
 
 fn fail(e: impl std::fmt::Display) -> IndexError {
@@ -169,6 +171,7 @@ impl Milvus {
             recent: Mutex::new(HashMap::new()),
             overlay: std::sync::RwLock::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            gauge: std::sync::OnceLock::new(),
         });
         match m.ensure_collection() {
             Ok(()) => {}
@@ -198,6 +201,18 @@ impl Milvus {
     /// Operations waiting to be written (queued or being written).
     pub fn pending(&self) -> usize {
         self.queue.lock().map(|q| q.len()).unwrap_or(0) + self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Shows the number of waiting writes on `gauge` from now on.
+    pub fn observe(&self, gauge: prometheus::IntGauge) {
+        gauge.set(self.pending() as i64);
+        let _ = self.gauge.set(gauge);
+    }
+
+    fn report(&self) {
+        if let Some(g) = self.gauge.get() {
+            g.set(self.pending() as i64);
+        }
     }
 
     /// Operations refused so far because the queue was full.
@@ -486,6 +501,8 @@ impl Milvus {
         }
         q.push_back(op);
         self.queued.notify_one();
+        drop(q);
+        self.report();
         Ok(())
     }
 
@@ -671,6 +688,7 @@ fn write_loop(weak: Weak<Milvus>) {
                 }
                 batch.clear();
                 m.in_flight.store(0, Ordering::Release);
+                m.report();
                 pause = Duration::from_millis(100);
             }
             Err(e) => {
