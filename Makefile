@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test models models-e5 bench bench-replicas lint venv ui-deps system-run system-test
+.PHONY: run test models models-e5 bench bench-replicas bench-milvus lint venv ui-deps system-run system-test
 
 ## Debian packages each target needs, installed if missing (scripts/setup.sh).
 system-run:
@@ -54,6 +54,11 @@ bench-replicas: models
 	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && mv=$$(./scripts/milvus-up.sh) && \
 	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my MODELCACHE_TEST_MILVUS_URL=$$mv \
 	  cargo bench --bench replicas
+
+## Milvus as the shared vector index beside usearch: fill, start-up, memory per replica,
+## lookup latency and recall, write-to-searchable (BENCHMARKS.md). BENCH_MILVUS_ENTRIES sets the size.
+bench-milvus:
+	mv=$$(./scripts/milvus-up.sh) && MODELCACHE_TEST_MILVUS_URL=$$mv cargo bench --bench milvus
 
 ## Formatting and lints, as CI enforces them.
 lint:

@@ -13,7 +13,9 @@
 //!    the entry. With LISTEN/NOTIFY (the default), and with polling only
 //!    (`[storage] notify = false`) as the baseline; and on MySQL (MariaDB
 //!    from `scripts/mariadb-up.sh`), which can only poll, at its default
-//!    interval and a shorter one, when `MODELCACHE_TEST_MYSQL_URL` is set.
+//!    interval and a shorter one, when `MODELCACHE_TEST_MYSQL_URL` is set;
+//!    and on PostgreSQL with the vectors in Milvus (`scripts/milvus-up.sh`)
+//!    when `MODELCACHE_TEST_MILVUS_URL` is set.
 //!    Writes are spaced by a
 //!    random pause of up to 250 ms, so that they do not fall in step with the
 //!    polling interval.
@@ -66,9 +68,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// they read from `BENCH_DB_URL`.
 #[derive(Clone)]
 struct Shared {
-    /// `[storage]` body after `url_env` (backend, schema, notify or poll).
+    /// `[storage]` body after `url_env` (backend, schema, notify or poll),
+    /// and an `[index]` table after it if the vectors are in Milvus.
     storage: String,
     url: String,
+    /// Milvus's URL, read from `BENCH_MILVUS_URL`.
+    milvus: Option<String>,
 }
 
 impl Shared {
@@ -77,6 +82,18 @@ impl Shared {
         Shared {
             storage: format!("backend = \"postgres\"\nschema = \"{schema}\"\nnotify = {notify}"),
             url: url.into(),
+            milvus: None,
+        }
+    }
+
+    /// PostgreSQL with LISTEN/NOTIFY, the vectors in a Milvus collection.
+    fn postgres_milvus(url: &str, schema: &str, milvus: &str) -> Shared {
+        Shared {
+            storage: format!(
+                "backend = \"postgres\"\nschema = \"{schema}\"\n[index]\nbackend = \"milvus\"\nurl_env = \"BENCH_MILVUS_URL\"\ncollection = \"{schema}\""
+            ),
+            url: url.into(),
+            milvus: Some(milvus.into()),
         }
     }
 
@@ -85,6 +102,7 @@ impl Shared {
         Shared {
             storage: format!("backend = \"mysql\"\nschema = \"{db}\"\npoll_interval = \"{poll}\""),
             url: url.into(),
+            milvus: None,
         }
     }
 }
@@ -108,6 +126,7 @@ async fn replica(bin: &Path, dir: &Path, shared: &Shared) -> Result<(Running, Du
         .args(&["--upstream", "http://127.0.0.1:9"])
         .only_defaults()
         .env("BENCH_DB_URL", &shared.url)
+        .env("BENCH_MILVUS_URL", shared.milvus.as_deref().unwrap_or(""))
         .env("BENCH_ADMIN_TOKEN", ADMIN_TOKEN)
         .rust_log("info,ort=warn")
         .ready_within(READY_WITHIN)
@@ -344,6 +363,13 @@ async fn write_then_hit(
         }
         None => eprintln!("MODELCACHE_TEST_MYSQL_URL is not set: MySQL is left out"),
     }
+    match std::env::var("MODELCACHE_TEST_MILVUS_URL") {
+        Ok(url) => modes.push((
+            "PostgreSQL, LISTEN/NOTIFY, vectors in Milvus",
+            Shared::postgres_milvus(pg, &format!("bench_rep_{run}_milvus"), &url),
+        )),
+        Err(_) => eprintln!("MODELCACHE_TEST_MILVUS_URL is not set: Milvus is left out"),
+    }
     for (i, (label, shared)) in modes.iter().enumerate() {
         let (a, _) = replica(bin, &tmp.join(format!("a{i}")), shared).await?;
         let (b, _) = replica(bin, &tmp.join(format!("b{i}")), shared).await?;
@@ -394,6 +420,17 @@ async fn drop_store(shared: &Shared) {
         }
     } else {
         drop_schema(&shared.url, &name);
+    }
+    if let Some(url) = &shared.milvus {
+        let settings = modelcache::index::milvus::MilvusSettings {
+            url: url.clone(),
+            collection: name,
+            search_within: Duration::from_secs(5),
+            queue: 1,
+        };
+        if let Ok(m) = modelcache::index::milvus::Milvus::connect(settings, DIMS) {
+            let _ = m.drop_collection();
+        }
     }
 }
 
