@@ -46,7 +46,7 @@ gone() {
 
 if [ "${1:-}" = stop ]; then
   pkill -CONT -f "milvus run standalone" 2>/dev/null || true
-  pkill -TERM -f "milvus-server --data" 2>/dev/null || true
+  pkill -TERM -f -- "--data $data --proxy-port" 2>/dev/null || true
   pkill -TERM -f "milvus run standalone" 2>/dev/null || true
   # NOTE: a graceful stop can take half a minute; past 5 s it is killed
   # (Milvus replays its log on the next start).
