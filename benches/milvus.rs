@@ -104,18 +104,34 @@ fn bench() -> Result<()> {
     let path = dir.path().join("bench.usearch");
     let rows: Vec<(u64, u64)> = (0..n as u64).map(|i| (i, i % PARTITIONS)).collect();
     let vectors_of = |ids: &[u64]| -> Vec<(u64, Vec<f32>)> {
-        ids.iter().map(|&i| (i, vectors[i as usize].clone())).collect()
+        ids.iter()
+            .map(|&i| (i, vectors[i as usize].clone()))
+            .collect()
     };
     let t0 = Instant::now();
-    let (built, rebuilt) =
-        UsearchIndex::open(&path, "bench", DIMS, Quantization::F16, &rows, &[], vectors_of)?;
+    let (built, rebuilt) = UsearchIndex::open(
+        &path,
+        "bench",
+        DIMS,
+        Quantization::F16,
+        &rows,
+        &[],
+        vectors_of,
+    )?;
     let usearch_fill = t0.elapsed();
     anyhow::ensure!(rebuilt, "a rebuild was expected");
     built.save(&path)?;
     drop(built);
     let t0 = Instant::now();
-    let (usearch, rebuilt) =
-        UsearchIndex::open(&path, "bench", DIMS, Quantization::F16, &rows, &[], vectors_of)?;
+    let (usearch, rebuilt) = UsearchIndex::open(
+        &path,
+        "bench",
+        DIMS,
+        Quantization::F16,
+        &rows,
+        &[],
+        vectors_of,
+    )?;
     let usearch_load = t0.elapsed();
     anyhow::ensure!(!rebuilt, "the snapshot was expected to load");
     let rss_before = milvus_rss_mib();

@@ -719,12 +719,7 @@ impl MilvusIndex {
 
 impl VectorIndex for MilvusIndex {
     fn add(&self, id: u64, tag: u64, vector: &[f32]) -> Result<(), IndexError> {
-        if vector.len() != self.milvus.dims {
-            return Err(IndexError::Dims {
-                got: vector.len(),
-                want: self.milvus.dims,
-            });
-        }
+        super::fits(vector.len(), self.milvus.dims)?;
         if vector.iter().any(|x| !x.is_finite()) {
             return Err(fail("a vector with a non-finite value is not indexed"));
         }
@@ -751,12 +746,7 @@ impl VectorIndex for MilvusIndex {
     /// Another replica wrote it to Milvus: searchable here at once through
     /// the overlay, for as long as Milvus may take to show it.
     fn followed_add(&self, id: u64, tag: u64, vector: &[f32]) -> Result<(), IndexError> {
-        if vector.len() != self.milvus.dims {
-            return Err(IndexError::Dims {
-                got: vector.len(),
-                want: self.milvus.dims,
-            });
-        }
+        super::fits(vector.len(), self.milvus.dims)?;
         self.milvus.remember(
             &self.tenant,
             id,
@@ -779,12 +769,7 @@ impl VectorIndex for MilvusIndex {
         tag: Option<u64>,
         k: usize,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        if vector.len() != self.milvus.dims {
-            return Err(IndexError::Dims {
-                got: vector.len(),
-                want: self.milvus.dims,
-            });
-        }
+        super::fits(vector.len(), self.milvus.dims)?;
         self.milvus.search(&self.tenant, vector, tag, k)
     }
 

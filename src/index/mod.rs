@@ -43,6 +43,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The error of a vector of `got` dimensions given to an index of `want`.
+pub(crate) fn fits(got: usize, want: usize) -> Result<(), IndexError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(IndexError::Dims { got, want })
+    }
+}
+
 /// A nearest-neighbour index over unit vectors, each tagged with a partition.
 pub trait VectorIndex: Send + Sync {
     /// Adds (or replaces) `id`.
@@ -433,12 +442,7 @@ impl UsearchIndex {
 
 impl VectorIndex for UsearchIndex {
     fn add(&self, id: u64, tag: u64, vector: &[f32]) -> Result<(), IndexError> {
-        if vector.len() != self.dims {
-            return Err(IndexError::Dims {
-                got: vector.len(),
-                want: self.dims,
-            });
-        }
+        fits(vector.len(), self.dims)?;
         let mut tags = self.tags.write().map_err(native)?;
         if self.index.contains(id) {
             self.index.remove(id).map_err(native)?;
@@ -471,12 +475,7 @@ impl VectorIndex for UsearchIndex {
         tag: Option<u64>,
         k: usize,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        if vector.len() != self.dims {
-            return Err(IndexError::Dims {
-                got: vector.len(),
-                want: self.dims,
-            });
-        }
+        fits(vector.len(), self.dims)?;
         let tags = self.tags.read().map_err(native)?;
         if tags.of.is_empty() {
             return Ok(Vec::new());
