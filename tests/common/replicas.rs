@@ -642,7 +642,7 @@ pub async fn a_gateway_on_the_database_stores_serves_and_deletes(db: &Db) {
         Call::ask("Name three prime numbers").send(&b).await.cache(),
         "hit"
     );
-    // NOTE: a shared index (Milvus) shows a row a moment (0.1–0.3 s) after
+    // NOTE: a shared index (Milvus) shows a row a moment (a few hundred ms) after
     // it takes it, and the first gateway wrote it just before it stopped.
     until_verdict_at(
         b.admin_addr,
