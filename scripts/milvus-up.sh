@@ -94,10 +94,19 @@ sys.exit(milvus.main())
 ' --data "$data" --proxy-port "$port" \
       </dev/null >>/tmp/modelcache-milvus.log 2>&1 3>&- &
   fi
+  # NOTE: a server just started can answer once and then not for a while
+  # (its components are still coming up): it counts as up after three
+  # answers in a row.
+  streak=0
   for _ in $(seq 1 600); do
-    answers && break
+    if answers; then
+      streak=$((streak + 1))
+      [ "$streak" -ge 3 ] && break
+    else
+      streak=0
+    fi
     sleep 0.3
   done
-  answers || { echo "milvus-up: Milvus did not answer on $url (/tmp/modelcache-milvus.log)" >&2; exit 1; }
+  [ "$streak" -ge 3 ] || { echo "milvus-up: Milvus did not answer on $url (/tmp/modelcache-milvus.log)" >&2; exit 1; }
 fi
 echo "$url" >&3

@@ -231,3 +231,58 @@ async fn a_hung_milvus_costs_a_miss_within_its_timeout_and_nothing_stalls() {
     .await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_gateway_started_while_milvus_is_down_creates_and_searches_it_once_back() {
+    let _turn = TURN.lock().await;
+    milvus(&["stop"]);
+    struct Restart;
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            milvus(&[]);
+        }
+    }
+    let restart = Restart;
+    // Milvus is away at start: the gateway starts anyway, and serves.
+    let (up, _dir, a, schema) = gateway("mvlate").await;
+    let got = Call::ask("How deep is the Mariana Trench").send(&a).await;
+    assert_eq!((got.status, got.cache()), (200, "miss".to_string()));
+    settle(&a).await;
+    milvus(&[]);
+    drop(restart);
+    // Its collection is created and its queued write lands: a gateway
+    // started now finds the question reworded in Milvus.
+    let dir2 = tempfile::tempdir().unwrap();
+    let b = Gateway::new(PG_MILVUS.settings(&up, dir2.path(), &schema))
+        .start()
+        .await;
+    verify_key(&b, &[]).await;
+    until(
+        &b,
+        "the Mariana Trench: how deep is it",
+        "hit",
+        Duration::from_secs(60),
+    )
+    .await;
+    // And the first gateway searches Milvus too, past its overlay's window.
+    Call::ask("How old is the Great Wall of China")
+        .send(&b)
+        .await;
+    settle(&b).await;
+    tokio::time::sleep(VISIBLE_WITHIN + Duration::from_secs(1)).await;
+    let calls = up.calls();
+    until(
+        &a,
+        "the Great Wall of China: how old is it",
+        "hit",
+        Duration::from_secs(10),
+    )
+    .await;
+    let got = Call::ask("the Great Wall of China: how old is it")
+        .send(&a)
+        .await;
+    assert_eq!(got.cache(), "hit");
+    assert_eq!(up.calls(), calls);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -415,6 +415,12 @@ impl Milvus {
                     until,
                 },
             );
+            // NOTE: followed rows expire on their own; a replica that only
+            // follows has no batches of its own to prune after.
+            if seq.is_multiple_of(64) {
+                let now = Instant::now();
+                overlay.retain(|_, r| r.until.is_none_or(|u| u > now));
+            }
         }
         seq
     }
@@ -677,6 +683,13 @@ fn write_loop(weak: Weak<Milvus>) {
             m.in_flight.store(batch.len(), Ordering::Release);
         }
         if batch.is_empty() {
+            // NOTE: Milvus was away when this replica started: searches
+            // miss until the collection is found ready, writes or not.
+            if !m.ready.load(Ordering::Acquire) && m.ensure_collection().is_err() {
+                drop(m);
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
             continue;
         }
         match m.write(&batch) {
