@@ -255,12 +255,24 @@ impl Milvus {
             .map_err(|e| format!("{path}: HTTP {status}, unreadable body: {e}"))?;
         match v.get("code").and_then(Value::as_i64) {
             Some(200) => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
-            code => Err(format!(
-                "{path}: code {}: {}",
-                code.map_or("none".into(), |c| c.to_string()),
-                v.get("message").and_then(Value::as_str).unwrap_or("")
-            )),
+            code => {
+                let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+                if Self::missing(message) {
+                    // NOTE: dropped, or lost with Milvus's data: the write
+                    // thread creates it again when idle.
+                    self.ready.store(false, Ordering::Release);
+                }
+                Err(format!(
+                    "{path}: code {}: {message}",
+                    code.map_or("none".into(), |c| c.to_string()),
+                ))
+            }
         }
+    }
+
+    /// Whether Milvus's message says the collection does not exist.
+    fn missing(message: &str) -> bool {
+        message.contains("can't find collection") || message.contains("not exist")
     }
 
     /// Makes sure the collection exists, has our shape and is loaded.
@@ -272,7 +284,7 @@ impl Milvus {
         let describe = format!("collections/describe?collectionName={c}");
         let described = match self.call(&self.write, &describe, None) {
             Ok(d) => d,
-            Err(e) if e.contains("can't find collection") || e.contains("not exist") => {
+            Err(e) if Self::missing(&e) => {
                 tracing::info!(collection = %c, dims = self.dims, "creating the Milvus collection");
                 self.call(
                     &self.write,
@@ -953,6 +965,29 @@ pub(crate) mod tests {
         };
         let err = Milvus::connect(settings, 16).err().expect("refused");
         assert!(err.to_string().contains("FloatVector(8)"), "{err}");
+    }
+
+    #[test]
+    fn a_collection_dropped_under_a_running_replica_is_made_again() {
+        let fresh = Fresh::new(4);
+        let other = Milvus::connect(fresh.0.settings.clone(), 4).unwrap();
+        let idx = fresh.0.tenant("t");
+        idx.add(1, 1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        assert_eq!(fresh.0.flush(Duration::from_secs(10)), 0);
+        other.drop_collection().unwrap();
+        // The next write finds it gone, makes it again and lands.
+        idx.add(2, 1, &[0.0, 1.0, 0.0, 0.0]).unwrap();
+        assert_eq!(fresh.0.flush(Duration::from_secs(60)), 0);
+        let reader = Milvus::connect(fresh.0.settings.clone(), 4).unwrap();
+        let t0 = Instant::now();
+        loop {
+            let got = reader.tenant("t").search(&[0.0, 1.0, 0.0, 0.0], None, 5);
+            if got.as_ref().is_ok_and(|g| g.iter().any(|(id, _)| *id == 2)) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{got:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]
