@@ -43,7 +43,7 @@ ui-deps: tests/ui/node_modules/.installed
 
 ## Run the whole test suite: unit, integration, real model, binary, OpenAI SDK, console in Chromium.
 test: system-test models models-e5 venv ui-deps
-	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && mv=$$(./scripts/milvus-up.sh) && \
+	url=$$(./scripts/postgres-up.sh) && my=$$(./scripts/mariadb-up.sh) && mv=$$(./scripts/milvus-up.sh fresh) && \
 	  MODELCACHE_TEST_POSTGRES_URL=$$url MODELCACHE_TEST_MYSQL_URL=$$my MODELCACHE_TEST_MILVUS_URL=$$mv \
 	  cargo test --all-targets
 

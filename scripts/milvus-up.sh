@@ -6,6 +6,7 @@
 # Idempotent.
 #   scripts/milvus-up.sh          start (if down) and print the URL
 #   scripts/milvus-up.sh stop     stop the server (tests of an outage)
+#   scripts/milvus-up.sh fresh    stop it, empty its data folder, start it (make test)
 set -euo pipefail
 # Only the URL goes to stdout: the Makefile reads it. The server started
 # below must not inherit fd 3 (this script's stdout).
@@ -44,7 +45,7 @@ gone() {
   return 1
 }
 
-if [ "${1:-}" = stop ]; then
+stop_server() {
   pkill -CONT -f "milvus run standalone" 2>/dev/null || true
   pkill -TERM -f -- "--data $data --proxy-port" 2>/dev/null || true
   pkill -TERM -f "milvus run standalone" 2>/dev/null || true
@@ -56,8 +57,20 @@ if [ "${1:-}" = stop ]; then
   done
   pkill -KILL -f "milvus run standalone" 2>/dev/null || true
   gone || { echo "milvus-up: the server did not stop" >&2; exit 1; }
-  exit 0
-fi
+}
+
+case "${1:-}" in
+  stop)
+    stop_server
+    exit 0
+    ;;
+  fresh)
+    # NOTE: every test run leaves its collections, and Milvus loads them
+    # all again at each start: a test run starts from an empty server.
+    stop_server
+    rm -rf "$data"
+    ;;
+esac
 
 if [ ! -x "$venv/bin/milvus-server" ]; then
   echo "milvus-up: installing PyPI's milvus==2.3.5 into $venv" >&2
@@ -98,7 +111,8 @@ sys.exit(milvus.main())
   # (its components are still coming up): it counts as up after three
   # answers in a row.
   streak=0
-  for _ in $(seq 1 600); do
+  deadline=$((SECONDS + 300))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     if answers; then
       streak=$((streak + 1))
       [ "$streak" -ge 3 ] && break
