@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde::Deserialize;
 
-use super::{duration, env_var, Errors};
+use super::{duration, Errors};
 
 /// `[index]`
 #[derive(Debug, Deserialize)]
@@ -95,19 +95,14 @@ pub(super) fn load(
             IndexBackend::Usearch
         }
         "milvus" => {
-            let url = match (&raw.url, &raw.url_env) {
-                (Some(u), None) => Some(u.trim().to_string()),
-                (None, Some(name)) => {
-                    env_var(errs, env, "index.url_env", name).map(|v| v.trim().to_string())
-                }
-                _ => {
-                    errs.push(
-                        "index.url",
-                        "backend = \"milvus\" needs url or url_env (one of them), e.g. url = \"http://127.0.0.1:19530\"",
-                    );
-                    None
-                }
-            };
+            let url = super::url_or_env(
+                errs,
+                env,
+                "index",
+                (&raw.url, &raw.url_env),
+                ("backend = \"milvus\"", "url = \"http://127.0.0.1:19530\""),
+            )
+            .map(|u| u.trim().to_string());
             let url = url.filter(|u| {
                 let ok = u.starts_with("http://") || u.starts_with("https://");
                 if !ok {

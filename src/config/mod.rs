@@ -320,6 +320,30 @@ fn at_least_one(errs: &mut Errors, key: &str, v: usize) -> usize {
     v
 }
 
+/// The URL `url` gives, or the variable `url_env` names (exactly one of
+/// them), for `section`; `needs` says why one is required, `example` how.
+fn url_or_env(
+    errs: &mut Errors,
+    env: &HashMap<String, String>,
+    section: &str,
+    (url, url_env): (&Option<String>, &Option<String>),
+    (needs, example): (&str, &str),
+) -> Option<String> {
+    match (url, url_env) {
+        (Some(u), None) => Some(u.clone()),
+        (None, Some(name)) => {
+            env_var(errs, env, &format!("{section}.url_env"), name).map(|v| v.trim().to_string())
+        }
+        _ => {
+            errs.push(
+                &format!("{section}.url"),
+                format!("{needs} needs url or url_env (one of them), e.g. {example}"),
+            );
+            None
+        }
+    }
+}
+
 fn env_var<'a>(
     errs: &mut Errors,
     env: &'a HashMap<String, String>,

@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{duration, env_var, Errors, Overrides, Secret};
+use super::{duration, Errors, Overrides, Secret};
 
 /// `[storage]`
 #[derive(Debug, Deserialize)]
@@ -235,17 +235,14 @@ fn database_url(
     env: &HashMap<String, String>,
     backend: &str,
 ) -> Option<String> {
-    match (&st.url, &st.url_env) {
-        (Some(u), None) => Some(u.clone()),
-        (None, Some(name)) => {
-            env_var(errs, env, "storage.url_env", name).map(|v| v.trim().to_string())
-        }
-        _ => {
-            errs.push(
-                "storage.url",
-                format!("backend = \"{backend}\" needs url or url_env (one of them), e.g. url_env = \"DATABASE_URL\""),
-            );
-            None
-        }
-    }
+    super::url_or_env(
+        errs,
+        env,
+        "storage",
+        (&st.url, &st.url_env),
+        (
+            &format!("backend = \"{backend}\""),
+            "url_env = \"DATABASE_URL\"",
+        ),
+    )
 }
