@@ -18,6 +18,16 @@ fn milvus(action: &[&str]) {
     replicas::script("milvus-up.sh", action);
 }
 
+/// Starts Milvus again when dropped, whatever the test did meanwhile, so
+/// that no other test finds it down.
+struct MilvusBack;
+
+impl Drop for MilvusBack {
+    fn drop(&mut self) {
+        milvus(&[]);
+    }
+}
+
 const PG_MILVUS: Db = Db {
     backend: "postgres",
     url_var: "MODELCACHE_TEST_POSTGRES_URL",
@@ -115,13 +125,7 @@ async fn semantic_hits_wait_out_a_milvus_outage_and_come_back_by_themselves() {
     tokio::time::sleep(VISIBLE_WITHIN + Duration::from_secs(1)).await;
 
     milvus(&["stop"]);
-    struct Restart;
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            milvus(&[]);
-        }
-    }
-    let restart = Restart;
+    let restart = MilvusBack;
     // Every request succeeds: an exact repeat still hits (the store has
     // it), a reworded one cannot be searched and is forwarded.
     let got = Call::ask("How tall is the Eiffel Tower").send(&app).await;
@@ -236,13 +240,7 @@ async fn a_hung_milvus_costs_a_miss_within_its_timeout_and_nothing_stalls() {
 async fn a_gateway_started_while_milvus_is_down_creates_and_searches_it_once_back() {
     let _turn = TURN.lock().await;
     milvus(&["stop"]);
-    struct Restart;
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            milvus(&[]);
-        }
-    }
-    let restart = Restart;
+    let restart = MilvusBack;
     // Milvus is away at start: the gateway starts anyway, and serves.
     let (up, _dir, a, schema) = gateway("mvlate").await;
     let got = Call::ask("How deep is the Mariana Trench").send(&a).await;
