@@ -4,7 +4,7 @@ FROM rust:1.88-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN ./scripts/fetch-models.sh /src/models && cargo build --release --locked
+RUN ./scripts/fetch-models.sh /src/models && ./scripts/fetch-e5.sh /src/models && cargo build --release --locked
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*

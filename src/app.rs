@@ -284,9 +284,12 @@ fn load_cache(
     };
     // NOTE: the pair model goes with the configured embedder (its tokenizer
     // is the model's); an embedder given in code runs without it.
-    let pair = match opts.embedder {
-        Some(_) => None,
-        None => crate::embed::configured_pair(&settings.embedding)?,
+    let (pair, reader) = match opts.embedder {
+        Some(_) => (None, None),
+        None => (
+            crate::embed::configured_pair(&settings.embedding)?,
+            crate::embed::configured_reader(&settings.embedding)?,
+        ),
     };
     let factory = opts
         .embedder
@@ -298,7 +301,8 @@ fn load_cache(
         m.embed_batch_size.observe(n as f64);
     });
     let embedder = EmbedService::start(factory, crate::embed::EmbedLimits::of(&em), Some(observe))?
-        .with_pair(pair);
+        .with_pair(pair)
+        .with_reader(reader);
     let place = crate::cache::IndexPlace::configured(
         &settings.index,
         Some(data.join("index")),

@@ -89,6 +89,9 @@ pub struct Prediction {
     pub turns: Vec<f32>,
     /// The pair model's score, when it ran.
     pub pair_score: Option<f32>,
+    /// The reader's similarity, when it judged text the embedding model
+    /// cannot see (NaN, written null: it failed).
+    pub read_similarity: Option<f32>,
 }
 
 /// Reads pairs from a JSON-lines file.
@@ -177,15 +180,19 @@ fn body(route: Endpoint, model: &str, messages: &[Value]) -> Value {
 /// Opens a cache over an in-memory store with the settings' embedder (or
 /// `embedder`), for evaluation. Blocking: call off the runtime.
 pub fn open_cache(settings: &Settings, embedder: Option<EmbedderFactory>) -> Result<Cache, String> {
-    let pair = match embedder {
-        Some(_) => None,
-        None => crate::embed::configured_pair(&settings.embedding).map_err(|e| e.to_string())?,
+    let (pair, reader) = match embedder {
+        Some(_) => (None, None),
+        None => (
+            crate::embed::configured_pair(&settings.embedding).map_err(|e| e.to_string())?,
+            crate::embed::configured_reader(&settings.embedding).map_err(|e| e.to_string())?,
+        ),
     };
     let factory = embedder.unwrap_or_else(|| crate::embed::configured(&settings.embedding));
     let e = &settings.embedding;
     let service = EmbedService::start(factory, crate::embed::EmbedLimits::of(e), None)
         .map_err(|e| e.to_string())?
-        .with_pair(pair);
+        .with_pair(pair)
+        .with_reader(reader);
     open_cache_on(settings, service)
 }
 
@@ -379,6 +386,12 @@ pub async fn run_on(
                         outcome: PairOutcome::Scored(s),
                         ..
                     } => Some(*s),
+                    _ => None,
+                })
+            }),
+            read_similarity: mine.and_then(|c| {
+                c.verdict.checks.iter().find_map(|k| match k {
+                    Check::Unseen { read, .. } => *read,
                     _ => None,
                 })
             }),
@@ -786,6 +799,7 @@ mod tests {
             plain_cosine: score,
             turns: vec![],
             pair_score: None,
+            read_similarity: None,
         }
     }
 

@@ -146,6 +146,9 @@ pub struct LongCheck {
 /// so the lookup runs it and judges again with its outcome. In this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The reader: embeds both texts with the model that reads what the
+    /// embedding model cannot see.
+    Read,
     /// The long-text guard: embeds the one sentence that differs.
     LongText,
     /// Turn by turn: embeds each turn compared by meaning that differs.
@@ -197,12 +200,16 @@ pub enum Check {
     /// The long-text guard.
     LongText(LongCheck),
     /// The spans the embedding model cannot see (its unknown token), which
-    /// must be equal: the similarity cannot tell them apart.
+    /// must be equal, or read by the reader: the similarity cannot tell
+    /// them apart.
     Unseen {
         /// The stored question's unseen spans.
         stored: Vec<String>,
         /// The request's.
         asked: Vec<String>,
+        /// The reader's similarity of the two texts, when it was asked
+        /// (NaN: it could not read them).
+        read: Option<f32>,
     },
     /// A probe reported wrong for this entry is closer than the entry's own
     /// similarity.
@@ -247,8 +254,11 @@ pub enum Check {
     },
     /// The similarity against what the candidate needed.
     Similarity {
-        /// The candidate's similarity.
+        /// The candidate's similarity: the reader's when `read`.
         similarity: f32,
+        /// Whether the reader measured it (the embedding model cannot see
+        /// what differs), against the reader's thresholds.
+        read: bool,
         /// What it needed.
         needed: Needed,
         /// The verifier's word diff, when it ran.
@@ -265,6 +275,7 @@ impl Check {
             Check::MaxAge { .. } => "max_age",
             Check::Guard(g) => g.name,
             Check::LongText(_) => "long_text",
+            Check::Unseen { read: Some(r), .. } if r.is_nan() => "reader_failed",
             Check::Unseen { .. } => "unseen_text",
             Check::Feedback { .. } => "feedback",
             Check::Origin { .. } => "origin",
@@ -292,7 +303,11 @@ impl Check {
             }
             Check::Guard(g) => g.passed,
             Check::LongText(l) => l.passed,
-            Check::Unseen { stored, asked } => stored == asked,
+            Check::Unseen {
+                stored,
+                asked,
+                read,
+            } => stored == asked || read.is_some_and(f32::is_finite),
             Check::Feedback { .. } => false,
             Check::Origin { stored, wanted } => stored == wanted,
             Check::TurnCount { .. } => false,
@@ -343,14 +358,32 @@ impl Check {
             }
             Check::Guard(g) => g.detail.clone(),
             Check::LongText(l) => l.detail.clone(),
-            Check::Unseen { stored, asked } if stored == asked => match stored.len() {
+            Check::Unseen { stored, asked, .. } if stored == asked => match stored.len() {
                 0 => "the model sees every word of both".into(),
                 n => format!("{n} spans the model cannot see, the same in both"),
             },
-            Check::Unseen { stored, asked } => format!(
+            Check::Unseen {
+                stored,
+                asked,
+                read: Some(r),
+            } if r.is_finite() => format!(
+                "the model cannot see \"{}\" vs \"{}\": judged by the reader's similarity instead",
+                clip_spans(stored),
+                clip_spans(asked)
+            ),
+            Check::Unseen {
+                stored,
+                asked,
+                read: Some(_),
+            } => format!(
+                "the model cannot see \"{}\" vs \"{}\", and the reader could not read them: not served",
+                clip_spans(stored),
+                clip_spans(asked)
+            ),
+            Check::Unseen { stored, asked, .. } => format!(
                 "the model cannot see \"{}\" vs \"{}\": its similarity cannot tell them apart",
-                stored.join(" "),
-                asked.join(" ")
+                clip_spans(stored),
+                clip_spans(asked)
             ),
             Check::Feedback { similarity } => format!(
                 "reported wrong for a question {similarity:.4} alike, closer than the entry's own"
@@ -401,6 +434,7 @@ impl Check {
             },
             Check::Similarity {
                 similarity,
+                read,
                 needed,
                 diff,
             } => {
@@ -410,7 +444,8 @@ impl Check {
                     Some(d) => format!(" ({}: {})", needed.tier.as_str(), d.describe()),
                 };
                 format!(
-                    "{similarity:.4} {} threshold {:.4}{words}",
+                    "{}{similarity:.4} {} threshold {:.4}{words}",
+                    if *read { "the reader's " } else { "" },
                     if self.passed() { ">=" } else { "<" },
                     needed.value
                 )
@@ -438,6 +473,9 @@ pub struct Asking<'a> {
     /// The score the pair model must give, when one is loaded and the
     /// tenant uses it.
     pub pair: Option<f32>,
+    /// Whether a reader is loaded: a model that reads the spans the
+    /// embedding model cannot see, asked about candidates where they differ.
+    pub reader: bool,
 }
 
 /// The candidate side of a judgement.
@@ -463,6 +501,9 @@ pub struct Offered<'a> {
     pub turns: Option<&'a [f32]>,
     /// The pair model's outcome, once the lookup has run [`Stage::Pair`].
     pub pair: Option<PairOutcome>,
+    /// The reader's similarity of the two texts (NaN: it failed), once the
+    /// lookup has run [`Stage::Read`].
+    pub read: Option<f32>,
 }
 
 /// The decision on one candidate.
@@ -534,15 +575,31 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
         };
         let (_, results) = guards::check(&e.text, &key.text, &set, true);
         checks.extend(results.into_iter().map(Check::Guard));
-        // NOTE: a similarity over text the model cannot see says nothing
-        // about it: such spans must be the same (safe by default).
-        if let (Some(asked), Some(stored)) = (asking.unseen, offered.unseen) {
-            checks.push(Check::Unseen {
-                stored: stored.to_vec(),
-                asked: asked.to_vec(),
-            });
-        }
     }
+    // NOTE: a similarity over text the model cannot see says nothing about
+    // it: such spans must be the same (safe by default), or the reader,
+    // which sees them, judges the candidate in the model's place.
+    let (unseen, by_reader) = match (semantic && same, asking.unseen, offered.unseen) {
+        (true, Some(asked), Some(stored)) => {
+            (Some((stored, asked)), asking.reader && stored != asked)
+        }
+        _ => (None, false),
+    };
+    let read = offered.read.filter(|_| by_reader);
+    if let (Some((stored, asked)), false) = (unseen, by_reader && read.is_none()) {
+        checks.push(Check::Unseen {
+            stored: stored.to_vec(),
+            asked: asked.to_vec(),
+            read,
+        });
+    }
+    let reader_opts;
+    let opts = if by_reader {
+        reader_opts = opts.for_reader();
+        &reader_opts
+    } else {
+        opts
+    };
     let long_needed = needs_long_text(asking, e, offered.kind);
     if let (true, Some(l)) = (long_needed, offered.long) {
         checks.push(Check::LongText(l.clone()));
@@ -562,11 +619,24 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
         (semantic && same && opts.verifier.enabled).then(|| verify::diff(&e.text, &key.text));
     let words = key.embed_text.split_whitespace().count();
     let needed = needed(words, opts, diff.as_ref());
-    checks.push(Check::Similarity {
-        similarity: offered.similarity,
-        needed,
-        diff,
-    });
+    // NOTE: judged by the reader, the embedding model's similarity is not
+    // asked (it cannot see what differs); until the reader has run, or when
+    // it failed (the unseen check fails), there is no similarity to judge.
+    match (by_reader, read) {
+        (false, _) => checks.push(Check::Similarity {
+            similarity: offered.similarity,
+            read: false,
+            needed,
+            diff,
+        }),
+        (true, Some(r)) if r.is_finite() => checks.push(Check::Similarity {
+            similarity: r,
+            read: true,
+            needed,
+            diff,
+        }),
+        (true, _) => {}
+    }
     // NOTE: the joined turns passed above (ModelCache's way); each turn must
     // also pass on its own, so that a long history cannot hide a changed
     // last question.
@@ -580,6 +650,7 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
     }
     let all = checks.iter().all(Check::passed);
     let pending = [
+        (Stage::Read, by_reader && read.is_none()),
         (Stage::LongText, long_needed && offered.long.is_none()),
         (Stage::Turns, turns_needed && offered.turns.is_none()),
         (Stage::Pair, pair_needed && offered.pair.is_none()),
@@ -628,6 +699,17 @@ fn turn_checks(stored: &str, asked: &str, sims: &[f32], opts: &LookupOptions) ->
             }
         })
         .collect()
+}
+
+/// Unseen spans for people: the first few, each cut short.
+fn clip_spans(spans: &[String]) -> String {
+    let shown: Vec<String> = spans
+        .iter()
+        .take(8)
+        .map(|s| s.chars().take(24).collect())
+        .collect();
+    let more = if spans.len() > 8 { " …" } else { "" };
+    format!("{}{more}", shown.join(" "))
 }
 
 /// The similarity the sentences of a long text's one edit need: a short
@@ -1072,6 +1154,7 @@ mod tests {
                 now,
                 unseen: None,
                 pair: None,
+                reader: false,
             };
             let offered = Offered {
                 entry: e,
@@ -1082,6 +1165,7 @@ mod tests {
                 unseen: None,
                 turns: None,
                 pair: None,
+                read: None,
             };
             let v = judge(&asking, &offered);
             assert_eq!(v.served, served, "{name}: {v:?}");
@@ -1118,6 +1202,7 @@ mod tests {
             now,
             unseen: None,
             pair: None,
+            reader: false,
         };
         let offered = Offered {
             entry: &stored,
@@ -1128,6 +1213,7 @@ mod tests {
             unseen: None,
             turns: None,
             pair: None,
+            read: None,
         };
         assert!(needs_long_text(&asking, &stored, HitKind::Semantic));
         assert!(!needs_long_text(&asking, &stored, HitKind::Exact));
@@ -1203,6 +1289,7 @@ mod tests {
                 now,
                 unseen: a,
                 pair: None,
+                reader: false,
             };
             let v = judge(
                 &asking,
@@ -1215,6 +1302,7 @@ mod tests {
                     unseen: b,
                     turns: None,
                     pair: None,
+                    read: None,
                 },
             );
             assert_eq!(v.served, served, "{name}: {v:?}");
@@ -1223,6 +1311,102 @@ mod tests {
             assert_eq!(unseen.is_some(), a.is_some(), "{name}");
             assert!(unseen.is_none_or(|c| !c.describe().is_empty()));
         }
+    }
+
+    #[test]
+    fn the_reader_judges_text_the_model_cannot_see() {
+        let now = 1_000_000_000;
+        let o = opts();
+        let asked = key("怎么修改我的密码？");
+        let stored = entry("t", &key("我的密码怎么修改？"), now);
+        let (mine, other) = (vec!["改".to_string()], vec!["码".to_string()]);
+        let asking = Asking {
+            tenant: "t",
+            key: &asked,
+            opts: &o,
+            origin: None,
+            now,
+            unseen: Some(&mine),
+            pair: None,
+            reader: true,
+        };
+        let offered = Offered {
+            entry: &stored,
+            similarity: 0.999,
+            kind: HitKind::Semantic,
+            reported_wrong: None,
+            long: None,
+            unseen: Some(&other),
+            turns: None,
+            pair: None,
+            read: None,
+        };
+        // Before the reader: nothing to judge the similarity by, so it waits
+        // (and the embedding model's 0.999 is never asked).
+        let waiting = judge(&asking, &offered);
+        assert_eq!((waiting.served, waiting.awaits), (false, Some(Stage::Read)));
+        assert!(waiting.checks.iter().all(|c| c.name() != "similarity"));
+        // The reader's similarity decides, against the reader's thresholds
+        // (the same content words in another order: 0.93 by default).
+        let r = o.verifier.reader;
+        let cases: [(&str, f32, bool, &[&str]); 4] = [
+            ("the reader finds them alike", 0.999, true, &[]),
+            ("just over its threshold", r.same_words_threshold, true, &[]),
+            ("the reader finds them apart", 0.90, false, &["similarity"]),
+            ("the reader failed", f32::NAN, false, &["reader_failed"]),
+        ];
+        for (name, read, served, fails) in cases {
+            let v = judge(
+                &asking,
+                &Offered {
+                    read: Some(read),
+                    ..offered
+                },
+            );
+            assert_eq!(v.served, served, "{name}: {v:?}");
+            assert_eq!(failed(&v), fails, "{name}");
+            assert_eq!(v.awaits, None, "{name}");
+            let sim = v.checks.iter().find(|c| c.name() == "similarity");
+            assert!(
+                sim.is_none_or(|c| c.describe().starts_with("the reader's")),
+                "{name}"
+            );
+            assert!(v.checks.iter().all(|c| !c.describe().is_empty()), "{name}");
+        }
+        // A candidate that fails a guard never waits for the reader.
+        let (five, eight) = (
+            key("如何上传5个文件？"),
+            entry("t", &key("如何上传8个文件？"), now),
+        );
+        let v = judge(
+            &Asking {
+                key: &five,
+                ..asking
+            },
+            &Offered {
+                entry: &eight,
+                ..offered
+            },
+        );
+        assert_eq!((v.served, v.awaits), (false, None));
+        assert_eq!(failed(&v), ["numbers"]);
+        // NOTE: the same spans need no reader; without one, they must be equal.
+        let same = judge(
+            &asking,
+            &Offered {
+                unseen: Some(&mine),
+                ..offered
+            },
+        );
+        assert_eq!(same.awaits, None);
+        let alone = judge(
+            &Asking {
+                reader: false,
+                ..asking
+            },
+            &offered,
+        );
+        assert_eq!(failed(&alone), ["unseen_text"]);
     }
 
     fn chat(turns: &[&str]) -> CacheKey {
@@ -1262,6 +1446,7 @@ mod tests {
             now,
             unseen: None,
             pair: None,
+            reader: false,
         };
         assert!(needs_turns(&asked) && !needs_turns(&key("one question")));
         let offered = Offered {
@@ -1273,6 +1458,7 @@ mod tests {
             unseen: None,
             turns: None,
             pair: None,
+            read: None,
         };
         let waiting = judge(&asking, &offered);
         assert_eq!(
@@ -1346,6 +1532,7 @@ mod tests {
             now,
             unseen: None,
             pair: Some(0.5),
+            reader: false,
         };
         let offered = Offered {
             entry: &stored,
@@ -1356,6 +1543,7 @@ mod tests {
             unseen: None,
             turns: None,
             pair: None,
+            read: None,
         };
         let waiting = judge(&asking, &offered);
         assert_eq!((waiting.served, waiting.awaits), (false, Some(Stage::Pair)));

