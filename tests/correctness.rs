@@ -402,18 +402,26 @@ async fn modelcache_eval_scores_labelled_pairs_with_the_real_lookup() {
 async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
     let (up, _dir, app) = real_gateway().await;
     // To all-MiniLM-L6-v2 most of these characters are [UNK]: upload and
-    // download differ only where it sees nothing. So do two emoji.
-    for (stored, asked) in [
-        ("如何上传文件到服务器？", "如何从服务器下载文件？"),
-        ("What does 🫠 mean?", "What does 😭 mean?"),
+    // download differ only where it sees nothing, and so do two emoji. The
+    // Chinese pair goes to the reader (multilingual-e5-small, the default),
+    // whose similarity is the one judged; the emoji may be unknown to the
+    // reader too, so they must be the same.
+    for (stored, asked, reader) in [
+        ("如何上传文件到服务器？", "如何从服务器下载文件？", true),
+        ("What does 🫠 mean?", "What does 😭 mean?", false),
     ] {
         let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
         assert_eq!(served, "miss", "{asked}: {dry}");
         let f = failed(&dry, &format!("user###{stored}"));
-        assert!(
-            f.contains(&"unseen_text".to_string()),
-            "{asked}: {f:?} in {dry}"
-        );
+        if reader {
+            assert!(dry.to_string().contains("the reader's"), "{asked}: {dry}");
+            assert!(!f.contains(&"unseen_text".to_string()), "{asked}: {f:?}");
+        } else {
+            assert!(
+                f.contains(&"unseen_text".to_string()),
+                "{asked}: {f:?} in {dry}"
+            );
+        }
         // The same question again is an exact hit.
         let before = up.calls();
         let again = Call::chat(req(user(asked))).send(&app).await;
@@ -435,7 +443,7 @@ async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
     // Each such miss is counted by the check that refused it.
     let m = metrics(&app).await;
     let refused = metric_sum(&m, "modelcache_refused_total", &["check=\"unseen_text\""]);
-    assert!(refused >= 2.0, "{m}");
+    assert!(refused >= 1.0, "{m}");
     app.shutdown().await;
 }
 

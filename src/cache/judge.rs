@@ -580,9 +580,10 @@ pub fn judge(asking: &Asking<'_>, offered: &Offered<'_>) -> Verdict {
     // it: such spans must be the same (safe by default), or the reader,
     // which sees them, judges the candidate in the model's place.
     let (unseen, by_reader) = match (semantic && same, asking.unseen, offered.unseen) {
-        (true, Some(asked), Some(stored)) => {
-            (Some((stored, asked)), asking.reader && stored != asked)
-        }
+        (true, Some(asked), Some(stored)) => (
+            Some((stored, asked)),
+            asking.reader && stored != asked && reader_reads(stored, asked),
+        ),
         _ => (None, false),
     };
     let read = offered.read.filter(|_| by_reader);
@@ -699,6 +700,28 @@ fn turn_checks(stored: &str, asked: &str, sims: &[f32], opts: &LookupOptions) ->
             }
         })
         .collect()
+}
+
+/// Whether the reader can be trusted with the spans that differ: each is
+/// made of letters of the Basic Multilingual Plane (Chinese, Japanese,
+/// Korean, Thai, Arabic... which a multilingual model's vocabulary covers).
+/// An emoji, a symbol or a rare character may be unknown to the reader too,
+/// and then its similarity would say as little as the embedding model's.
+fn reader_reads(stored: &[String], asked: &[String]) -> bool {
+    let mut left: Vec<&String> = asked.iter().collect();
+    let mut differing = Vec::new();
+    for s in stored {
+        match left.iter().position(|a| *a == s) {
+            Some(i) => {
+                left.swap_remove(i);
+            }
+            None => differing.push(s),
+        }
+    }
+    differing.into_iter().chain(left).all(|span| {
+        span.chars()
+            .all(|c| c.is_whitespace() || (c.is_alphabetic() && u32::from(c) <= 0xFFFF))
+    })
 }
 
 /// Unseen spans for people: the first few, each cut short.
@@ -1407,6 +1430,37 @@ mod tests {
             &offered,
         );
         assert_eq!(failed(&alone), ["unseen_text"]);
+        // Spans the reader may not know either (an emoji, a symbol) are not
+        // its to judge: they must be the same.
+        let (melting, crying) = (vec!["🫠".to_string()], vec!["😭".to_string()]);
+        let emoji = judge(
+            &Asking {
+                unseen: Some(&melting),
+                ..asking
+            },
+            &Offered {
+                unseen: Some(&crying),
+                ..offered
+            },
+        );
+        assert_eq!((emoji.awaits, failed(&emoji)), (None, vec!["unseen_text"]));
+        // Only the spans that differ count: a shared emoji beside differing
+        // Chinese characters still goes to the reader.
+        let (a, b) = (
+            vec!["🫠".to_string(), "改".to_string()],
+            vec!["码".to_string(), "🫠".to_string()],
+        );
+        let shared = judge(
+            &Asking {
+                unseen: Some(&a),
+                ..asking
+            },
+            &Offered {
+                unseen: Some(&b),
+                ..offered
+            },
+        );
+        assert_eq!(shared.awaits, Some(Stage::Read));
     }
 
     fn chat(turns: &[&str]) -> CacheKey {
