@@ -203,21 +203,23 @@ impl Core {
         }
     }
 
-    /// Each turn compared by meaning on its own: 1 when its text is the
-    /// same, else the two embedded (NaN when one cannot be). Empty when the
-    /// turns do not line up (the judge says so).
     /// The reader's similarity of two key texts' turns compared by meaning,
     /// joined (NaN: no reader, or it failed: the candidate is a miss).
     async fn read_similarity(&self, stored: &str, asked: &str) -> f32 {
-        let Some(reader) = self.embedder.reader() else {
-            return f32::NAN;
-        };
         let (a, b) = (
             meaning_turns(stored).join("\n"),
             meaning_turns(asked).join("\n"),
         );
+        self.read_pair(&a, &b).await
+    }
+
+    /// Two texts' similarity by the reader (NaN: no reader, or it failed).
+    async fn read_pair(&self, a: &str, b: &str) -> f32 {
+        let Some(reader) = self.embedder.reader() else {
+            return f32::NAN;
+        };
         // NOTE: together, so that the reader batches them.
-        match tokio::join!(reader.embed(&a), reader.embed(&b)) {
+        match tokio::join!(reader.embed(a), reader.embed(b)) {
             (Ok(x), Ok(y)) => crate::index::dot(&x, &y).min(1.0),
             (x, y) => {
                 let e = x.err().or(y.err());
@@ -227,9 +229,10 @@ impl Core {
         }
     }
 
-    /// Each turn's similarity on its own: by the reader when `read` (the
-    /// embedding model cannot see what differs), else by the embedding
-    /// model.
+    /// Each turn compared by meaning on its own: 1 when its text is the
+    /// same, else the two embedded (NaN when one cannot be), by the reader
+    /// when `read` (the embedding model cannot see what differs). Empty
+    /// when the turns do not line up (the judge says so).
     async fn turn_similarities(&self, stored: &str, asked: &str, read: bool) -> Vec<f32> {
         let (a, b) = (meaning_turns(stored), meaning_turns(asked));
         if a.len() != b.len() {
@@ -248,13 +251,7 @@ impl Core {
                 return f32::NAN;
             }
             if read {
-                return match self.embedder.reader() {
-                    Some(r) => match tokio::join!(r.embed(x), r.embed(y)) {
-                        (Ok(x), Ok(y)) => crate::index::dot(&x, &y).min(1.0),
-                        _ => f32::NAN,
-                    },
-                    None => f32::NAN,
-                };
+                return self.read_pair(x, y).await;
             }
             // NOTE: together, so that the embedder batches them.
             match tokio::join!(self.embed(x), self.embed(y)) {
