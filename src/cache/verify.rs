@@ -271,26 +271,41 @@ fn compared(word: &str) -> String {
     group_name(word).map_or_else(|| fold(word), str::to_string)
 }
 
+/// The content words of `these` that `other` lacks. Chinese and Japanese
+/// are written without spaces, so each of their characters is a token: a
+/// run of missing characters side by side is one word ("晴れ" for "雨" is
+/// one word swapped, a small edit, not three).
 fn missing_from(these: &[String], other: &[String]) -> Vec<String> {
     let folded: HashSet<String> = other.iter().map(|w| compared(w)).collect();
-    these
-        .iter()
+    let missing = |w: &String| {
         // NOTE: numbers are the numbers guard's; here they would only make
         // `1,250` and `1250` look like different words.
-        .filter(|w| !SKIP.contains(&w.as_str()) && !w.chars().any(char::is_numeric))
-        .filter(|w| {
-            let f = compared(w);
-            // NOTE: a typo is judged on the words as written (`tire` and
-            // `tyre`) and on their stems.
-            let long = |w: &str| w.chars().count() >= 4;
-            let typo_of_other = || {
-                (long(&f) && folded.iter().any(|o| long(o) && one_edit(&f, o)))
-                    || (long(w) && other.iter().any(|o| long(o) && one_edit(w, o)))
-            };
-            !folded.contains(&f) && !typo_of_other()
-        })
-        .cloned()
-        .collect()
+        if SKIP.contains(&w.as_str()) || w.chars().any(char::is_numeric) {
+            return false;
+        }
+        let f = compared(w);
+        // NOTE: a typo is judged on the words as written (`tire` and
+        // `tyre`) and on their stems.
+        let long = |w: &str| w.chars().count() >= 4;
+        let typo_of_other = || {
+            (long(&f) && folded.iter().any(|o| long(o) && one_edit(&f, o)))
+                || (long(w) && other.iter().any(|o| long(o) && one_edit(w, o)))
+        };
+        !folded.contains(&f) && !typo_of_other()
+    };
+    let cjk = |w: &str| w.chars().next().is_some_and(is_cjk);
+    let mut out: Vec<String> = Vec::new();
+    let mut joins = false;
+    for w in these {
+        let m = missing(w);
+        match out.last_mut() {
+            Some(last) if m && joins && cjk(w) => last.push_str(w),
+            _ if m => out.push(w.clone()),
+            _ => {}
+        }
+        joins = m && cjk(w);
+    }
+    out
 }
 
 /// The content words that differ between a stored key text and a probe's.
@@ -368,6 +383,17 @@ mod tests {
             ),
             1
         );
+        // A word of Chinese or Japanese is a run of characters.
+        let d = diff(
+            "user###この文章を英語に翻訳してください：今日は雨です。",
+            "user###この文章を英語に翻訳してください：今日は晴れです。",
+        );
+        assert_eq!((d.describe().as_str(), d.count()), ("雨 / 晴れ", 2));
+        let d = diff(
+            "user###如何上传文件到服务器？",
+            "user###如何从服务器下载文件？",
+        );
+        assert_eq!(d.describe(), "上传 到 / 从 下载");
         // NOTE: the thresholds these diffs need are judge's (judge::tests).
     }
 
