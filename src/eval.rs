@@ -515,7 +515,7 @@ pub fn folds(
 pub fn folds_report(pairs: &[Pair], preds: &[Prediction], k: usize, max_wrong_rate: f64) -> String {
     let (counts, offsets) = folds(pairs, preds, k, max_wrong_rate);
     let mut s = format!(
-        "held out, {k} folds (every threshold moved on the other folds to at most {:.1}% wrong answers):\n",
+        "held out, {k} folds (every threshold moved on the other folds to at most {:.1}% wrong answers expected):\n",
         max_wrong_rate * 100.0
     );
     s += &format!(
@@ -537,10 +537,18 @@ pub fn folds_report(pairs: &[Pair], preds: &[Prediction], k: usize, max_wrong_ra
     s
 }
 
-/// The smallest move of every threshold that keeps the wrong-answer rate on
-/// `pairs` at or below `max_wrong_rate` (the most recall that allows). A
-/// pair hits after a move `d` when its score's margin over its threshold is
-/// at least `d`.
+/// The smallest move of every threshold that keeps the wrong-answer rate
+/// expected on requests the pairs do not hold at or below `max_wrong_rate`
+/// (the most recall that allows). A pair hits after a move `d` when its
+/// score's margin over its threshold is at least `d`.
+///
+/// The rate is estimated as `(wrong + 1) / (must-miss + 2)` (Laplace's rule
+/// of succession), not as `wrong / must-miss`: the move that is smallest on
+/// the pairs is the one fitted closest to them, and measured on pairs it was
+/// not fitted on (`modelcache eval --folds`) the plain ratio overshot the
+/// rate it was asked for. Pairs too few to show the rate (fewer than
+/// `1 / max_wrong_rate - 2` must-miss pairs, or a rate of 0) never lower a
+/// threshold: it is only raised, past every wrong answer among them.
 pub fn calibrate(
     pairs: &[Pair],
     preds: &[Prediction],
@@ -563,13 +571,17 @@ pub fn calibrate(
         .filter(|m| *m >= -0.3)
         .flat_map(|m| [m, m + 0.001])
         .collect();
-    moves.push(-0.3);
+    // NOTE: 0, the thresholds as configured, is where too few pairs stop.
+    moves.extend([-0.3, 0.0]);
     moves.sort_by(f32::total_cmp);
     moves.dedup();
     let top = moves.last().copied().unwrap_or(0.0) + 0.001;
+    let expected = |c: &Counts| (c.fp + 1) as f64 / (c.fp + c.tn + 2) as f64;
     let offset = moves
-        .into_iter()
-        .find(|d| at(*d).fpr().is_none_or(|f| f <= max_wrong_rate))
+        .iter()
+        .copied()
+        .find(|d| expected(&at(*d)) <= max_wrong_rate)
+        .or_else(|| moves.iter().copied().find(|d| *d >= 0.0 && at(*d).fp == 0))
         .unwrap_or(top)
         .min(1.0);
     let c = at(offset);
@@ -872,6 +884,47 @@ mod tests {
         let table = sweep(&pairs, &preds, 0.0);
         assert!(table.contains("recommended: threshold = 0.96"), "{table}");
         assert!(report(&pairs, &preds).contains("recall at FPR <= 5%"));
+    }
+
+    #[test]
+    fn calibration_counts_the_wrong_answer_the_pairs_have_not_shown() {
+        // 200 must-miss pairs 0.1 under their threshold, two wrong outliers
+        // over it (margins 0.02 and 0.03), 100 right pairs 0..0.05 over it.
+        let (mut pairs, mut preds) = (Vec::new(), Vec::new());
+        let mut add = |id: String, same: bool, margin: f32| {
+            pairs.push(pair(&id, "c", same));
+            preds.push(pred(&id, margin >= 0.0, 0.9 + margin));
+        };
+        for i in 0..200 {
+            add(format!("w{i}"), false, -0.1);
+        }
+        add("o1".into(), false, 0.02);
+        add("o2".into(), false, 0.03);
+        for i in 0..100 {
+            add(format!("r{i}"), true, i as f32 * 0.0005);
+        }
+        // 1%: both outliers served is 2 of 202 on the pairs, but (2 + 1) /
+        // (202 + 2) = 1.5% expected: only one may be, so the move passes
+        // the lower outlier.
+        let c = calibrate(&pairs, &preds, 0.01);
+        assert!(c.offset > 0.019 && c.offset < 0.0215, "{c:?}");
+        assert!((c.wrong_rate - 1.0 / 202.0).abs() < 1e-9, "{c:?}");
+        // 2%: (2 + 1) / 204 holds, and the move comes down to the
+        // must-miss pairs.
+        let c = calibrate(&pairs, &preds, 0.02);
+        assert!(c.offset < -0.09 && c.offset > -0.1, "{c:?}");
+        // Ten must-miss pairs cannot show 2%: the thresholds are not
+        // lowered, however far under them the wrong pairs sit...
+        let few_pairs: Vec<Pair> = pairs[..10].iter().chain(&pairs[202..]).cloned().collect();
+        let few_preds: Vec<Prediction> = preds[..10].iter().chain(&preds[202..]).cloned().collect();
+        assert_eq!(calibrate(&few_pairs, &few_preds, 0.02).offset, 0.0);
+        // ... and only raised past the wrong ones they hold.
+        let with_wrong: Vec<Pair> = pairs[..10].iter().chain(&pairs[200..]).cloned().collect();
+        let with_wrong_preds: Vec<Prediction> =
+            preds[..10].iter().chain(&preds[200..]).cloned().collect();
+        let c = calibrate(&with_wrong, &with_wrong_preds, 0.02);
+        assert!(c.offset > 0.029 && c.offset < 0.0315, "{c:?}");
+        assert_eq!(c.wrong_rate, 0.0);
     }
 
     #[test]
