@@ -9,6 +9,29 @@
 
 use tokenizers::Tokenizer;
 
+/// A full-width form as the ASCII it stands for (`１００００` is `10000`,
+/// `？` is `?`), the ideographic space as a space. WordPiece vocabularies
+/// know the ASCII and not the full-width forms, which Chinese and Japanese
+/// text often uses for digits and Latin letters: folded, the model reads
+/// them, and the guards compare them as what they are.
+pub fn fold_width(c: char) -> char {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        '\u{3000}' => ' ',
+        _ => c,
+    }
+}
+
+/// `text` with its full-width forms folded ([`fold_width`]), borrowed when
+/// it has none.
+pub fn folded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(|c| fold_width(c) != c) {
+        std::borrow::Cow::Owned(text.chars().map(fold_width).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// How much of a text [`Blind::unseen`] reads: tokens and their offsets cost
 /// memory, and a text this long is far past the embedding window.
 pub const UNSEEN_BYTES: usize = 64 * 1024;
@@ -39,10 +62,12 @@ impl Blind {
     }
 
     /// The spans of `text` the model sees only as its unknown token, in
-    /// order (empty when it sees it all, or the text cannot be tokenized).
-    /// Only the first [`UNSEEN_BYTES`] bytes are read: past them a text is
-    /// the long-text guard's, which wants it equal or one short edit apart.
+    /// order (empty when it sees it all, or the text cannot be tokenized),
+    /// read as the model reads it: full-width forms folded. Only the first
+    /// [`UNSEEN_BYTES`] bytes are read: past them a text is the long-text
+    /// guard's, which wants it equal or one short edit apart.
     pub fn unseen(&self, text: &str) -> Vec<String> {
+        let text = &*folded(text);
         let mut end = text.len().min(UNSEEN_BYTES);
         while !text.is_char_boundary(end) {
             end -= 1;
@@ -95,6 +120,9 @@ mod tests {
         // Characters it knows are not unseen; an emoji is.
         assert!(b.unseen("上海").is_empty(), "{:?}", b.unseen("上海"));
         assert_eq!(b.unseen("what does 🫠 mean"), ["🫠"]);
+        // Full-width digits are read as the digits they are.
+        assert_eq!(b.unseen("１００００円は何ドルですか？"), b.unseen("10000円は何ドルですか？"));
+        assert!(!b.unseen("１００００円").iter().any(|s| s.contains('１')));
         // A huge text is read only up to its first UNSEEN_BYTES, at a
         // character boundary.
         let huge = format!("{}🫠", "é ".repeat(UNSEEN_BYTES / 3));

@@ -175,6 +175,9 @@ impl Embedder for FastEmbedder {
     }
 
     fn split(&self, text: &str) -> Vec<String> {
+        // NOTE: the model is given what Blind::unseen reads: full-width
+        // forms folded.
+        let text = &*blind::folded(text);
         let Ok(enc) = self.splitter.encode(text, false) else {
             return vec![text.to_string()];
         };

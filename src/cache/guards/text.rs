@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 use crate::cache::lexicon::one_edit;
 use crate::cache::lexicon::Group;
 use crate::cache::lexicon::SUFFIXES;
+use crate::embed::blind::fold_width as fold;
 
 /// A text prepared for the guards: lower-cased, full-width forms folded,
 /// split into tokens.
@@ -28,14 +29,6 @@ pub(super) struct Text {
     set: HashSet<String>,
 }
 
-fn fold(c: char) -> char {
-    // Full-width ASCII (！ to ～) to ASCII, the ideographic space to a space.
-    match c {
-        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-        '\u{3000}' => ' ',
-        _ => c,
-    }
-}
 
 /// Whether `c` is a kana, Han or Hangul character: one token, one word.
 pub(super) fn is_cjk(c: char) -> bool {
