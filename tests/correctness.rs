@@ -440,6 +440,16 @@ async fn text_the_model_cannot_see_is_never_judged_by_its_similarity() {
     )
     .await;
     assert_eq!(served, "hit", "{dry}");
+    // Full-width digits are the digits they stand for: read as such by the
+    // model and the unseen-text check, the same question hits.
+    let (served, dry) = probe(
+        &app,
+        &up,
+        user("10000円は何ドルですか？"),
+        user("１００００円は何ドルですか？"),
+    )
+    .await;
+    assert_eq!(served, "hit", "{dry}");
     // Each such miss is counted by the check that refused it.
     let m = metrics(&app).await;
     let refused = metric_sum(&m, "modelcache_refused_total", &["check=\"unseen_text\""]);

@@ -121,7 +121,10 @@ mod tests {
         assert!(b.unseen("上海").is_empty(), "{:?}", b.unseen("上海"));
         assert_eq!(b.unseen("what does 🫠 mean"), ["🫠"]);
         // Full-width digits are read as the digits they are.
-        assert_eq!(b.unseen("１００００円は何ドルですか？"), b.unseen("10000円は何ドルですか？"));
+        assert_eq!(
+            b.unseen("１００００円は何ドルですか？"),
+            b.unseen("10000円は何ドルですか？")
+        );
         assert!(!b.unseen("１００００円").iter().any(|s| s.contains('１')));
         // A huge text is read only up to its first UNSEEN_BYTES, at a
         // character boundary.

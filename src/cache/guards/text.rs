@@ -29,7 +29,6 @@ pub(super) struct Text {
     set: HashSet<String>,
 }
 
-
 /// Whether `c` is a kana, Han or Hangul character: one token, one word.
 pub(super) fn is_cjk(c: char) -> bool {
     matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}')
