@@ -704,7 +704,8 @@ fn turn_checks(stored: &str, asked: &str, sims: &[f32], opts: &LookupOptions) ->
 
 /// Whether the reader can be trusted with the spans that differ: each is
 /// made of letters of the Basic Multilingual Plane (Chinese, Japanese,
-/// Korean, Thai, Arabic... which a multilingual model's vocabulary covers).
+/// Korean, Thai, Arabic... which a multilingual model's vocabulary covers),
+/// and the marks written on them (a Devanagari vowel sign or virama).
 /// An emoji, a symbol or a rare character may be unknown to the reader too,
 /// and then its similarity would say as little as the embedding model's.
 fn reader_reads(stored: &[String], asked: &[String]) -> bool {
@@ -720,8 +721,12 @@ fn reader_reads(stored: &[String], asked: &[String]) -> bool {
     }
     differing.into_iter().chain(left).all(|span| {
         span.chars()
-            .all(|c| c.is_whitespace() || (c.is_alphabetic() && u32::from(c) <= 0xFFFF))
+            .all(|c| c.is_whitespace() || (letter_or_mark(c) && u32::from(c) <= 0xFFFF))
     })
+}
+
+fn letter_or_mark(c: char) -> bool {
+    c.is_alphabetic() || unicode_normalization::char::is_combining_mark(c)
 }
 
 /// Unseen spans for people: the first few, each cut short.
@@ -1461,6 +1466,23 @@ mod tests {
             },
         );
         assert_eq!(shared.awaits, Some(Stage::Read));
+        // Words the model only spells go to the reader too, with the marks
+        // written on their letters (a Devanagari virama).
+        let (cancel, renew) = (
+            vec!["रद्द".to_string(), "करूं".to_string()],
+            vec!["नवीनीकृत".to_string(), "करूं".to_string()],
+        );
+        let hindi = judge(
+            &Asking {
+                unseen: Some(&cancel),
+                ..asking
+            },
+            &Offered {
+                unseen: Some(&renew),
+                ..offered
+            },
+        );
+        assert_eq!(hindi.awaits, Some(Stage::Read));
     }
 
     fn chat(turns: &[&str]) -> CacheKey {

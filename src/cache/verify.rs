@@ -247,7 +247,10 @@ fn words(key_text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for c in text.chars() {
-        if c.is_alphanumeric() && !is_cjk(c) || c == '\'' && !cur.is_empty() {
+        // NOTE: a mark written on a letter (a Devanagari virama) is part of
+        // its word.
+        let mark = unicode_normalization::char::is_combining_mark(c);
+        if c.is_alphanumeric() && !is_cjk(c) || (c == '\'' || mark) && !cur.is_empty() {
             cur.push(c);
         } else {
             if !cur.is_empty() {
@@ -394,6 +397,11 @@ mod tests {
             "user###如何从服务器下载文件？",
         );
         assert_eq!(d.describe(), "上传 到 / 从 下载");
+        let d = diff(
+            "user###मैं सदस्यता कैसे रद्द करूं?",
+            "user###मैं सदस्यता कैसे नवीनीकृत करूं?",
+        );
+        assert_eq!(d.describe(), "रद्द / नवीनीकृत");
         // NOTE: the thresholds these diffs need are judge's (judge::tests).
     }
 
