@@ -89,7 +89,7 @@ impl Blind {
             while j < ids.len() && words[j].is_some() && words[j] == words[i] {
                 j += 1;
             }
-            let unknown = ids[i..j].iter().any(|id| *id == self.unknown);
+            let unknown = ids[i..j].contains(&self.unknown);
             let span = text.get(offsets[i].0..offsets[j - 1].1).unwrap_or("");
             if unknown {
                 out.extend(
