@@ -1,11 +1,15 @@
 //! What the embedding model cannot see: the spans of a text its tokenizer
-//! maps to the unknown token.
+//! maps to the unknown token, and the words it can only spell letter by
+//! letter.
 //!
 //! Owns finding those spans (a Chinese character missing from an English
-//! WordPiece vocabulary, an emoji, a script the model never learnt). Two
-//! texts that differ only there embed alike, so a similarity over them says
-//! nothing: the judge requires such spans to be equal. It must never decide
-//! a hit itself, and never run the model: it only tokenizes.
+//! WordPiece vocabulary, an emoji, a script the model never learnt, a Greek
+//! or Arabic word it holds only the letters of) and the folding of
+//! full-width forms that the model and the guards read alike. Two texts
+//! that differ only there embed alike, or as letter soup, so a similarity
+//! over them says nothing: the judge asks the reader or requires such spans
+//! to be equal. It must never decide a hit itself, and never run the model:
+//! it only tokenizes.
 
 use tokenizers::Tokenizer;
 
