@@ -213,8 +213,51 @@ pub(crate) const ORDER_FREE: &[&str] = &[
 
 /// Words that only conflict with their opposite: "after" against "within",
 /// not "after" against a text that says neither ("I was charged after I
-/// cancelled" is "I cancelled but still got charged").
-pub(crate) const OPPOSITES: &[(Group, Group)] = &[(&["before", "prior to", "within"], &["after"])];
+/// cancelled" is "I cancelled but still got charged"). The depth asked of an
+/// answer is one such pair: "explain it briefly" and "explain it in detail"
+/// want two answers, while "explain it" is either.
+pub(crate) const OPPOSITES: &[(Group, Group)] = &[
+    (&["before", "prior to", "within"], &["after"]),
+    (
+        &[
+            "briefly",
+            "brief",
+            "concise",
+            "concisely",
+            "succinct",
+            "succinctly",
+            "in a nutshell",
+            "in one sentence",
+            "in a few words",
+            "short answer",
+            "tl;dr",
+            "brevemente",
+            "简要",
+            "简短",
+            "簡潔",
+            "手短",
+        ],
+        &[
+            "in detail",
+            "detailed",
+            "in depth",
+            "in-depth",
+            "thorough",
+            "thoroughly",
+            "comprehensive",
+            "step by step",
+            "step-by-step",
+            "at length",
+            "en detalle",
+            "detallado",
+            "detallada",
+            "detalladamente",
+            "详细",
+            "詳しく",
+            "詳細",
+        ],
+    ),
+];
 
 /// The question words, one group per thing asked: a reason, a way, a time, a
 /// place, a person. Two texts that each ask one the other does not ("How did

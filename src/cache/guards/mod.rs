@@ -667,6 +667,42 @@ mod tests {
     }
 
     #[test]
+    fn the_depth_asked_of_an_answer_is_a_pair_of_opposites() {
+        for (a, b) in [
+            (
+                "Explain photosynthesis briefly.",
+                "Explain photosynthesis in detail.",
+            ),
+            (
+                "Give me a concise overview of the French Revolution.",
+                "Give me a detailed overview of the French Revolution.",
+            ),
+            ("请简要介绍一下量子计算。", "请详细介绍一下量子计算。"),
+            (
+                "Explica brevemente la fotosíntesis.",
+                "Explica en detalle la fotosíntesis.",
+            ),
+        ] {
+            assert_eq!(
+                fails(&format!("user###{a}"), &format!("user###{b}")),
+                ["negation"],
+                "{a} / {b}"
+            );
+        }
+        // Silence is not the opposite: "explain it" is either.
+        assert!(fails(
+            "user###Explain photosynthesis.",
+            "user###Explain photosynthesis briefly."
+        )
+        .is_empty());
+        assert!(fails(
+            "user###Walk me through setting up SSH keys step by step.",
+            "user###Walk me through setting up SSH keys in detail."
+        )
+        .is_empty());
+    }
+
+    #[test]
     fn go_and_mac_by_their_short_names() {
         assert!(fails(
             "user###Now do the same in Go.",
