@@ -247,6 +247,51 @@ mod tests {
     }
 
     #[test]
+    fn a_number_spelled_out_is_the_digits_the_other_text_writes() {
+        for (a, b) in [
+            (
+                "What is the probability of rolling a 6 on a die?",
+                "What's the chance of rolling a six on a die?",
+            ),
+            (
+                "Give me 3 tips for better sleep.",
+                "Give me three tips for better sleep.",
+            ),
+            ("Nombra 5 ríos de Europa.", "Nombra cinco ríos de Europa."),
+            (
+                "Show the top 5 months, then the worst 2.",
+                "Show the top five months, then the worst two.",
+            ),
+        ] {
+            assert!(
+                fails(&format!("user###{a}"), &format!("user###{b}")).is_empty(),
+                "{a} / {b}"
+            );
+        }
+        for (a, b) in [
+            (
+                "Give me 3 tips for better sleep.",
+                "Give me four tips for better sleep.",
+            ),
+            // The order still counts: the word stands where it is written.
+            ("Convert 5 miles to 8 km.", "Convert eight miles to 5 km."),
+            // A word that stands for no digit of the other text reads as a word.
+            ("Which one is bigger, 7 or 9?", "Which is bigger, 7 or 10?"),
+        ] {
+            assert_eq!(
+                fails(&format!("user###{a}"), &format!("user###{b}")),
+                ["numbers"],
+                "{a} / {b}"
+            );
+        }
+        assert!(fails(
+            "user###Which one is bigger, 7 or 9?",
+            "user###Which is bigger, 7 or 9?"
+        )
+        .is_empty());
+    }
+
+    #[test]
     fn a_number_measured_in_another_unit_fails() {
         // The same number and the same two units, the other way round.
         assert!(fails(

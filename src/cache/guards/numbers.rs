@@ -10,14 +10,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::text::{show, Text};
+use super::text::{is_cjk, show, Text};
 use crate::cache::lexicon::ORDER_FREE;
 use crate::cache::lexicon::UNITS;
 
 /// What differs in the numbers, operators or units of `a` and `b`, if
 /// anything; and, formatted only when asked, the numbers both hold.
 pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> String) {
-    let (na, nb) = (a.numbers(), b.numbers());
+    let (na, nb) = (a.numbers(&[]), b.numbers(&[]));
+    // A number spelled out ("six", "cinco") stands for the digits the other
+    // text writes and this one lacks; unpaired, it is a word like any other
+    // ("which one", "un libro").
+    let (na, nb) = if na == nb {
+        (na, nb)
+    } else {
+        let (wa, wb) = (a.spelled(&missing(&nb, &na)), b.spelled(&missing(&na, &nb)));
+        if wa.is_empty() && wb.is_empty() {
+            (na, nb)
+        } else {
+            (a.numbers(&wa), b.numbers(&wb))
+        }
+    };
     let (ua, ub) = (a.units(), b.units());
     let (oa, ob) = (a.operators(), b.operators());
     let diff = if na != nb {
@@ -189,9 +202,13 @@ impl Text {
     /// a set of values; a sequence ("the next number in 2, 4, 8") keeps its
     /// order. A `1` before a unit is the article ("1 day" is "a day") and is
     /// left out.
-    fn numbers(&self) -> Vec<String> {
+    fn numbers(&self, spelled: &[(usize, usize, String)]) -> Vec<String> {
         let chars: Vec<char> = self.lower.chars().collect();
-        let found = self.number_spans(&chars);
+        let mut found = self.number_spans(&chars);
+        if !spelled.is_empty() {
+            found.extend(spelled.iter().cloned());
+            found.sort_by_key(|f| f.0);
+        }
         let mut out: Vec<String> = Vec::new();
         let mut run: Vec<String> = Vec::new();
         let mut run_open = false;
@@ -235,6 +252,39 @@ impl Text {
             }
         }
         flush(&mut run, &mut out);
+        out
+    }
+
+    /// The numbers spelled out as words whose values are in `wanted` (a
+    /// multiset, each value taken once), with their char ranges: the words
+    /// the other text writes as digits.
+    fn spelled(&self, wanted: &[String]) -> Vec<(usize, usize, String)> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut left: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let chars: Vec<char> = self.lower.chars().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            if !chars[i].is_alphabetic() || is_cjk(chars[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < chars.len() && chars[i].is_alphabetic() && !is_cjk(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let Some(v) = spelled_value(&word) else {
+                continue;
+            };
+            let v = v.to_string();
+            if let Some(k) = left.iter().position(|w| *w == v) {
+                left.swap_remove(k);
+                out.push((start, i, v));
+            }
+        }
         out
     }
 
@@ -289,6 +339,63 @@ fn operands(chars: &[char], i: usize) -> bool {
         !(w.len() >= 3 && w.iter().all(|c| c.is_alphabetic()))
     };
     word(&mut chars[..i].iter().rev()) && word(&mut chars[i + 1..].iter())
+}
+
+/// The values of `from` that `minus` does not hold, as many times as
+/// `from` holds them more.
+fn missing(from: &[String], minus: &[String]) -> Vec<String> {
+    let mut left: Vec<&String> = minus.iter().collect();
+    from.iter()
+        .filter(|v| match left.iter().position(|w| w == v) {
+            Some(k) => {
+                left.swap_remove(k);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The value of a number word of English, Spanish, French or German, up
+/// to twenty and the tens.
+fn spelled_value(word: &str) -> Option<u32> {
+    const WORDS: &[(&[&str], u32)] = &[
+        (&["zero", "cero", "zéro", "null"], 0),
+        (&["one", "uno", "una", "un", "une", "eins"], 1),
+        (&["two", "dos", "deux", "zwei"], 2),
+        (&["three", "tres", "trois", "drei"], 3),
+        (&["four", "cuatro", "quatre", "vier"], 4),
+        (&["five", "cinco", "cinq", "fünf"], 5),
+        (&["six", "seis", "sechs"], 6),
+        (&["seven", "siete", "sept", "sieben"], 7),
+        (&["eight", "ocho", "huit", "acht"], 8),
+        (&["nine", "nueve", "neuf", "neun"], 9),
+        (&["ten", "diez", "dix", "zehn"], 10),
+        (&["eleven", "once", "onze", "elf"], 11),
+        (&["twelve", "doce", "douze", "zwölf"], 12),
+        (&["thirteen"], 13),
+        (&["fourteen"], 14),
+        (&["fifteen"], 15),
+        (&["sixteen"], 16),
+        (&["seventeen"], 17),
+        (&["eighteen"], 18),
+        (&["nineteen"], 19),
+        (&["twenty", "veinte", "vingt", "zwanzig"], 20),
+        (&["thirty", "treinta", "trente", "dreißig"], 30),
+        (&["forty", "cuarenta", "quarante", "vierzig"], 40),
+        (&["fifty", "cincuenta", "cinquante", "fünfzig"], 50),
+        (&["sixty", "sesenta", "soixante", "sechzig"], 60),
+        (&["seventy", "setenta", "siebzig"], 70),
+        (&["eighty", "ochenta", "achtzig"], 80),
+        (&["ninety", "noventa", "neunzig"], 90),
+        (&["hundred", "cien", "cent", "hundert"], 100),
+        (&["thousand", "mil", "mille", "tausend"], 1000),
+    ];
+    WORDS
+        .iter()
+        .find(|(ws, _)| ws.contains(&word))
+        .map(|(_, v)| *v)
 }
 
 fn cjk_digit(c: char) -> Option<u64> {
