@@ -15,7 +15,11 @@ use crate::cache::lexicon::LANGUAGES;
 pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> String) {
     let (la, lb) = (a.language(), b.language());
     let (na, nb) = (a.members_fuzzy(LANGUAGES), b.members_fuzzy(LANGUAGES));
-    let diff = if la != lb {
+    // NOTE: a vote two Latin-script languages tie is no guess: it differs
+    // from no Latin-script language ("Combien mesure la tour Eiffel ?"
+    // holds one French and one Spanish stop word, "la").
+    let unsure = |x: &str, y: &str| x == TIED && LATIN.contains(&y);
+    let diff = if la != lb && !unsure(la, lb) && !unsure(lb, la) {
         Some(format!("written in {la} vs {lb}"))
     } else if na != nb {
         Some(format!("names {} vs {}", show(&na), show(&nb)))
@@ -24,6 +28,12 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
     };
     (diff, move || format!("written in {la}"))
 }
+
+/// The guess for a Latin-script text whose stop-word vote two languages tie.
+const TIED: &str = "a Latin-script language";
+
+/// The languages the stop-word vote guesses.
+const LATIN: [&str; 6] = ["en", "es", "fr", "de", "pt", TIED];
 
 impl Text {
     fn language(&self) -> &'static str {
@@ -72,14 +82,15 @@ impl Text {
                 "fr",
                 &[
                     "le", "la", "les", "est", "quel", "quelle", "comment", "de", "et", "mon", "un",
-                    "une", "pour", "je",
+                    "une", "pour", "je", "du", "des", "au", "aux", "ce", "cette", "combien",
+                    "pourquoi", "où", "dans", "avec", "vous", "sont",
                 ],
             ),
             (
                 "de",
                 &[
                     "der", "die", "das", "ist", "wie", "was", "und", "ich", "ein", "eine", "mein",
-                    "nicht",
+                    "nicht", "den", "dem", "mit", "von", "für", "auf", "man", "warum", "wann",
                 ],
             ),
             (
@@ -90,6 +101,7 @@ impl Text {
             ),
         ];
         let mut best = ("en", 0usize);
+        let mut tied = false;
         for (lang, words) in VOTES {
             let n = self
                 .tokens
@@ -98,8 +110,15 @@ impl Text {
                 .count();
             if n > best.1 {
                 best = (lang, n);
+                tied = false;
+            } else if n == best.1 && n > 0 {
+                tied = true;
             }
         }
-        best.0
+        if tied {
+            TIED
+        } else {
+            best.0
+        }
     }
 }

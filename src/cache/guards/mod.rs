@@ -873,6 +873,25 @@ mod tests {
             "user###日本の首都は何ですか"
         )
         .is_empty());
+        assert!(!fails(
+            "user###Quelle est la hauteur de la tour Eiffel ?",
+            "user###Combien mesure la tour Eiffel ?"
+        )
+        .contains(&"language"));
+        // A text whose stop words two languages share is no guess (Italian:
+        // "un" votes Spanish and French alike).
+        assert!(fails(
+            "user###Quanto costa un biglietto per Roma?",
+            "user###Quanto costa il biglietto per Roma?"
+        )
+        .is_empty());
+        assert_eq!(
+            fails(
+                "user###Combien mesure la tour Eiffel ?",
+                "user###How tall is the Eiffel Tower?"
+            ),
+            ["language"]
+        );
     }
 
     #[test]
