@@ -55,6 +55,52 @@ pub fn group_name(word: &str) -> Option<&'static str> {
     })
 }
 
+/// WordNet's direct antonyms (adjectives, verbs and adverbs) and the forms
+/// of their words, as `scripts/wordnet-antonyms.py` wrote them.
+const ANTONYMS: &str = include_str!("../../assets/lexicon/antonyms.txt");
+
+/// Pairs of opposite words ("good" / "bad", "rise" / "set"), looked up by
+/// lemma.
+pub(crate) struct Antonyms {
+    opposite: std::collections::HashMap<&'static str, Vec<&'static str>>,
+    lemmas: std::collections::HashMap<&'static str, Vec<&'static str>>,
+}
+
+impl Antonyms {
+    /// The lemmas a word may be a form of, itself included ("higher":
+    /// "higher", "high").
+    pub(crate) fn lemmas<'a>(&'static self, word: &'a str) -> impl Iterator<Item = &'a str> {
+        std::iter::once(word).chain(self.lemmas.get(word).into_iter().flatten().copied())
+    }
+
+    /// The opposites of a lemma.
+    pub(crate) fn of(&self, lemma: &str) -> &[&'static str] {
+        self.opposite.get(lemma).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The antonyms, parsed once.
+pub(crate) fn antonyms() -> &'static Antonyms {
+    static PARSED: std::sync::OnceLock<Antonyms> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| {
+        let mut a = Antonyms {
+            opposite: std::collections::HashMap::new(),
+            lemmas: std::collections::HashMap::new(),
+        };
+        for line in ANTONYMS.lines().filter(|l| !l.starts_with('#')) {
+            match line.split(' ').collect::<Vec<_>>()[..] {
+                [form, "->", lemma] => a.lemmas.entry(form).or_default().push(lemma),
+                [x, y] => {
+                    a.opposite.entry(x).or_default().push(y);
+                    a.opposite.entry(y).or_default().push(x);
+                }
+                _ => {}
+            }
+        }
+        a
+    })
+}
+
 /// A group of words that name the same thing; the first is its name.
 pub(crate) type Group = &'static [&'static str];
 

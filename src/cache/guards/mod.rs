@@ -400,7 +400,7 @@ mod tests {
         .is_empty());
         assert_eq!(
             fails("user###Divide 1,250 by 25.", "user###Multiply 1,250 by 25."),
-            ["numbers"]
+            ["numbers", "negation"]
         );
         // Multi-byte text after a rewritten verb is read safely.
         assert!(fails(
@@ -709,6 +709,59 @@ mod tests {
             ),
             ["negation"]
         );
+    }
+
+    #[test]
+    fn a_word_swapped_for_its_opposite_fails() {
+        for (a, b) in [
+            (
+                "Is coffee bad for your heart?",
+                "Is coffee good for your heart?",
+            ),
+            (
+                "What time does the sun set in London in June?",
+                "What time does the sun rise in London in June?",
+            ),
+            (
+                "Why did the shares close lower?",
+                "Why did the shares close higher?",
+            ),
+            (
+                "Is it safe to eat raw eggs?",
+                "Is it unsafe to eat raw eggs?",
+            ),
+            (
+                "Is this a profit organisation?",
+                "Is this a nonprofit organisation?",
+            ),
+            (
+                "Is it possible to merge two repos?",
+                "Is it impossible to merge two repos?",
+            ),
+        ] {
+            assert_eq!(
+                fails(&format!("user###{a}"), &format!("user###{b}")),
+                ["negation"],
+                "{a} / {b}"
+            );
+        }
+        // A word against a text that says neither, or both, is no opposite.
+        for (a, b) in [
+            (
+                "Is coffee good for your heart?",
+                "Is coffee healthy for the heart?",
+            ),
+            (
+                "Which is better for the heart, good fats or bad fats?",
+                "For the heart, which is better: bad fats or good fats?",
+            ),
+            ("Unless I pay, can I use it?", "Can I use it less?"),
+        ] {
+            assert!(
+                !fails(&format!("user###{a}"), &format!("user###{b}")).contains(&"negation"),
+                "{a} / {b}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! It must never fail a text that names one side of
 //! a pair against one that names neither: silence is not the opposite.
 
+use std::collections::HashSet;
+
 use super::text::{show, Text};
+use crate::cache::lexicon::antonyms;
 use crate::cache::lexicon::Group;
 use crate::cache::lexicon::OPPOSITES;
 use crate::cache::lexicon::POLARITY;
@@ -31,6 +34,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("polarity {} vs {}", show(&pa), show(&pb)))
     } else if let Some((x, y)) = a.opposite(b) {
         Some(format!("{x} vs {y}"))
+    } else if let Some((x, y)) = a.antonym(b) {
+        Some(format!("{x} vs {y}"))
     } else if let Some((x, y)) = a.other_question(b) {
         Some(format!("asks {x} vs {y}"))
     } else {
@@ -38,6 +43,15 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
     };
     (diff, || "same negation and polarity words".into())
 }
+
+/// Prefixes that negate the word they begin ("unsafe", "nonprofit"); "in-"
+/// and "dis-" begin as many words that negate nothing ("inform",
+/// "discover"), so their opposites come from the antonym list.
+const NEGATING_PREFIXES: [&str; 2] = ["un", "non"];
+
+/// Words that begin with a negating prefix and another word, but do not
+/// negate it.
+const NOT_PREFIXED: [&str; 1] = ["unless"];
 
 impl Text {
     fn negated(&self) -> bool {
@@ -105,6 +119,43 @@ impl Text {
         oa.iter()
             .flat_map(|&x| ob.iter().map(move |&y| (x, y)))
             .find(|&(x, y)| !alike(x, y))
+    }
+
+    /// A word of each text that the other lacks, the two of them opposites
+    /// ("Is coffee good for you?" / "bad for you?", "when the sun sets" /
+    /// "rises"), or one the other with a negating prefix ("safe" /
+    /// "unsafe", "profit" / "nonprofit").
+    fn antonym(&self, other: &Text) -> Option<(String, String)> {
+        let table = antonyms();
+        let lemmas = |t: &Text| -> HashSet<String> {
+            t.tokens
+                .iter()
+                .flat_map(|w| table.lemmas(w).map(str::to_string))
+                .collect()
+        };
+        let (la, lb) = (lemmas(self), lemmas(other));
+        let opposite = la.difference(&lb).find_map(|x| {
+            table
+                .of(x)
+                .iter()
+                .find(|y| lb.contains(**y) && !la.contains(**y))
+                .map(|y| (x.clone(), y.to_string()))
+        });
+        opposite.or_else(|| {
+            let prefixed = |x: &HashSet<String>, y: &HashSet<String>| {
+                x.difference(y).find_map(|w| {
+                    let stem = NEGATING_PREFIXES
+                        .iter()
+                        .filter(|_| !NOT_PREFIXED.contains(&w.as_str()))
+                        .find_map(|p| w.strip_prefix(p))
+                        .filter(|s| s.chars().count() >= 4 && y.contains(*s) && !x.contains(*s))?;
+                    Some((stem.to_string(), w.clone()))
+                })
+            };
+            prefixed(&la, &lb)
+                .map(|(s, w)| (w, s))
+                .or_else(|| prefixed(&lb, &la).map(|(s, w)| (s, w)))
+        })
     }
 
     /// A pair of opposites, one in each text and not the other.
