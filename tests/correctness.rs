@@ -183,6 +183,47 @@ async fn guards_stop_the_wrong_answers_and_paraphrases_still_hit() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn opposite_words_miss_and_a_number_spelled_out_still_hits() {
+    let (up, _dir, app) = real_gateway().await;
+    // Each pair scores in the range of a one-word edit the model serves.
+    for (stored, asked) in [
+        (
+            "Is coffee bad for your heart?",
+            "Is coffee good for your heart?",
+        ),
+        (
+            "What time does the sun set in London in June?",
+            "What time does the sun rise in London in June?",
+        ),
+        (
+            "Is it safe to eat raw eggs?",
+            "Is it unsafe to eat raw eggs?",
+        ),
+        (
+            "Explain photosynthesis briefly.",
+            "Explain photosynthesis in detail.",
+        ),
+    ] {
+        let (served, dry) = probe(&app, &up, user(stored), user(asked)).await;
+        assert_eq!(served, "miss", "{asked}: {dry}");
+        let f = failed(&dry, &format!("user###{stored}"));
+        assert!(
+            f.contains(&"negation".to_string()),
+            "{asked}: {f:?} in {dry}"
+        );
+    }
+    let (served, dry) = probe(
+        &app,
+        &up,
+        user("What is the probability of rolling a 6 on a die?"),
+        user("What's the chance of rolling a six on a die?"),
+    )
+    .await;
+    assert_eq!(served, "hit", "{dry}");
+    app.shutdown().await;
+}
+
 /// A 300-word store policy, one sentence per topic, the sentences alike
 /// but for the topic.
 fn policy_doc() -> String {
