@@ -292,6 +292,48 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_weekday_month_or_season_is_a_changed_date() {
+        for (a, b) in [
+            (
+                "Can I book a table for Saturday night?",
+                "Can I book a table for Friday night?",
+            ),
+            (
+                "What happened on March 15, 44 BC?",
+                "What happened on April 15, 44 BC?",
+            ),
+            (
+                "Best places in Europe in winter?",
+                "Best places in Europe in summer?",
+            ),
+            ("¿Abre la tienda el lunes?", "¿Abre la tienda el domingo?"),
+            ("商店星期一开门吗？", "商店星期天开门吗？"),
+        ] {
+            assert_eq!(
+                fails(&format!("user###{a}"), &format!("user###{b}")),
+                ["numbers"],
+                "{a} / {b}"
+            );
+        }
+        for (a, b) in [
+            (
+                "Is the museum free on Tuesdays?",
+                "Is the museum free on a Tuesday?",
+            ),
+            (
+                "What did she say on 18 October 1954?",
+                "What did she say on October 18, 1954?",
+            ),
+            ("May I book a table?", "Can I book a table?"),
+        ] {
+            assert!(
+                fails(&format!("user###{a}"), &format!("user###{b}")).is_empty(),
+                "{a} / {b}"
+            );
+        }
+    }
+
+    #[test]
     fn a_number_measured_in_another_unit_fails() {
         // The same number and the same two units, the other way round.
         assert!(fails(

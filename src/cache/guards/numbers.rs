@@ -1,5 +1,6 @@
-//! The numbers guard: the numbers, units and currencies, and arithmetic
-//! operators of two texts must be the same.
+//! The numbers guard: the numbers, units and currencies, arithmetic
+//! operators and named dates (weekdays, months, seasons) of two texts must
+//! be the same.
 //!
 //! Owns the reading of numbers as written (`1,250`, `１２５０`, `1万`,
 //! `一百` are one value each; `3.10` is not `3.1`), when a list's order
@@ -11,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::text::{is_cjk, show, Text};
+use crate::cache::lexicon::CALENDAR;
 use crate::cache::lexicon::ORDER_FREE;
 use crate::cache::lexicon::UNITS;
 
@@ -32,6 +34,7 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         }
     };
     let (ua, ub) = (a.units(), b.units());
+    let (ca, cb) = (a.members(CALENDAR), b.members(CALENDAR));
     let (oa, ob) = (a.operators(), b.operators());
     let diff = if na != nb {
         Some(format!("numbers {} vs {}", na.join(", "), nb.join(", ")))
@@ -39,6 +42,8 @@ pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> Str
         Some(format!("operators {oa:?} vs {ob:?}"))
     } else if ua != ub {
         Some(format!("units {} vs {}", show(&ua), show(&ub)))
+    } else if ca != cb {
+        Some(format!("dates {} vs {}", show(&ca), show(&cb)))
     } else if na.is_empty() {
         None
     } else {
