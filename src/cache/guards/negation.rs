@@ -154,7 +154,7 @@ impl Text {
             };
             prefixed(&la, &lb)
                 .map(|(s, w)| (w, s))
-                .or_else(|| prefixed(&lb, &la).map(|(s, w)| (s, w)))
+                .or_else(|| prefixed(&lb, &la))
         })
     }
 
