@@ -325,6 +325,10 @@ mod tests {
                 "What did she say on October 18, 1954?",
             ),
             ("May I book a table?", "Can I book a table?"),
+            (
+                "Why do leaves change color in the fall?",
+                "Why do leaves change colour in autumn?",
+            ),
         ] {
             assert!(
                 fails(&format!("user###{a}"), &format!("user###{b}")).is_empty(),
