@@ -536,3 +536,30 @@ fn one_edit_slice<T: PartialEq>(a: &[T], b: &[T]) -> bool {
         .unwrap_or(short.len());
     short[skip..] == long[skip + 1..]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_antonym_list_reads_both_ways_and_by_form() {
+        let a = antonyms();
+        for (x, y) in [
+            ("good", "bad"),
+            ("rise", "set"),
+            ("high", "low"),
+            ("buy", "sell"),
+        ] {
+            assert!(a.of(x).contains(&y), "{x} / {y}");
+            assert!(a.of(y).contains(&x), "{y} / {x}");
+        }
+        let lemmas = |w: &'static str| a.lemmas(w).collect::<Vec<_>>();
+        assert!(lemmas("higher").contains(&"high"));
+        assert!(lemmas("worse").contains(&"bad"));
+        assert!(lemmas("rising").contains(&"rise"));
+        assert_eq!(lemmas("table"), ["table"]);
+        // Nouns and quantifiers are not in it.
+        assert!(a.of("question").is_empty());
+        assert!(a.of("all").is_empty());
+    }
+}
