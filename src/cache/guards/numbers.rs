@@ -16,8 +16,8 @@ use crate::cache::lexicon::CALENDAR;
 use crate::cache::lexicon::ORDER_FREE;
 use crate::cache::lexicon::UNITS;
 
-/// What differs in the numbers, operators or units of `a` and `b`, if
-/// anything; and, formatted only when asked, the numbers both hold.
+/// What differs in the numbers, operators, units or named dates of `a` and
+/// `b`, if anything; and, formatted only when asked, the numbers both hold.
 pub(super) fn check(a: &Text, b: &Text) -> (Option<String>, impl FnOnce() -> String) {
     let (na, nb) = (a.numbers(&[]), b.numbers(&[]));
     // A number spelled out ("six", "cinco") stands for the digits the other
