@@ -92,12 +92,13 @@ def regular_forms(word, part):
 
 def parts_of(pairs):
     """The words of `pairs` by part of speech: verb or adj."""
+    words = {w for pair in pairs for w in pair}
     out = {"verb": set(), "adj": set()}
     for part in out:
         with open(f"{WORDNET}/index.{part}", encoding="latin-1") as f:
             for line in f:
                 lemma = line.split(" ", 1)[0]
-                if not line.startswith(" ") and any(lemma in p for p in pairs):
+                if not line.startswith(" ") and lemma in words:
                     out[part].add(lemma)
     return out
 
