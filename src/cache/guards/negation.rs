@@ -11,13 +11,13 @@
 use std::collections::HashSet;
 
 use super::text::{show, Text};
-use crate::cache::lexicon::antonyms;
 use crate::cache::lexicon::Group;
 use crate::cache::lexicon::OPPOSITES;
 use crate::cache::lexicon::POLARITY;
 use crate::cache::lexicon::QUESTION_VERBS;
 use crate::cache::lexicon::QUESTION_WORDS;
 use crate::cache::lexicon::QUESTION_WORDS_ALIKE;
+use crate::cache::lexicon::{antonyms, Antonyms};
 
 /// What differs in the negation, polarity or opposites of `a` and `b`, if
 /// anything; and, formatted only when asked, what was compared.
@@ -127,29 +127,26 @@ impl Text {
     /// "unsafe", "profit" / "nonprofit").
     fn antonym(&self, other: &Text) -> Option<(String, String)> {
         let table = antonyms();
-        let lemmas = |t: &Text| -> HashSet<String> {
-            t.tokens
-                .iter()
-                .flat_map(|w| table.lemmas(w).map(str::to_string))
-                .collect()
-        };
-        let (la, lb) = (lemmas(self), lemmas(other));
+        fn lemmas<'t>(table: &'static Antonyms, t: &'t Text) -> HashSet<&'t str> {
+            t.tokens.iter().flat_map(|w| table.lemmas(w)).collect()
+        }
+        let (la, lb) = (lemmas(table, self), lemmas(table, other));
         let opposite = la.difference(&lb).find_map(|x| {
             table
                 .of(x)
                 .iter()
                 .find(|y| lb.contains(**y) && !la.contains(**y))
-                .map(|y| (x.clone(), y.to_string()))
+                .map(|y| (x.to_string(), y.to_string()))
         });
         opposite.or_else(|| {
-            let prefixed = |x: &HashSet<String>, y: &HashSet<String>| {
+            let prefixed = |x: &HashSet<&str>, y: &HashSet<&str>| {
                 x.difference(y).find_map(|w| {
                     let stem = NEGATING_PREFIXES
                         .iter()
-                        .filter(|_| !NOT_PREFIXED.contains(&w.as_str()))
+                        .filter(|_| !NOT_PREFIXED.contains(w))
                         .find_map(|p| w.strip_prefix(p))
-                        .filter(|s| s.chars().count() >= 4 && y.contains(*s) && !x.contains(*s))?;
-                    Some((stem.to_string(), w.clone()))
+                        .filter(|s| s.chars().count() >= 4 && y.contains(s) && !x.contains(s))?;
+                    Some((stem.to_string(), w.to_string()))
                 })
             };
             prefixed(&la, &lb)
