@@ -224,6 +224,50 @@ async fn opposite_words_miss_and_a_number_spelled_out_still_hits() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_added_restriction_or_another_question_word_misses() {
+    let (up, _dir, app) = real_gateway().await;
+    // Words on one side only restrict the question: 0.917, over the
+    // rewording threshold, under near-identity.
+    let stored = "Can I cancel my order?";
+    let (served, dry) = probe(
+        &app,
+        &up,
+        user(stored),
+        user("Can I cancel my order after it has shipped?"),
+    )
+    .await;
+    assert_eq!(served, "miss", "{dry}");
+    let f = failed(&dry, &format!("user###{stored}"));
+    assert_eq!(f, vec!["similarity".to_string()], "{dry}");
+    // The same history, the last question asks another kind of answer.
+    let history = |last: &str| {
+        json!([
+            {"role": "user", "content": "Tell me about the Python programming language."},
+            {"role": "assistant", "content": "Python is a high-level, general-purpose language. Anything specific?"},
+            {"role": "user", "content": last},
+        ])
+    };
+    let (served, dry) = probe(
+        &app,
+        &up,
+        history("Who created it?"),
+        history("When was it created?"),
+    )
+    .await;
+    assert_eq!(served, "miss", "{dry}");
+    // A question word for another that asks the same still hits.
+    let (served, dry) = probe(
+        &app,
+        &up,
+        user("What causes earthquakes?"),
+        user("Why do earthquakes happen?"),
+    )
+    .await;
+    assert_eq!(served, "hit", "{dry}");
+    app.shutdown().await;
+}
+
 /// A 300-word store policy, one sentence per topic, the sentences alike
 /// but for the topic.
 fn policy_doc() -> String {

@@ -30,6 +30,9 @@ pub enum Tier {
     SameWords,
     /// One or two content words differ.
     SmallEdit,
+    /// Content words on one side only: a restriction added or dropped
+    /// ("... after it has shipped"), however many words it takes.
+    Added,
     /// More differ.
     Rewording,
 }
@@ -41,6 +44,7 @@ impl Tier {
             Tier::Threshold => "threshold",
             Tier::SameWords => "same content words",
             Tier::SmallEdit => "a small edit: one or two content words differ",
+            Tier::Added => "an addition: content words on one side only",
             Tier::Rewording => "a rewording",
         }
     }
@@ -91,6 +95,9 @@ pub fn needed(words: usize, opts: &LookupOptions, diff: Option<&WordDiff>) -> Ne
             n if n <= v.small_edit_words => {
                 (at_least(base).max(v.small_edit_threshold), Tier::SmallEdit)
             }
+            // NOTE: a rewording swaps words on both sides; words only one
+            // side has restrict what it asks, as near-identity as a swap.
+            _ if d.one_sided() => (at_least(base).max(v.small_edit_threshold), Tier::Added),
             _ => (at_least(base), Tier::Rewording),
         },
         _ => (at_least(base), Tier::Threshold),
@@ -776,10 +783,12 @@ mod tests {
         }
     }
 
+    /// `n` differing words, on both sides from two on (a rewording's shape).
     fn diff(n: usize) -> WordDiff {
+        let w = |r: std::ops::Range<usize>| r.map(|i| format!("w{i}")).collect();
         WordDiff {
-            stored_only: (0..n).map(|i| format!("w{i}")).collect(),
-            probe_only: Vec::new(),
+            stored_only: w(0..n.div_ceil(2)),
+            probe_only: w(n.div_ceil(2)..n),
         }
     }
 
@@ -941,6 +950,14 @@ mod tests {
                 "{name}"
             );
         }
+        // Three words on one side only: a restriction added, not a
+        // rewording ("Can I cancel my order after it has shipped?").
+        let added = WordDiff {
+            stored_only: Vec::new(),
+            probe_only: vec!["after".into(), "has".into(), "shipped".into()],
+        };
+        let got = needed(3, &o, Some(&added));
+        assert_eq!((got.value, got.tier), (0.94, Tier::Added));
         assert!((needed(3, &calibrated, None).calibration - 0.02).abs() < 1e-6);
         // The lowest any candidate may need: the same-words tier.
         assert_eq!(floor(3, &o), 0.80);

@@ -37,6 +37,16 @@ impl WordDiff {
         self.stored_only.len() + self.probe_only.len()
     }
 
+    /// Whether only one side has content words the other lacks. Runs of
+    /// Chinese or Japanese characters do not count: without a dictionary
+    /// they are not words, and a run only one side has is as often grammar
+    /// ("忘れてしまった場合は" for "忘れました") as an added restriction.
+    pub fn one_sided(&self) -> bool {
+        let spaced = |v: &[String]| v.iter().any(|w| !w.chars().any(is_cjk));
+        (self.stored_only.is_empty() != self.probe_only.is_empty())
+            && (spaced(&self.stored_only) || spaced(&self.probe_only))
+    }
+
     /// For people: `list / string`.
     pub fn describe(&self) -> String {
         let side = |v: &[String]| {
@@ -51,7 +61,10 @@ impl WordDiff {
 }
 
 // NOTE: function words and fillers that reword a question without changing
-// what it asks. Lower case; compared after the word forms are folded.
+// what it asks. Lower case; compared after the word forms are folded. The
+// question words that name the kind of answer (who, when, where, why) are
+// content: "Who created it?" and "When was it created?" share every other
+// word.
 const SKIP: &[&str] = &[
     "a",
     "an",
@@ -85,13 +98,9 @@ const SKIP: &[&str] = &[
     "those",
     "what",
     "which",
-    "who",
     "whom",
     "whose",
     "how",
-    "why",
-    "when",
-    "where",
     "can",
     "could",
     "would",
@@ -402,6 +411,21 @@ mod tests {
             "user###मैं सदस्यता कैसे नवीनीकृत करूं?",
         );
         assert_eq!(d.describe(), "रद्द / नवीनीकृत");
+        // The question word names the kind of answer.
+        let d = diff("user###Who created it?", "user###When was it created?");
+        assert_eq!(d.describe(), "who / when");
+        // Words on one side only: an added restriction.
+        let d = diff(
+            "user###Can I cancel my order?",
+            "user###Can I cancel my order after it has shipped?",
+        );
+        assert!(d.one_sided() && d.count() == 3, "{d:?}");
+        assert!(!diff("user###What causes rain?", "user###Why does it rain?").one_sided());
+        let d = diff(
+            "user###パスワードを忘れました。どうすればいいですか？",
+            "user###パスワードを忘れてしまった場合はどうすればよいですか？",
+        );
+        assert!(!d.one_sided(), "{d:?}");
         // NOTE: the thresholds these diffs need are judge's (judge::tests).
     }
 
