@@ -10,7 +10,9 @@
 //!   stop (a changed number, a swapped direction);
 //! - one or two differ: the shape of an entity swap or an added restriction
 //!   ("list" for "string", "extended warranty"). These need near-identity;
-//! - more differ: a paraphrase, judged by the tenant's threshold.
+//! - more differ, on both sides: a paraphrase, judged by the tenant's
+//!   threshold. More on one side only is an added (or dropped)
+//!   restriction, judged like a small edit.
 //!
 //! It must never make a candidate from another partition or one that failed
 //! a guard hit: it only chooses the threshold.
